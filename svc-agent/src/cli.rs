@@ -1,0 +1,116 @@
+//! Command line (contract: docs/cli.md and ../shared/docs/spec.md).
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use svc_common::capacity;
+
+use crate::model::Ipv4Cidr;
+
+/// Default pin directory.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/svc";
+
+/// Socket-level Kubernetes Service dataplane agent.
+#[derive(Debug, Parser)]
+#[command(name = "svc-agent", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load, attach and pin the programs, then keep the maps in sync with
+    /// the source until stopped (stopping leaves the dataplane serving).
+    Run(RunArgs),
+    /// Print frontends, backends and affinity entries from the pinned maps.
+    Status(StatusArgs),
+    /// Detach the programs and remove every pin.
+    Cleanup(CleanupArgs),
+}
+
+/// `svc-agent run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// `kube` for the Kubernetes API, or a directory of YAML/JSON manifests.
+    #[arg(long)]
+    pub source: String,
+    /// kubeconfig for `--source kube` (default: in-cluster, then $KUBECONFIG).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name (for internalTrafficPolicy and the Node object).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// This node's zone, for topology-aware routing with `--source DIR`
+    /// (the Kubernetes source reads the Node's zone label).
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// cgroup v2 directory to attach to (default: the cgroup v2 mount).
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
+    /// bpffs directory for pins.
+    #[arg(long, default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    /// Range for Services without `spec.clusterIP` (`--source DIR` only).
+    #[arg(long, default_value = "10.96.0.0/16")]
+    pub service_cidr: Ipv4Cidr,
+    /// Serve Prometheus metrics and /readyz here.
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Map capacities.
+    #[command(flatten)]
+    pub capacity: CapacityArgs,
+}
+
+/// Map capacities (used when the maps are created; pinned maps keep theirs).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct CapacityArgs {
+    /// Frontends (address x port x protocol).
+    #[arg(long, default_value_t = capacity::FRONTENDS)]
+    pub max_frontends: u32,
+    /// Backend slots over all sets (an update briefly holds old and new set).
+    #[arg(long, default_value_t = capacity::BACKENDS)]
+    pub max_backends: u32,
+    /// Backend membership entries (session-affinity frontends only).
+    #[arg(long, default_value_t = capacity::BACKEND_INDEX)]
+    pub max_backend_index: u32,
+    /// Session affinity entries (LRU).
+    #[arg(long, default_value_t = capacity::AFFINITY)]
+    pub max_affinity: u32,
+    /// Reverse translation entries (LRU).
+    #[arg(long, default_value_t = capacity::REV_NAT)]
+    pub max_revnat: u32,
+    /// Service ports.
+    #[arg(long, default_value_t = capacity::META)]
+    pub max_services: u32,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns.
+    Table,
+    /// One JSON document (docs/cli.md).
+    Json,
+}
+
+/// `svc-agent status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// bpffs directory the agent pins to.
+    #[arg(long, default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// `svc-agent cleanup`.
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// bpffs directory the agent pins to.
+    #[arg(long, default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+}

@@ -1,0 +1,243 @@
+//! `svc-agent status`: what the pinned maps say, joined into Services.
+//! Reads only the pins, so it works with or without a running agent.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::Write as _,
+};
+
+use aya::maps::MapInfo;
+use serde::Serialize;
+use svc_common::{Backend4, ServiceMeta, SlotKey, fe_flags, names};
+
+use crate::{
+    cli::{Output, StatusArgs},
+    dataplane::{
+        Table as _,
+        maps::{BpfMaps, ProgramMaps},
+        pins::PinLayout,
+        writer::name_str,
+    },
+    error::{Error, Result},
+    model::{Proto, socket_addr},
+    sys,
+};
+
+/// One frontend row.
+#[derive(Debug, Serialize)]
+struct FrontendRow {
+    namespace: String,
+    name: String,
+    port_name: String,
+    kind: &'static str,
+    address: String,
+    protocol: &'static str,
+    svc_id: u32,
+    set_id: u32,
+    affinity_timeout_seconds: u32,
+    backends: Vec<String>,
+}
+
+/// One session-affinity entry.
+#[derive(Debug, Serialize)]
+struct AffinityRow {
+    netns_cookie: u64,
+    svc_id: u32,
+    namespace: String,
+    name: String,
+    port_name: String,
+    backend: String,
+    idle_seconds: f64,
+}
+
+/// Fill level of one map.
+#[derive(Debug, Serialize)]
+struct MapRow {
+    name: &'static str,
+    entries: usize,
+    max_entries: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct Status {
+    frontends: Vec<FrontendRow>,
+    affinity: Vec<AffinityRow>,
+    maps: Vec<MapRow>,
+}
+
+pub(super) fn status(args: &StatusArgs) -> Result<()> {
+    let layout = PinLayout::new(&args.bpffs);
+    if !layout.map(names::FRONTENDS).exists() {
+        return Err(Error::NotPinned(layout.root().to_owned()));
+    }
+    let status = read_status(&layout)?;
+    let text = match args.output {
+        Output::Json => serde_json::to_string_pretty(&status).map_err(|e| Error::Environment(e.to_string()))? + "\n",
+        Output::Table => table(&status),
+    };
+    // A closed pipe (`status | head`) is not an error worth a panic.
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Error::io("writing status", e)),
+    }
+}
+
+fn read_status(layout: &PinLayout) -> Result<Status> {
+    let maps = BpfMaps::open_pinned(layout)?;
+    let dump = maps.dump().map_err(|e| Error::Environment(e.to_string()))?;
+    let meta: HashMap<u32, ServiceMeta> = dump.meta.iter().copied().collect();
+    let slots: BTreeMap<SlotKey, Backend4> = dump.slots.iter().copied().collect();
+
+    let mut frontends: Vec<FrontendRow> = dump
+        .frontends
+        .iter()
+        .map(|(key, fe)| {
+            let names = meta.get(&fe.svc_id);
+            let backends = (0..fe.count)
+                .map(|slot| match slots.get(&SlotKey { set_id: fe.set_id, slot }) {
+                    Some(b) => socket_addr(b.addr, b.port).to_string(),
+                    None => "<missing>".to_owned(),
+                })
+                .collect();
+            FrontendRow {
+                namespace: names.map(|m| name_str(&m.namespace)).unwrap_or_default(),
+                name: names.map(|m| name_str(&m.name)).unwrap_or_default(),
+                port_name: names.map(|m| name_str(&m.port_name)).unwrap_or_default(),
+                kind: kind_name(fe.flags),
+                address: socket_addr(key.addr, key.port).to_string(),
+                protocol: Proto::from_number(key.proto).map_or("?", Proto::as_str),
+                svc_id: fe.svc_id,
+                set_id: fe.set_id,
+                affinity_timeout_seconds: fe.affinity_timeout,
+                backends,
+            }
+        })
+        .collect();
+    frontends.sort_by(|a, b| {
+        (&a.namespace, &a.name, &a.port_name, a.kind, &a.address).cmp(&(
+            &b.namespace,
+            &b.name,
+            &b.port_name,
+            b.kind,
+            &b.address,
+        ))
+    });
+
+    let program_maps = ProgramMaps::open_pinned(layout)?;
+    let now = sys::monotonic_ns();
+    let mut affinity = Vec::new();
+    for entry in &program_maps.affinity {
+        let (key, value) = entry.map_err(|e| Error::map(names::AFFINITY, e))?;
+        let names = meta.get(&key.svc_id);
+        affinity.push(AffinityRow {
+            netns_cookie: key.netns_cookie,
+            svc_id: key.svc_id,
+            namespace: names.map(|m| name_str(&m.namespace)).unwrap_or_default(),
+            name: names.map(|m| name_str(&m.name)).unwrap_or_default(),
+            port_name: names.map(|m| name_str(&m.port_name)).unwrap_or_default(),
+            backend: socket_addr(value.backend.addr, value.backend.port).to_string(),
+            idle_seconds: now.saturating_sub(value.last_used_ns) as f64 / 1e9,
+        });
+    }
+    let revnat_entries = program_maps.revnat.keys().count();
+
+    let counts = [
+        (names::FRONTENDS, dump.frontends.len()),
+        (names::BACKENDS, dump.slots.len()),
+        (names::BACKEND_INDEX, dump.index.len()),
+        (names::AFFINITY, affinity.len()),
+        (names::REV_NAT, revnat_entries),
+        (names::META, dump.meta.len()),
+        (names::CONFIG, 1),
+    ];
+    let mut maps_rows = Vec::new();
+    for (name, entries) in counts {
+        let info = MapInfo::from_pin(layout.map(name)).map_err(|e| Error::map(name, e))?;
+        maps_rows.push(MapRow { name, entries, max_entries: info.max_entries() });
+    }
+    Ok(Status { frontends, affinity, maps: maps_rows })
+}
+
+fn kind_name(flags: u32) -> &'static str {
+    if flags & fe_flags::KIND_NODE_PORT != 0 {
+        "NodePort"
+    } else if flags & fe_flags::KIND_EXTERNAL_IP != 0 {
+        "ExternalIP"
+    } else if flags & fe_flags::KIND_LOAD_BALANCER != 0 {
+        "LoadBalancer"
+    } else {
+        "ClusterIP"
+    }
+}
+
+fn table(status: &Status) -> String {
+    let mut text = String::new();
+    let mut rows = vec![[
+        "NAMESPACE".to_owned(),
+        "NAME".to_owned(),
+        "PORT".to_owned(),
+        "KIND".to_owned(),
+        "FRONTEND".to_owned(),
+        "PROTO".to_owned(),
+        "AFFINITY".to_owned(),
+        "BACKENDS".to_owned(),
+    ]];
+    for fe in &status.frontends {
+        rows.push([
+            fe.namespace.clone(),
+            fe.name.clone(),
+            if fe.port_name.is_empty() { "-".to_owned() } else { fe.port_name.clone() },
+            fe.kind.to_owned(),
+            fe.address.clone(),
+            fe.protocol.to_owned(),
+            if fe.affinity_timeout_seconds == 0 { "-".to_owned() } else { format!("{}s", fe.affinity_timeout_seconds) },
+            if fe.backends.is_empty() { "<none: refused>".to_owned() } else { fe.backends.join(",") },
+        ]);
+    }
+    print_columns(&mut text, &rows);
+    if !status.affinity.is_empty() {
+        text.push('\n');
+        let mut rows = vec![[
+            "NAMESPACE".to_owned(),
+            "NAME".to_owned(),
+            "PORT".to_owned(),
+            "CLIENT NETNS".to_owned(),
+            "BACKEND".to_owned(),
+            "IDLE".to_owned(),
+        ]];
+        for a in &status.affinity {
+            rows.push([
+                a.namespace.clone(),
+                a.name.clone(),
+                if a.port_name.is_empty() { "-".to_owned() } else { a.port_name.clone() },
+                a.netns_cookie.to_string(),
+                a.backend.clone(),
+                format!("{:.1}s", a.idle_seconds),
+            ]);
+        }
+        print_columns(&mut text, &rows);
+    }
+    text.push('\n');
+    let mut rows = vec![["MAP".to_owned(), "ENTRIES".to_owned(), "CAPACITY".to_owned()]];
+    for m in &status.maps {
+        rows.push([m.name.to_owned(), m.entries.to_string(), m.max_entries.to_string()]);
+    }
+    print_columns(&mut text, &rows);
+    text
+}
+
+fn print_columns<const N: usize>(text: &mut String, rows: &[[String; N]]) {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    for row in rows {
+        let line: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        text.push_str(line.join("  ").trim_end());
+        text.push('\n');
+    }
+}

@@ -1,0 +1,164 @@
+//! Loading, pinning and attaching the programs.
+//!
+//! Maps are pinned by name and *reused* when already pinned, which is how
+//! a restarted agent adopts the running dataplane. Programs are loaded
+//! fresh each start and swapped in without a gap: the new link is attached
+//! (multi-attach) before the old one is unpinned, and for the instant both
+//! run the second sees an already-translated address, which is not a
+//! frontend, and leaves it alone.
+
+use std::{fs, path::Path};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapInfo, MapType},
+    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
+};
+use svc_common::{
+    AffinityKey, AffinityValue, Backend4, BackendIndexKey, Config, Frontend, FrontendKey4, LAYOUT_VERSION, RevNatKey,
+    RevNatValue, ServiceMeta, SlotKey, names,
+};
+
+use super::{maps::BpfMaps, pins::PinLayout};
+use crate::{
+    cli::CapacityArgs,
+    error::{Error, Result},
+    sys,
+};
+
+/// The compiled programs, embedded at build time (see build.rs).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/svc-ebpf"));
+
+/// Program names in the object, in attach order.
+pub const PROGRAMS: [&str; 4] = ["svc_connect4", "svc_sendmsg4", "svc_recvmsg4", "svc_getpeer4"];
+
+/// Expected (type, key size, value size) of every pinned map, checked
+/// before adopting pins left by another agent build.
+fn expected_layout(name: &str) -> Option<(MapType, usize, usize)> {
+    Some(match name {
+        names::FRONTENDS => (MapType::Hash, size_of::<FrontendKey4>(), size_of::<Frontend>()),
+        names::BACKENDS => (MapType::Hash, size_of::<SlotKey>(), size_of::<Backend4>()),
+        names::BACKEND_INDEX => (MapType::Hash, size_of::<BackendIndexKey>(), size_of::<u32>()),
+        names::AFFINITY => (MapType::LruHash, size_of::<AffinityKey>(), size_of::<AffinityValue>()),
+        names::REV_NAT => (MapType::LruHash, size_of::<RevNatKey>(), size_of::<RevNatValue>()),
+        names::META => (MapType::Hash, size_of::<u32>(), size_of::<ServiceMeta>()),
+        names::CONFIG => (MapType::Array, size_of::<u32>(), size_of::<Config>()),
+        _ => return None,
+    })
+}
+
+/// Loads the programs, adopts or creates the pinned maps, attaches to
+/// `cgroup` and pins everything under `layout`. Returns the maps the
+/// writer owns.
+pub fn load_and_attach(layout: &PinLayout, cgroup: &Path, capacity: &CapacityArgs) -> Result<BpfMaps> {
+    if !sys::is_on_bpffs(layout.root()).map_err(|e| Error::io(format!("statfs {}", layout.root().display()), e))? {
+        return Err(Error::Environment(format!(
+            "{} is not on a bpffs mount (mount one with `mount -t bpf bpf /sys/fs/bpf`)",
+            layout.root().display()
+        )));
+    }
+    for dir in [layout.maps_dir(), layout.programs_dir(), layout.links_dir()] {
+        fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    }
+    check_pinned_layout(layout)?;
+
+    let map_paths: Vec<(&str, std::path::PathBuf)> = names::ALL.iter().map(|n| (*n, layout.map(n))).collect();
+    let mut loader = EbpfLoader::new();
+    for (name, path) in &map_paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    loader
+        .map_max_entries(names::FRONTENDS, capacity.max_frontends)
+        .map_max_entries(names::BACKENDS, capacity.max_backends)
+        .map_max_entries(names::BACKEND_INDEX, capacity.max_backend_index)
+        .map_max_entries(names::AFFINITY, capacity.max_affinity)
+        .map_max_entries(names::REV_NAT, capacity.max_revnat)
+        .map_max_entries(names::META, capacity.max_services);
+    let mut ebpf = loader.load(EBPF_OBJECT)?;
+
+    write_config(&mut ebpf)?;
+    let cgroup_dir =
+        fs::File::open(cgroup).map_err(|e| Error::io(format!("opening cgroup {}", cgroup.display()), e))?;
+    for name in PROGRAMS {
+        attach_program(&mut ebpf, name, &cgroup_dir, layout)?;
+    }
+    tracing::info!(
+        cgroup = %cgroup.display(),
+        pins = %layout.root().display(),
+        "programs loaded, attached and pinned"
+    );
+    BpfMaps::from_ebpf(&mut ebpf)
+}
+
+/// Refuses to adopt pinned maps whose shape differs from what this build
+/// writes (a different version left them); `cleanup` resolves it.
+fn check_pinned_layout(layout: &PinLayout) -> Result<()> {
+    for name in names::ALL {
+        let path = layout.map(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).map_err(|e| Error::map(name, e))?;
+        let (ty, key, value) = expected_layout(name).expect("every map has a layout");
+        let actual =
+            (info.map_type().map_err(|e| Error::map(name, e))?, info.key_size() as usize, info.value_size() as usize);
+        if actual != (ty, key, value) {
+            return Err(Error::IncompatiblePin {
+                path,
+                detail: format!("found {actual:?}, expected {:?}", (ty, key, value)),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Records the host network namespace (for host-only frontends) and the
+/// layout version. Written every start: it is the agent's own view.
+fn write_config(ebpf: &mut Ebpf) -> Result<()> {
+    let host_netns_cookie =
+        sys::current_netns_cookie().map_err(|e| Error::io("reading the network namespace cookie", e))?;
+    let map = ebpf.map_mut(names::CONFIG).ok_or_else(|| Error::Environment("object has no SVC_CONFIG".into()))?;
+    let mut config: Array<_, Config> = Array::try_from(map).map_err(|e| Error::map(names::CONFIG, e))?;
+    let value = Config { host_netns_cookie, layout_version: LAYOUT_VERSION, _pad: 0 };
+    config.set(0, value, 0).map_err(|e| Error::map(names::CONFIG, e))
+}
+
+/// Loads one program, pins it, attaches it and swaps its link pin.
+fn attach_program(ebpf: &mut Ebpf, name: &str, cgroup: &fs::File, layout: &PinLayout) -> Result<()> {
+    let program: &mut CgroupSockAddr = ebpf
+        .program_mut(name)
+        .ok_or_else(|| Error::Environment(format!("object has no program {name}")))?
+        .try_into()
+        .map_err(|e| Error::program(name, e))?;
+    program.load().map_err(|e| Error::program(name, e))?;
+
+    let prog_pin = layout.program(name);
+    remove_if_exists(&prog_pin)?;
+    program.pin(&prog_pin).map_err(|e| Error::Environment(format!("pinning program {name}: {e}")))?;
+
+    // A cgroup bpf_link is always attached in multi mode by the kernel and
+    // link_create rejects any flag, so "Single" here still lets other
+    // programs (a second agent, a parent cgroup's) coexist.
+    let link_id = program.attach(cgroup, CgroupAttachMode::Single).map_err(|e| Error::program(name, e))?;
+    let link = program.take_link(link_id).map_err(|e| Error::program(name, e))?;
+    let link = FdLink::try_from(link).map_err(|e| Error::Environment(format!("link of {name}: {e}")))?;
+
+    // Pin the new link under a staging name, then drop the old pin (which
+    // detaches the old link) and give the new one the real name. At every
+    // point at least one link is attached and pinned.
+    let staged = layout.staged_link(name);
+    remove_if_exists(&staged)?;
+    link.pin(&staged).map_err(|e| Error::Environment(format!("pinning link of {name}: {e}")))?;
+    let pinned = layout.link(name);
+    remove_if_exists(&pinned)?;
+    fs::rename(&staged, &pinned).map_err(|e| Error::io(format!("renaming {}", staged.display()), e))?;
+    Ok(())
+}
+
+fn remove_if_exists(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),
+    }
+}

@@ -1,0 +1,103 @@
+//! Rebuilding the writer's view from pinned maps after a restart. Nothing
+//! is deleted here: the source has not spoken yet, and the dataplane must
+//! keep serving exactly what it served until the first sync is applied.
+
+use std::collections::{BTreeMap, HashMap};
+
+use svc_common::{BackendIndexKey, fe_flags};
+
+use super::{BackendSet, IdAllocator, Orphans, PortEntry, ServiceState, Writer, name_str};
+use crate::{
+    dataplane::table::{Table, TableError},
+    model::{Proto, ServiceKey, ServicePortKey},
+};
+
+pub(super) fn adopt<T: Table>(table: T) -> Result<Writer<T>, TableError> {
+    let dump = table.dump()?;
+
+    let mut ports: HashMap<ServicePortKey, PortEntry> = HashMap::new();
+    let mut port_by_id: HashMap<u32, ServicePortKey> = HashMap::new();
+    for (id, meta) in &dump.meta {
+        let Some(proto) = Proto::from_number(meta.proto) else { continue };
+        let port = ServicePortKey {
+            service: ServiceKey::new(name_str(&meta.namespace), name_str(&meta.name)),
+            port_name: name_str(&meta.port_name),
+            proto,
+        };
+        port_by_id.insert(*id, port.clone());
+        ports.insert(port, PortEntry { id: *id, meta: *meta });
+    }
+
+    let mut slots: BTreeMap<u32, Vec<(u32, svc_common::Backend4)>> = BTreeMap::new();
+    for (key, backend) in &dump.slots {
+        slots.entry(key.set_id).or_default().push((key.slot, *backend));
+    }
+
+    let mut services: HashMap<ServiceKey, ServiceState> = HashMap::new();
+    let mut owners = HashMap::new();
+    let mut sets: HashMap<u32, BackendSet> = HashMap::new();
+    for (fk, fe) in &dump.frontends {
+        // A frontend without names can only come from a crash mid-update;
+        // file it under a name no source produces so the first sync
+        // removes it.
+        let owner = port_by_id
+            .get(&fe.svc_id)
+            .map_or_else(|| ServiceKey::new("", format!("unnamed-svc-id-{}", fe.svc_id)), |p| p.service.clone());
+        let state = services.entry(owner.clone()).or_default();
+        state.frontends.insert(*fk, *fe);
+        if let Some(port) = port_by_id.get(&fe.svc_id) {
+            state.ports.insert(port.clone());
+        }
+        if fe.set_id != 0 {
+            state.sets.insert(fe.set_id);
+            let mut members = slots.get(&fe.set_id).cloned().unwrap_or_default();
+            members.sort_unstable();
+            sets.entry(fe.set_id).or_insert_with(|| BackendSet {
+                backends: members.into_iter().map(|(_, b)| b).collect(),
+                indexed: fe.flags & fe_flags::INDEXED != 0,
+            });
+        }
+        owners.insert(*fk, owner);
+    }
+
+    let set_ids = IdAllocator::with_used(slots.keys().chain(sets.keys()).copied());
+    let referenced_ports: std::collections::HashSet<u32> = dump.frontends.iter().map(|(_, fe)| fe.svc_id).collect();
+    let orphans = Orphans {
+        slots: dump.slots.iter().map(|(k, _)| *k).filter(|k| !sets.contains_key(&k.set_id)).collect(),
+        index: dump
+            .index
+            .iter()
+            .map(|(k, _)| *k)
+            .filter(|k: &BackendIndexKey| sets.get(&k.set_id).is_none_or(|s| !s.indexed))
+            .collect(),
+        meta: dump.meta.iter().map(|(id, _)| *id).filter(|id| !referenced_ports.contains(id)).collect(),
+    };
+    for id in &orphans.meta {
+        if let Some(port) = port_by_id.get(id) {
+            ports.remove(port);
+        }
+    }
+    let used_slots = sets.values().map(|s| s.backends.len() as u64).sum();
+    let used_index = sets.values().filter(|s| s.indexed).map(|s| s.backends.len() as u64).sum();
+    if !services.is_empty() {
+        tracing::info!(
+            services = services.len(),
+            frontends = owners.len(),
+            sets = sets.len(),
+            "adopted pinned dataplane state; it keeps serving until the source is synced"
+        );
+    }
+    Ok(Writer {
+        table,
+        services,
+        owners,
+        sets,
+        ports,
+        set_ids,
+        svc_ids: IdAllocator::with_used(dump.meta.iter().map(|(id, _)| *id)),
+        used_slots,
+        used_index,
+        pending: BTreeMap::new(),
+        orphans,
+    })
+}

@@ -1,0 +1,133 @@
+//! Prometheus metrics and the readiness endpoint (`--metrics-addr`):
+//! `GET /metrics`, `GET /readyz` (200 once the first complete state is
+//! programmed, 503 before), `GET /healthz`.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::error::{Error, Result};
+
+/// Every metric the agent exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    ready: AtomicBool,
+    /// Seconds from a source event's arrival to its map update.
+    pub sync_latency: Histogram,
+    /// Seconds spent computing and writing one batch.
+    pub apply_duration: Histogram,
+    /// Source events received.
+    pub events: Counter,
+    /// Batches applied.
+    pub batches: Counter,
+    /// Services known to the source.
+    pub services: Gauge,
+    /// Frontends in the maps.
+    pub frontends: Gauge,
+    /// Services not (fully) programmed.
+    pub refused: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers everything under the `svc_agent_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("svc_agent");
+        // 50 us .. ~1.6 s.
+        let buckets = || prometheus_client::metrics::histogram::exponential_buckets(0.000_05, 2.0, 16);
+        let m = Self {
+            ready: AtomicBool::new(false),
+            sync_latency: Histogram::new(buckets()),
+            apply_duration: Histogram::new(buckets()),
+            events: Counter::default(),
+            batches: Counter::default(),
+            services: Gauge::default(),
+            frontends: Gauge::default(),
+            refused: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "sync_latency_seconds",
+            "Time from receiving a source event to the map update being visible",
+            m.sync_latency.clone(),
+        );
+        registry.register("apply_duration_seconds", "Time to compute and write one batch", m.apply_duration.clone());
+        registry.register("source_events", "Source events received", m.events.clone());
+        registry.register("batches", "Batches of coalesced events applied", m.batches.clone());
+        registry.register("services", "Services known to the source", m.services.clone());
+        registry.register("frontends", "Frontends programmed in the maps", m.frontends.clone());
+        registry.register("refused_services", "Services not (fully) programmed", m.refused.clone());
+        Self { registry, ..m }
+    }
+
+    /// Marks the first complete state as programmed.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the first complete state is programmed.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// Serves the endpoints on `addr` until the runtime stops.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| Error::io(format!("binding {addr}"), e))?;
+    tracing::info!(%addr, "serving /metrics, /readyz and /healthz");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let metrics = Arc::clone(&metrics);
+            tokio::spawn(async move {
+                let service = service_fn(move |req| respond(req, Arc::clone(&metrics)));
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    Ok(())
+}
+
+async fn respond(
+    req: Request<hyper::body::Incoming>,
+    metrics: Arc<Metrics>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (status, body) = match req.uri().path() {
+        "/metrics" => (StatusCode::OK, metrics.encode()),
+        "/readyz" if metrics.is_ready() => (StatusCode::OK, "ok\n".to_owned()),
+        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "not synced yet\n".to_owned()),
+        "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
+        _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    Ok(response)
+}

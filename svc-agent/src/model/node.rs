@@ -1,0 +1,14 @@
+//! What the model needs to know about the node it runs on.
+
+use std::net::Ipv4Addr;
+
+/// This node, as far as Service translation cares.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeContext {
+    /// Node name (matches `endpoints[].nodeName`).
+    pub name: String,
+    /// Zone (matches `endpoints[].hints.forZones[].name`), if known.
+    pub zone: Option<String>,
+    /// Local IPv4 addresses, for `nodeIP:nodePort` frontends.
+    pub addresses: Vec<Ipv4Addr>,
+}

@@ -1,0 +1,331 @@
+//! Model rules, each from YAML as a user would write it.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+use super::*;
+
+fn svc(yaml: &str) -> Service {
+    serde_yaml::from_str(yaml).expect("test Service parses")
+}
+
+fn slice(yaml: &str) -> EndpointSlice {
+    serde_yaml::from_str(yaml).expect("test EndpointSlice parses")
+}
+
+fn node() -> NodeContext {
+    NodeContext { name: "node-a".into(), zone: Some("zone-a".into()), addresses: vec![Ipv4Addr::new(192, 0, 2, 10)] }
+}
+
+fn desired(svc: &Service, slices: &[EndpointSlice]) -> DesiredService {
+    let refs: Vec<&EndpointSlice> = slices.iter().collect();
+    desired_service(svc, &refs, &node()).expect("model accepts the Service")
+}
+
+fn a(s: &str) -> SocketAddrV4 {
+    s.parse().unwrap()
+}
+
+/// (frontend, proto, backends) triples, for compact assertions.
+fn summary(d: &DesiredService) -> Vec<(String, Proto, Vec<String>)> {
+    d.frontends
+        .iter()
+        .map(|f| (f.addr.to_string(), f.proto, f.backends.iter().map(ToString::to_string).collect()))
+        .collect()
+}
+
+const WEB: &str = "
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{name: http, port: 80, targetPort: http}]
+";
+
+const WEB_SLICE: &str = "
+metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- addresses: [10.244.1.2]
+- addresses: [10.244.2.2]
+  conditions: {ready: true}
+- addresses: [10.244.3.2]
+  conditions: {ready: false}
+";
+
+#[test]
+fn cluster_ip_uses_ready_endpoints_and_the_slice_port_for_a_named_target_port() {
+    let d = desired(&svc(WEB), &[slice(WEB_SLICE)]);
+    assert_eq!(
+        summary(&d),
+        vec![("10.96.0.10:80".into(), Proto::Tcp, vec!["10.244.1.2:8080".into(), "10.244.2.2:8080".into()])]
+    );
+    let fe = &d.frontends[0];
+    assert_eq!((fe.kind, fe.service_port, fe.affinity_timeout), (FrontendKind::ClusterIp, 80, 0));
+    assert_eq!(fe.port.port_name, "http");
+}
+
+#[test]
+fn multi_port_and_same_port_on_two_protocols_are_separate_frontends() {
+    let s = svc("
+metadata: {name: dns, namespace: kube-system}
+spec:
+  clusterIP: 10.96.0.53
+  ports:
+  - {name: dns, port: 53, protocol: UDP, targetPort: 5353}
+  - {name: dns-tcp, port: 53, protocol: TCP, targetPort: 5353}
+  - {name: metrics, port: 9153, protocol: TCP}
+");
+    let udp = slice(
+        "
+metadata: {name: dns-udp, namespace: kube-system, labels: {kubernetes.io/service-name: dns}}
+addressType: IPv4
+ports: [{name: dns, port: 5353, protocol: UDP}]
+endpoints: [{addresses: [10.244.3.2]}]
+",
+    );
+    let tcp = slice(
+        "
+metadata: {name: dns-tcp, namespace: kube-system, labels: {kubernetes.io/service-name: dns}}
+addressType: IPv4
+ports: [{name: dns-tcp, port: 5353, protocol: TCP}, {name: metrics, port: 9153, protocol: TCP}]
+endpoints: [{addresses: [10.244.1.2]}, {addresses: [10.244.2.2]}]
+",
+    );
+    let d = desired(&s, &[udp, tcp]);
+    assert_eq!(
+        summary(&d),
+        vec![
+            ("10.96.0.53:53".into(), Proto::Tcp, vec!["10.244.1.2:5353".into(), "10.244.2.2:5353".into()]),
+            ("10.96.0.53:53".into(), Proto::Udp, vec!["10.244.3.2:5353".into()]),
+            ("10.96.0.53:9153".into(), Proto::Tcp, vec!["10.244.1.2:9153".into(), "10.244.2.2:9153".into()]),
+        ]
+    );
+}
+
+#[test]
+fn services_without_translation() {
+    for yaml in [
+        "metadata: {name: h}\nspec: {clusterIP: None, ports: [{port: 80}]}",
+        "metadata: {name: e}\nspec: {type: ExternalName, externalName: db.example.com}",
+        "metadata: {name: p, labels: {service.kubernetes.io/service-proxy-name: other}}\nspec: {clusterIP: 10.96.0.9, ports: [{port: 80}]}",
+        "metadata: {name: l, labels: {service.kubernetes.io/headless: ''}}\nspec: {clusterIP: 10.96.0.9, ports: [{port: 80}]}",
+    ] {
+        assert!(desired(&svc(yaml), &[]).frontends.is_empty(), "{yaml}");
+    }
+}
+
+#[test]
+fn no_endpoints_means_a_refusing_frontend() {
+    let d = desired(&svc(WEB), &[]);
+    assert_eq!(summary(&d), vec![("10.96.0.10:80".into(), Proto::Tcp, vec![])]);
+}
+
+#[test]
+fn terminating_serving_endpoints_are_a_fallback_only() {
+    let s = slice(
+        "
+metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: [10.244.1.2], conditions: {ready: false, serving: true, terminating: true}}
+- {addresses: [10.244.2.2], conditions: {ready: false, serving: false, terminating: true}}
+- {addresses: [10.244.3.2], conditions: {ready: false}}
+",
+    );
+    let d = desired(&svc(WEB), std::slice::from_ref(&s));
+    assert_eq!(summary(&d)[0].2, vec!["10.244.1.2:8080".to_owned()], "only serving+terminating");
+    let mut with_ready = s;
+    with_ready.endpoints.as_mut().unwrap()[2].conditions.as_mut().unwrap().ready = Some(true);
+    let d = desired(&svc(WEB), &[with_ready]);
+    assert_eq!(summary(&d)[0].2, vec!["10.244.3.2:8080".to_owned()], "a ready endpoint wins over the fallback");
+}
+
+#[test]
+fn internal_traffic_policy_local_keeps_this_nodes_endpoints() {
+    let s = svc("
+metadata: {name: web, namespace: default}
+spec: {clusterIP: 10.96.0.10, internalTrafficPolicy: Local, externalIPs: [198.51.100.7], ports: [{name: http, port: 80}]}
+");
+    let eps = slice(
+        "
+metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: [10.244.1.2], nodeName: node-a}
+- {addresses: [10.244.2.2], nodeName: node-b}
+",
+    );
+    let d = desired(&s, std::slice::from_ref(&eps));
+    assert_eq!(summary(&d)[0], ("10.96.0.10:80".into(), Proto::Tcp, vec!["10.244.1.2:8080".into()]));
+    assert_eq!(summary(&d)[1].2.len(), 2, "external IPs are not restricted by the internal policy");
+
+    let mut remote_only = eps;
+    remote_only.endpoints.as_mut().unwrap().remove(0);
+    let d = desired(&s, &[remote_only]);
+    assert!(summary(&d)[0].2.is_empty(), "no local endpoint refuses");
+}
+
+#[test]
+fn node_port_load_balancer_and_external_ips() {
+    let s = svc("
+metadata: {name: web, namespace: default}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.10
+  externalIPs: [198.51.100.7]
+  externalTrafficPolicy: Local
+  ports: [{name: http, port: 80, nodePort: 30080}]
+status:
+  loadBalancer:
+    ingress: [{ip: 203.0.113.5}, {ip: 203.0.113.6, ipMode: Proxy}]
+");
+    let d = desired(&s, &[slice(WEB_SLICE)]);
+    let kinds: Vec<(String, FrontendKind, bool)> =
+        d.frontends.iter().map(|f| (f.addr.to_string(), f.kind, f.host_ns_only)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("10.96.0.10:80".into(), FrontendKind::ClusterIp, false),
+            ("127.0.0.1:30080".into(), FrontendKind::NodePort, true),
+            ("192.0.2.10:30080".into(), FrontendKind::NodePort, false),
+            ("198.51.100.7:80".into(), FrontendKind::ExternalIp, false),
+            ("203.0.113.5:80".into(), FrontendKind::LoadBalancer, false),
+        ]
+    );
+    assert!(d.frontends.iter().all(|f| f.backends.len() == 2), "eTP=Local does not restrict in-cluster clients");
+}
+
+#[test]
+fn topology_hints_prefer_this_zone_only_when_every_endpoint_has_one() {
+    let hinted = slice(
+        "
+metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: [10.244.1.2], zone: zone-a, hints: {forZones: [{name: zone-a}]}}
+- {addresses: [10.244.2.2], zone: zone-b, hints: {forZones: [{name: zone-b}]}}
+",
+    );
+    assert_eq!(summary(&desired(&svc(WEB), std::slice::from_ref(&hinted)))[0].2, vec!["10.244.1.2:8080".to_owned()]);
+
+    let mut partly = hinted.clone();
+    partly.endpoints.as_mut().unwrap()[1].hints = None;
+    assert_eq!(summary(&desired(&svc(WEB), &[partly]))[0].2.len(), 2, "a missing hint disables zone preference");
+
+    let mut elsewhere = hinted;
+    for ep in elsewhere.endpoints.as_mut().unwrap() {
+        ep.hints = Some(serde_yaml::from_str("forZones: [{name: zone-z}]").unwrap());
+    }
+    assert_eq!(summary(&desired(&svc(WEB), &[elsewhere]))[0].2.len(), 2, "no endpoint for our zone: use all");
+}
+
+#[test]
+fn prefer_close_uses_endpoint_zones_without_hints() {
+    let s = svc("
+metadata: {name: web, namespace: default}
+spec: {clusterIP: 10.96.0.10, trafficDistribution: PreferClose, ports: [{name: http, port: 80}]}
+");
+    let eps = slice(
+        "
+metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: [10.244.1.2], zone: zone-a}
+- {addresses: [10.244.2.2], zone: zone-b}
+",
+    );
+    assert_eq!(summary(&desired(&s, std::slice::from_ref(&eps)))[0].2, vec!["10.244.1.2:8080".to_owned()]);
+    assert_eq!(summary(&desired(&svc(WEB), &[eps]))[0].2.len(), 2, "without PreferClose zones are ignored");
+}
+
+#[test]
+fn session_affinity_timeouts() {
+    let base = "metadata: {name: web}\nspec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]";
+    let with = |extra: &str| svc(&format!("{base}, {extra}}}"));
+    assert_eq!(desired(&with("sessionAffinity: ClientIP"), &[]).frontends[0].affinity_timeout, 10_800);
+    assert_eq!(
+        desired(&with("sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 5}}"), &[])
+            .frontends[0]
+            .affinity_timeout,
+        5
+    );
+    assert_eq!(desired(&with("sessionAffinity: None"), &[]).frontends[0].affinity_timeout, 0);
+    let bad = with("sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}");
+    assert_eq!(desired_service(&bad, &[], &node()), Err(ModelError::InvalidAffinityTimeout(0)));
+}
+
+#[test]
+fn malformed_services_are_errors_not_panics() {
+    let bad_ip = svc("metadata: {name: x}\nspec: {clusterIP: 10.96.0.300, ports: [{port: 80}]}");
+    assert_eq!(desired_service(&bad_ip, &[], &node()), Err(ModelError::InvalidClusterIp("10.96.0.300".into())));
+    let bad_port = svc("metadata: {name: x}\nspec: {clusterIP: 10.96.0.3, ports: [{name: p, port: 70000}]}");
+    assert!(matches!(desired_service(&bad_port, &[], &node()), Err(ModelError::InvalidPort { .. })));
+    let bad_ext = svc("metadata: {name: x}\nspec: {clusterIP: 10.96.0.3, externalIPs: [nope], ports: [{port: 80}]}");
+    assert!(matches!(desired_service(&bad_ext, &[], &node()), Err(ModelError::InvalidIp { .. })));
+    let no_ip = svc("metadata: {name: x}\nspec: {ports: [{port: 80}]}");
+    assert_eq!(desired_service(&no_ip, &[], &node()), Err(ModelError::MissingClusterIp));
+    let no_spec = svc("metadata: {name: x}");
+    assert_eq!(desired_service(&no_spec, &[], &node()), Err(ModelError::MissingSpec));
+}
+
+#[test]
+fn sctp_ports_are_skipped_and_ipv6_slices_ignored() {
+    let s = svc("
+metadata: {name: web, namespace: default}
+spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}, {name: s, port: 90, protocol: SCTP}]}
+");
+    let v6 = slice(
+        "
+metadata: {name: web-v6, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv6
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: ['fd00::1']}]
+",
+    );
+    let d = desired(&s, &[v6, slice(WEB_SLICE)]);
+    assert_eq!(d.frontends.len(), 1);
+    assert_eq!(d.frontends[0].backends.len(), 2);
+}
+
+#[test]
+fn an_endpoint_in_two_slices_counts_once_and_ready_wins() {
+    let mut second = slice(WEB_SLICE);
+    second.metadata.name = Some("web-2".into());
+    second.endpoints.as_mut().unwrap()[2].conditions.as_mut().unwrap().ready = Some(true);
+    let d = desired(&svc(WEB), &[slice(WEB_SLICE), second]);
+    assert_eq!(
+        d.frontends[0].backends.iter().copied().collect::<Vec<_>>(),
+        vec![a("10.244.1.2:8080"), a("10.244.2.2:8080"), a("10.244.3.2:8080")]
+    );
+}
+
+#[test]
+fn store_tracks_which_services_changed() {
+    let mut store = Store::default();
+    let web = svc(WEB);
+    assert_eq!(store.upsert_service(web.clone()).len(), 1);
+    assert!(store.upsert_service(web.clone()).is_empty(), "an identical object is not a change");
+    let dirty = store.upsert_slice(slice(WEB_SLICE));
+    assert_eq!(dirty.into_iter().collect::<Vec<_>>(), vec![ServiceKey::new("default", "web")]);
+    assert_eq!(store.slices_of(&ServiceKey::new("default", "web")).len(), 1);
+
+    // A slice relabelled to another Service dirties both.
+    let mut moved = slice(WEB_SLICE);
+    moved.metadata.labels.as_mut().unwrap().insert(LABEL_SERVICE_NAME.into(), "api".into());
+    let dirty: Vec<_> = store.upsert_slice(moved).into_iter().collect();
+    assert_eq!(dirty, vec![ServiceKey::new("default", "api"), ServiceKey::new("default", "web")]);
+    assert!(store.slices_of(&ServiceKey::new("default", "web")).is_empty());
+
+    // A complete listing removes what it does not contain.
+    let dirty = store.replace_services(vec![]);
+    assert_eq!(dirty.len(), 1);
+    assert_eq!(store.service_count(), 0);
+    let dirty = store.replace_slices(vec![]);
+    assert_eq!(dirty.into_iter().collect::<Vec<_>>(), vec![ServiceKey::new("default", "api")]);
+}

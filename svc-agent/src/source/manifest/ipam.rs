@@ -1,0 +1,143 @@
+//! Cluster IPs for manifest Services that have none, as the API server
+//! would allocate them, but *stable*: the address is derived from the
+//! Service's namespace and name, so it survives agent restarts and edits
+//! of other files. Collisions probe forward deterministically.
+
+use std::{collections::HashSet, net::Ipv4Addr};
+
+use k8s_openapi::api::core::v1::Service;
+
+use crate::model::Ipv4Cidr;
+
+/// Gives every Service that needs a cluster IP one from `cidr`, and drops
+/// (with an error line) Services whose explicit cluster IP lies outside it,
+/// as the API server refuses them.
+pub(super) fn assign_cluster_ips(services: &mut Vec<Service>, cidr: Ipv4Cidr) {
+    services.retain(|svc| match explicit_v4(svc) {
+        Some(ip) if !cidr.contains(ip) => {
+            tracing::error!(
+                "Service {}/{} skipped: clusterIP {ip} is not in the service range {cidr}",
+                svc.metadata.namespace.as_deref().unwrap_or("default"),
+                svc.metadata.name.as_deref().unwrap_or_default()
+            );
+            false
+        }
+        _ => true,
+    });
+    let mut taken: HashSet<Ipv4Addr> = services.iter().filter_map(explicit_v4).collect();
+    // `services` is sorted by (namespace, name): collisions between
+    // allocations resolve the same way on every run.
+    for svc in services.iter_mut().filter(|s| needs_ip(s)) {
+        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+        let name = svc.metadata.name.as_deref().unwrap_or_default();
+        let Some(ip) = allocate(cidr, &format!("{ns}/{name}"), &taken) else {
+            tracing::error!("Service {ns}/{name} skipped: service range {cidr} is full");
+            continue;
+        };
+        taken.insert(ip);
+        tracing::debug!("Service {ns}/{name}: allocated clusterIP {ip}");
+        if let Some(spec) = svc.spec.as_mut() {
+            spec.cluster_ip = Some(ip.to_string());
+            spec.cluster_ips = Some(vec![ip.to_string()]);
+        }
+    }
+    services.retain(|s| !needs_ip(s));
+}
+
+fn explicit_v4(svc: &Service) -> Option<Ipv4Addr> {
+    svc.spec.as_ref()?.cluster_ip.as_deref()?.parse().ok()
+}
+
+/// A Service needs an address unless it has one, is headless, or is an
+/// ExternalName alias.
+fn needs_ip(svc: &Service) -> bool {
+    let Some(spec) = svc.spec.as_ref() else { return false };
+    let has_ip = spec.cluster_ip.as_deref().is_some_and(|ip| !ip.is_empty())
+        || spec.cluster_ips.as_ref().is_some_and(|ips| ips.iter().any(|ip| !ip.is_empty()));
+    !has_ip && spec.type_.as_deref() != Some("ExternalName")
+}
+
+/// The first free address at or after hash(key), skipping the network
+/// address, the first host address (kube-apiserver reserves it for the
+/// `kubernetes` Service) and the last address.
+fn allocate(cidr: Ipv4Cidr, key: &str, taken: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+    let size = cidr.size();
+    if size < 4 {
+        return None;
+    }
+    let usable = size - 3;
+    let start = fnv1a(key.as_bytes()) % usable;
+    (0..usable).map(|i| 2 + (start + i) % usable).filter_map(|offset| cidr.nth(offset)).find(|ip| !taken.contains(ip))
+}
+
+/// FNV-1a: tiny, and stable across Rust releases (std's hasher is not).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::ServiceSpec;
+
+    use super::*;
+
+    fn svc(name: &str, ip: Option<&str>) -> Service {
+        Service {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("default".into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec { cluster_ip: ip.map(Into::into), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    fn ip_of(svc: &Service) -> Ipv4Addr {
+        svc.spec.as_ref().unwrap().cluster_ip.as_ref().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn allocation_is_stable_and_independent_of_other_services() {
+        let cidr: Ipv4Cidr = "10.96.0.0/16".parse().unwrap();
+        let mut alone = vec![svc("web", None)];
+        assign_cluster_ips(&mut alone, cidr);
+        let mut crowd = vec![svc("a", None), svc("b", Some("10.96.0.10")), svc("web", None), svc("z", None)];
+        assign_cluster_ips(&mut crowd, cidr);
+        assert_eq!(ip_of(&alone[0]), ip_of(&crowd[2]));
+        assert!(cidr.contains(ip_of(&alone[0])));
+        assert_eq!(ip_of(&crowd[1]), Ipv4Addr::new(10, 96, 0, 10));
+    }
+
+    #[test]
+    fn collisions_probe_forward_and_reserved_addresses_are_skipped() {
+        let cidr: Ipv4Cidr = "10.96.0.0/30".parse().unwrap(); // one usable address: .2
+        let mut services = vec![svc("a", None), svc("b", None)];
+        assign_cluster_ips(&mut services, cidr);
+        // Only one fits; the other is dropped with an error, not given a
+        // reserved or duplicate address.
+        assert_eq!(services.len(), 1);
+        assert_eq!(ip_of(&services[0]), Ipv4Addr::new(10, 96, 0, 2));
+    }
+
+    #[test]
+    fn explicit_ip_outside_range_is_refused() {
+        let cidr: Ipv4Cidr = "10.96.0.0/16".parse().unwrap();
+        let mut services = vec![svc("in", Some("10.96.1.1")), svc("out", Some("192.168.1.1"))];
+        assign_cluster_ips(&mut services, cidr);
+        assert_eq!(services.len(), 1);
+        assert_eq!(services[0].metadata.name.as_deref(), Some("in"));
+    }
+
+    #[test]
+    fn headless_and_external_name_get_nothing() {
+        let cidr: Ipv4Cidr = "10.96.0.0/16".parse().unwrap();
+        let mut headless = svc("h", Some("None"));
+        let mut ext = svc("e", None);
+        ext.spec.as_mut().unwrap().type_ = Some("ExternalName".into());
+        let mut services = vec![headless.clone(), ext.clone()];
+        assign_cluster_ips(&mut services, cidr);
+        headless.spec.as_mut().unwrap();
+        assert_eq!(services, vec![headless, ext]);
+    }
+}

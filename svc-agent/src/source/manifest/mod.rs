@@ -1,0 +1,181 @@
+//! `--source DIR`: Services, EndpointSlices and Endpoints read from YAML or
+//! JSON manifests, re-read when files change.
+//!
+//! This source plays the API server's part for what the dataplane needs:
+//! it allocates cluster IPs for Services that have none (`ipam`) and
+//! mirrors selector-less Services' Endpoints into EndpointSlices
+//! (`mirror`). A file that fails to parse is reported by name and its last
+//! good content stays in effect, the way a failed `kubectl apply` leaves
+//! the cluster unchanged; the other files always apply.
+
+mod ipam;
+mod mirror;
+mod parse;
+mod watch;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use k8s_openapi::api::{
+    core::v1::{Endpoints, Service},
+    discovery::v1::EndpointSlice,
+};
+pub use parse::{ParseError, ParsedFile, parse_manifest};
+pub use watch::spawn;
+
+use crate::model::Ipv4Cidr;
+
+/// What identifies a file version without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+#[derive(Debug)]
+struct FileState {
+    stamp: Stamp,
+    /// Last content that parsed (None if the file never parsed).
+    objects: Option<ParsedFile>,
+}
+
+/// The directory's objects as of the last [`ManifestDir::reload`].
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    /// Services, with cluster IPs allocated where missing.
+    pub services: Vec<Service>,
+    /// EndpointSlices, including those mirrored from Endpoints.
+    pub slices: Vec<EndpointSlice>,
+}
+
+/// Reads and caches a manifest directory.
+#[derive(Debug)]
+pub struct ManifestDir {
+    dir: PathBuf,
+    service_cidr: Ipv4Cidr,
+    files: BTreeMap<PathBuf, FileState>,
+}
+
+impl ManifestDir {
+    /// A reader for `dir`; nothing is read yet.
+    pub fn new(dir: impl Into<PathBuf>, service_cidr: Ipv4Cidr) -> Self {
+        Self { dir: dir.into(), service_cidr, files: BTreeMap::new() }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Re-reads changed files and returns the merged objects.
+    pub fn reload(&mut self) -> std::io::Result<Snapshot> {
+        let present = manifest_files(&self.dir)?;
+        self.files.retain(|path, _| {
+            let keep = present.contains_key(path);
+            if !keep {
+                tracing::info!(file = %path.display(), "manifest removed");
+            }
+            keep
+        });
+        for (path, stamp) in present {
+            if self.files.get(&path).is_some_and(|f| f.stamp == stamp) {
+                continue;
+            }
+            let previous = self.files.remove(&path).and_then(|f| f.objects);
+            let objects = match read_and_parse(&path) {
+                Ok(parsed) => Some(parsed),
+                Err(err) => {
+                    tracing::error!(
+                        file = %path.display(),
+                        "manifest {} skipped: {err}{}",
+                        path.display(),
+                        if previous.is_some() { " (keeping its last good content)" } else { "" }
+                    );
+                    previous
+                }
+            };
+            self.files.insert(path, FileState { stamp, objects });
+        }
+        Ok(self.merge())
+    }
+
+    /// Combines every file's objects into one consistent view.
+    fn merge(&self) -> Snapshot {
+        let mut services: BTreeMap<(String, String), Service> = BTreeMap::new();
+        let mut slices: BTreeMap<(String, String), EndpointSlice> = BTreeMap::new();
+        let mut endpoints: BTreeMap<(String, String), Endpoints> = BTreeMap::new();
+        for (path, state) in &self.files {
+            let Some(parsed) = &state.objects else { continue };
+            for svc in &parsed.services {
+                insert_unique(&mut services, key_of(&svc.metadata), svc.clone(), "Service", path);
+            }
+            for slice in &parsed.slices {
+                insert_unique(&mut slices, key_of(&slice.metadata), slice.clone(), "EndpointSlice", path);
+            }
+            for ep in &parsed.endpoints {
+                insert_unique(&mut endpoints, key_of(&ep.metadata), ep.clone(), "Endpoints", path);
+            }
+        }
+        let mut services: Vec<Service> = services.into_values().collect();
+        ipam::assign_cluster_ips(&mut services, self.service_cidr);
+        let mut slices: Vec<EndpointSlice> = slices.into_values().collect();
+        slices.extend(mirror::mirror_endpoints(&services, endpoints.values()));
+        Snapshot { services, slices }
+    }
+}
+
+fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
+    (meta.namespace.clone().unwrap_or_else(|| "default".to_owned()), meta.name.clone().unwrap_or_default())
+}
+
+/// Keeps the first definition of an object and reports duplicates by file.
+fn insert_unique<T>(map: &mut BTreeMap<(String, String), T>, key: (String, String), obj: T, kind: &str, path: &Path) {
+    if map.contains_key(&key) {
+        tracing::warn!(
+            file = %path.display(),
+            "{kind} {}/{} is defined more than once; keeping the first definition (files are read in name order)",
+            key.0,
+            key.1
+        );
+        return;
+    }
+    map.insert(key, obj);
+}
+
+/// `*.yaml`, `*.yml` and `*.json` directly in `dir`, skipping hidden files
+/// (editors and atomic writers use them for temporaries).
+fn manifest_files(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Stamp>> {
+    let mut out = BTreeMap::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let is_manifest = [".yaml", ".yml", ".json"].iter().any(|ext| name.ends_with(ext));
+        if name.starts_with('.') || !is_manifest {
+            continue;
+        }
+        // Follow symlinks (ConfigMap volumes are symlinks into ..data).
+        let Ok(meta) = fs::metadata(&path) else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        out.insert(path, Stamp { modified: meta.modified().ok(), len: meta.len(), inode: meta.ino() });
+    }
+    Ok(out)
+}
+
+fn read_and_parse(path: &Path) -> Result<ParsedFile, ParseError> {
+    let text = fs::read_to_string(path).map_err(|e| ParseError::Read(e.to_string()))?;
+    let parsed = parse_manifest(&text)?;
+    for problem in &parsed.problems {
+        tracing::error!(file = %path.display(), "manifest {}: {problem}", path.display());
+    }
+    Ok(parsed)
+}

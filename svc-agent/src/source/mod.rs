@@ -1,0 +1,81 @@
+//! Sources of desired state. A source only delivers Kubernetes objects
+//! (Services and EndpointSlices), facts about the node, and says when it
+//! has delivered a complete view; turning them into dataplane state is the
+//! model's job. Both sources produce the same events for the same objects.
+
+pub mod kube;
+pub mod manifest;
+pub mod node;
+
+use std::{net::Ipv4Addr, time::Instant};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+/// A change to one kind of object.
+#[derive(Debug, Clone)]
+pub enum Change<T> {
+    /// The complete current set (initial listing, relist, manifest re-read):
+    /// anything not in it is gone.
+    Replace(Vec<T>),
+    /// One object added or modified.
+    Upsert(T),
+    /// One object deleted.
+    Delete {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+}
+
+/// What a source tells the controller.
+#[derive(Debug, Clone)]
+#[expect(clippy::large_enum_variant, reason = "events are moved once, through a channel; boxing buys nothing")]
+pub enum SourceEvent {
+    /// Services changed.
+    Services(Change<Service>),
+    /// EndpointSlices changed.
+    Slices(Change<EndpointSlice>),
+    /// This node's zone (from its Node object, or `--zone`).
+    NodeZone(Option<String>),
+    /// This node's local IPv4 addresses changed (NodePort frontends).
+    NodeAddresses(Vec<Ipv4Addr>),
+    /// Everything the source knows has been delivered at least once: the
+    /// controller may now program, and remove what is stale.
+    Synced,
+}
+
+/// An event and when the agent received it (for the event-to-map latency).
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    /// The event.
+    pub event: SourceEvent,
+    /// When the source received it.
+    pub received: Instant,
+}
+
+/// Sending half used by sources.
+#[derive(Debug, Clone)]
+pub struct EventSender(tokio::sync::mpsc::UnboundedSender<Envelope>);
+
+/// Receiving half used by the controller.
+pub type EventReceiver = tokio::sync::mpsc::UnboundedReceiver<Envelope>;
+
+/// A channel from sources to the controller.
+pub fn channel() -> (EventSender, EventReceiver) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    (EventSender(tx), rx)
+}
+
+impl EventSender {
+    /// Sends an event stamped with the current time. Returns false once
+    /// the controller is gone.
+    pub fn send(&self, event: SourceEvent) -> bool {
+        self.0.send(Envelope { event, received: Instant::now() }).is_ok()
+    }
+
+    /// Whether the controller is gone.
+    pub fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+}

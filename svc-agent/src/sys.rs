@@ -1,0 +1,155 @@
+//! The few system facts and calls the agent needs that aya does not cover.
+
+use std::{
+    ffi::CString,
+    fs, io,
+    os::{fd::FromRawFd as _, fd::OwnedFd, unix::ffi::OsStrExt as _},
+    path::{Path, PathBuf},
+};
+
+/// `statfs.f_type` of a bpffs mount.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The cgroup v2 mount point (e.g. `/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on hybrid hosts), from /proc/mounts.
+pub fn cgroup2_mount() -> io::Result<PathBuf> {
+    let mounts = fs::read_to_string("/proc/mounts")?;
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_dev, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(dir))
+        })
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup2 file system in /proc/mounts"))
+}
+
+/// Whether `path` (or its closest existing ancestor) is on a bpffs mount.
+pub fn is_on_bpffs(path: &Path) -> io::Result<bool> {
+    let mut probe = path;
+    while !probe.exists() {
+        probe = probe.parent().unwrap_or(Path::new("/"));
+    }
+    let c = CString::new(probe.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: statfs writes into the zeroed struct we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out-pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &raw mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast, reason = "f_type's width differs between libcs")]
+    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+}
+
+/// The network namespace cookie of the calling thread's namespace, the
+/// same number `bpf_get_netns_cookie()` returns in the programs.
+pub fn current_netns_cookie() -> io::Result<u64> {
+    // SAFETY: plain socket(2); the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut cookie: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid fd and out-pointers of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns()`.
+pub fn monotonic_ns() -> u64 {
+    // SAFETY: clock_gettime writes into the struct we own.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: valid clock id and out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Detaches the bpf_link pinned at `path` from its hook, even if another
+/// process still holds it open (BPF_LINK_DETACH). aya 0.14 only detaches
+/// links it created itself, and `cleanup` must work on a crashed agent's
+/// pins, so this is the one raw bpf(2) use in the agent.
+pub fn detach_pinned_link(path: &Path) -> io::Result<()> {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+
+    // union bpf_attr, obj_get member. The kernel rejects non-zero bytes
+    // past the fields it knows, so the tail padding is spelled out.
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        pad: u32,
+    }
+    let mut attr = ObjGet { pathname: c.as_ptr() as u64, bpf_fd: 0, file_flags: 0, path_fd: 0, pad: 0 };
+    // SAFETY: attr is a valid bpf_attr prefix for BPF_OBJ_GET.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &raw mut attr, size_of::<ObjGet>()) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+
+    // union bpf_attr, link_detach member: link_fd.
+    #[repr(C)]
+    struct LinkDetach {
+        link_fd: u32,
+    }
+    let mut attr = LinkDetach { link_fd: std::os::fd::AsRawFd::as_raw_fd(&fd) as u32 };
+    // SAFETY: attr is a valid bpf_attr prefix for BPF_LINK_DETACH.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, &raw mut attr, size_of::<LinkDetach>()) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// IPv4 addresses configured on this network namespace's interfaces,
+/// except loopback (candidates for `nodeIP:nodePort`).
+pub fn local_ipv4_addresses() -> io::Result<Vec<std::net::Ipv4Addr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates a list we free below.
+    if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: cur walks the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points at a sockaddr of at least sa_family.
+            let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+            if family == libc::AF_INET {
+                // SAFETY: AF_INET addresses are sockaddr_in.
+                let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+                let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                if !ip.is_loopback() && !out.contains(&ip) {
+                    out.push(ip);
+                }
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: head came from getifaddrs.
+    unsafe { libc::freeifaddrs(head) };
+    out.sort_unstable();
+    Ok(out)
+}

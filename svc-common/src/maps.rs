@@ -1,0 +1,256 @@
+//! Names, keys and values of every map the dataplane pins.
+
+use bytemuck::{Pod, Zeroable};
+
+/// Names of the maps as pinned under `<bpffs>/maps/` and shown by
+/// `bpftool map list`. The kernel keeps 15 bytes of a map name.
+pub mod names {
+    /// Frontend (service address) -> [`super::Frontend`].
+    pub const FRONTENDS: &str = "SVC_FRONTENDS";
+    /// (backend set, slot) -> [`super::Backend4`].
+    pub const BACKENDS: &str = "SVC_BACKENDS";
+    /// (backend set, backend) -> slot; membership test for session affinity.
+    pub const BACKEND_INDEX: &str = "SVC_BE_INDEX";
+    /// (client netns, service port) -> pinned backend.
+    pub const AFFINITY: &str = "SVC_AFFINITY";
+    /// (socket, backend) -> frontend, for recvmsg/getpeername.
+    pub const REV_NAT: &str = "SVC_REVNAT_SK";
+    /// Service port id -> names, for `svc-agent status`.
+    pub const META: &str = "SVC_META";
+    /// Single-entry runtime configuration written by the agent.
+    pub const CONFIG: &str = "SVC_CONFIG";
+    /// All maps, in the order `cleanup` and `status` walk them.
+    pub const ALL: [&str; 7] = [FRONTENDS, BACKENDS, BACKEND_INDEX, AFFINITY, REV_NAT, META, CONFIG];
+}
+
+/// Default capacities. All are overridable on the agent's command line;
+/// hash maps are created with `BPF_F_NO_PREALLOC`, so an unused capacity
+/// costs no kernel memory (the LRU maps are preallocated by the kernel).
+pub mod capacity {
+    /// Frontends (service address x port x protocol).
+    pub const FRONTENDS: u32 = 65_536;
+    /// Backend slots, counted over all sets. An update holds the old and the
+    /// new set at once, so size this for twice the largest endpoint count.
+    pub const BACKENDS: u32 = 1_048_576;
+    /// Membership entries (only written for frontends with session affinity).
+    pub const BACKEND_INDEX: u32 = 262_144;
+    /// Affinity entries (clients x services with affinity); LRU.
+    pub const AFFINITY: u32 = 65_536;
+    /// Reverse translation entries (translated sockets); LRU.
+    pub const REV_NAT: u32 = 262_144;
+    /// Service ports.
+    pub const META: u32 = 65_536;
+}
+
+/// The service address a socket asked for: the frontend map's key.
+///
+/// `addr` and `port` are in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct FrontendKey4 {
+    /// Destination IPv4 address, as octets (network order; `bpftool map
+    /// dump` prints it as `[10,96,0,10]`).
+    pub addr: [u8; 4],
+    /// Destination port (network byte order).
+    pub port: u16,
+    /// IANA protocol number ([`crate::proto`]).
+    pub proto: u8,
+    /// Always zero; explicit so the key has no uninitialised bytes.
+    pub _pad: u8,
+}
+
+/// What a frontend resolves to. Replaced as a whole by one map update, which
+/// is what makes a backend-set change atomic for a racing `connect()`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct Frontend {
+    /// Service-port id: shared by every frontend of one Service port and
+    /// protocol (ClusterIP, NodePort, external IPs); keys [`ServiceMeta`]
+    /// and [`AffinityKey`].
+    pub svc_id: u32,
+    /// The backend set this frontend currently uses ([`SlotKey::set_id`]).
+    pub set_id: u32,
+    /// Number of backends in the set; 0 refuses the connection.
+    pub count: u32,
+    /// `sessionAffinity: ClientIP` timeout in seconds; 0 means no affinity.
+    pub affinity_timeout: u32,
+    /// [`fe_flags`] bits.
+    pub flags: u32,
+    /// Always zero.
+    pub _pad: u32,
+}
+
+/// Bits of [`Frontend::flags`].
+pub mod fe_flags {
+    /// The frontend is a ClusterIP address.
+    pub const KIND_CLUSTER_IP: u32 = 1 << 0;
+    /// The frontend is `nodeIP:nodePort`.
+    pub const KIND_NODE_PORT: u32 = 1 << 1;
+    /// The frontend is a `spec.externalIPs` address.
+    pub const KIND_EXTERNAL_IP: u32 = 1 << 2;
+    /// The frontend is a `status.loadBalancer.ingress[].ip` address.
+    pub const KIND_LOAD_BALANCER: u32 = 1 << 3;
+    /// Only sockets in the host network namespace are translated
+    /// (`127.0.0.1:nodePort`).
+    pub const HOST_NS_ONLY: u32 = 1 << 8;
+    /// The set carries a [`super::BackendIndexKey`] entry per backend.
+    pub const INDEXED: u32 = 1 << 9;
+}
+
+/// One slot of a backend set. A set is `count` consecutive slots written
+/// before any frontend points at it and deleted only after none does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct SlotKey {
+    /// Backend set id, allocated by the agent, never reused while live.
+    pub set_id: u32,
+    /// 0..count.
+    pub slot: u32,
+}
+
+/// A backend address (network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct Backend4 {
+    /// IPv4 address, as octets.
+    pub addr: [u8; 4],
+    /// Port (network byte order).
+    pub port: u16,
+    /// Always zero.
+    pub _pad: u16,
+}
+
+/// "Is this backend in this set?", for session affinity: an affinity entry
+/// stays valid across set changes as long as its backend is still a member.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct BackendIndexKey {
+    /// Backend set id.
+    pub set_id: u32,
+    /// The member.
+    pub backend: Backend4,
+}
+
+/// Session affinity is per client and service port, as kube-proxy's
+/// `recent` lists are per service port. The client is its network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct AffinityKey {
+    /// `bpf_get_netns_cookie()` of the connecting socket.
+    pub netns_cookie: u64,
+    /// [`Frontend::svc_id`].
+    pub svc_id: u32,
+    /// Always zero.
+    pub _pad: u32,
+}
+
+/// The backend a client is pinned to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct AffinityValue {
+    /// The pinned backend.
+    pub backend: Backend4,
+    /// Set in which membership was last confirmed (skips the index lookup
+    /// while the set is unchanged).
+    pub set_id: u32,
+    /// Always zero.
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` of the last connection (CLOCK_MONOTONIC).
+    pub last_used_ns: u64,
+}
+
+/// Reverse translation key: which socket talked to which backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct RevNatKey {
+    /// `bpf_get_socket_cookie()`.
+    pub cookie: u64,
+    /// The backend the socket was sent to.
+    pub backend: Backend4,
+}
+
+/// Reverse translation value: the frontend the application asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct RevNatValue {
+    /// Frontend address, as octets.
+    pub addr: [u8; 4],
+    /// Frontend port (network byte order).
+    pub port: u16,
+    /// Always zero.
+    pub _pad: u16,
+    /// [`Frontend::svc_id`] at the time of translation.
+    pub svc_id: u32,
+}
+
+/// Longest namespace or Service name Kubernetes accepts, plus a NUL.
+pub const NAME_LEN: usize = 64;
+/// Longest port name Kubernetes accepts (IANA service name), plus a NUL.
+pub const PORT_NAME_LEN: usize = 16;
+
+/// Human names of a service port, for `svc-agent status` and for adopting
+/// pinned state after a restart. Never read by the programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct ServiceMeta {
+    /// Namespace, NUL-padded.
+    pub namespace: [u8; NAME_LEN],
+    /// Service name, NUL-padded.
+    pub name: [u8; NAME_LEN],
+    /// Service port name, NUL-padded (empty for an unnamed port).
+    pub port_name: [u8; PORT_NAME_LEN],
+    /// Service port (host byte order).
+    pub port: u16,
+    /// IANA protocol number.
+    pub proto: u8,
+    /// Always zero.
+    pub _pad: [u8; 5],
+}
+
+/// Runtime configuration, a single entry at key 0 of `SVC_CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Config {
+    /// `netns_cookie` of the host network namespace, for
+    /// [`fe_flags::HOST_NS_ONLY`] frontends.
+    pub host_netns_cookie: u64,
+    /// Layout version of these maps; the agent refuses to adopt pins with
+    /// another version.
+    pub layout_version: u32,
+    /// Always zero.
+    pub _pad: u32,
+}
+
+/// Bump when any key or value above changes shape.
+pub const LAYOUT_VERSION: u32 = 1;
+
+const _: () = {
+    assert!(size_of::<FrontendKey4>() == 8);
+    assert!(size_of::<Frontend>() == 24);
+    assert!(size_of::<SlotKey>() == 8);
+    assert!(size_of::<Backend4>() == 8);
+    assert!(size_of::<BackendIndexKey>() == 12);
+    assert!(size_of::<AffinityKey>() == 16);
+    assert!(size_of::<AffinityValue>() == 24);
+    assert!(size_of::<RevNatKey>() == 16);
+    assert!(size_of::<RevNatValue>() == 12);
+    assert!(size_of::<ServiceMeta>() == 152);
+    assert!(size_of::<Config>() == 16);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type is #[repr(C)], Copy, and bytemuck::Pod proves it
+    // has no padding bytes and is valid for any bit pattern.
+    unsafe impl aya::Pod for super::FrontendKey4 {}
+    unsafe impl aya::Pod for super::Frontend {}
+    unsafe impl aya::Pod for super::SlotKey {}
+    unsafe impl aya::Pod for super::Backend4 {}
+    unsafe impl aya::Pod for super::BackendIndexKey {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::AffinityValue {}
+    unsafe impl aya::Pod for super::RevNatKey {}
+    unsafe impl aya::Pod for super::RevNatValue {}
+    unsafe impl aya::Pod for super::ServiceMeta {}
+    unsafe impl aya::Pod for super::Config {}
+}

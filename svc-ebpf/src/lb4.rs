@@ -1,0 +1,163 @@
+//! Shared IPv4 lookup helpers for the socket hooks: frontend lookup, backend
+//! selection (random or by session affinity) and reverse translation.
+//!
+//! Everything here copies map values out immediately: a hash map entry can
+//! be replaced by the agent at any time, and copying gives us one consistent
+//! version of it.
+
+use aya_ebpf::{
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns},
+    programs::SockAddrContext,
+};
+use svc_common::{
+    AffinityKey, AffinityValue, Backend4, BackendIndexKey, Frontend, FrontendKey4, RevNatKey, RevNatValue, SlotKey,
+    fe_flags,
+};
+
+use crate::maps::{SVC_AFFINITY, SVC_BACKENDS, SVC_BE_INDEX, SVC_CONFIG, SVC_FRONTENDS, SVC_REVNAT_SK};
+
+/// What a forward hook should do with the socket address.
+pub(crate) enum Verdict {
+    /// Not a frontend (or not for this client): leave the call alone.
+    Pass,
+    /// A frontend without a usable backend: fail the call.
+    Refuse,
+    /// Rewrite the destination to this backend.
+    Translate(Backend4),
+}
+
+/// The destination of the call as a frontend key.
+#[inline(always)]
+pub(crate) fn frontend_key(ctx: &SockAddrContext, proto: u8) -> FrontendKey4 {
+    // SAFETY: the kernel hands sock_addr programs a valid context.
+    let sa = unsafe { &*ctx.sock_addr };
+    // user_ip4 holds the address in network order: its in-memory bytes are
+    // the octets.
+    FrontendKey4 { addr: sa.user_ip4.to_ne_bytes(), port: sa.user_port as u16, proto, _pad: 0 }
+}
+
+/// Rewrites the destination (forward) or source (reverse) address of the call.
+#[inline(always)]
+pub(crate) fn set_addr(ctx: &SockAddrContext, addr: [u8; 4], port: u16) {
+    // SAFETY: as above; user_ip4/user_port are writable in every hook we use.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    sa.user_ip4 = u32::from_ne_bytes(addr);
+    sa.user_port = u32::from(port);
+}
+
+#[inline(always)]
+fn lookup_frontend(key: &FrontendKey4) -> Option<Frontend> {
+    // SAFETY: copied out at once (see module docs).
+    unsafe { SVC_FRONTENDS.get(key).copied() }
+}
+
+/// Frontends marked host-netns-only (`127.0.0.1:nodePort`) only apply to
+/// sockets of the host network namespace.
+#[inline(always)]
+fn applies_to(ctx: &SockAddrContext, fe: &Frontend) -> bool {
+    if fe.flags & fe_flags::HOST_NS_ONLY == 0 {
+        return true;
+    }
+    // SAFETY: plain helper call on our context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+    let host = SVC_CONFIG.get(0).map(|c| c.host_netns_cookie);
+    host == Some(netns)
+}
+
+/// Decides the fate of a `connect()`/`sendmsg()` to `key`.
+#[inline(always)]
+pub(crate) fn select(ctx: &SockAddrContext, key: &FrontendKey4) -> Verdict {
+    let Some(mut fe) = lookup_frontend(key) else {
+        return Verdict::Pass;
+    };
+    if !applies_to(ctx, &fe) {
+        return Verdict::Pass;
+    }
+    // A slot can only be missing if the agent retired the set between our
+    // frontend lookup and our slot lookup; the frontend then already points
+    // at the complete new set, so one more round sees it.
+    for _ in 0..2 {
+        if fe.count == 0 {
+            return Verdict::Refuse;
+        }
+        if let Some(b) = pick(ctx, &fe) {
+            return Verdict::Translate(b);
+        }
+        fe = match lookup_frontend(key) {
+            Some(fe) => fe,
+            None => return Verdict::Pass,
+        };
+    }
+    Verdict::Refuse
+}
+
+#[inline(always)]
+fn pick(ctx: &SockAddrContext, fe: &Frontend) -> Option<Backend4> {
+    if fe.affinity_timeout == 0 {
+        return random_backend(fe);
+    }
+    // SAFETY: plain helper calls on our context.
+    let (netns_cookie, now) = unsafe { (bpf_get_netns_cookie(ctx.sock_addr.cast()), bpf_ktime_get_ns()) };
+    let key = AffinityKey { netns_cookie, svc_id: fe.svc_id, _pad: 0 };
+    let backend = match affine_backend(&key, fe, now) {
+        Some(b) => b,
+        None => random_backend(fe)?,
+    };
+    let value = AffinityValue { backend, set_id: fe.set_id, _pad: 0, last_used_ns: now };
+    // Best effort: if the LRU insert fails, this connection simply has no
+    // affinity recorded.
+    let _ = SVC_AFFINITY.insert(key, value, 0);
+    Some(backend)
+}
+
+/// The backend this client is pinned to, if the pin is fresh and the backend
+/// is still in the frontend's current set.
+#[inline(always)]
+fn affine_backend(key: &AffinityKey, fe: &Frontend, now: u64) -> Option<Backend4> {
+    // SAFETY: copied out at once.
+    let entry = unsafe { SVC_AFFINITY.get(key).copied() }?;
+    let timeout_ns = u64::from(fe.affinity_timeout) * 1_000_000_000;
+    if now.wrapping_sub(entry.last_used_ns) > timeout_ns {
+        return None;
+    }
+    if entry.set_id != fe.set_id {
+        let member = BackendIndexKey { set_id: fe.set_id, backend: entry.backend };
+        // SAFETY: only tests presence.
+        unsafe { SVC_BE_INDEX.get(member) }?;
+    }
+    Some(entry.backend)
+}
+
+#[inline(always)]
+fn random_backend(fe: &Frontend) -> Option<Backend4> {
+    // SAFETY: plain helper call.
+    let slot = unsafe { bpf_get_prandom_u32() } % fe.count;
+    // SAFETY: copied out at once.
+    unsafe { SVC_BACKENDS.get(SlotKey { set_id: fe.set_id, slot }).copied() }
+}
+
+/// Remembers, for this socket, which frontend a backend stands for, so that
+/// recvmsg/getpeername can show the application the address it asked for.
+#[inline(always)]
+pub(crate) fn remember_frontend(ctx: &SockAddrContext, frontend: &FrontendKey4, backend: Backend4) {
+    // SAFETY: plain helper call on our context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let key = RevNatKey { cookie, backend };
+    let svc_id = lookup_frontend(frontend).map_or(0, |fe| fe.svc_id);
+    let value = RevNatValue { addr: frontend.addr, port: frontend.port, _pad: 0, svc_id };
+    // sendmsg runs per datagram: skip the write when nothing changed.
+    // SAFETY: copied out at once.
+    if unsafe { SVC_REVNAT_SK.get(key).copied() } != Some(value) {
+        let _ = SVC_REVNAT_SK.insert(key, value, 0);
+    }
+}
+
+/// The frontend this socket asked for when it reached `backend`, if any.
+#[inline(always)]
+pub(crate) fn recall_frontend(ctx: &SockAddrContext) -> Option<RevNatValue> {
+    // SAFETY: plain helper call on our context; valid context.
+    let (cookie, sa) = unsafe { (bpf_get_socket_cookie(ctx.sock_addr.cast()), &*ctx.sock_addr) };
+    let backend = Backend4 { addr: sa.user_ip4.to_ne_bytes(), port: sa.user_port as u16, _pad: 0 };
+    // SAFETY: copied out at once.
+    unsafe { SVC_REVNAT_SK.get(RevNatKey { cookie, backend }).copied() }
+}

@@ -1,0 +1,90 @@
+//! cgroup/sock_addr programs that implement Kubernetes Services at the
+//! socket: one short function per hook over the helpers in `lb4`.
+//!
+//! - `connect4` (TCP, connected UDP) and `sendmsg4` (unconnected UDP)
+//!   rewrite a frontend destination to a backend;
+//! - `recvmsg4` (UDP replies) and `getpeername4` rewrite a backend address
+//!   back to the frontend the application asked for.
+#![no_std]
+#![no_main]
+// The program macros hand each entry point its context by value.
+#![expect(clippy::needless_pass_by_value, reason = "aya-ebpf's program signature")]
+
+mod lb4;
+mod maps;
+
+use aya_ebpf::{helpers::generated::bpf_set_retval, macros::cgroup_sock_addr, programs::SockAddrContext};
+use lb4::Verdict;
+use svc_common::{errno, proto};
+
+/// Return value that lets the syscall proceed.
+const ALLOW: i32 = 1;
+/// Return value that fails the syscall (with the errno from bpf_set_retval).
+const REJECT: i32 = 0;
+
+#[cgroup_sock_addr(connect4)]
+pub(crate) fn svc_connect4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: valid context.
+    let protocol = unsafe { (*ctx.sock_addr).protocol };
+    match protocol {
+        p if p == u32::from(proto::TCP) => forward(&ctx, proto::TCP),
+        p if p == u32::from(proto::UDP) => forward(&ctx, proto::UDP),
+        _ => ALLOW,
+    }
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub(crate) fn svc_sendmsg4(ctx: SockAddrContext) -> i32 {
+    forward(&ctx, proto::UDP)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub(crate) fn svc_recvmsg4(ctx: SockAddrContext) -> i32 {
+    reverse(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub(crate) fn svc_getpeer4(ctx: SockAddrContext) -> i32 {
+    reverse(&ctx);
+    ALLOW
+}
+
+/// Destination rewrite shared by connect4 and sendmsg4.
+#[inline(always)]
+fn forward(ctx: &SockAddrContext, proto: u8) -> i32 {
+    let key = lb4::frontend_key(ctx, proto);
+    match lb4::select(ctx, &key) {
+        Verdict::Pass => ALLOW,
+        Verdict::Refuse => {
+            // kube-proxy REJECTs: the caller sees ECONNREFUSED, not EPERM.
+            // SAFETY: helper available to cgroup sock_addr programs.
+            unsafe { bpf_set_retval(-errno::ECONNREFUSED) };
+            REJECT
+        }
+        Verdict::Translate(backend) => {
+            lb4::remember_frontend(ctx, &key, backend);
+            lb4::set_addr(ctx, backend.addr, backend.port);
+            ALLOW
+        }
+    }
+}
+
+/// Source rewrite shared by recvmsg4 and getpeername4.
+#[inline(always)]
+fn reverse(ctx: &SockAddrContext) {
+    if let Some(frontend) = lb4::recall_frontend(ctx) {
+        lb4::set_addr(ctx, frontend.addr, frontend.port);
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    loop {}
+}
+
+/// The kernel requires a GPL-compatible license for several helpers.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,46 @@
+//! The pinned maps, as BTF map definitions so `bpftool map dump` prints
+//! field names. Keys, values and default capacities live in `svc-common`;
+//! the agent resizes them at load time. Layout and update protocol:
+//! `docs/maps.md`.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    btf_maps::{Array, HashMap, LruHashMap},
+    macros::btf_map,
+};
+use svc_common::{
+    AffinityKey, AffinityValue, Backend4, BackendIndexKey, Config, Frontend, FrontendKey4, RevNatKey, RevNatValue,
+    ServiceMeta, SlotKey, capacity,
+};
+
+/// No preallocation: entries are freed after an RCU grace period, so a
+/// program that looked up the old value of a replaced entry keeps reading a
+/// complete old value (and unused capacity costs nothing).
+const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
+
+#[btf_map]
+pub(crate) static SVC_FRONTENDS: HashMap<FrontendKey4, Frontend, { capacity::FRONTENDS as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+#[btf_map]
+pub(crate) static SVC_BACKENDS: HashMap<SlotKey, Backend4, { capacity::BACKENDS as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+#[btf_map]
+pub(crate) static SVC_BE_INDEX: HashMap<BackendIndexKey, u32, { capacity::BACKEND_INDEX as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+#[btf_map]
+pub(crate) static SVC_AFFINITY: LruHashMap<AffinityKey, AffinityValue, { capacity::AFFINITY as usize }> =
+    LruHashMap::new();
+
+#[btf_map]
+pub(crate) static SVC_REVNAT_SK: LruHashMap<RevNatKey, RevNatValue, { capacity::REV_NAT as usize }> = LruHashMap::new();
+
+/// Written and read by the agent only; defined here so that it is created,
+/// pinned and typed (BTF) together with the others.
+#[btf_map]
+pub(crate) static SVC_META: HashMap<u32, ServiceMeta, { capacity::META as usize }, NO_PREALLOC> = HashMap::new();
+
+#[btf_map]
+pub(crate) static SVC_CONFIG: Array<Config, 1> = Array::new();

@@ -1,0 +1,307 @@
+//! `svc-testkit`: the processes the end-to-end tests run inside their network
+//! namespaces: a backend server (`serve`) and TCP/UDP clients (`tcp`, `udp`)
+//! that report what they saw as one JSON object on stdout.
+//!
+//! `--netns NAME` (before the subcommand) enters `/run/netns/NAME` itself
+//! instead of being started through `ip netns exec`, because `ip netns exec`
+//! remounts /sys, which hides the cgroup v2 mount: a client could then not
+//! join its cgroup. The order is: join the cgroup (`--cgroup`), then enter the
+//! network namespace, then create sockets (the cgroup BPF programs apply to
+//! sockets created by processes in the cgroup).
+
+use std::{
+    collections::BTreeMap,
+    fs::{File, OpenOptions},
+    io::{self, BufRead as _, BufReader, Write as _},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd as _,
+    path::PathBuf,
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+#[derive(Debug, Parser)]
+#[command(about = "Test servers and clients for svc-tests")]
+struct Cli {
+    /// Network namespace to enter first (a name under /run/netns or a path).
+    #[arg(long, global = true)]
+    netns: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Serve TCP and UDP ports; answer `NAME:PORT`.
+    Serve {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        tcp: Vec<u16>,
+        #[arg(long)]
+        udp: Vec<u16>,
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: Ipv4Addr,
+    },
+    /// N sequential TCP connects; print what answered as JSON.
+    Tcp {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// N UDP datagrams; print what answered as JSON.
+    Udp {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// One connected socket per datagram instead of one unconnected socket.
+        #[arg(long)]
+        connected: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ClientArgs {
+    #[arg(long)]
+    to: SocketAddrV4,
+    #[arg(long, default_value_t = 1)]
+    count: u32,
+    /// cgroup v2 directory to join before creating any socket.
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+    /// Per-operation timeout (connect, read).
+    #[arg(long, default_value_t = 1000)]
+    timeout_ms: u64,
+}
+
+/// What a client saw. Counters are keyed by reply payload (`ok`), errno name
+/// (`errors`), getpeername() result (`peers`) and recvfrom() source (`sources`).
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    ok: BTreeMap<String, u32>,
+    errors: BTreeMap<String, u32>,
+    peers: BTreeMap<String, u32>,
+    sources: BTreeMap<String, u32>,
+    /// This process's cgroup v2 path (from /proc/self/cgroup), so tests can
+    /// check that `--cgroup` really moved the client.
+    cgroup: String,
+}
+
+fn bump(map: &mut BTreeMap<String, u32>, key: String) {
+    *map.entry(key).or_insert(0) += 1;
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // The cgroup must be joined before entering the netns (see module doc);
+    // both before any socket exists.
+    let client = match &cli.cmd {
+        Cmd::Serve { .. } => None,
+        Cmd::Tcp { client } | Cmd::Udp { client, .. } => Some(client),
+    };
+    if let Some(dir) = client.and_then(|c| c.cgroup.as_ref()) {
+        join_cgroup(dir)?;
+    }
+    if let Some(netns) = &cli.netns {
+        enter_netns(netns)?;
+    }
+    match cli.cmd {
+        Cmd::Serve { name, tcp, udp, bind } => serve(&name, &tcp, &udp, bind),
+        Cmd::Tcp { client } => print_report(&tcp_client(&client)),
+        Cmd::Udp { client, connected } => print_report(&udp_client(&client, connected)),
+    }
+}
+
+fn join_cgroup(dir: &std::path::Path) -> Result<()> {
+    let procs = dir.join("cgroup.procs");
+    let mut file = OpenOptions::new().write(true).open(&procs).with_context(|| format!("open {}", procs.display()))?;
+    write!(file, "{}", std::process::id()).with_context(|| format!("write {}", procs.display()))
+}
+
+fn enter_netns(netns: &str) -> Result<()> {
+    let path = if netns.contains('/') { PathBuf::from(netns) } else { PathBuf::from("/run/netns").join(netns) };
+    let file = File::open(&path).with_context(|| format!("open {}", path.display()))?;
+    // SAFETY: setns only reads the fd; `file` outlives the call. We are still
+    // single-threaded here, so every thread spawned later inherits the netns.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        bail!("setns {}: {}", path.display(), io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn own_cgroup() -> String {
+    std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned)))
+        .unwrap_or_default()
+}
+
+fn print_report(report: &Report) -> Result<()> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer(&mut out, report)?;
+    writeln!(out)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Errno name for the report. Sockets here are blocking with timeouts, so
+/// EAGAIN only ever means "timed out".
+fn errno_name(err: &io::Error) -> String {
+    let name = match err.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "ECONNREFUSED",
+        Some(libc::ENETUNREACH) => "ENETUNREACH",
+        Some(libc::EHOSTUNREACH) => "EHOSTUNREACH",
+        Some(libc::ETIMEDOUT | libc::EAGAIN | libc::EINPROGRESS) => "ETIMEDOUT",
+        Some(libc::EPERM) => "EPERM",
+        Some(libc::EACCES) => "EACCES",
+        Some(libc::ECONNRESET) => "ECONNRESET",
+        Some(libc::EADDRNOTAVAIL) => "EADDRNOTAVAIL",
+        Some(libc::EINVAL) => "EINVAL",
+        Some(code) => return format!("errno {code}"),
+        None if matches!(err.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => "ETIMEDOUT",
+        None => return format!("other: {err}"),
+    };
+    name.to_owned()
+}
+
+fn tcp_client(args: &ClientArgs) -> Report {
+    let timeout = Duration::from_millis(args.timeout_ms.max(1));
+    let mut report = Report { cgroup: own_cgroup(), ..Report::default() };
+    let to = SocketAddr::V4(args.to);
+    for _ in 0..args.count {
+        match TcpStream::connect_timeout(&to, timeout) {
+            Err(e) => bump(&mut report.errors, errno_name(&e)),
+            Ok(stream) => {
+                // getpeername(): the getpeername4 hook rewrites it.
+                match stream.peer_addr() {
+                    Ok(peer) => bump(&mut report.peers, peer.to_string()),
+                    Err(e) => bump(&mut report.errors, format!("getpeername {}", errno_name(&e))),
+                }
+                match read_line(&stream, timeout) {
+                    Ok(line) => bump(&mut report.ok, line),
+                    Err(e) => bump(&mut report.errors, errno_name(&e)),
+                }
+            }
+        }
+    }
+    report
+}
+
+fn read_line(stream: &TcpStream, timeout: Duration) -> io::Result<String> {
+    stream.set_read_timeout(Some(timeout))?;
+    let mut line = String::new();
+    let n = BufReader::new(stream).read_line(&mut line)?;
+    if n == 0 {
+        return Err(io::Error::other("empty reply"));
+    }
+    Ok(line.trim_end().to_owned())
+}
+
+fn udp_client(args: &ClientArgs, connected: bool) -> Report {
+    let timeout = Duration::from_millis(args.timeout_ms.max(1));
+    let mut report = Report { cgroup: own_cgroup(), ..Report::default() };
+    if connected {
+        for _ in 0..args.count {
+            if let Err(e) = udp_connected_once(args.to, timeout, &mut report) {
+                bump(&mut report.errors, errno_name(&e));
+            }
+        }
+    } else if let Err(e) = udp_unconnected(args, timeout, &mut report) {
+        bump(&mut report.errors, format!("socket {}", errno_name(&e)));
+    }
+    report
+}
+
+fn udp_unconnected(args: &ClientArgs, timeout: Duration, report: &mut Report) -> io::Result<()> {
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    socket.set_read_timeout(Some(timeout))?;
+    let mut buf = [0u8; 1500];
+    for i in 0..args.count {
+        // sendmsg4 translates each datagram; a refusing frontend fails here.
+        if let Err(e) = socket.send_to(format!("ping {i}").as_bytes(), args.to) {
+            bump(&mut report.errors, errno_name(&e));
+            continue;
+        }
+        match socket.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                bump(&mut report.ok, String::from_utf8_lossy(&buf[..n]).into_owned());
+                bump(&mut report.sources, from.to_string());
+            }
+            Err(e) => bump(&mut report.errors, errno_name(&e)),
+        }
+    }
+    Ok(())
+}
+
+fn udp_connected_once(to: SocketAddrV4, timeout: Duration, report: &mut Report) -> io::Result<()> {
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket.connect(to)?;
+    bump(&mut report.peers, socket.peer_addr()?.to_string());
+    socket.send(b"ping")?;
+    let mut buf = [0u8; 1500];
+    let (n, from) = socket.recv_from(&mut buf)?;
+    bump(&mut report.ok, String::from_utf8_lossy(&buf[..n]).into_owned());
+    bump(&mut report.sources, from.to_string());
+    Ok(())
+}
+
+fn serve(name: &str, tcp: &[u16], udp: &[u16], bind: Ipv4Addr) -> Result<()> {
+    if tcp.is_empty() && udp.is_empty() {
+        bail!("serve: give at least one --tcp or --udp port");
+    }
+    // Bind everything before reporting ready, so the harness never races.
+    let listeners = tcp
+        .iter()
+        .map(|&p| TcpListener::bind((bind, p)).with_context(|| format!("bind tcp {bind}:{p}")))
+        .collect::<Result<Vec<_>>>()?;
+    let sockets = udp
+        .iter()
+        .map(|&p| UdpSocket::bind((bind, p)).with_context(|| format!("bind udp {bind}:{p}")))
+        .collect::<Result<Vec<_>>>()?;
+
+    let mut threads = Vec::new();
+    for listener in listeners {
+        let name = name.to_owned();
+        threads.push(thread::spawn(move || serve_tcp(&name, &listener)));
+    }
+    for socket in sockets {
+        let name = name.to_owned();
+        threads.push(thread::spawn(move || serve_udp(&name, &socket)));
+    }
+    {
+        let mut out = io::stdout().lock();
+        writeln!(out, "ready")?;
+        out.flush()?;
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+fn serve_tcp(name: &str, listener: &TcpListener) {
+    loop {
+        // Transient accept errors (e.g. a reset before accept) must not stop
+        // the server; the reply is tiny, so answer inline.
+        let Ok((mut stream, _)) = listener.accept() else {
+            continue;
+        };
+        let port = stream.local_addr().map_or(0, |a| a.port());
+        let _ = stream.write_all(format!("{name}:{port}\n").as_bytes());
+    }
+}
+
+fn serve_udp(name: &str, socket: &UdpSocket) {
+    let port = socket.local_addr().map_or(0, |a| a.port());
+    let reply = format!("{name}:{port}");
+    let mut buf = [0u8; 1500];
+    loop {
+        if let Ok((_, from)) = socket.recv_from(&mut buf) {
+            let _ = socket.send_to(reply.as_bytes(), from);
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The test network: one client namespace and N backend namespaces, each
+//! backend on its own veth pair to the client. Nothing touches the root
+//! namespace.
+//!
+//! ```text
+//!   client netns                       backend netns i (i = 1..=N)
+//!   veth<i> 10.244.i.1/24  <------->  eth0 10.244.i.2/24
+//!   unreachable 10.96.0.0/12           (no default route)
+//!   (no default route)
+//! ```
+//!
+//! The `unreachable` route makes an untranslated connect to a ClusterIP fail
+//! at once (EHOSTUNREACH) instead of leaving the namespace or timing out.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::{Ipv4Addr, SocketAddrV4},
+    process::{Child, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{Cgroup, Netns, Outcome, cmd};
+
+/// The service range the client cannot reach without translation.
+pub const SERVICE_RANGE: &str = "10.96.0.0/12";
+
+/// How long a backend server may take to bind its ports.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Per-operation timeout of the test clients (connect, read, recvfrom).
+const CLIENT_TIMEOUT_MS: &str = "1000";
+
+/// A port for [`Backend::serve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Tcp(u16),
+    Udp(u16),
+}
+
+#[derive(Debug)]
+pub struct Topology {
+    client: Netns,
+    backends: Vec<Backend>,
+}
+
+/// Backend `i`: its own namespace, address 10.244.i.2.
+#[derive(Debug)]
+pub struct Backend {
+    netns: Netns,
+    ip: Ipv4Addr,
+}
+
+/// A running `svc-testkit serve`; killed on Drop.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+}
+
+impl Topology {
+    pub fn new(n_backends: u8) -> Result<Self> {
+        if n_backends == 0 || n_backends > 254 {
+            bail!("Topology::new: 1..=254 backends, not {n_backends}");
+        }
+        let client = Netns::new()?;
+        client.ip(&["route", "add", "unreachable", SERVICE_RANGE])?;
+        let mut backends = Vec::new();
+        for i in 1..=n_backends {
+            backends.push(Backend::new(&client, i)?);
+        }
+        Ok(Self { client, backends })
+    }
+
+    pub fn client(&self) -> &Netns {
+        &self.client
+    }
+
+    /// Backend `i`, counting from 1 like the addresses (10.244.i.2).
+    pub fn backend(&self, i: u8) -> &Backend {
+        let idx = usize::from(i)
+            .checked_sub(1)
+            .filter(|&idx| idx < self.backends.len())
+            .unwrap_or_else(|| panic!("backend {i} does not exist (1..={})", self.backends.len()));
+        &self.backends[idx]
+    }
+
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
+    /// `count` sequential TCP connects from the client namespace to `to`,
+    /// from inside `cgroup` when given.
+    pub fn tcp(&self, cgroup: Option<&Cgroup>, to: SocketAddrV4, count: u32) -> Result<Outcome> {
+        self.run_client("tcp", cgroup, to, count, &[])
+    }
+
+    /// `count` UDP datagrams from the client namespace to `to`: over one
+    /// unconnected socket, or one connected socket per datagram.
+    pub fn udp(&self, cgroup: Option<&Cgroup>, to: SocketAddrV4, count: u32, connected: bool) -> Result<Outcome> {
+        let extra: &[&str] = if connected { &["--connected"] } else { &[] };
+        self.run_client("udp", cgroup, to, count, extra)
+    }
+
+    fn run_client(
+        &self,
+        mode: &str,
+        cgroup: Option<&Cgroup>,
+        to: SocketAddrV4,
+        count: u32,
+        extra: &[&str],
+    ) -> Result<Outcome> {
+        let to = to.to_string();
+        let count = count.to_string();
+        let mut args = vec![mode, "--to", &to, "--count", &count];
+        args.extend(["--timeout-ms", CLIENT_TIMEOUT_MS]);
+        let cgroup_path;
+        if let Some(cg) = cgroup {
+            cgroup_path = cg.path().to_string_lossy().into_owned();
+            args.extend(["--cgroup", &cgroup_path]);
+        }
+        args.extend_from_slice(extra);
+        let stdout = cmd::run(&mut self.client.testkit(&args)?)?;
+        serde_json::from_str(&stdout).with_context(|| format!("parse svc-testkit {mode} output: {stdout}"))
+    }
+}
+
+impl Backend {
+    fn new(client: &Netns, i: u8) -> Result<Self> {
+        let netns = Netns::new()?;
+        let veth = format!("veth{i}");
+        // Created inside the client namespace, peer moved straight into the
+        // backend namespace: no interface ever exists in the root namespace.
+        client.ip(&["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", netns.name()])?;
+        client.ip(&["addr", "add", &format!("10.244.{i}.1/24"), "dev", &veth])?;
+        client.ip(&["link", "set", &veth, "up"])?;
+        netns.ip(&["addr", "add", &format!("10.244.{i}.2/24"), "dev", "eth0"])?;
+        netns.ip(&["link", "set", "eth0", "up"])?;
+        Ok(Self { netns, ip: Ipv4Addr::new(10, 244, i, 2) })
+    }
+
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ip
+    }
+
+    /// `ip:port` of this backend.
+    pub fn addr(&self, port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(self.ip, port)
+    }
+
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+
+    /// Starts `svc-testkit serve` answering `name:PORT` on `ports`; returns
+    /// once every port is bound.
+    pub fn serve(&self, name: &str, ports: &[Proto]) -> Result<Server> {
+        let mut args = vec!["serve".to_owned(), "--name".to_owned(), name.to_owned()];
+        for p in ports {
+            let (flag, port) = match *p {
+                Proto::Tcp(port) => ("--tcp", port),
+                Proto::Udp(port) => ("--udp", port),
+            };
+            args.extend([flag.to_owned(), port.to_string()]);
+        }
+        let mut command = self.netns.testkit(&args)?;
+        command.stdout(Stdio::piped());
+        cmd::die_with_parent(&mut command);
+        let mut child = command.spawn().context("spawn svc-testkit serve")?;
+        let stdout = child.stdout.take().context("no stdout pipe")?;
+        let server = Server { child };
+        // Read `ready` on a thread so a hung server cannot hang the test.
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        match rx.recv_timeout(READY_TIMEOUT) {
+            Ok(line) if line.trim() == "ready" => Ok(server),
+            Ok(line) => {
+                bail!("svc-testkit serve {name} in {}: said {line:?}, not ready (see stderr)", self.netns.name())
+            }
+            Err(_) => bail!("svc-testkit serve {name}: not ready within {READY_TIMEOUT:?}"),
+        }
+    }
+}
+
+impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,53 @@
+//! Broken manifests are reported by name and skipped; the rest applies.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use svc_tests::{
+    Proto, TestEnv, addr, is_warning,
+    k8s::{SlicePort, SvcPort, endpoint_slice, multi, service},
+};
+
+/// How long after `dataplane in sync` the report may still appear.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn web(env: &TestEnv) -> String {
+    multi(&[
+        &service("default", "web", Some("10.96.0.10"), &[SvcPort::tcp("http", 80, "8080")]),
+        &endpoint_slice("default", "web-1", "web", &[SlicePort::tcp("http", 8080)], &env.endpoints(&[1])),
+    ])
+}
+
+#[test]
+fn malformed_file_reported_and_others_apply() -> Result<()> {
+    let mut env = TestEnv::new(1, &[Proto::Tcp(8080)])?;
+    env.manifests.write("good.yaml", &web(&env))?;
+    // Not YAML at all: an unclosed flow sequence.
+    env.manifests.write("bad.yaml", "apiVersion: v1\nkind: Service\nmetadata: [name: broken\n")?;
+    env.start_agent()?;
+
+    let line = env.agent().wait_for_log_line(REPORT_TIMEOUT, |l| is_warning(l) && l.contains("bad.yaml"))?;
+    assert!(!line.contains("good.yaml"), "good.yaml reported as broken: {line}");
+
+    let out = env.tcp(addr("10.96.0.10:80"), 10)?;
+    assert_eq!(out.ok.get("b1:8080"), Some(&10), "good.yaml's Service: {out}");
+    Ok(())
+}
+
+#[test]
+fn invalid_object_reported_and_others_in_file_apply() -> Result<()> {
+    let mut env = TestEnv::new(1, &[Proto::Tcp(8080)])?;
+    let broken = service("default", "broken-ip", Some("10.96.0.300"), &[SvcPort::tcp("http", 80, "8080")]);
+    // The broken object first, so an agent that stops at it fails the test.
+    env.manifests.write("mixed.yaml", &multi(&[&broken, &web(&env)]))?;
+    env.start_agent()?;
+
+    env.agent().wait_for_log_line(REPORT_TIMEOUT, |l| is_warning(l) && l.contains("broken-ip"))?;
+
+    let out = env.tcp(addr("10.96.0.10:80"), 10)?;
+    assert_eq!(out.ok.get("b1:8080"), Some(&10), "valid Service beside it: {out}");
+    let frontends = env.agent().frontends()?;
+    assert!(frontends.iter().all(|f| f.name != "broken-ip"), "invalid Service programmed: {frontends:?}");
+    assert!(frontends.iter().any(|f| f.name == "web"), "{frontends:?}");
+    Ok(())
+}

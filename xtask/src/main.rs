@@ -1,0 +1,48 @@
+//! `cargo xtask <command>`: everything needed to go from a fresh machine to
+//! a running agent or a full test run.
+
+mod cmd;
+mod run;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "xtask", about = "Project automation for the socket-level Service dataplane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install, idempotently, everything building and testing needs.
+    Setup,
+    /// Set up, then build the agent (with its embedded eBPF object) and the
+    /// test tools.
+    Build(run::BuildArgs),
+    /// Set up, build, and run the agent as root on the example manifests,
+    /// attached to the cgroup v2 root.
+    Run(run::RunArgs),
+    /// Set up, build, and run every unit and privileged end-to-end test.
+    Test(test::TestArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::setup(),
+        Command::Build(args) => {
+            setup::setup()?;
+            run::build(&args)
+        }
+        Command::Run(args) => {
+            setup::setup()?;
+            run::run(&args)
+        }
+        Command::Test(args) => {
+            setup::setup()?;
+            test::test(&args)
+        }
+    }
+}
