@@ -136,7 +136,12 @@ impl<T: Table> Controller<T> {
 /// gone. Map writes are blocking syscalls, so they stay off the async
 /// runtime. Whatever is queued when the loop wakes up is one batch: a burst
 /// is coalesced without waiting for more.
-pub fn run_blocking<T: Table>(mut events: EventReceiver, mut controller: Controller<T>, metrics: &Arc<Metrics>) {
+pub fn run_blocking<T: Table>(
+    mut events: EventReceiver,
+    mut controller: Controller<T>,
+    metrics: &Arc<Metrics>,
+    udp_reset: &std::sync::mpsc::Sender<Vec<crate::dataplane::udp_reset::Removed>>,
+) {
     while let Some(first) = events.blocking_recv() {
         let started = Instant::now();
         let mut batch: Vec<Envelope> = vec![first];
@@ -149,6 +154,9 @@ pub fn run_blocking<T: Table>(mut events: EventReceiver, mut controller: Control
             continue;
         };
         let done = Instant::now();
+        if !report.udp_removed.is_empty() {
+            let _ = udp_reset.send(report.udp_removed.clone());
+        }
         for at in &received {
             metrics.sync_latency.observe(done.duration_since(*at).as_secs_f64());
         }

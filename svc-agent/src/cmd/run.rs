@@ -8,7 +8,7 @@ use std::{path::Path, sync::Arc};
 use crate::{
     cli::RunArgs,
     controller::{self, Controller},
-    dataplane::{Writer, loader, pins::PinLayout},
+    dataplane::{Writer, loader, pins::PinLayout, udp_reset},
     error::{Error, Result},
     metrics::{self, Metrics},
     model::NodeContext,
@@ -30,6 +30,7 @@ pub(super) fn run(args: &RunArgs) -> Result<()> {
     let layout = PinLayout::new(&args.bpffs);
     let maps = loader::load_and_attach(&layout, &cgroup, &args.capacity)?;
     let writer = Writer::adopt(maps).map_err(|e| Error::Environment(format!("reading pinned state: {e}")))?;
+    let udp_reset = udp_reset::spawn(&layout, cgroup.clone())?;
     let node = NodeContext { name: node_name(args), zone: args.zone.clone(), addresses: node::current_addresses() };
     tracing::info!(node = %node.name, addresses = ?node.addresses, zone = ?node.zone, "node");
 
@@ -55,7 +56,7 @@ pub(super) fn run(args: &RunArgs) -> Result<()> {
     let control_metrics = Arc::clone(&metrics);
     std::thread::Builder::new()
         .name("controller".into())
-        .spawn(move || controller::run_blocking(events_rx, controller, &control_metrics))
+        .spawn(move || controller::run_blocking(events_rx, controller, &control_metrics, &udp_reset))
         .map_err(|e| Error::io("starting the controller thread", e))?;
 
     runtime.block_on(wait_for_signal())?;

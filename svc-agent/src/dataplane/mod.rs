@@ -15,6 +15,7 @@ pub mod maps;
 pub mod memory;
 pub mod pins;
 pub mod table;
+pub mod udp_reset;
 pub mod writer;
 
 pub use table::{Table, TableDump, TableError};

@@ -77,6 +77,9 @@ pub struct BatchReport {
     pub removed: usize,
     /// Services not (fully) programmed, with the reason.
     pub refused: Vec<(ServiceKey, String)>,
+    /// UDP frontends and the backends they no longer use: connected UDP
+    /// sockets aimed at those must be reset (kube-proxy flushes conntrack).
+    pub udp_removed: Vec<(FrontendKey4, Vec<Backend4>)>,
 }
 
 /// Programmed state and the maps it lives in.
@@ -93,6 +96,8 @@ pub struct Writer<T: Table> {
     used_index: u64,
     pending: BTreeMap<ServiceKey, Pending>,
     orphans: Orphans,
+    /// Collected during a batch, handed out in its report.
+    udp_removed: Vec<(FrontendKey4, Vec<Backend4>)>,
 }
 
 /// Undo information for one Service's update.
@@ -165,6 +170,7 @@ impl<T: Table> Writer<T> {
                 report.refused.retain(|(k, _)| k != &key);
             }
         }
+        report.udp_removed = std::mem::take(&mut self.udp_removed);
         report
     }
 
@@ -401,6 +407,10 @@ impl<T: Table> Writer<T> {
     /// ones no longer wanted, then sets and names nothing points at.
     fn commit(&mut self, key: &ServiceKey, values: BTreeMap<FrontendKey4, Frontend>, journal: Journal) {
         let mut state = self.services.remove(key).unwrap_or_default();
+        for (fk, old) in &state.frontends {
+            let now = values.get(fk).map_or(0, |v| v.set_id);
+            self.note_udp_removed(fk, old.set_id, now);
+        }
         for fk in state.frontends.keys().filter(|k| !values.contains_key(*k)) {
             log_delete(self.table.delete_frontend(fk));
             self.owners.remove(fk);
@@ -424,9 +434,10 @@ impl<T: Table> Writer<T> {
         let Some(mut state) = self.services.remove(key) else {
             return false;
         };
-        for fk in state.frontends.keys() {
+        for (fk, old) in &state.frontends {
             log_delete(self.table.delete_frontend(fk));
             self.owners.remove(fk);
+            self.note_udp_removed(fk, old.set_id, 0);
         }
         state.frontends.clear();
         self.release_unused(&mut state, &BTreeSet::new(), &BTreeSet::new());
@@ -452,6 +463,19 @@ impl<T: Table> Writer<T> {
                 log_delete(self.table.delete_meta(entry.id));
                 self.svc_ids.release(entry.id);
             }
+        }
+    }
+
+    /// Records the backends a UDP frontend stopped using (set 0: none).
+    fn note_udp_removed(&mut self, fk: &FrontendKey4, before: u32, after: u32) {
+        if fk.proto != svc_common::proto::UDP || before == after {
+            return;
+        }
+        let backends = |id: u32| self.sets.get(&id).map_or(&[][..], |s| s.backends.as_slice());
+        let (before, after) = (backends(before), backends(after));
+        let gone: Vec<Backend4> = before.iter().filter(|b| !after.contains(b)).copied().collect();
+        if !gone.is_empty() {
+            self.udp_removed.push((*fk, gone));
         }
     }
 

@@ -99,5 +99,6 @@ pub(super) fn adopt<T: Table>(table: T) -> Result<Writer<T>, TableError> {
         used_index,
         pending: BTreeMap::new(),
         orphans,
+        udp_removed: Vec::new(),
     })
 }

@@ -273,3 +273,29 @@ fn upserts_run_before_removals_in_a_batch() {
     assert_eq!(deletes_of_address, 1, "the old owner's removal deleted it once, the retry re-added it");
     let _: Arc<[SocketAddrV4]> = Arc::from(vec![]);
 }
+
+#[test]
+fn removed_udp_backends_are_reported_for_socket_resets() {
+    let mut w = writer();
+    let udp = |backends: &[&str]| {
+        let mut fe = frontend("dns", "10.96.0.53:53", backends);
+        fe.proto = Proto::Udp;
+        fe.port.proto = Proto::Udp;
+        fe
+    };
+    let tcp = frontend("dns", "10.96.0.53:53", &["10.0.0.1:53", "10.0.0.2:53"]);
+    let report = w.apply(vec![(key("dns"), service(vec![tcp.clone(), udp(&["10.0.0.1:53", "10.0.0.2:53"])]))]);
+    assert!(report.udp_removed.is_empty(), "nothing removed yet");
+
+    // 10.0.0.2 leaves both protocols: only the UDP frontend needs resets.
+    let report = w.apply(vec![(
+        key("dns"),
+        service(vec![frontend("dns", "10.96.0.53:53", &["10.0.0.1:53"]), udp(&["10.0.0.1:53"])]),
+    )]);
+    let udp_key = frontend_key(addr("10.96.0.53:53"), Proto::Udp);
+    assert_eq!(report.udp_removed, vec![(udp_key, vec![crate::model::backend_value(addr("10.0.0.2:53"))])]);
+
+    // Deleting the Service removes the rest.
+    let report = w.apply(vec![(key("dns"), None)]);
+    assert_eq!(report.udp_removed, vec![(udp_key, vec![crate::model::backend_value(addr("10.0.0.1:53"))])]);
+}

@@ -1,5 +1,7 @@
 //! The few system facts and calls the agent needs that aya does not cover.
 
+pub mod sock_diag;
+
 use std::{
     ffi::CString,
     fs, io,
@@ -153,3 +155,4 @@ pub fn local_ipv4_addresses() -> io::Result<Vec<std::net::Ipv4Addr>> {
     out.sort_unstable();
     Ok(out)
 }
+
