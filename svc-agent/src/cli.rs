@@ -56,12 +56,25 @@ pub struct RunArgs {
     /// Range for Services without `spec.clusterIP` (`--source DIR` only).
     #[arg(long, default_value = "10.96.0.0/16")]
     pub service_cidr: Ipv4Cidr,
+    /// Range for NodePort ports without `nodePort` (`--source DIR` only).
+    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
+    pub service_node_port_range: std::ops::RangeInclusive<u16>,
     /// Serve Prometheus metrics and /readyz here.
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
     /// Map capacities.
     #[command(flatten)]
     pub capacity: CapacityArgs,
+}
+
+fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let (a, b) = s.split_once('-').ok_or_else(|| format!("{s:?}: expected FIRST-LAST"))?;
+    let a: u16 = a.trim().parse().map_err(|e| format!("{s:?}: {e}"))?;
+    let b: u16 = b.trim().parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if a == 0 || a > b {
+        return Err(format!("{s:?}: expected 1 <= FIRST <= LAST"));
+    }
+    Ok(a..=b)
 }
 
 /// Map capacities (used when the maps are created; pinned maps keep theirs).

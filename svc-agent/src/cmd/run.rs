@@ -48,7 +48,11 @@ pub(super) fn run(args: &RunArgs) -> Result<()> {
             if args.zone.is_some() {
                 events_tx.send(SourceEvent::NodeZone(args.zone.clone()));
             }
-            manifest::spawn(Path::new(&args.source), args.service_cidr, events_tx).map(|_| ())
+            let allocation = manifest::Allocation {
+                service_cidr: args.service_cidr,
+                node_ports: args.service_node_port_range.clone(),
+            };
+            manifest::spawn(Path::new(&args.source), allocation, events_tx).map(|_| ())
         }
     })?;
 

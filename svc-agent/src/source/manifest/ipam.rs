@@ -1,13 +1,60 @@
-//! Cluster IPs for manifest Services that have none, as the API server
-//! would allocate them, but *stable*: the address is derived from the
-//! Service's namespace and name, so it survives agent restarts and edits
-//! of other files. Collisions probe forward deterministically.
+//! Cluster IPs and node ports for manifest Services that have none, as the
+//! API server would allocate them, but *stable*: the value is derived from
+//! the Service's namespace and name (and port name), so it survives agent
+//! restarts and edits of other files. Collisions probe forward
+//! deterministically.
 
-use std::{collections::HashSet, net::Ipv4Addr};
+use std::{
+    collections::HashSet,
+    net::Ipv4Addr,
+    ops::RangeInclusive,
+};
 
 use k8s_openapi::api::core::v1::Service;
 
 use crate::model::Ipv4Cidr;
+
+/// Gives every NodePort and LoadBalancer Service port without a
+/// `nodePort` one from `range` (kube-apiserver's
+/// `--service-node-port-range`, default 30000-32767).
+pub(super) fn assign_node_ports(services: &mut [Service], range: &RangeInclusive<u16>) {
+    let wants = |svc: &Service| {
+        let t = svc.spec.as_ref().and_then(|s| s.type_.as_deref());
+        // LoadBalancer allocates unless allocateLoadBalancerNodePorts is false.
+        t == Some("NodePort")
+            || (t == Some("LoadBalancer")
+                && svc.spec.as_ref().and_then(|s| s.allocate_load_balancer_node_ports) != Some(false))
+    };
+    let mut taken: HashSet<u16> = services
+        .iter()
+        .filter(|s| wants(s))
+        .flat_map(|s| s.spec.iter().flat_map(|sp| sp.ports.iter().flatten()))
+        .filter_map(|p| p.node_port.and_then(|n| u16::try_from(n).ok()))
+        .collect();
+    let size = u64::from(range.end().saturating_sub(*range.start())) + 1;
+    for svc in services.iter_mut().filter(|s| wants(s)) {
+        let ns = svc.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned());
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        for port in svc.spec.iter_mut().flat_map(|sp| sp.ports.iter_mut().flatten()) {
+            if port.node_port.is_some_and(|n| n != 0) {
+                continue;
+            }
+            let key = format!("{ns}/{name}/{}", port.name.as_deref().unwrap_or(""));
+            let start = fnv1a(key.as_bytes()) % size;
+            let free = (0..size)
+                .map(|i| *range.start() + ((start + i) % size) as u16)
+                .find(|p| !taken.contains(p));
+            match free {
+                Some(node_port) => {
+                    taken.insert(node_port);
+                    tracing::debug!("Service {ns}/{name}: allocated nodePort {node_port}");
+                    port.node_port = Some(i32::from(node_port));
+                }
+                None => tracing::error!("Service {ns}/{name}: node port range {range:?} is full"),
+            }
+        }
+    }
+}
 
 /// Gives every Service that needs a cluster IP one from `cidr`, and drops
 /// (with an error line) Services whose explicit cluster IP lies outside it,
@@ -127,6 +174,35 @@ mod tests {
         assign_cluster_ips(&mut services, cidr);
         assert_eq!(services.len(), 1);
         assert_eq!(services[0].metadata.name.as_deref(), Some("in"));
+    }
+
+    #[test]
+    fn node_ports_are_allocated_stably_in_range_and_explicit_ones_kept() {
+        let node_port_svc = |name: &str, explicit: Option<i32>| {
+            let mut s = svc(name, Some("10.96.0.9"));
+            let spec = s.spec.as_mut().unwrap();
+            spec.type_ = Some("NodePort".into());
+            spec.ports = Some(vec![k8s_openapi::api::core::v1::ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                node_port: explicit,
+                ..Default::default()
+            }]);
+            s
+        };
+        let node_port = |s: &Service| s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].node_port.unwrap();
+        let range = 30_000..=32_767;
+        let mut alone = vec![node_port_svc("web", None)];
+        assign_node_ports(&mut alone, &range);
+        let mut crowd = vec![node_port_svc("a", Some(node_port(&alone[0]))), node_port_svc("web", None)];
+        assign_node_ports(&mut crowd, &range);
+        assert!(range.contains(&(node_port(&alone[0]) as u16)));
+        assert_eq!(node_port(&crowd[0]), node_port(&alone[0]), "explicit node port kept");
+        assert_ne!(node_port(&crowd[1]), node_port(&crowd[0]), "a collision probes forward");
+
+        let mut cluster_ip = vec![svc("plain", Some("10.96.0.8"))];
+        assign_node_ports(&mut cluster_ip, &range);
+        assert!(cluster_ip[0].spec.as_ref().unwrap().ports.is_none(), "ClusterIP Services get no node port");
     }
 
     #[test]

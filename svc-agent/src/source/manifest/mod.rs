@@ -28,7 +28,19 @@ use k8s_openapi::api::{
 pub use parse::{ParseError, ParsedFile, parse_manifest};
 pub use watch::spawn;
 
+use std::ops::RangeInclusive;
+
 use crate::model::Ipv4Cidr;
+
+/// What the manifest source allocates, standing in for the API server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    /// `--service-cidr`: cluster IPs for Services without one.
+    pub service_cidr: Ipv4Cidr,
+    /// `--service-node-port-range`: node ports for NodePort/LoadBalancer
+    /// ports without one.
+    pub node_ports: RangeInclusive<u16>,
+}
 
 /// What identifies a file version without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,14 +70,14 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct ManifestDir {
     dir: PathBuf,
-    service_cidr: Ipv4Cidr,
+    allocation: Allocation,
     files: BTreeMap<PathBuf, FileState>,
 }
 
 impl ManifestDir {
     /// A reader for `dir`; nothing is read yet.
-    pub fn new(dir: impl Into<PathBuf>, service_cidr: Ipv4Cidr) -> Self {
-        Self { dir: dir.into(), service_cidr, files: BTreeMap::new() }
+    pub fn new(dir: impl Into<PathBuf>, allocation: Allocation) -> Self {
+        Self { dir: dir.into(), allocation, files: BTreeMap::new() }
     }
 
     /// The directory.
@@ -123,7 +135,8 @@ impl ManifestDir {
             }
         }
         let mut services: Vec<Service> = services.into_values().collect();
-        ipam::assign_cluster_ips(&mut services, self.service_cidr);
+        ipam::assign_cluster_ips(&mut services, self.allocation.service_cidr);
+        ipam::assign_node_ports(&mut services, &self.allocation.node_ports);
         let mut slices: Vec<EndpointSlice> = slices.into_values().collect();
         slices.extend(mirror::mirror_endpoints(&services, endpoints.values()));
         Snapshot { services, slices }

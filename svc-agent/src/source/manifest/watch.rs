@@ -6,10 +6,9 @@ use std::{path::Path, time::Duration};
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
-use super::{ManifestDir, Snapshot};
+use super::{Allocation, ManifestDir, Snapshot};
 use crate::{
     error::{Error, Result},
-    model::Ipv4Cidr,
     source::{Change, EventSender, SourceEvent},
 };
 
@@ -22,9 +21,9 @@ const RESCAN: Duration = Duration::from_secs(5);
 
 /// Reads `dir` once (failing if it cannot be read), delivers it, then keeps
 /// delivering changes from a background task.
-pub fn spawn(dir: &Path, service_cidr: Ipv4Cidr, events: EventSender) -> Result<tokio::task::JoinHandle<()>> {
+pub fn spawn(dir: &Path, allocation: Allocation, events: EventSender) -> Result<tokio::task::JoinHandle<()>> {
     let dir = dir.to_owned();
-    let mut manifests = ManifestDir::new(dir.clone(), service_cidr);
+    let mut manifests = ManifestDir::new(dir.clone(), allocation);
     let first =
         manifests.reload().map_err(|e| Error::io(format!("reading manifest directory {}", dir.display()), e))?;
     tracing::info!(
