@@ -14,8 +14,7 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
-    fs,
-    io,
+    fs, io,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::mpsc,
@@ -83,9 +82,9 @@ fn reset(cgroup: &Path, revnat: &HashMap<MapData, RevNatKey, RevNatValue>, remov
             .filter(|s| {
                 let backend = crate::model::backend_value(s.peer);
                 let Some(frontends) = wanted.get(&backend) else { return false };
-                revnat.get(&RevNatKey { cookie: s.cookie, backend }, 0).is_ok_and(|rev| {
-                    frontends.iter().any(|f| f.addr == rev.addr && f.port == rev.port)
-                })
+                revnat
+                    .get(&RevNatKey { cookie: s.cookie, backend }, 0)
+                    .is_ok_and(|rev| frontends.iter().any(|f| f.addr == rev.addr && f.port == rev.port))
             })
             .collect();
         if doomed.is_empty() {

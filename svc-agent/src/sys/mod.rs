@@ -155,4 +155,3 @@ pub fn local_ipv4_addresses() -> io::Result<Vec<std::net::Ipv4Addr>> {
     out.sort_unstable();
     Ok(out)
 }
-

@@ -94,14 +94,9 @@ fn netlink_socket() -> io::Result<OwnedFd> {
 }
 
 fn send(fd: &OwnedFd, kind: u16, flags: u16, body: InetDiagReqV2) -> io::Result<()> {
-    let request = Request {
-        header: NlMsgHdr { len: size_of::<Request>() as u32, kind, flags, seq: 1, pid: 0 },
-        body,
-    };
+    let request = Request { header: NlMsgHdr { len: size_of::<Request>() as u32, kind, flags, seq: 1, pid: 0 }, body };
     // SAFETY: request is a plain repr(C) value of the given size.
-    let sent = unsafe {
-        libc::send(fd.as_raw_fd(), (&raw const request).cast(), size_of::<Request>(), 0)
-    };
+    let sent = unsafe { libc::send(fd.as_raw_fd(), (&raw const request).cast(), size_of::<Request>(), 0) };
     if sent < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 

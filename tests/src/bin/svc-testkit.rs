@@ -46,6 +46,10 @@ enum Cmd {
         udp: Vec<u16>,
         #[arg(long, default_value = "0.0.0.0")]
         bind: Ipv4Addr,
+        /// Append the client's address to TCP replies (`NAME:PORT IP`), to
+        /// check that the source address is preserved.
+        #[arg(long)]
+        echo_peer: bool,
     },
     /// N sequential TCP connects; print what answered as JSON.
     Tcp {
@@ -59,6 +63,27 @@ enum Cmd {
         /// One connected socket per datagram instead of one unconnected socket.
         #[arg(long)]
         connected: bool,
+    },
+    /// One connected UDP socket kept for `--count` rounds (one datagram
+    /// every `--interval-ms`); prints one JSON line per round as it goes:
+    /// `{"t_ms":..,"ok":"b1:53"}` or `{"t_ms":..,"error":"ECONNABORTED"}`.
+    /// For checking that a socket aimed at a removed backend is reset.
+    UdpSession {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long, default_value_t = 20)]
+        interval_ms: u64,
+    },
+    /// Forward TCP from `127.0.0.1:PORT` inside `--listen-netns` to
+    /// `127.0.0.1:PORT` of this process's own namespace (e.g. an agent in a
+    /// test node namespace reaching a test API server on the host's
+    /// loopback). Prints `ready` once listening.
+    Relay {
+        /// Namespace to listen in (a name under /run/netns or a path).
+        #[arg(long)]
+        listen_netns: String,
+        #[arg(long)]
+        port: u16,
     },
 }
 
@@ -87,6 +112,9 @@ struct Report {
     /// This process's cgroup v2 path (from /proc/self/cgroup), so tests can
     /// check that `--cgroup` really moved the client.
     cgroup: String,
+    /// The client's network namespace cookie (SO_NETNS_COOKIE), the client
+    /// identity session affinity uses; 0 if it cannot be read.
+    netns_cookie: u64,
 }
 
 fn bump(map: &mut BTreeMap<String, u32>, key: String) {
@@ -98,8 +126,8 @@ fn main() -> Result<()> {
     // The cgroup must be joined before entering the netns (see module doc);
     // both before any socket exists.
     let client = match &cli.cmd {
-        Cmd::Serve { .. } => None,
-        Cmd::Tcp { client } | Cmd::Udp { client, .. } => Some(client),
+        Cmd::Serve { .. } | Cmd::Relay { .. } => None,
+        Cmd::Tcp { client } | Cmd::Udp { client, .. } | Cmd::UdpSession { client, .. } => Some(client),
     };
     if let Some(dir) = client.and_then(|c| c.cgroup.as_ref()) {
         join_cgroup(dir)?;
@@ -108,10 +136,64 @@ fn main() -> Result<()> {
         enter_netns(netns)?;
     }
     match cli.cmd {
-        Cmd::Serve { name, tcp, udp, bind } => serve(&name, &tcp, &udp, bind),
+        Cmd::Serve { name, tcp, udp, bind, echo_peer } => serve(&name, &tcp, &udp, bind, echo_peer),
         Cmd::Tcp { client } => print_report(&tcp_client(&client)),
         Cmd::Udp { client, connected } => print_report(&udp_client(&client, connected)),
+        Cmd::Relay { listen_netns, port } => relay(&listen_netns, port),
+        Cmd::UdpSession { client, interval_ms } => udp_session(&client, Duration::from_millis(interval_ms)),
     }
+}
+
+/// See [`Cmd::UdpSession`].
+fn udp_session(args: &ClientArgs, interval: Duration) -> Result<()> {
+    let timeout = Duration::from_millis(args.timeout_ms.max(1));
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket.connect(args.to)?;
+    let start = std::time::Instant::now();
+    let mut out = io::stdout().lock();
+    let mut buf = [0u8; 1500];
+    for _ in 0..args.count {
+        let result = socket.send(b"ping").and_then(|_| socket.recv(&mut buf));
+        let t_ms = start.elapsed().as_millis() as u64;
+        let line = match result {
+            Ok(n) => serde_json::json!({ "t_ms": t_ms, "ok": String::from_utf8_lossy(&buf[..n]) }),
+            Err(e) => serde_json::json!({ "t_ms": t_ms, "error": errno_name(&e) }),
+        };
+        writeln!(out, "{line}")?;
+        out.flush()?;
+        thread::sleep(interval);
+    }
+    Ok(())
+}
+
+/// See [`Cmd::Relay`]. A socket belongs to the namespace of the thread that
+/// creates it: the listener is made on a thread that entered
+/// `listen_netns`; the outgoing connections on this one, which did not.
+fn relay(listen_netns: &str, port: u16) -> Result<()> {
+    let netns = listen_netns.to_owned();
+    let listener = thread::spawn(move || -> Result<TcpListener> {
+        enter_netns(&netns)?;
+        TcpListener::bind((Ipv4Addr::LOCALHOST, port)).with_context(|| format!("bind 127.0.0.1:{port} in {netns}"))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("relay listener thread panicked"))??;
+    {
+        let mut out = io::stdout().lock();
+        writeln!(out, "ready")?;
+        out.flush()?;
+    }
+    for inbound in listener.incoming() {
+        let Ok(inbound) = inbound else { continue };
+        let Ok(outbound) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else { continue };
+        for (mut from, mut to) in [(inbound.try_clone()?, outbound.try_clone()?), (outbound, inbound)] {
+            thread::spawn(move || {
+                let _ = io::copy(&mut from, &mut to);
+                let _ = to.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    }
+    Ok(())
 }
 
 fn join_cgroup(dir: &std::path::Path) -> Result<()> {
@@ -139,6 +221,27 @@ fn own_cgroup() -> String {
         .unwrap_or_default()
 }
 
+/// The network namespace cookie of this process's namespace, as the
+/// socket programs see it (`bpf_get_netns_cookie`).
+fn own_netns_cookie() -> u64 {
+    let Ok(socket) = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)) else {
+        return 0;
+    };
+    let mut cookie: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid fd and out-pointers of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if rc == 0 { cookie } else { 0 }
+}
+
 fn print_report(report: &Report) -> Result<()> {
     let mut out = io::stdout().lock();
     serde_json::to_writer(&mut out, report)?;
@@ -160,6 +263,8 @@ fn errno_name(err: &io::Error) -> String {
         Some(libc::ECONNRESET) => "ECONNRESET",
         Some(libc::EADDRNOTAVAIL) => "EADDRNOTAVAIL",
         Some(libc::EINVAL) => "EINVAL",
+        Some(libc::ECONNABORTED) => "ECONNABORTED",
+        Some(libc::EDESTADDRREQ) => "EDESTADDRREQ",
         Some(code) => return format!("errno {code}"),
         None if matches!(err.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => "ETIMEDOUT",
         None => return format!("other: {err}"),
@@ -169,7 +274,7 @@ fn errno_name(err: &io::Error) -> String {
 
 fn tcp_client(args: &ClientArgs) -> Report {
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
-    let mut report = Report { cgroup: own_cgroup(), ..Report::default() };
+    let mut report = Report { cgroup: own_cgroup(), netns_cookie: own_netns_cookie(), ..Report::default() };
     let to = SocketAddr::V4(args.to);
     for _ in 0..args.count {
         match TcpStream::connect_timeout(&to, timeout) {
@@ -202,7 +307,7 @@ fn read_line(stream: &TcpStream, timeout: Duration) -> io::Result<String> {
 
 fn udp_client(args: &ClientArgs, connected: bool) -> Report {
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
-    let mut report = Report { cgroup: own_cgroup(), ..Report::default() };
+    let mut report = Report { cgroup: own_cgroup(), netns_cookie: own_netns_cookie(), ..Report::default() };
     if connected {
         for _ in 0..args.count {
             if let Err(e) = udp_connected_once(args.to, timeout, &mut report) {
@@ -249,7 +354,7 @@ fn udp_connected_once(to: SocketAddrV4, timeout: Duration, report: &mut Report) 
     Ok(())
 }
 
-fn serve(name: &str, tcp: &[u16], udp: &[u16], bind: Ipv4Addr) -> Result<()> {
+fn serve(name: &str, tcp: &[u16], udp: &[u16], bind: Ipv4Addr, echo_peer: bool) -> Result<()> {
     if tcp.is_empty() && udp.is_empty() {
         bail!("serve: give at least one --tcp or --udp port");
     }
@@ -266,7 +371,7 @@ fn serve(name: &str, tcp: &[u16], udp: &[u16], bind: Ipv4Addr) -> Result<()> {
     let mut threads = Vec::new();
     for listener in listeners {
         let name = name.to_owned();
-        threads.push(thread::spawn(move || serve_tcp(&name, &listener)));
+        threads.push(thread::spawn(move || serve_tcp(&name, &listener, echo_peer)));
     }
     for socket in sockets {
         let name = name.to_owned();
@@ -283,15 +388,16 @@ fn serve(name: &str, tcp: &[u16], udp: &[u16], bind: Ipv4Addr) -> Result<()> {
     Ok(())
 }
 
-fn serve_tcp(name: &str, listener: &TcpListener) {
+fn serve_tcp(name: &str, listener: &TcpListener, echo_peer: bool) {
     loop {
         // Transient accept errors (e.g. a reset before accept) must not stop
         // the server; the reply is tiny, so answer inline.
-        let Ok((mut stream, _)) = listener.accept() else {
+        let Ok((mut stream, peer)) = listener.accept() else {
             continue;
         };
         let port = stream.local_addr().map_or(0, |a| a.port());
-        let _ = stream.write_all(format!("{name}:{port}\n").as_bytes());
+        let reply = if echo_peer { format!("{name}:{port} {}\n", peer.ip()) } else { format!("{name}:{port}\n") };
+        let _ = stream.write_all(reply.as_bytes());
     }
 }
 

@@ -4,11 +4,7 @@
 //! restarts and edits of other files. Collisions probe forward
 //! deterministically.
 
-use std::{
-    collections::HashSet,
-    net::Ipv4Addr,
-    ops::RangeInclusive,
-};
+use std::{collections::HashSet, net::Ipv4Addr, ops::RangeInclusive};
 
 use k8s_openapi::api::core::v1::Service;
 
@@ -41,9 +37,7 @@ pub(super) fn assign_node_ports(services: &mut [Service], range: &RangeInclusive
             }
             let key = format!("{ns}/{name}/{}", port.name.as_deref().unwrap_or(""));
             let start = fnv1a(key.as_bytes()) % size;
-            let free = (0..size)
-                .map(|i| *range.start() + ((start + i) % size) as u16)
-                .find(|p| !taken.contains(p));
+            let free = (0..size).map(|i| *range.start() + ((start + i) % size) as u16).find(|p| !taken.contains(p));
             match free {
                 Some(node_port) => {
                     taken.insert(node_port);

@@ -1,0 +1,138 @@
+//! kube-proxy flushes UDP conntrack entries when an endpoint goes away, so
+//! a client's next datagram is NATed to a live endpoint. At the socket
+//! layer the translation lives in the connected socket: the agent resets
+//! (SOCK_DESTROY) connected UDP sockets that were translated to the removed
+//! backend, so they do not keep sending into the void. Sockets connected
+//! to that backend directly (not through the Service) are left alone.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use serde::Deserialize;
+use svc_tests::{
+    Proto, TestEnv, addr,
+    k8s::{SlicePort, SvcPort, endpoint_slice, multi, service},
+};
+
+/// One round of `svc-testkit udp-session`, stamped when the test read it.
+#[derive(Debug, Deserialize)]
+struct Round {
+    ok: Option<String>,
+    error: Option<String>,
+    #[serde(skip, default = "Instant::now")]
+    seen: Instant,
+}
+
+/// A running session; killed on drop.
+struct Session {
+    child: Child,
+    rounds: mpsc::Receiver<Round>,
+}
+
+impl Session {
+    fn start(env: &TestEnv, to: &str, rounds: u32) -> Result<Self> {
+        let cgroup = env.cgroup.path().to_string_lossy().into_owned();
+        let count = rounds.to_string();
+        let args = ["udp-session", "--to", to, "--count", &count, "--interval-ms", "20", "--timeout-ms", "200"];
+        let mut child = env
+            .topo
+            .client()
+            .testkit(&[&args[..], &["--cgroup", &cgroup]].concat())?
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("spawn svc-testkit udp-session")?;
+        let stdout = child.stdout.take().context("session stdout")?;
+        let (tx, rounds) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // `seen` defaults to the time of parsing, i.e. of reading.
+                let Ok(round) = serde_json::from_str::<Round>(&line) else { return };
+                if tx.send(round).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Self { child, rounds })
+    }
+
+    fn next(&self) -> Result<Round> {
+        self.rounds.recv_timeout(Duration::from_secs(10)).context("udp-session stopped reporting")
+    }
+
+    /// Every remaining round until the session exits.
+    fn rest(&self) -> Vec<Round> {
+        self.rounds.iter().collect()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn connected_udp_socket_to_removed_backend_is_reset() -> Result<()> {
+    let mut env = TestEnv::new(2, &[Proto::Udp(5353)])?;
+    let slice = |env: &TestEnv, backends: &[u8]| {
+        multi(&[
+            &service("default", "dns", Some("10.96.0.11"), &[SvcPort::udp("dns", 53, "5353")]),
+            &endpoint_slice("default", "dns-1", "dns", &[SlicePort::udp("dns", 5353)], &env.endpoints(backends)),
+        ])
+    };
+    env.manifests.write("dns.yaml", &slice(&env, &[1, 2]))?;
+    env.start_agent()?;
+
+    // A long-lived socket through the Service (3 s of rounds), and one to
+    // the same backend directly, which the reset must not touch.
+    let via_service = Session::start(&env, "10.96.0.11:53", 150)?;
+    let first = via_service.next()?;
+    let Some(reply) = first.ok else { bail!("first round through the Service failed: {first:?}") };
+    let (pinned, other) = if reply.starts_with("b1:") { (1u8, 2u8) } else { (2, 1) };
+    let direct = Session::start(&env, &env.topo.backend(pinned).addr(5353).to_string(), 150)?;
+    ensure!(direct.next()?.ok.is_some(), "direct session works");
+
+    // The pinned backend leaves the Service; its server keeps running, so
+    // a socket that is not reset would keep getting its replies.
+    env.manifests.write("dns.yaml", &slice(&env, &[other]))?;
+    let removed_at = Instant::now();
+
+    let rounds = via_service.rest();
+    let pinned_name = format!("b{pinned}:5353");
+    let late_replies: Vec<&Round> = rounds
+        .iter()
+        .filter(|r| r.ok.as_deref() == Some(&pinned_name) && r.seen > removed_at + Duration::from_secs(1))
+        .collect();
+    ensure!(
+        late_replies.is_empty(),
+        "the socket kept talking to the removed backend: {} replies more than 1 s after the removal, first {:?}",
+        late_replies.len(),
+        late_replies.first()
+    );
+    let reset = rounds.iter().find(|r| r.seen > removed_at && r.error.is_some());
+    let reset =
+        reset.with_context(|| format!("the socket was never reset ({} rounds after the removal)", rounds.len()))?;
+    ensure!(
+        matches!(reset.error.as_deref(), Some("ECONNABORTED" | "EDESTADDRREQ")),
+        "reset shows as an aborted/disconnected socket: {reset:?}"
+    );
+
+    let direct_rounds = direct.rest();
+    let direct_late = direct_rounds
+        .iter()
+        .filter(|r| r.seen > removed_at + Duration::from_secs(1) && r.ok.as_deref() == Some(&pinned_name))
+        .count();
+    ensure!(direct_late > 0, "a socket connected to the pod directly must not be reset: {direct_rounds:?}");
+    ensure!(direct_rounds.iter().all(|r| r.error.is_none()), "direct socket saw errors: {direct_rounds:?}");
+
+    // New sockets go to the remaining backend.
+    let out = env.udp(addr("10.96.0.11:53"), 10, true)?;
+    ensure!(out.by_backend().get(&format!("b{other}")) == Some(&10), "{out}");
+    Ok(())
+}
