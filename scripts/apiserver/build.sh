@@ -51,7 +51,13 @@ cached_binary_ok() {
     [[ -x $BIN ]] && "$BIN" --version 2>/dev/null | grep -q "Kubernetes $KUBE_VERSION"
 }
 
-if cached_binary_ok; then
+# start.sh also needs etcd, curl and openssl: a cache restored onto a fresh
+# machine must not skip installing them.
+runtime_ok() {
+    command -v etcd >/dev/null && command -v curl >/dev/null && command -v openssl >/dev/null
+}
+
+if cached_binary_ok && runtime_ok; then
     log "cached binary OK: $BIN ($("$BIN" --version)); nothing to do"
     exit 0
 fi
@@ -65,7 +71,7 @@ if ! flock -n 9; then
     log "another build.sh holds $CACHE_DIR/.build.lock; waiting"
     flock 9
 fi
-if cached_binary_ok; then
+if cached_binary_ok && runtime_ok; then
     log "cached binary appeared while waiting: $BIN"; exit 0
 fi
 
@@ -89,6 +95,11 @@ fi
 [[ -x $GO_BIN_DIR/go ]] || die "$GO_BIN_DIR/go not found after installing golang-1.19-go"
 [[ -d $REFLECT2_SRC ]] || die "$REFLECT2_SRC not found after installing golang-github-modern-go-reflect2-dev"
 command -v etcd >/dev/null || die "etcd not on PATH after installing etcd-server"
+if cached_binary_ok; then
+    step finished
+    log "OK: cached binary $BIN ($("$BIN" --version)); only packages were missing"
+    exit 0
+fi
 
 # ---------------------------------------------------------------------------
 step "fetch source package (private apt dir, /etc/apt untouched)"

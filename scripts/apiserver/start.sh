@@ -11,7 +11,9 @@
 #
 # Environment: SVC_APISERVER_CACHE / SVC_APISERVER_BIN (binary from build.sh),
 # SVC_ETCD_BIN (default: etcd on PATH), KUBECTL (default: kubectl),
-# READY_TIMEOUT (default 60 s), SVC_APISERVER_EXTRA_ARGS (appended, word-split).
+# READY_TIMEOUT (default 60 s), SVC_APISERVER_EXTRA_ARGS (appended, word-split),
+# SVC_APISERVER_AUTHZ (--authorization-mode, default AlwaysAllow; RBAC to
+# enforce roles: the admin token is in system:masters either way).
 # See scripts/apiserver/README.md.
 set -Eeuo pipefail
 
@@ -24,6 +26,8 @@ KUBECTL=${KUBECTL:-kubectl}
 READY_TIMEOUT=${READY_TIMEOUT:-60}
 ETCD_TIMEOUT=${ETCD_TIMEOUT:-30}
 CRD_TIMEOUT=${CRD_TIMEOUT:-30}
+# Not an EXTRA_ARGS flag: --authorization-mode is a list, a second one appends.
+AUTHZ=${SVC_APISERVER_AUTHZ:-AlwaysAllow}
 
 now() { date +%s.%N; }
 T0=$(now)
@@ -203,7 +207,8 @@ for attempt in 1 2 3; do
         --secure-port="$APISERVER_PORT" \
         --cert-dir="$CERTS" \
         --token-auth-file="$DIR/tokens.csv" \
-        --authorization-mode=AlwaysAllow \
+        --authorization-mode="$AUTHZ" \
+        --allow-privileged=true \
         --service-account-issuer=https://kubernetes.default.svc.cluster.local \
         --service-account-key-file="$CERTS/sa.pub" \
         --service-account-signing-key-file="$CERTS/sa.key" \

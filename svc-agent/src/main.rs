@@ -6,7 +6,13 @@ use tracing_subscriber::EnvFilter;
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        // kube-client logs every failed connection attempt at ERROR; the
+        // agent's own watch loop reports an outage once (and retries at
+        // debug), so that module is silenced by default.
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,kube_client::client::builder=off")),
+        )
         .with_writer(std::io::stderr)
         .init();
     match cmd::dispatch(cli) {

@@ -105,7 +105,15 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
     tracing::info!(%addr, "serving /metrics, /readyz and /healthz");
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // E.g. EMFILE: retrying at once would spin.
+                    tracing::debug!("metrics listener: accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
             let metrics = Arc::clone(&metrics);
             tokio::spawn(async move {
                 let service = service_fn(move |req| respond(req, Arc::clone(&metrics)));

@@ -43,6 +43,19 @@ impl Frontend {
     }
 }
 
+/// One entry of `status -o json`'s `affinity` (docs/cli.md): which backend
+/// a client network namespace is pinned to for one service port.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct AffinityEntry {
+    pub netns_cookie: u64,
+    pub namespace: String,
+    pub name: String,
+    #[serde(default)]
+    pub port_name: String,
+    pub backend: String,
+    pub idle_seconds: f64,
+}
+
 #[derive(Debug)]
 pub struct Agent {
     bin: PathBuf,
@@ -83,6 +96,23 @@ impl Agent {
         ];
         args.extend(extra.iter().map(OsString::from));
         let mut agent = Self { bin, args, pin_dir, log_path, child: None, start_offset: 0 };
+        agent.spawn()?;
+        Ok(agent)
+    }
+
+    /// `BIN run --cgroup CGROUP --bpffs PINDIR ARGS...`: `bin` is the agent
+    /// binary or a launcher that execs it with the arguments it is given
+    /// (e.g. inside a node's network namespace); `status` and `cleanup` run
+    /// through it too. `args` name the source and everything else
+    /// (`--source DIR|kube ...`, `--node-name`, ...).
+    pub fn start_with(bin: PathBuf, cgroup: &Cgroup, args: &[OsString]) -> Result<Self> {
+        let name = names::unique_name();
+        let pin_dir = Path::new(names::BPFFS).join(&name);
+        let log_path = Path::new(names::TMP_DIR).join(format!("{name}-agent.log"));
+        let mut all: Vec<OsString> =
+            vec!["run".into(), "--cgroup".into(), cgroup.path().into(), "--bpffs".into(), pin_dir.clone().into()];
+        all.extend(args.iter().cloned());
+        let mut agent = Self { bin, args: all, pin_dir, log_path, child: None, start_offset: 0 };
         agent.spawn()?;
         Ok(agent)
     }
@@ -159,11 +189,23 @@ impl Agent {
         serde_json::from_str(&out).with_context(|| format!("parse status -o json: {out}"))
     }
 
+    /// `svc-agent status --bpffs PINDIR` (the table).
+    pub fn status_table(&self) -> Result<String> {
+        cmd::run(Command::new(&self.bin).args(["status", "--bpffs"]).arg(&self.pin_dir))
+    }
+
     /// The `frontends` of [`Self::status_json`].
     pub fn frontends(&self) -> Result<Vec<Frontend>> {
         let status = self.status_json()?;
         let frontends = status.get("frontends").with_context(|| format!("status json has no `frontends`: {status}"))?;
         serde_json::from_value(frontends.clone()).with_context(|| format!("parse status frontends: {frontends}"))
+    }
+
+    /// The `affinity` entries of [`Self::status_json`].
+    pub fn affinity(&self) -> Result<Vec<AffinityEntry>> {
+        let status = self.status_json()?;
+        let entries = status.get("affinity").with_context(|| format!("status json has no `affinity`: {status}"))?;
+        serde_json::from_value(entries.clone()).with_context(|| format!("parse status affinity: {entries}"))
     }
 
     /// `svc-agent cleanup --bpffs PINDIR`.

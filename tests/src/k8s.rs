@@ -120,6 +120,351 @@ pub fn multi(docs: &[&str]) -> String {
     docs.iter().map(|d| format!("---\n{d}")).collect()
 }
 
+/// One port of a [`ServiceSpec`]: [`SvcPort`]'s fields, plus `nodePort`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpec {
+    /// Empty: no `name` field.
+    pub name: String,
+    pub protocol: String,
+    pub port: u16,
+    /// Written unquoted, as in [`SvcPort`].
+    pub target_port: String,
+    pub node_port: Option<u16>,
+}
+
+impl PortSpec {
+    pub fn tcp(name: &str, port: u16, target_port: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            protocol: "TCP".to_owned(),
+            port,
+            target_port: target_port.to_owned(),
+            node_port: None,
+        }
+    }
+
+    pub fn udp(name: &str, port: u16, target_port: &str) -> Self {
+        Self { protocol: "UDP".to_owned(), ..Self::tcp(name, port, target_port) }
+    }
+
+    /// Sets `nodePort` (NodePort and LoadBalancer Services).
+    #[must_use]
+    pub fn node_port(mut self, node_port: u16) -> Self {
+        self.node_port = Some(node_port);
+        self
+    }
+}
+
+/// `spec.sessionAffinity` of a [`ServiceSpec`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Affinity {
+    /// Field left out (Kubernetes defaults it to `None`).
+    Unset,
+    /// `sessionAffinity: None`, written out.
+    None,
+    /// `sessionAffinity: ClientIP`, with `timeoutSeconds` when given.
+    ClientIp(Option<u32>),
+}
+
+/// A Service with every field the Service-semantics tests vary, rendered as
+/// hand-written YAML by [`Self::yaml`]. Selector `app: NAME`, as [`service`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub namespace: String,
+    pub name: String,
+    /// `spec.type`; `None` leaves it out (ClusterIP).
+    pub type_: Option<String>,
+    /// `spec.clusterIP`; `None` leaves it out, `"None"` is headless.
+    pub cluster_ip: Option<String>,
+    pub labels: Vec<(String, String)>,
+    pub ports: Vec<PortSpec>,
+    pub affinity: Affinity,
+    pub internal_traffic_policy: Option<String>,
+    pub external_traffic_policy: Option<String>,
+    pub traffic_distribution: Option<String>,
+    pub external_ips: Vec<String>,
+    /// `status.loadBalancer.ingress[]`: (ip, ipMode).
+    pub lb_ingress: Vec<(String, Option<String>)>,
+    /// `spec.externalName` (type ExternalName).
+    pub external_name: Option<String>,
+}
+
+impl ServiceSpec {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            type_: None,
+            cluster_ip: None,
+            labels: Vec::new(),
+            ports: Vec::new(),
+            affinity: Affinity::Unset,
+            internal_traffic_policy: None,
+            external_traffic_policy: None,
+            traffic_distribution: None,
+            external_ips: Vec::new(),
+            lb_ingress: Vec::new(),
+            external_name: None,
+        }
+    }
+
+    #[must_use]
+    pub fn type_(mut self, type_: &str) -> Self {
+        self.type_ = Some(type_.to_owned());
+        self
+    }
+
+    #[must_use]
+    pub fn cluster_ip(mut self, ip: &str) -> Self {
+        self.cluster_ip = Some(ip.to_owned());
+        self
+    }
+
+    #[must_use]
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    #[must_use]
+    pub fn port(mut self, port: PortSpec) -> Self {
+        self.ports.push(port);
+        self
+    }
+
+    #[must_use]
+    pub fn affinity(mut self, affinity: Affinity) -> Self {
+        self.affinity = affinity;
+        self
+    }
+
+    #[must_use]
+    pub fn internal_traffic_policy(mut self, policy: &str) -> Self {
+        self.internal_traffic_policy = Some(policy.to_owned());
+        self
+    }
+
+    #[must_use]
+    pub fn external_traffic_policy(mut self, policy: &str) -> Self {
+        self.external_traffic_policy = Some(policy.to_owned());
+        self
+    }
+
+    #[must_use]
+    pub fn traffic_distribution(mut self, value: &str) -> Self {
+        self.traffic_distribution = Some(value.to_owned());
+        self
+    }
+
+    #[must_use]
+    pub fn external_ip(mut self, ip: &str) -> Self {
+        self.external_ips.push(ip.to_owned());
+        self
+    }
+
+    /// Adds `status.loadBalancer.ingress[]` `{ip, ipMode}`.
+    #[must_use]
+    pub fn lb_ingress(mut self, ip: &str, ip_mode: Option<&str>) -> Self {
+        self.lb_ingress.push((ip.to_owned(), ip_mode.map(str::to_owned)));
+        self
+    }
+
+    /// `type: ExternalName` with `externalName: NAME` (no cluster IP).
+    #[must_use]
+    pub fn external_name(mut self, name: &str) -> Self {
+        self.type_ = Some("ExternalName".to_owned());
+        self.cluster_ip = None;
+        self.external_name = Some(name.to_owned());
+        self
+    }
+
+    /// The Service as YAML.
+    pub fn yaml(&self) -> String {
+        let mut y = format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {}\n  namespace: {}\n",
+            self.name, self.namespace
+        );
+        if !self.labels.is_empty() {
+            y.push_str("  labels:\n");
+            for (k, v) in &self.labels {
+                let _ = writeln!(y, "    {k}: \"{v}\"");
+            }
+        }
+        y.push_str("spec:\n");
+        if let Some(t) = &self.type_ {
+            let _ = writeln!(y, "  type: {t}");
+        }
+        if let Some(ip) = &self.cluster_ip {
+            let _ = writeln!(y, "  clusterIP: {ip}");
+        }
+        if let Some(name) = &self.external_name {
+            let _ = writeln!(y, "  externalName: {name}");
+        } else {
+            let _ = write!(y, "  selector:\n    app: {}\n", self.name);
+        }
+        match self.affinity {
+            Affinity::Unset => {}
+            Affinity::None => y.push_str("  sessionAffinity: None\n"),
+            Affinity::ClientIp(None) => y.push_str("  sessionAffinity: ClientIP\n"),
+            Affinity::ClientIp(Some(t)) => {
+                let _ = write!(
+                    y,
+                    "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: {t}\n"
+                );
+            }
+        }
+        for (field, value) in [
+            ("internalTrafficPolicy", &self.internal_traffic_policy),
+            ("externalTrafficPolicy", &self.external_traffic_policy),
+            ("trafficDistribution", &self.traffic_distribution),
+        ] {
+            if let Some(v) = value {
+                let _ = writeln!(y, "  {field}: {v}");
+            }
+        }
+        if !self.external_ips.is_empty() {
+            y.push_str("  externalIPs:\n");
+            for ip in &self.external_ips {
+                let _ = writeln!(y, "  - {ip}");
+            }
+        }
+        if !self.ports.is_empty() {
+            y.push_str("  ports:\n");
+        }
+        for p in &self.ports {
+            y.push_str("  -");
+            if !p.name.is_empty() {
+                let _ = write!(y, " name: {}\n   ", p.name);
+            }
+            let _ = writeln!(y, " protocol: {}\n    port: {}\n    targetPort: {}", p.protocol, p.port, p.target_port);
+            if let Some(np) = p.node_port {
+                let _ = writeln!(y, "    nodePort: {np}");
+            }
+        }
+        if !self.lb_ingress.is_empty() {
+            y.push_str("status:\n  loadBalancer:\n    ingress:\n");
+            for (ip, mode) in &self.lb_ingress {
+                let _ = writeln!(y, "    - ip: {ip}");
+                if let Some(mode) = mode {
+                    let _ = writeln!(y, "      ipMode: {mode}");
+                }
+            }
+        }
+        y
+    }
+}
+
+/// One endpoint of [`endpoint_slice_spec`], with every field the model
+/// reads; a condition left `None` is left out of the YAML.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSpec {
+    pub ip: Ipv4Addr,
+    pub ready: Option<bool>,
+    pub serving: Option<bool>,
+    pub terminating: Option<bool>,
+    pub node_name: Option<String>,
+    pub zone: Option<String>,
+    /// `hints.forZones[].name`.
+    pub hints: Option<Vec<String>>,
+}
+
+impl EndpointSpec {
+    /// No conditions at all (counts as ready).
+    pub fn new(ip: Ipv4Addr) -> Self {
+        Self { ip, ready: None, serving: None, terminating: None, node_name: None, zone: None, hints: None }
+    }
+
+    #[must_use]
+    pub fn ready(mut self, ready: bool) -> Self {
+        self.ready = Some(ready);
+        self
+    }
+
+    #[must_use]
+    pub fn serving(mut self, serving: bool) -> Self {
+        self.serving = Some(serving);
+        self
+    }
+
+    #[must_use]
+    pub fn terminating(mut self, terminating: bool) -> Self {
+        self.terminating = Some(terminating);
+        self
+    }
+
+    /// `ready: false, serving: true, terminating: true`: a Pod shutting
+    /// down gracefully that still serves.
+    #[must_use]
+    pub fn terminating_serving(self) -> Self {
+        self.ready(false).serving(true).terminating(true)
+    }
+
+    #[must_use]
+    pub fn node(mut self, node_name: &str) -> Self {
+        self.node_name = Some(node_name.to_owned());
+        self
+    }
+
+    #[must_use]
+    pub fn zone(mut self, zone: &str) -> Self {
+        self.zone = Some(zone.to_owned());
+        self
+    }
+
+    #[must_use]
+    pub fn hints(mut self, zones: &[&str]) -> Self {
+        self.hints = Some(zones.iter().map(|z| (*z).to_owned()).collect());
+        self
+    }
+}
+
+/// An IPv4 EndpointSlice, as [`endpoint_slice`], from [`EndpointSpec`]s.
+pub fn endpoint_slice_spec(
+    namespace: &str,
+    slice_name: &str,
+    service: &str,
+    ports: &[SlicePort<'_>],
+    endpoints: &[EndpointSpec],
+) -> String {
+    let mut y = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {slice_name}\n  namespace: {namespace}\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\n"
+    );
+    if ports.is_empty() {
+        y.push_str("ports: []\n");
+    } else {
+        y.push_str("ports:\n");
+    }
+    for p in ports {
+        let _ = writeln!(y, "- name: \"{}\"\n  protocol: {}\n  port: {}", p.name, p.protocol, p.port);
+    }
+    if endpoints.is_empty() {
+        y.push_str("endpoints: []\n");
+    } else {
+        y.push_str("endpoints:\n");
+    }
+    for e in endpoints {
+        let _ = writeln!(y, "- addresses: [\"{}\"]", e.ip);
+        let conditions: Vec<String> = [("ready", e.ready), ("serving", e.serving), ("terminating", e.terminating)]
+            .iter()
+            .filter_map(|(k, v)| v.map(|v| format!("{k}: {v}")))
+            .collect();
+        if !conditions.is_empty() {
+            let _ = writeln!(y, "  conditions: {{{}}}", conditions.join(", "));
+        }
+        if let Some(node) = &e.node_name {
+            let _ = writeln!(y, "  nodeName: {node}");
+        }
+        if let Some(zone) = &e.zone {
+            let _ = writeln!(y, "  zone: {zone}");
+        }
+        if let Some(zones) = &e.hints {
+            let names: Vec<String> = zones.iter().map(|z| format!("{{name: {z}}}")).collect();
+            let _ = writeln!(y, "  hints:\n    forZones: [{}]", names.join(", "));
+        }
+    }
+    y
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::{Value, json};
@@ -178,5 +523,85 @@ mod tests {
         );
         let empty = parse(&endpoint_slice("default", "e", "e", &[], &[]));
         assert_eq!(empty[0]["endpoints"], json!([]));
+    }
+
+    #[test]
+    fn service_spec_yaml_has_the_kubernetes_shape() {
+        let yaml = ServiceSpec::new("default", "web")
+            .type_("LoadBalancer")
+            .cluster_ip("10.96.1.10")
+            .label("service.kubernetes.io/headless", "")
+            .port(PortSpec::tcp("http", 80, "8080").node_port(30080))
+            .port(PortSpec::udp("", 53, "dns"))
+            .affinity(Affinity::ClientIp(Some(2)))
+            .internal_traffic_policy("Local")
+            .external_traffic_policy("Local")
+            .traffic_distribution("PreferClose")
+            .external_ip("203.0.113.20")
+            .lb_ingress("203.0.113.10", None)
+            .lb_ingress("203.0.113.11", Some("Proxy"))
+            .yaml();
+        let svc = &parse(&yaml)[0];
+        assert_eq!(svc["metadata"]["labels"], json!({"service.kubernetes.io/headless": ""}));
+        let spec = &svc["spec"];
+        assert_eq!(spec["type"], json!("LoadBalancer"));
+        assert_eq!(spec["clusterIP"], json!("10.96.1.10"));
+        assert_eq!(spec["selector"], json!({"app": "web"}));
+        assert_eq!(spec["sessionAffinity"], json!("ClientIP"));
+        assert_eq!(spec["sessionAffinityConfig"], json!({"clientIP": {"timeoutSeconds": 2}}));
+        assert_eq!(spec["internalTrafficPolicy"], json!("Local"));
+        assert_eq!(spec["externalTrafficPolicy"], json!("Local"));
+        assert_eq!(spec["trafficDistribution"], json!("PreferClose"));
+        assert_eq!(spec["externalIPs"], json!(["203.0.113.20"]));
+        assert_eq!(
+            spec["ports"],
+            json!([
+                {"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080, "nodePort": 30080},
+                {"protocol": "UDP", "port": 53, "targetPort": "dns"},
+            ])
+        );
+        assert_eq!(
+            svc["status"]["loadBalancer"]["ingress"],
+            json!([{"ip": "203.0.113.10"}, {"ip": "203.0.113.11", "ipMode": "Proxy"}])
+        );
+
+        let off = parse(&ServiceSpec::new("default", "a").affinity(Affinity::None).yaml());
+        assert_eq!(off[0]["spec"]["sessionAffinity"], json!("None"));
+        let name = parse(&ServiceSpec::new("default", "x").external_name("db.example.com").yaml());
+        assert_eq!(name[0]["spec"]["type"], json!("ExternalName"));
+        assert_eq!(name[0]["spec"]["externalName"], json!("db.example.com"));
+        assert!(name[0]["spec"].get("selector").is_none());
+    }
+
+    #[test]
+    fn endpoint_spec_yaml_has_the_kubernetes_shape() {
+        let ip = Ipv4Addr::new(10, 244, 1, 2);
+        let yaml = endpoint_slice_spec(
+            "default",
+            "web-1",
+            "web",
+            &[SlicePort::tcp("http", 8080)],
+            &[
+                EndpointSpec::new(ip),
+                EndpointSpec::new(ip).terminating_serving().node("n1").zone("z1").hints(&["z1", "z2"]),
+            ],
+        );
+        let slice = &parse(&yaml)[0];
+        assert_eq!(
+            slice["endpoints"],
+            json!([
+                {"addresses": ["10.244.1.2"]},
+                {
+                    "addresses": ["10.244.1.2"],
+                    "conditions": {"ready": false, "serving": true, "terminating": true},
+                    "nodeName": "n1",
+                    "zone": "z1",
+                    "hints": {"forZones": [{"name": "z1"}, {"name": "z2"}]},
+                },
+            ])
+        );
+        let empty = parse(&endpoint_slice_spec("default", "e", "e", &[], &[]));
+        assert_eq!(empty[0]["endpoints"], json!([]));
+        assert_eq!(empty[0]["ports"], json!([]));
     }
 }

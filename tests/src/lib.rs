@@ -12,17 +12,30 @@
 //! `svc-testkit --netns NAME ...` rather than `ip netns exec`, because
 //! `ip netns exec` remounts /sys and so hides the cgroup2 mount the client
 //! must join.
+//!
+//! Two set-ups: [`TestEnv`] (client namespace as the hub, agent in the
+//! host namespace) for ClusterIP basics, and [`NodeEnv`] (a node namespace
+//! the agent runs in, with backend and client pods on veth pairs, and
+//! optionally a second agent standing in for another node) for everything
+//! that depends on the node: NodePort, host-network clients, node names
+//! and zones. [`scenarios`] holds the Service-semantics scenarios, written
+//! against a [`source::Source`] so both agent sources run them.
 
 mod agent;
+pub mod apiserver;
 mod bins;
 mod cgroup;
 mod cmd;
 mod env;
 pub mod k8s;
+pub mod kube_env;
 mod manifests;
 mod names;
 mod netns;
+mod nodens;
 mod outcome;
+pub mod scenarios;
+pub mod source;
 pub mod stats;
 mod topology;
 
@@ -31,13 +44,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 
 pub use crate::{
-    agent::{Agent, Frontend, IN_SYNC},
+    agent::{AffinityEntry, Agent, Frontend, IN_SYNC},
     bins::{agent_bin, testkit_bin},
     cgroup::{Cgroup, cgroup2_mount},
     env::{SYNC_TIMEOUT, TestEnv},
     manifests::ManifestDir,
     names::{sweep_stale, unique_name},
     netns::Netns,
+    nodens::{At, Client, NODE_IP, NODE_NAME, NodeEnv, NodeTopology},
     outcome::{Outcome, UNREACHABLE},
     topology::{Backend, Proto, SERVICE_RANGE, Server, Topology},
 };

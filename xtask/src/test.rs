@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::{cmd, run};
+use crate::{cmd, run, setup};
 
 /// Options of `xtask test`.
 #[derive(Debug, Args)]
@@ -41,9 +41,16 @@ pub(crate) fn test(args: &TestArgs) -> anyhow::Result<()> {
             ]))
             .context("clippy found problems")?;
         }
-        cmd::run(cmd::cargo().args(["test", "--workspace", "--exclude", "svc-tests", "--exclude", "svc-ebpf"]).arg("--").args(&args.filter))?;
+        cmd::run(
+            cmd::cargo()
+                .args(["test", "--workspace", "--exclude", "svc-tests", "--exclude", "svc-ebpf"])
+                .arg("--")
+                .args(&args.filter),
+        )?;
     }
     if !args.unit_only {
+        // The Kubernetes-source and deploy tests start real API servers.
+        setup::apiserver()?;
         let agent = run::binary("svc-agent", false);
         let testkit = run::binary("svc-testkit", false);
         cmd::run(

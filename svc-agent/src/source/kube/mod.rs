@@ -27,13 +27,16 @@ use crate::error::{Error, Result};
 
 /// kube-proxy's label selector for Services and EndpointSlices.
 pub const PROXY_LABEL_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+/// Set in every pod: the in-cluster configuration applies.
+const IN_CLUSTER_ENV: &str = "KUBERNETES_SERVICE_HOST";
 /// Node label holding the zone.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// Where to find the API server.
 #[derive(Debug, Clone)]
 pub struct KubeOptions {
-    /// `--kubeconfig`; otherwise in-cluster config, then $KUBECONFIG / ~/.kube/config.
+    /// `--kubeconfig`; otherwise the in-cluster service account when running
+    /// in a pod, else $KUBECONFIG / ~/.kube/config.
     pub kubeconfig: Option<PathBuf>,
     /// This node's name, for the Node watch.
     pub node_name: String,
@@ -42,8 +45,8 @@ pub struct KubeOptions {
 /// Starts the watches. Returns once the client is configured; the API
 /// server need not be reachable yet (the watches wait for it).
 pub async fn spawn(options: KubeOptions, events: EventSender) -> Result<()> {
-    let config = client_config(options.kubeconfig.as_deref()).await?;
-    tracing::info!(server = %config.cluster_url, node = %options.node_name, "kubernetes source");
+    let (config, origin) = client_config(options.kubeconfig.as_deref()).await?;
+    tracing::info!(server = %config.cluster_url, config = %origin, node = %options.node_name, "kubernetes source");
     let client = Client::try_from(config).map_err(|e| Error::Source(format!("kubernetes client: {e}")))?;
 
     let (listed_tx, listed_rx) = mpsc::unbounded_channel();
@@ -100,16 +103,32 @@ fn zone_of(node: &Node) -> Option<String> {
     node.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned()
 }
 
-/// `--kubeconfig`, else in-cluster, else the usual kubeconfig lookup.
-async fn client_config(kubeconfig: Option<&std::path::Path>) -> Result<Config> {
+/// `--kubeconfig`; else, inside a pod (`$KUBERNETES_SERVICE_HOST` set), the
+/// in-cluster service account; else `$KUBECONFIG` or ~/.kube/config.
+/// Returns the configuration and a description of where it came from.
+async fn client_config(kubeconfig: Option<&std::path::Path>) -> Result<(Config, String)> {
     match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| Error::Source(format!("reading kubeconfig {}: {e}", path.display())))?;
-            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                 .await
-                .map_err(|e| Error::Source(format!("kubeconfig {}: {e}", path.display())))
+                .map_err(|e| Error::Source(format!("kubeconfig {}: {e}", path.display())))?;
+            Ok((config, format!("kubeconfig {}", path.display())))
         }
-        None => Config::infer().await.map_err(|e| Error::Source(format!("no kubernetes configuration found: {e}"))),
+        None if std::env::var_os(IN_CLUSTER_ENV).is_some() => {
+            let config = Config::incluster()
+                .map_err(|e| Error::Source(format!("in-cluster configuration (${IN_CLUSTER_ENV} is set): {e}")))?;
+            Ok((config, "in-cluster service account".to_owned()))
+        }
+        None => {
+            let config = Config::from_kubeconfig(&KubeConfigOptions::default()).await.map_err(|e| {
+                Error::Source(format!(
+                    "no kubernetes configuration: not in a pod (${IN_CLUSTER_ENV} unset), no --kubeconfig, \
+                     and no usable $KUBECONFIG or ~/.kube/config: {e}"
+                ))
+            })?;
+            Ok((config, "kubeconfig from $KUBECONFIG or ~/.kube/config".to_owned()))
+        }
     }
 }

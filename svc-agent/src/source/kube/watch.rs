@@ -1,6 +1,9 @@
 //! One relisting watch per object kind.
 
-use std::fmt::Debug;
+use std::{
+    fmt::Debug,
+    time::{Duration, Instant},
+};
 
 use futures::StreamExt as _;
 use kube::{
@@ -12,6 +15,13 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::backoff::Backoff;
 use crate::source::{Change, EventSender, SourceEvent};
+
+/// A watch that fails after running this long since its list completed
+/// starts the backoff over; one that fails sooner keeps backing off. (A
+/// watch that fails right after every successful list, e.g. `list` allowed
+/// but `watch` forbidden, must not turn into a relist loop at the first
+/// delay: every relist is a full LIST of the cluster's Services.)
+const HEALTHY: Duration = Duration::from_secs(10);
 
 /// "This kind completed a list" (for the first-sync announcement).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -33,6 +43,7 @@ pub(super) async fn watch_kind<K>(
     let mut backoff = Backoff::new();
     let mut failures = 0u32;
     loop {
+        let mut listed_at: Option<Instant> = None;
         let mut stream = watcher::watcher(api.clone(), config.clone()).boxed();
         let mut buffer: Vec<K> = Vec::new();
         while let Some(item) = stream.next().await {
@@ -48,7 +59,7 @@ pub(super) async fn watch_kind<K>(
                 Ok(Event::InitDone) => {
                     let objects = std::mem::take(&mut buffer);
                     tracing::info!(count = objects.len(), "listed {kind}s");
-                    backoff.reset();
+                    listed_at = Some(Instant::now());
                     failures = 0;
                     let _ = listed.send(Listed(kind));
                     wrap(Change::Replace(objects))
@@ -58,6 +69,9 @@ pub(super) async fn watch_kind<K>(
                     wrap(Change::Delete { namespace: obj.namespace().unwrap_or_default(), name: obj.name_any() })
                 }
                 Err(err) => {
+                    if listed_at.is_some_and(|at| at.elapsed() >= HEALTHY) {
+                        backoff.reset();
+                    }
                     failures += 1;
                     // The first failure of an outage is worth a warning;
                     // the retries that follow are expected.

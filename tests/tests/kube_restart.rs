@@ -1,0 +1,278 @@
+//! `--source kube` when the API server or the agent goes away: the
+//! dataplane keeps serving the last state; a reconnecting agent relists and
+//! removes what is gone only once that list is complete; an agent started
+//! before the API server waits for it; a restarted agent reconciles.
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddrV4,
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use svc_tests::{
+    Outcome, Proto, SYNC_TIMEOUT, UNREACHABLE, addr,
+    apiserver::ApiServer,
+    k8s::{Endpoint, SlicePort, SvcPort, endpoint_slice, multi, service},
+    kube_env::{API_POLL, KubeEnv, assert_within_budget, count_in_log, wait_for_count},
+    poll_outcome, poll_until,
+};
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|&n| n.to_owned()).collect()
+}
+
+/// Service NAME on CLUSTER_IP:80 -> 8080 with one slice.
+fn svc_with_slice(name: &str, cluster_ip: &str, endpoints: &[Endpoint]) -> String {
+    multi(&[
+        &service("default", name, Some(cluster_ip), &[SvcPort::tcp("http", 80, "8080")]),
+        &endpoint_slice("default", &format!("{name}-1"), name, &[SlicePort::tcp("http", 8080)], endpoints),
+    ])
+}
+
+/// Sorted `namespace/name address backends` of the agent's frontends.
+fn frontends(env: &mut KubeEnv) -> Result<Vec<String>> {
+    let mut all: Vec<String> = env
+        .agent()
+        .frontends()?
+        .into_iter()
+        .map(|f| {
+            let mut backends = f.backends;
+            backends.sort();
+            format!("{}/{} {} [{}]", f.namespace, f.name, f.address, backends.join(","))
+        })
+        .collect();
+    all.sort();
+    Ok(all)
+}
+
+/// One client run of the background prober.
+#[derive(Debug)]
+struct Probe {
+    at: Instant,
+    target: &'static str,
+    out: Outcome,
+}
+
+/// The API server stops (the dataplane keeps serving the last state, and
+/// the agent keeps retrying), then comes back on a store that holds only
+/// some of the objects, as after restoring an older etcd backup: the agent
+/// relists, and only then removes the Service that is gone and applies the
+/// endpoints that changed; the Services still there never stop working.
+#[test]
+fn apiserver_outage_then_partial_store() -> Result<()> {
+    let mut env = KubeEnv::new(3, &[Proto::Tcp(8080)])?;
+    let (keep, gone, changed) = (addr("10.96.0.10:80"), addr("10.96.0.12:80"), addr("10.96.0.13:80"));
+    env.api.apply_yaml(&svc_with_slice("keep", "10.96.0.10", &env.endpoints(&[1, 2])))?;
+    env.api.apply_yaml(&svc_with_slice("gone", "10.96.0.12", &env.endpoints(&[3])))?;
+    env.api.apply_yaml(&svc_with_slice("changed", "10.96.0.13", &env.endpoints(&[1])))?;
+    env.start_agent()?;
+    let out = env.tcp(keep, 40)?;
+    assert_eq!(out.backends(), set(&["b1", "b2"]), "keep: {out}");
+    assert_eq!(env.tcp(gone, 5)?.ok.get("b3:8080"), Some(&5), "gone");
+    assert_eq!(env.tcp(changed, 5)?.ok.get("b1:8080"), Some(&5), "changed");
+
+    // The store the server comes back with, prepared on a second server:
+    // `keep` as it is, `changed` with other endpoints, no `gone`.
+    let mut seed = ApiServer::new()?;
+    seed.apply_yaml(&svc_with_slice("keep", "10.96.0.10", &env.endpoints(&[1, 2])))?;
+    seed.apply_yaml(&svc_with_slice("changed", "10.96.0.13", &env.endpoints(&[2])))?;
+    seed.stop()?;
+
+    let listed_before = count_in_log(env.agent(), "listed Services");
+    let slices_listed_before = count_in_log(env.agent(), "listed EndpointSlices");
+    let stop = AtomicBool::new(false);
+    let (agent, api, topo, cgroup) = env.parts();
+    let (timeline, probes) = thread::scope(|s| {
+        // Clients throughout: three connects to each Service per round.
+        let prober = s.spawn(|| -> Result<Vec<Probe>> {
+            let mut probes = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                for (target, to) in [("keep", keep), ("gone", gone), ("changed", changed)] {
+                    let at = Instant::now();
+                    let out = topo.tcp(Some(cgroup), to, 3).with_context(|| format!("probe {target}"))?;
+                    probes.push(Probe { at, target, out });
+                }
+            }
+            Ok(probes)
+        });
+        let steps = (|| -> Result<(Instant, Instant, Instant)> {
+            let stopped = Instant::now();
+            api.stop()?;
+            // The agent notices (its watches fail) and keeps retrying.
+            agent.wait_for_log("watch failed, keeping the last state", Duration::from_secs(15))?;
+            thread::sleep(Duration::from_secs(2));
+            api.replace_store_with(seed)?;
+            let starting = Instant::now();
+            api.start(false)?;
+            // Each kind relists on its own (independent backoffs).
+            wait_for_count(agent, "listed Services", listed_before + 1, SYNC_TIMEOUT)
+                .context("the agent did not relist Services after the API server came back")?;
+            wait_for_count(agent, "listed EndpointSlices", slices_listed_before + 1, SYNC_TIMEOUT)
+                .context("the agent did not relist EndpointSlices after the API server came back")?;
+            let relisted = Instant::now();
+            Ok((stopped, starting, relisted))
+        })();
+        // Let the prober see the state after the relist too.
+        if steps.is_ok() {
+            let _ = poll_until(SYNC_TIMEOUT, || Ok(topo.tcp(Some(cgroup), gone, 1)?.all_failed_with(UNREACHABLE)));
+        }
+        stop.store(true, Ordering::Relaxed);
+        let probes = prober.join().expect("prober thread panicked");
+        (steps, probes)
+    });
+    let (stopped, starting, relisted) = timeline?;
+    let probes = probes?;
+
+    // `keep` never failed, from before the outage until after the relist.
+    let keep_probes: Vec<&Probe> = probes.iter().filter(|p| p.target == "keep").collect();
+    let during_outage = keep_probes.iter().filter(|p| p.at > stopped && p.at < starting).count();
+    assert!(during_outage >= 5, "only {during_outage} probes while the API server was down: the check has no teeth");
+    for p in &keep_probes {
+        assert_eq!(p.out.total_ok(), 3, "keep failed {:?} after the API server stopped: {}", p.at - stopped, p.out);
+    }
+    // `gone` and `changed` kept their last state while the server was down
+    // and until it was started again (nothing to list before that).
+    for p in probes.iter().filter(|p| p.at < starting) {
+        let expected = match p.target {
+            "gone" => "b3:8080",
+            "changed" => "b1:8080",
+            _ => continue,
+        };
+        assert_eq!(p.out.ok.get(expected), Some(&3), "{} {:?} after the stop: {}", p.target, p.at - stopped, p.out);
+    }
+    // The agent removed `gone` only in a batch after the relist completed.
+    let log = env.agent().log_since_start();
+    let lines: Vec<&str> = log.lines().collect();
+    let relist_line = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("listed Services"))
+        .nth(listed_before)
+        .map(|(i, _)| i)
+        .context("no relist in the log")?;
+    let removal_line = lines
+        .iter()
+        .position(|l| l.contains("dataplane in sync") && !l.contains("removed=0"))
+        .context("the agent never logged a removal")?;
+    assert!(removal_line > relist_line, "removal logged before the relist completed:\n{log}");
+    eprintln!(
+        "outage: API server down {:?}; relist {:?} after start.sh began",
+        starting - stopped,
+        relisted.saturating_duration_since(starting)
+    );
+
+    // After the relist: `gone` is not translated, `changed` uses its new
+    // endpoint, `keep` is unchanged.
+    let out = env.tcp(gone, 10)?;
+    assert!(out.all_failed_with(UNREACHABLE), "gone after the relist: {out}");
+    let out = env.tcp(changed, 10)?;
+    assert_eq!(out.ok.get("b2:8080"), Some(&10), "changed after the relist: {out}");
+    let out = env.tcp(keep, 40)?;
+    assert_eq!(out.backends(), set(&["b1", "b2"]), "keep after the relist: {out}");
+    assert_eq!(
+        frontends(&mut env)?,
+        vec![
+            "default/changed 10.96.0.13:80 [10.244.2.2:8080]".to_owned(),
+            "default/keep 10.96.0.10:80 [10.244.1.2:8080,10.244.2.2:8080]".to_owned(),
+            "default/kubernetes 10.96.0.1:443 []".to_owned(),
+        ],
+        "status frontends after the relist"
+    );
+
+    // The watches are live again: a new Service follows within the budget.
+    let fresh = addr("10.96.0.14:80");
+    let start = Instant::now();
+    env.api.apply_yaml(&svc_with_slice("fresh", "10.96.0.14", &env.endpoints(&[3])))?;
+    poll_outcome(API_POLL, || env.tcp(fresh, 3), |o| o.ok.get("b3:8080") == Some(&3))?;
+    assert_within_budget("Service created after the reconnect", start.elapsed());
+    // Readiness never dropped: the dataplane served throughout.
+    assert_eq!(env.readyz()?, 200, "/readyz after the outage");
+    Ok(())
+}
+
+/// The agent starts while the API server is down: it does not exit or
+/// program anything, is not ready, and syncs once the server is up.
+#[test]
+fn agent_started_before_the_apiserver() -> Result<()> {
+    let mut env = KubeEnv::new(2, &[Proto::Tcp(8080)])?;
+    env.api.apply_yaml(&svc_with_slice("web", "10.96.0.10", &env.endpoints(&[1, 2])))?;
+    env.api.stop()?;
+    let web = addr("10.96.0.10:80");
+
+    env.spawn_agent()?;
+    env.agent().wait_for_log("watch failed, keeping the last state", Duration::from_secs(15))?;
+    thread::sleep(Duration::from_secs(2));
+    assert!(env.agent().is_running(), "the agent exited while the API server was down");
+    assert_eq!(env.readyz()?, 503, "/readyz before the first sync");
+    assert_eq!(count_in_log(env.agent(), "dataplane in sync"), 0, "programmed without a source");
+    let out = env.tcp(web, 5)?;
+    assert!(out.all_failed_with(UNREACHABLE), "nothing may be programmed yet: {out}");
+
+    let starting = Instant::now();
+    env.api.start(false)?;
+    env.agent().wait_in_sync(SYNC_TIMEOUT)?;
+    eprintln!("in sync {:?} after start.sh began", starting.elapsed());
+    assert_eq!(env.readyz()?, 200, "/readyz after the first sync");
+    let out = env.tcp(web, 60)?;
+    assert_eq!(out.total_ok(), 60, "{out}");
+    assert_eq!(out.backends(), set(&["b1", "b2"]), "{out}");
+
+    let other = addr("10.96.0.11:80");
+    let start = Instant::now();
+    env.api.apply_yaml(&svc_with_slice("other", "10.96.0.11", &env.endpoints(&[2])))?;
+    poll_outcome(API_POLL, || env.tcp(other, 3), |o| o.ok.get("b2:8080") == Some(&3))?;
+    assert_within_budget("Service created after the late start", start.elapsed());
+    Ok(())
+}
+
+/// The foundation's restart assertions with API objects: a SIGKILLed agent
+/// leaves the dataplane serving; changes made through the API while it is
+/// down are reconciled by the restarted agent, stale state removed.
+#[test]
+fn sigkilled_agent_restarts_and_reconciles() -> Result<()> {
+    let mut env = KubeEnv::new(3, &[Proto::Tcp(8080)])?;
+    let (web, gone, new): (SocketAddrV4, SocketAddrV4, SocketAddrV4) =
+        (addr("10.96.0.10:80"), addr("10.96.0.12:80"), addr("10.96.0.13:80"));
+    env.api.apply_yaml(&svc_with_slice("web", "10.96.0.10", &env.endpoints(&[1, 2, 3])))?;
+    env.api.apply_yaml(&svc_with_slice("gone", "10.96.0.12", &env.endpoints(&[1])))?;
+    env.start_agent()?;
+    let out = env.tcp(web, 60)?;
+    assert_eq!(out.backends(), set(&["b1", "b2", "b3"]), "web: {out}");
+
+    env.agent().kill()?;
+    let out = env.tcp(web, 60)?;
+    assert_eq!(out.total_ok(), 60, "agent down: {out}");
+    // P(a backend gets none of 60) = 3*(2/3)^60 ~ 1e-10.
+    assert_eq!(out.backends(), set(&["b1", "b2", "b3"]), "agent down: {out}");
+    assert_eq!(env.tcp(gone, 5)?.ok.get("b1:8080"), Some(&5), "agent down");
+
+    // Changes while the agent is down.
+    env.api.apply_yaml(&svc_with_slice("web", "10.96.0.10", &env.endpoints(&[1, 2])))?;
+    env.api.delete_service("default", "gone")?;
+    env.api.delete_slice("default", "gone-1")?;
+    env.api.apply_yaml(&svc_with_slice("new", "10.96.0.13", &env.endpoints(&[2])))?;
+
+    let agent = env.agent();
+    agent.restart()?;
+    agent.wait_in_sync(SYNC_TIMEOUT)?;
+    let out = env.tcp(new, 10)?;
+    assert_eq!(out.ok.get("b2:8080"), Some(&10), "new Service: {out}");
+    let out = env.tcp(gone, 10)?;
+    assert!(out.all_failed_with(UNREACHABLE), "deleted Service: {out}");
+    let out = env.tcp(web, 200)?;
+    assert_eq!(out.total_ok(), 200, "{out}");
+    assert_eq!(out.backends(), set(&["b1", "b2"]), "removed endpoint b3: {out}");
+    assert_eq!(
+        frontends(&mut env)?,
+        vec![
+            "default/kubernetes 10.96.0.1:443 []".to_owned(),
+            "default/new 10.96.0.13:80 [10.244.2.2:8080]".to_owned(),
+            "default/web 10.96.0.10:80 [10.244.1.2:8080,10.244.2.2:8080]".to_owned(),
+        ],
+        "status frontends after the restart"
+    );
+    Ok(())
+}
