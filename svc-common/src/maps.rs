@@ -19,8 +19,10 @@ pub mod names {
     pub const META: &str = "SVC_META";
     /// Single-entry runtime configuration written by the agent.
     pub const CONFIG: &str = "SVC_CONFIG";
+    /// Per-socket storage: the translation of a connected socket.
+    pub const SOCK_XLAT: &str = "SVC_SOCK_XLAT";
     /// All maps, in the order `cleanup` and `status` walk them.
-    pub const ALL: [&str; 7] = [FRONTENDS, BACKENDS, BACKEND_INDEX, AFFINITY, REV_NAT, META, CONFIG];
+    pub const ALL: [&str; 8] = [FRONTENDS, BACKENDS, BACKEND_INDEX, AFFINITY, REV_NAT, META, CONFIG, SOCK_XLAT];
 }
 
 /// Default capacities. All are overridable on the agent's command line;
@@ -159,6 +161,20 @@ pub struct AffinityValue {
     pub last_used_ns: u64,
 }
 
+/// The translation of a connected socket (TCP, connected UDP), kept in the
+/// socket's own storage (`SVC_SOCK_XLAT`, BPF_MAP_TYPE_SK_STORAGE): it is
+/// found through the socket without hashing and freed with the socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct SockXlat {
+    /// The frontend the application connected to.
+    pub frontend: Backend4,
+    /// The backend it was translated to.
+    pub backend: Backend4,
+    /// [`Frontend::svc_id`] at the time of translation.
+    pub svc_id: u32,
+}
+
 /// Reverse translation key: which socket talked to which backend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
@@ -222,7 +238,7 @@ pub struct Config {
 }
 
 /// Bump when any key or value above changes shape.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 const _: () = {
     assert!(size_of::<FrontendKey4>() == 8);
@@ -236,6 +252,7 @@ const _: () = {
     assert!(size_of::<RevNatValue>() == 12);
     assert!(size_of::<ServiceMeta>() == 152);
     assert!(size_of::<Config>() == 16);
+    assert!(size_of::<SockXlat>() == 20);
 };
 
 #[cfg(feature = "user")]
@@ -253,4 +270,5 @@ mod pod {
     unsafe impl aya::Pod for super::RevNatValue {}
     unsafe impl aya::Pod for super::ServiceMeta {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::SockXlat {}
 }

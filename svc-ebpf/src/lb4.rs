@@ -11,10 +11,10 @@ use aya_ebpf::{
 };
 use svc_common::{
     AffinityKey, AffinityValue, Backend4, BackendIndexKey, Frontend, FrontendKey4, RevNatKey, RevNatValue, SlotKey,
-    fe_flags,
+    SockXlat, fe_flags,
 };
 
-use crate::maps::{SVC_AFFINITY, SVC_BACKENDS, SVC_BE_INDEX, SVC_CONFIG, SVC_FRONTENDS, SVC_REVNAT_SK};
+use crate::maps::{SVC_AFFINITY, SVC_BACKENDS, SVC_BE_INDEX, SVC_CONFIG, SVC_FRONTENDS, SVC_REVNAT_SK, SVC_SOCK_XLAT};
 
 /// What a forward hook should do with the socket address.
 pub(crate) enum Verdict {
@@ -22,18 +22,17 @@ pub(crate) enum Verdict {
     Pass,
     /// A frontend without a usable backend: fail the call.
     Refuse,
-    /// Rewrite the destination to this backend.
-    Translate(Backend4),
+    /// Rewrite the destination to this backend (of service port `svc_id`).
+    Translate(Backend4, u32),
 }
 
 /// The destination of the call as a frontend key.
 #[inline(always)]
 pub(crate) fn frontend_key(ctx: &SockAddrContext, proto: u8) -> FrontendKey4 {
-    // SAFETY: the kernel hands sock_addr programs a valid context.
-    let sa = unsafe { &*ctx.sock_addr };
     // user_ip4 holds the address in network order: its in-memory bytes are
     // the octets.
-    FrontendKey4 { addr: sa.user_ip4.to_ne_bytes(), port: sa.user_port as u16, proto, _pad: 0 }
+    let dst = sock_addr(ctx);
+    FrontendKey4 { addr: dst.addr, port: dst.port, proto, _pad: 0 }
 }
 
 /// Rewrites the destination (forward) or source (reverse) address of the call.
@@ -81,7 +80,7 @@ pub(crate) fn select(ctx: &SockAddrContext, key: &FrontendKey4) -> Verdict {
             return Verdict::Refuse;
         }
         if let Some(b) = pick(ctx, &fe) {
-            return Verdict::Translate(b);
+            return Verdict::Translate(b, fe.svc_id);
         }
         fe = match lookup_frontend(key) {
             Some(fe) => fe,
@@ -136,14 +135,49 @@ fn random_backend(fe: &Frontend) -> Option<Backend4> {
     unsafe { SVC_BACKENDS.get(SlotKey { set_id: fe.set_id, slot }).copied() }
 }
 
-/// Remembers, for this socket, which frontend a backend stands for, so that
-/// recvmsg/getpeername can show the application the address it asked for.
+/// The current destination (forward hooks) or peer (reverse hooks).
 #[inline(always)]
-pub(crate) fn remember_frontend(ctx: &SockAddrContext, frontend: &FrontendKey4, backend: Backend4) {
+fn sock_addr(ctx: &SockAddrContext) -> Backend4 {
+    // SAFETY: valid context.
+    let sa = unsafe { &*ctx.sock_addr };
+    Backend4 { addr: sa.user_ip4.to_ne_bytes(), port: sa.user_port as u16, _pad: 0 }
+}
+
+/// A connected socket (TCP, connected UDP) remembers its translation in its
+/// own storage, for getpeername and recvmsg.
+#[inline(always)]
+pub(crate) fn remember_connected(ctx: &SockAddrContext, frontend: &FrontendKey4, backend: Backend4, svc_id: u32) {
+    let mut xlat =
+        SockXlat { frontend: Backend4 { addr: frontend.addr, port: frontend.port, _pad: 0 }, backend, svc_id };
+    // SAFETY: the context's socket is valid for the helper.
+    let slot = unsafe { SVC_SOCK_XLAT.get_or_insert_ptr_mut(ctx, Some(&mut xlat)) };
+    if !slot.is_null() {
+        // A socket connected again (UDP) overwrites its old translation.
+        // SAFETY: non-null storage of this socket.
+        unsafe { *slot = xlat };
+    }
+}
+
+/// A connect to a non-frontend drops an earlier translation of the same
+/// (UDP) socket, so its new peer is never shown as a Service address.
+#[inline(always)]
+pub(crate) fn forget_connected(ctx: &SockAddrContext) {
+    // SAFETY: the context's socket is valid for the helpers.
+    unsafe {
+        if !SVC_SOCK_XLAT.get_ptr_mut(ctx).is_null() {
+            let _ = SVC_SOCK_XLAT.delete((*ctx.sock_addr).__bindgen_anon_1.sk);
+        }
+    }
+}
+
+/// A datagram (UDP sendmsg, and connected UDP for the agent's socket reset)
+/// remembers which frontend its backend stands for, keyed by socket and
+/// backend: one unconnected socket can talk to many Services.
+#[inline(always)]
+pub(crate) fn remember_datagram(ctx: &SockAddrContext, frontend: &FrontendKey4, backend: Backend4, svc_id: u32) {
     // SAFETY: plain helper call on our context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let key = RevNatKey { cookie, backend };
-    let svc_id = lookup_frontend(frontend).map_or(0, |fe| fe.svc_id);
     let value = RevNatValue { addr: frontend.addr, port: frontend.port, _pad: 0, svc_id };
     // sendmsg runs per datagram: skip the write when nothing changed.
     // SAFETY: copied out at once.
@@ -152,12 +186,20 @@ pub(crate) fn remember_frontend(ctx: &SockAddrContext, frontend: &FrontendKey4, 
     }
 }
 
-/// The frontend this socket asked for when it reached `backend`, if any.
+/// The frontend (address, port) this socket asked for when it reached the
+/// peer it now reports, if it was translated.
 #[inline(always)]
-pub(crate) fn recall_frontend(ctx: &SockAddrContext) -> Option<RevNatValue> {
-    // SAFETY: plain helper call on our context; valid context.
-    let (cookie, sa) = unsafe { (bpf_get_socket_cookie(ctx.sock_addr.cast()), &*ctx.sock_addr) };
-    let backend = Backend4 { addr: sa.user_ip4.to_ne_bytes(), port: sa.user_port as u16, _pad: 0 };
+pub(crate) fn recall_frontend(ctx: &SockAddrContext) -> Option<([u8; 4], u16)> {
+    let peer = sock_addr(ctx);
+    // SAFETY: the context's socket is valid for the helper; copied out at once.
+    let connected = unsafe { SVC_SOCK_XLAT.get_ptr_mut(ctx).as_ref().copied() };
+    if let Some(x) = connected
+        && x.backend == peer
+    {
+        return Some((x.frontend.addr, x.frontend.port));
+    }
+    // SAFETY: plain helper call on our context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     // SAFETY: copied out at once.
-    unsafe { SVC_REVNAT_SK.get(RevNatKey { cookie, backend }).copied() }
+    unsafe { SVC_REVNAT_SK.get(RevNatKey { cookie, backend: peer }).map(|v| (v.addr, v.port)) }
 }

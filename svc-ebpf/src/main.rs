@@ -27,15 +27,15 @@ pub(crate) fn svc_connect4(ctx: SockAddrContext) -> i32 {
     // SAFETY: valid context.
     let protocol = unsafe { (*ctx.sock_addr).protocol };
     match protocol {
-        p if p == u32::from(proto::TCP) => forward(&ctx, proto::TCP),
-        p if p == u32::from(proto::UDP) => forward(&ctx, proto::UDP),
+        p if p == u32::from(proto::TCP) => forward(&ctx, proto::TCP, Hook::Connect),
+        p if p == u32::from(proto::UDP) => forward(&ctx, proto::UDP, Hook::Connect),
         _ => ALLOW,
     }
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub(crate) fn svc_sendmsg4(ctx: SockAddrContext) -> i32 {
-    forward(&ctx, proto::UDP)
+    forward(&ctx, proto::UDP, Hook::Sendmsg)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
@@ -50,20 +50,39 @@ pub(crate) fn svc_getpeer4(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
+/// Which forward hook runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hook {
+    Connect,
+    Sendmsg,
+}
+
 /// Destination rewrite shared by connect4 and sendmsg4.
 #[inline(always)]
-fn forward(ctx: &SockAddrContext, proto: u8) -> i32 {
-    let key = lb4::frontend_key(ctx, proto);
+fn forward(ctx: &SockAddrContext, protocol: u8, hook: Hook) -> i32 {
+    let key = lb4::frontend_key(ctx, protocol);
     match lb4::select(ctx, &key) {
-        Verdict::Pass => ALLOW,
+        Verdict::Pass => {
+            if hook == Hook::Connect && protocol == proto::UDP {
+                lb4::forget_connected(ctx);
+            }
+            ALLOW
+        }
         Verdict::Refuse => {
             // kube-proxy REJECTs: the caller sees ECONNREFUSED, not EPERM.
             // SAFETY: helper available to cgroup sock_addr programs.
             unsafe { bpf_set_retval(-errno::ECONNREFUSED) };
             REJECT
         }
-        Verdict::Translate(backend) => {
-            lb4::remember_frontend(ctx, &key, backend);
+        Verdict::Translate(backend, svc_id) => {
+            if hook == Hook::Connect {
+                lb4::remember_connected(ctx, &key, backend, svc_id);
+            }
+            // Datagrams are remembered per (socket, backend); connected UDP
+            // too, so that the agent can find sockets of a removed backend.
+            if protocol == proto::UDP {
+                lb4::remember_datagram(ctx, &key, backend, svc_id);
+            }
             lb4::set_addr(ctx, backend.addr, backend.port);
             ALLOW
         }
@@ -73,8 +92,8 @@ fn forward(ctx: &SockAddrContext, proto: u8) -> i32 {
 /// Source rewrite shared by recvmsg4 and getpeername4.
 #[inline(always)]
 fn reverse(ctx: &SockAddrContext) {
-    if let Some(frontend) = lb4::recall_frontend(ctx) {
-        lb4::set_addr(ctx, frontend.addr, frontend.port);
+    if let Some((addr, port)) = lb4::recall_frontend(ctx) {
+        lb4::set_addr(ctx, addr, port);
     }
 }
 

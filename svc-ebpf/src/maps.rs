@@ -5,12 +5,12 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, LruHashMap},
+    btf_maps::{Array, HashMap, LruHashMap, SkStorage},
     macros::btf_map,
 };
 use svc_common::{
     AffinityKey, AffinityValue, Backend4, BackendIndexKey, Config, Frontend, FrontendKey4, RevNatKey, RevNatValue,
-    ServiceMeta, SlotKey, capacity,
+    ServiceMeta, SlotKey, SockXlat, capacity,
 };
 
 /// No preallocation: entries are freed after an RCU grace period, so a
@@ -44,3 +44,9 @@ pub(crate) static SVC_META: HashMap<u32, ServiceMeta, { capacity::META as usize 
 
 #[btf_map]
 pub(crate) static SVC_CONFIG: Array<Config, 1> = Array::new();
+
+/// Connected sockets remember their translation in their own storage:
+/// reading it back (getpeername, recvmsg) follows a pointer from the
+/// socket, and it goes away with the socket (no LRU to fill).
+#[btf_map]
+pub(crate) static SVC_SOCK_XLAT: SkStorage<SockXlat> = SkStorage::new();

@@ -16,7 +16,7 @@ use aya::{
 };
 use svc_common::{
     AffinityKey, AffinityValue, Backend4, BackendIndexKey, Config, Frontend, FrontendKey4, LAYOUT_VERSION, RevNatKey,
-    RevNatValue, ServiceMeta, SlotKey, names,
+    RevNatValue, ServiceMeta, SlotKey, SockXlat, names,
 };
 
 use super::{maps::BpfMaps, pins::PinLayout};
@@ -43,6 +43,8 @@ fn expected_layout(name: &str) -> Option<(MapType, usize, usize)> {
         names::REV_NAT => (MapType::LruHash, size_of::<RevNatKey>(), size_of::<RevNatValue>()),
         names::META => (MapType::Hash, size_of::<u32>(), size_of::<ServiceMeta>()),
         names::CONFIG => (MapType::Array, size_of::<u32>(), size_of::<Config>()),
+        // Keyed by socket fd from userspace.
+        names::SOCK_XLAT => (MapType::SkStorage, size_of::<i32>(), size_of::<SockXlat>()),
         _ => return None,
     })
 }
