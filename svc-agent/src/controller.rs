@@ -11,7 +11,7 @@ use std::{collections::HashMap, sync::Arc, time::Instant};
 use crate::{
     dataplane::{Table, Writer, writer::BatchReport},
     metrics::Metrics,
-    model::{DesiredService, Dirty, NodeContext, ServiceKey, Store, desired_service},
+    model::{DesiredService, Dirty, NodeContext, ServiceKey, ServiceObj, SliceObj, Store, desired_service},
     source::{Change, Envelope, EventReceiver, SourceEvent},
 };
 
@@ -115,7 +115,7 @@ impl<T: Table> Controller<T> {
         }
     }
 
-    fn apply_services(&mut self, change: Change<k8s_openapi::api::core::v1::Service>) -> Dirty {
+    fn apply_services(&mut self, change: Change<Arc<ServiceObj>>) -> Dirty {
         match change {
             Change::Replace(all) => self.store.replace_services(all),
             Change::Upsert(svc) => self.store.upsert_service(svc),
@@ -123,7 +123,7 @@ impl<T: Table> Controller<T> {
         }
     }
 
-    fn apply_slices(&mut self, change: Change<k8s_openapi::api::discovery::v1::EndpointSlice>) -> Dirty {
+    fn apply_slices(&mut self, change: Change<Arc<SliceObj>>) -> Dirty {
         match change {
             Change::Replace(all) => self.store.replace_slices(all),
             Change::Upsert(slice) => self.store.upsert_slice(slice),

@@ -14,6 +14,9 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| EnvFilter::new("info,kube_client::client::builder=off")),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal (and never with NO_COLOR):
+        // logs are usually collected, grepped or piped.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
         .init();
     match cmd::dispatch(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -32,14 +32,17 @@ pub mod capacity {
     /// Frontends (service address x port x protocol).
     pub const FRONTENDS: u32 = 65_536;
     /// Backend slots, counted over all sets. An update holds the old and the
-    /// new set at once, so size this for twice the largest endpoint count.
-    pub const BACKENDS: u32 = 1_048_576;
+    /// new set of one Service at once. (The bucket array is allocated for
+    /// the capacity: 8 bytes per slot of capacity.)
+    pub const BACKENDS: u32 = 262_144;
     /// Membership entries (only written for frontends with session affinity).
     pub const BACKEND_INDEX: u32 = 262_144;
     /// Affinity entries (clients x services with affinity); LRU.
     pub const AFFINITY: u32 = 65_536;
-    /// Reverse translation entries (translated sockets); LRU.
-    pub const REV_NAT: u32 = 262_144;
+    /// Reverse translation entries (UDP: socket x backend); LRU, so
+    /// preallocated by the kernel (about 90 bytes each). Connected sockets
+    /// keep their translation in socket storage instead.
+    pub const REV_NAT: u32 = 65_536;
     /// Service ports.
     pub const META: u32 = 65_536;
 }
@@ -61,6 +64,11 @@ pub struct FrontendKey4 {
     pub _pad: u8,
 }
 
+/// Backend sets up to this size live inside the [`Frontend`] value itself:
+/// a connect then costs one hash lookup, and changing the set is one map
+/// update. Larger sets live in `SVC_BACKENDS`.
+pub const INLINE_BACKENDS: usize = 16;
+
 /// What a frontend resolves to. Replaced as a whole by one map update, which
 /// is what makes a backend-set change atomic for a racing `connect()`.
 #[repr(C)]
@@ -70,7 +78,8 @@ pub struct Frontend {
     /// protocol (ClusterIP, NodePort, external IPs); keys [`ServiceMeta`]
     /// and [`AffinityKey`].
     pub svc_id: u32,
-    /// The backend set this frontend currently uses ([`SlotKey::set_id`]).
+    /// The version of the backend set this frontend currently uses: unique
+    /// while live; for sets in `SVC_BACKENDS` also their [`SlotKey::set_id`].
     pub set_id: u32,
     /// Number of backends in the set; 0 refuses the connection.
     pub count: u32,
@@ -80,6 +89,19 @@ pub struct Frontend {
     pub flags: u32,
     /// Always zero.
     pub _pad: u32,
+    /// The backends themselves when `count <= INLINE_BACKENDS` (unused
+    /// entries zero); otherwise unused.
+    pub inline: [Backend4; INLINE_BACKENDS],
+}
+
+impl Frontend {
+    /// Whether the backends are in [`Frontend::inline`] rather than in
+    /// `SVC_BACKENDS`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn is_inline(&self) -> bool {
+        self.count as usize <= INLINE_BACKENDS
+    }
 }
 
 /// Bits of [`Frontend::flags`].
@@ -95,7 +117,8 @@ pub mod fe_flags {
     /// Only sockets in the host network namespace are translated
     /// (`127.0.0.1:nodePort`).
     pub const HOST_NS_ONLY: u32 = 1 << 8;
-    /// The set carries a [`super::BackendIndexKey`] entry per backend.
+    /// The set carries a [`super::BackendIndexKey`] entry per backend
+    /// (affinity on a set too large to be inline; inline sets are scanned).
     pub const INDEXED: u32 = 1 << 9;
 }
 
@@ -238,11 +261,11 @@ pub struct Config {
 }
 
 /// Bump when any key or value above changes shape.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 const _: () = {
     assert!(size_of::<FrontendKey4>() == 8);
-    assert!(size_of::<Frontend>() == 24);
+    assert!(size_of::<Frontend>() == 24 + 8 * INLINE_BACKENDS);
     assert!(size_of::<SlotKey>() == 8);
     assert!(size_of::<Backend4>() == 8);
     assert!(size_of::<BackendIndexKey>() == 12);

@@ -1,17 +1,20 @@
 //! Shared IPv4 lookup helpers for the socket hooks: frontend lookup, backend
 //! selection (random or by session affinity) and reverse translation.
 //!
-//! Everything here copies map values out immediately: a hash map entry can
-//! be replaced by the agent at any time, and copying gives us one consistent
-//! version of it.
+//! Map values are read in place through the pointer a lookup returns: the
+//! agent never modifies an entry, it replaces it (a new element), and with
+//! `BPF_F_NO_PREALLOC` the old element stays intact until the program has
+//! finished (RCU). So every value read here is one consistent version,
+//! without copying a whole frontend (152 bytes) onto the stack. LRU entries
+//! (which the programs themselves update) are copied out at once.
 
 use aya_ebpf::{
     helpers::generated::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns},
     programs::SockAddrContext,
 };
 use svc_common::{
-    AffinityKey, AffinityValue, Backend4, BackendIndexKey, Frontend, FrontendKey4, RevNatKey, RevNatValue, SlotKey,
-    SockXlat, fe_flags,
+    AffinityKey, AffinityValue, Backend4, BackendIndexKey, Frontend, FrontendKey4, INLINE_BACKENDS, RevNatKey,
+    RevNatValue, SlotKey, SockXlat, fe_flags,
 };
 
 use crate::maps::{SVC_AFFINITY, SVC_BACKENDS, SVC_BE_INDEX, SVC_CONFIG, SVC_FRONTENDS, SVC_REVNAT_SK, SVC_SOCK_XLAT};
@@ -45,9 +48,9 @@ pub(crate) fn set_addr(ctx: &SockAddrContext, addr: [u8; 4], port: u16) {
 }
 
 #[inline(always)]
-fn lookup_frontend(key: &FrontendKey4) -> Option<Frontend> {
-    // SAFETY: copied out at once (see module docs).
-    unsafe { SVC_FRONTENDS.get(key).copied() }
+fn lookup_frontend(key: &FrontendKey4) -> Option<&'static Frontend> {
+    // SAFETY: read in place, never written by the programs (module docs).
+    unsafe { SVC_FRONTENDS.get(key) }
 }
 
 /// Frontends marked host-netns-only (`127.0.0.1:nodePort`) only apply to
@@ -69,7 +72,7 @@ pub(crate) fn select(ctx: &SockAddrContext, key: &FrontendKey4) -> Verdict {
     let Some(mut fe) = lookup_frontend(key) else {
         return Verdict::Pass;
     };
-    if !applies_to(ctx, &fe) {
+    if !applies_to(ctx, fe) {
         return Verdict::Pass;
     }
     // A slot can only be missing if the agent retired the set between our
@@ -79,7 +82,7 @@ pub(crate) fn select(ctx: &SockAddrContext, key: &FrontendKey4) -> Verdict {
         if fe.count == 0 {
             return Verdict::Refuse;
         }
-        if let Some(b) = pick(ctx, &fe) {
+        if let Some(b) = pick(ctx, fe) {
             return Verdict::Translate(b, fe.svc_id);
         }
         fe = match lookup_frontend(key) {
@@ -119,18 +122,44 @@ fn affine_backend(key: &AffinityKey, fe: &Frontend, now: u64) -> Option<Backend4
     if now.wrapping_sub(entry.last_used_ns) > timeout_ns {
         return None;
     }
-    if entry.set_id != fe.set_id {
-        let member = BackendIndexKey { set_id: fe.set_id, backend: entry.backend };
-        // SAFETY: only tests presence.
-        unsafe { SVC_BE_INDEX.get(member) }?;
+    if entry.set_id != fe.set_id && !is_member(fe, entry.backend) {
+        return None;
     }
     Some(entry.backend)
 }
 
+/// Whether `backend` is in the frontend's current set: a scan of the inline
+/// backends, or the membership map for a large set.
+#[inline(always)]
+fn is_member(fe: &Frontend, backend: Backend4) -> bool {
+    if fe.is_inline() {
+        let count = fe.count as usize;
+        for i in 0..INLINE_BACKENDS {
+            if i >= count {
+                return false;
+            }
+            if fe.inline[i] == backend {
+                return true;
+            }
+        }
+        return false;
+    }
+    let member = BackendIndexKey { set_id: fe.set_id, backend };
+    // SAFETY: only tests presence.
+    unsafe { SVC_BE_INDEX.get(member) }.is_some()
+}
+
 #[inline(always)]
 fn random_backend(fe: &Frontend) -> Option<Backend4> {
+    // One read of the count, checked: a panicking path (division by zero)
+    // would not pass the verifier.
+    let count = fe.count;
     // SAFETY: plain helper call.
-    let slot = unsafe { bpf_get_prandom_u32() } % fe.count;
+    let slot = unsafe { bpf_get_prandom_u32() }.checked_rem(count)?;
+    if count as usize <= INLINE_BACKENDS {
+        // The bound check is for the verifier: slot < count <= INLINE.
+        return fe.inline.get(slot as usize).copied();
+    }
     // SAFETY: copied out at once.
     unsafe { SVC_BACKENDS.get(SlotKey { set_id: fe.set_id, slot }).copied() }
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: everything needed to go from a fresh machine to
 //! a running agent or a full test run.
 
+mod bench;
 mod cmd;
 mod run;
 mod setup;
@@ -27,6 +28,9 @@ enum Command {
     Run(run::RunArgs),
     /// Set up, build, and run every unit and privileged end-to-end test.
     Test(test::TestArgs),
+    /// Set up, build (release), and benchmark against kube-proxy's iptables
+    /// and nftables layouts; regenerates bench/REPORT.md and bench/results/.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,6 +47,10 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => {
             setup::setup()?;
             test::test(&args)
+        }
+        Command::Bench(args) => {
+            setup::setup()?;
+            bench::bench(&args)
         }
     }
 }

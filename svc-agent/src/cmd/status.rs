@@ -95,12 +95,16 @@ fn read_status(layout: &PinLayout) -> Result<Status> {
         .iter()
         .map(|(key, fe)| {
             let names = meta.get(&fe.svc_id);
-            let backends = (0..fe.count)
-                .map(|slot| match slots.get(&SlotKey { set_id: fe.set_id, slot }) {
-                    Some(b) => socket_addr(b.addr, b.port).to_string(),
-                    None => "<missing>".to_owned(),
-                })
-                .collect();
+            let backends = if fe.is_inline() {
+                fe.inline[..fe.count as usize].iter().map(|b| socket_addr(b.addr, b.port).to_string()).collect()
+            } else {
+                (0..fe.count)
+                    .map(|slot| match slots.get(&SlotKey { set_id: fe.set_id, slot }) {
+                        Some(b) => socket_addr(b.addr, b.port).to_string(),
+                        None => "<missing>".to_owned(),
+                    })
+                    .collect()
+            };
             FrontendRow {
                 namespace: names.map(|m| name_str(&m.namespace)).unwrap_or_default(),
                 name: names.map(|m| name_str(&m.name)).unwrap_or_default(),

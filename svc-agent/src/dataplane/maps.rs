@@ -145,6 +145,21 @@ impl Table for BpfMaps {
     fn delete_slot(&mut self, key: &SlotKey) -> Result<(), TableError> {
         ignore_missing(self.slots.remove(key), names::BACKENDS)
     }
+    /// One BPF_MAP_UPDATE_BATCH syscall per set instead of one per slot:
+    /// cold programming writes hundreds of thousands of slots.
+    fn put_slots(&mut self, slots: &[(SlotKey, Backend4)]) -> Result<(), TableError> {
+        use std::os::fd::AsFd as _;
+        let keys: Vec<SlotKey> = slots.iter().map(|(k, _)| *k).collect();
+        let values: Vec<Backend4> = slots.iter().map(|(_, v)| *v).collect();
+        let fd = self.slots.map().fd().as_fd();
+        crate::sys::map_update_batch(fd, bytemuck::cast_slice(&keys), bytemuck::cast_slice(&values), slots.len() as u32)
+            .map_err(|(_, e)| TableError {
+                map: names::BACKENDS,
+                op: "insert",
+                full: matches!(e.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC | libc::ENOMEM)),
+                detail: e.to_string(),
+            })
+    }
     fn put_index(&mut self, key: &BackendIndexKey, slot: u32) -> Result<(), TableError> {
         self.index.insert(key, slot, 0).map_err(|e| table_error(names::BACKEND_INDEX, "insert", &e))
     }

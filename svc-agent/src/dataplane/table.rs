@@ -55,6 +55,10 @@ pub trait Table {
     fn put_slot(&mut self, key: &SlotKey, backend: &Backend4) -> Result<(), TableError>;
     /// Removes one backend slot.
     fn delete_slot(&mut self, key: &SlotKey) -> Result<(), TableError>;
+    /// Writes the slots of a new set (one batch where the kernel allows).
+    fn put_slots(&mut self, slots: &[(SlotKey, Backend4)]) -> Result<(), TableError> {
+        slots.iter().try_for_each(|(key, backend)| self.put_slot(key, backend))
+    }
     /// Writes one membership entry.
     fn put_index(&mut self, key: &BackendIndexKey, slot: u32) -> Result<(), TableError>;
     /// Removes one membership entry.

@@ -17,7 +17,7 @@ mod ids;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use svc_common::{Backend4, BackendIndexKey, Frontend, FrontendKey4, ServiceMeta, SlotKey, fe_flags};
+use svc_common::{Backend4, BackendIndexKey, Frontend, FrontendKey4, INLINE_BACKENDS, ServiceMeta, SlotKey, fe_flags};
 
 use self::ids::IdAllocator;
 use super::table::{Table, TableError};
@@ -25,13 +25,27 @@ use crate::model::{
     DesiredFrontend, DesiredService, FrontendKind, ServiceKey, ServicePortKey, backend_value, frontend_key,
 };
 
-/// A backend set in the maps: `backends.len()` slots under one set id.
-/// Sets belong to one Service (never shared), so a Service's update only
-/// ever touches its own sets.
+/// A backend set under one set id: up to `INLINE_BACKENDS` backends live
+/// in the frontend values themselves, larger sets in `backends.len()`
+/// slots of SVC_BACKENDS. Sets belong to one Service (never shared), so a
+/// Service's update only ever touches its own sets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct BackendSet {
     backends: Vec<Backend4>,
     indexed: bool,
+}
+
+impl BackendSet {
+    /// Whether the set lives in frontend values rather than in slots.
+    fn is_inline(&self) -> bool {
+        self.backends.len() <= INLINE_BACKENDS
+    }
+}
+
+/// Affinity membership entries are only needed for sets in slots; inline
+/// sets are scanned by the programs.
+fn needs_index(fe: &DesiredFrontend) -> bool {
+    fe.affinity_timeout != 0 && fe.backends.len() > INLINE_BACKENDS
 }
 
 /// What one Service has in the maps.
@@ -281,12 +295,12 @@ impl<T: Table> Writer<T> {
         };
         let mut seen = BTreeSet::new();
         let (mut slots, mut index) = (0u64, 0u64);
-        for fe in wanted.values() {
+        for fe in wanted.values().filter(|fe| fe.backends.len() > INLINE_BACKENDS) {
             let backends: Vec<Backend4> = fe.backends.iter().map(|b| backend_value(*b)).collect();
-            let indexed = fe.affinity_timeout != 0;
+            let indexed = needs_index(fe);
             if !exists(&backends, indexed) && seen.insert((backends, indexed)) {
                 slots += fe.backends.len() as u64;
-                if fe.affinity_timeout != 0 {
+                if indexed {
                     index += fe.backends.len() as u64;
                 }
             }
@@ -320,20 +334,23 @@ impl<T: Table> Writer<T> {
         for (fk, fe) in wanted {
             let svc_id = self.ensure_port(fe, journal)?;
             let backends: Vec<Backend4> = fe.backends.iter().map(|b| backend_value(*b)).collect();
-            let indexed = fe.affinity_timeout != 0;
             let set_id = if backends.is_empty() {
                 0
             } else {
-                self.find_or_create_set(&current, backends.as_slice(), indexed, journal)?
+                self.find_or_create_set(&current, backends.as_slice(), needs_index(fe), journal)?
             };
-            let value = Frontend {
+            let mut value = Frontend {
                 svc_id,
                 set_id,
                 count: fe.backends.len() as u32,
                 affinity_timeout: fe.affinity_timeout,
                 flags: flags(fe),
                 _pad: 0,
+                inline: Default::default(),
             };
+            if value.is_inline() {
+                value.inline[..backends.len()].copy_from_slice(&backends);
+            }
             let old = current.frontends.get(fk).copied();
             if old != Some(value) {
                 self.table.put_frontend(fk, &value)?;
@@ -387,17 +404,24 @@ impl<T: Table> Writer<T> {
         }
         let id = self.set_ids.allocate().ok_or_else(|| exhausted("backend set ids"))?;
         // Registered before writing so a partial write is rolled back too.
-        self.sets.insert(id, BackendSet { backends: backends.to_vec(), indexed });
+        let set = BackendSet { backends: backends.to_vec(), indexed };
+        let inline = set.is_inline();
+        self.sets.insert(id, set);
+        journal.new_sets.push(id);
+        if inline {
+            // The backends travel in the frontend values: nothing to write.
+            return Ok(id);
+        }
         self.used_slots += backends.len() as u64;
         if indexed {
             self.used_index += backends.len() as u64;
         }
-        journal.new_sets.push(id);
-        for (slot, backend) in backends.iter().enumerate() {
-            let slot = slot as u32;
-            self.table.put_slot(&SlotKey { set_id: id, slot }, backend)?;
-            if indexed {
-                self.table.put_index(&BackendIndexKey { set_id: id, backend: *backend }, slot)?;
+        let slots: Vec<(SlotKey, Backend4)> =
+            backends.iter().enumerate().map(|(slot, b)| (SlotKey { set_id: id, slot: slot as u32 }, *b)).collect();
+        self.table.put_slots(&slots)?;
+        if indexed {
+            for (key, backend) in &slots {
+                self.table.put_index(&BackendIndexKey { set_id: id, backend: *backend }, key.slot)?;
             }
         }
         Ok(id)
@@ -481,8 +505,8 @@ impl<T: Table> Writer<T> {
 
     fn delete_set(&mut self, id: u32) {
         let (backends, indexed) = match self.sets.remove(&id) {
-            Some(set) => (set.backends, set.indexed),
-            None => (Vec::new(), false),
+            Some(set) if !set.is_inline() => (set.backends, set.indexed),
+            _ => (Vec::new(), false),
         };
         for (slot, backend) in backends.iter().enumerate() {
             log_delete(self.table.delete_slot(&SlotKey { set_id: id, slot: slot as u32 }));
@@ -547,7 +571,7 @@ fn flags(fe: &DesiredFrontend) -> u32 {
         FrontendKind::LoadBalancer => fe_flags::KIND_LOAD_BALANCER,
     };
     let host = if fe.host_ns_only { fe_flags::HOST_NS_ONLY } else { 0 };
-    let indexed = if fe.affinity_timeout != 0 { fe_flags::INDEXED } else { 0 };
+    let indexed = if needs_index(fe) { fe_flags::INDEXED } else { 0 };
     kind | host | indexed
 }
 

@@ -3,25 +3,23 @@
 //! ones (KEP-1669); node-local subsets for `internalTrafficPolicy: Local`;
 //! zone preference when every endpoint carries a zone hint.
 
-use std::{
-    collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddrV4},
+use std::{collections::BTreeMap, net::SocketAddrV4};
+
+use super::{
+    NodeContext, Proto,
+    objects::{SliceObj, SlicePortObj},
 };
-
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-
-use super::{NodeContext, Proto};
 
 /// One endpoint of one Service port, with the facts the rules look at.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Endpoint {
+pub(crate) struct Endpoint<'a> {
     pub(crate) addr: SocketAddrV4,
     pub(crate) ready: bool,
     pub(crate) serving: bool,
     pub(crate) terminating: bool,
-    pub(crate) node_name: Option<String>,
+    pub(crate) node_name: Option<&'a str>,
     /// Zones this endpoint is hinted for; `None` when it has no hint.
-    pub(crate) zones: Option<Vec<String>>,
+    pub(crate) zones: Option<Vec<&'a str>>,
 }
 
 /// Endpoints of the Service port named `port_name` with protocol `proto`,
@@ -31,45 +29,40 @@ pub(crate) struct Endpoint {
 /// With `zone_from_endpoint` (trafficDistribution: PreferClose), an endpoint
 /// without hints is treated as hinted for its own `zone`, which is what the
 /// EndpointSlice controller would write (the manifest source has none).
-pub(crate) fn collect(
-    slices: &[&EndpointSlice],
+pub(crate) fn collect<'a>(
+    slices: &[&'a SliceObj],
     port_name: &str,
     proto: Proto,
     zone_from_endpoint: bool,
-) -> Vec<Endpoint> {
+) -> Vec<Endpoint<'a>> {
     // Keyed by address so an endpoint listed by two slices (a slice being
     // replaced) counts once; a ready copy wins over a not-ready one.
-    let mut by_addr: BTreeMap<SocketAddrV4, Endpoint> = BTreeMap::new();
+    let mut by_addr: BTreeMap<SocketAddrV4, Endpoint<'a>> = BTreeMap::new();
     for slice in slices {
-        if slice.address_type != "IPv4" {
+        if !slice.ipv4 {
             continue;
         }
-        let Some(port) = slice_port(slice, port_name, proto) else {
+        let Some(port) = slice_port(&slice.ports, port_name, proto) else {
             continue;
         };
-        for ep in slice.endpoints.iter().flatten() {
-            let cond = ep.conditions.as_ref();
-            let ready = cond.and_then(|c| c.ready).unwrap_or(true);
+        for ep in &slice.endpoints {
+            let ready = ep.ready.unwrap_or(true);
             // "If nil, consumers should defer to the ready condition."
-            let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
-            let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
+            let serving = ep.serving.unwrap_or(ready);
+            let terminating = ep.terminating.unwrap_or(false);
             let hinted = ep
-                .hints
+                .hint_zones
                 .as_ref()
-                .and_then(|h| h.for_zones.as_ref())
-                .map(|zones| zones.iter().map(|z| z.name.clone()).collect::<Vec<_>>())
+                .map(|zones| zones.iter().map(AsRef::as_ref).collect::<Vec<&str>>())
                 .filter(|zones| !zones.is_empty());
-            let zones = hinted.or_else(|| zone_from_endpoint.then(|| ep.zone.clone().map(|z| vec![z])).flatten());
-            for address in &ep.addresses {
-                let Ok(ip) = address.parse::<Ipv4Addr>() else {
-                    continue;
-                };
+            let zones = hinted.or_else(|| if zone_from_endpoint { ep.zone.as_deref().map(|z| vec![z]) } else { None });
+            for ip in &ep.addresses {
                 let endpoint = Endpoint {
-                    addr: SocketAddrV4::new(ip, port),
+                    addr: SocketAddrV4::new(*ip, port),
                     ready,
                     serving,
                     terminating,
-                    node_name: ep.node_name.clone(),
+                    node_name: ep.node_name.as_deref(),
                     zones: zones.clone(),
                 };
                 match by_addr.get(&endpoint.addr) {
@@ -85,11 +78,9 @@ pub(crate) fn collect(
 }
 
 /// The slice's port number for the Service port `(name, proto)`.
-fn slice_port(slice: &EndpointSlice, name: &str, proto: Proto) -> Option<u16> {
-    slice.ports.as_ref()?.iter().find_map(|p| {
-        let p_name = p.name.as_deref().unwrap_or("");
-        let p_proto = p.protocol.as_deref().unwrap_or("TCP");
-        (p_name == name && p_proto == proto.as_str())
+fn slice_port(ports: &[SlicePortObj], name: &str, proto: Proto) -> Option<u16> {
+    ports.iter().find_map(|p| {
+        (&*p.name == name && &*p.protocol == proto.as_str())
             .then_some(p.port)
             .flatten()
             .and_then(|n| u16::try_from(n).ok())
@@ -108,12 +99,12 @@ pub(crate) struct Categorized {
 }
 
 /// Applies the readiness fallback, locality and topology rules.
-pub(crate) fn categorize(endpoints: &[Endpoint], node: &NodeContext) -> Categorized {
+pub(crate) fn categorize(endpoints: &[Endpoint<'_>], node: &NodeContext) -> Categorized {
     let use_topology = can_use_topology(endpoints, node);
-    let zone_ok = |ep: &Endpoint| {
-        !use_topology || ep.zones.as_ref().is_some_and(|z| node.zone.as_ref().is_some_and(|nz| z.contains(nz)))
+    let zone_ok = |ep: &Endpoint<'_>| {
+        !use_topology || ep.zones.as_ref().is_some_and(|z| node.zone.as_deref().is_some_and(|nz| z.contains(&nz)))
     };
-    let is_local = |ep: &Endpoint| ep.node_name.as_deref() == Some(node.name.as_str());
+    let is_local = |ep: &Endpoint<'_>| ep.node_name == Some(node.name.as_str());
 
     let cluster = usable(endpoints, |ep| zone_ok(ep), |_| true);
     let local = usable(endpoints, is_local, is_local);
@@ -123,9 +114,9 @@ pub(crate) fn categorize(endpoints: &[Endpoint], node: &NodeContext) -> Categori
 /// Ready endpoints passing `ready_filter`; if there are none, the
 /// serving-and-terminating ones passing `fallback_filter`.
 fn usable(
-    endpoints: &[Endpoint],
-    ready_filter: impl Fn(&Endpoint) -> bool,
-    fallback_filter: impl Fn(&Endpoint) -> bool,
+    endpoints: &[Endpoint<'_>],
+    ready_filter: impl Fn(&Endpoint<'_>) -> bool,
+    fallback_filter: impl Fn(&Endpoint<'_>) -> bool,
 ) -> Vec<SocketAddrV4> {
     let ready: Vec<_> = endpoints.iter().filter(|ep| ep.ready && ready_filter(ep)).map(|ep| ep.addr).collect();
     if !ready.is_empty() {
@@ -137,8 +128,8 @@ fn usable(
 /// Zone preference applies only when this node's zone is known, every ready
 /// endpoint has a zone hint, and at least one is hinted for this zone
 /// (otherwise kube-proxy ignores hints rather than black-holing traffic).
-fn can_use_topology(endpoints: &[Endpoint], node: &NodeContext) -> bool {
-    let Some(zone) = node.zone.as_ref() else {
+fn can_use_topology(endpoints: &[Endpoint<'_>], node: &NodeContext) -> bool {
+    let Some(zone) = node.zone.as_deref() else {
         return false;
     };
     let mut any_here = false;
@@ -146,7 +137,7 @@ fn can_use_topology(endpoints: &[Endpoint], node: &NodeContext) -> bool {
         let Some(zones) = ep.zones.as_ref() else {
             return false;
         };
-        any_here |= zones.contains(zone);
+        any_here |= zones.contains(&zone);
     }
     any_here
 }

@@ -6,6 +6,7 @@
 mod cidr;
 mod endpoints;
 mod node;
+pub mod objects;
 mod service;
 mod store;
 
@@ -13,6 +14,7 @@ use std::{fmt, net::Ipv4Addr, net::SocketAddrV4, sync::Arc};
 
 pub use cidr::Ipv4Cidr;
 pub use node::NodeContext;
+pub use objects::{ServiceObj, SliceObj};
 pub use service::{
     DEFAULT_AFFINITY_TIMEOUT, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, MAX_AFFINITY_TIMEOUT, ModelError,
     desired_service,

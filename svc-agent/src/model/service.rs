@@ -5,9 +5,10 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-
-use super::{DesiredFrontend, DesiredService, FrontendKind, NodeContext, Proto, ServiceKey, ServicePortKey, endpoints};
+use super::{
+    DesiredFrontend, DesiredService, FrontendKind, NodeContext, Proto, ServicePortKey, endpoints,
+    objects::{ServiceObj, SliceObj},
+};
 
 /// Labels that hand a Service to another proxy, or mark it headless; such
 /// Services are not programmed (kube-proxy's list filter).
@@ -59,41 +60,38 @@ pub enum ModelError {
 /// The frontends of `svc`, with backends from `slices` (the Service's
 /// EndpointSlices), as seen from `node`.
 pub fn desired_service(
-    svc: &Service,
-    slices: &[&EndpointSlice],
+    svc: &ServiceObj,
+    slices: &[&SliceObj],
     node: &NodeContext,
 ) -> Result<DesiredService, ModelError> {
-    let spec = svc.spec.as_ref().ok_or(ModelError::MissingSpec)?;
-    let labels = svc.metadata.labels.as_ref();
-    if labels.is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME) || l.contains_key(LABEL_HEADLESS)) {
+    if !svc.has_spec {
+        return Err(ModelError::MissingSpec);
+    }
+    if svc.excluded_by_label {
         return Ok(DesiredService::default());
     }
-    let svc_type = spec.type_.as_deref().unwrap_or("ClusterIP");
+    let svc_type = svc.type_.as_deref().unwrap_or("ClusterIP");
     if svc_type == "ExternalName" {
         return Ok(DesiredService::default());
     }
-    let cluster_ips = cluster_ips(spec)?;
+    let cluster_ips = cluster_ips(svc)?;
     if cluster_ips.is_headless {
         return Ok(DesiredService::default());
     }
     if cluster_ips.v4.is_empty() && !cluster_ips.any {
         return Err(ModelError::MissingClusterIp);
     }
-    let external_ips = parse_ips(spec.external_ips.iter().flatten(), "spec.externalIPs")?;
+    let external_ips = parse_ips(svc.external_ips.iter().map(AsRef::as_ref), "spec.externalIPs")?;
     let lb_ips = if svc_type == "LoadBalancer" { load_balancer_ips(svc)? } else { Vec::new() };
     let node_ports = matches!(svc_type, "NodePort" | "LoadBalancer");
-    let affinity_timeout = affinity_timeout(spec)?;
-    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-    let prefer_close = spec.traffic_distribution.as_deref() == Some("PreferClose");
+    let affinity_timeout = affinity_timeout(svc)?;
+    let internal_local = svc.internal_traffic_policy.as_deref() == Some("Local");
+    let prefer_close = svc.traffic_distribution.as_deref() == Some("PreferClose");
 
-    let key = ServiceKey::new(
-        svc.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()),
-        svc.metadata.name.clone().unwrap_or_default(),
-    );
     let mut frontends = Vec::new();
-    for port in spec.ports.iter().flatten() {
-        let name = port.name.clone().unwrap_or_default();
-        let proto = match port.protocol.as_deref().unwrap_or("TCP") {
+    for port in &svc.ports {
+        let name = port.name.to_string();
+        let proto = match &*port.protocol {
             "TCP" => Proto::Tcp,
             "UDP" => Proto::Udp,
             // SCTP has no socket-level hook here; kube-proxy handles it per
@@ -109,7 +107,7 @@ pub fn desired_service(
         // endpoints whatever externalTrafficPolicy says (kube-proxy
         // short-circuits pod traffic to the cluster chain).
         let external: Arc<[SocketAddrV4]> = categorized.cluster.into();
-        let port_key = ServicePortKey { service: key.clone(), port_name: name.clone(), proto };
+        let port_key = ServicePortKey { service: svc.key.clone(), port_name: name.clone(), proto };
         let mut add = |addr: Ipv4Addr, fe_port: u16, kind, host_ns_only, backends: &Arc<[SocketAddrV4]>| {
             frontends.push(DesiredFrontend {
                 addr: SocketAddrV4::new(addr, fe_port),
@@ -151,10 +149,10 @@ struct ClusterIps {
     is_headless: bool,
 }
 
-fn cluster_ips(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Result<ClusterIps, ModelError> {
-    let mut raw: Vec<&str> = spec.cluster_ips.iter().flatten().map(String::as_str).collect();
+fn cluster_ips(svc: &ServiceObj) -> Result<ClusterIps, ModelError> {
+    let mut raw: Vec<&str> = svc.cluster_ips.iter().map(AsRef::as_ref).collect();
     if raw.is_empty()
-        && let Some(ip) = spec.cluster_ip.as_deref()
+        && let Some(ip) = svc.cluster_ip.as_deref()
     {
         raw.push(ip);
     }
@@ -173,13 +171,13 @@ fn cluster_ips(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Result<Cluster
     Ok(ClusterIps { v4, any: !raw.is_empty(), is_headless: false })
 }
 
-fn parse_ips<'a>(values: impl Iterator<Item = &'a String>, field: &'static str) -> Result<Vec<Ipv4Addr>, ModelError> {
+fn parse_ips<'a>(values: impl Iterator<Item = &'a str>, field: &'static str) -> Result<Vec<Ipv4Addr>, ModelError> {
     let mut out = Vec::new();
     for value in values {
         match value.parse::<std::net::IpAddr>() {
             Ok(std::net::IpAddr::V4(ip)) => out.push(ip),
             Ok(std::net::IpAddr::V6(_)) => {}
-            Err(_) => return Err(ModelError::InvalidIp { field, value: value.clone() }),
+            Err(_) => return Err(ModelError::InvalidIp { field, value: value.to_owned() }),
         }
     }
     Ok(out)
@@ -187,20 +185,16 @@ fn parse_ips<'a>(values: impl Iterator<Item = &'a String>, field: &'static str) 
 
 /// Ingress IPs, except those with `ipMode: Proxy` (KEP-1860: traffic must
 /// really go through the load balancer).
-fn load_balancer_ips(svc: &Service) -> Result<Vec<Ipv4Addr>, ModelError> {
-    let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
-    let ips =
-        ingress.into_iter().flatten().filter(|i| i.ip_mode.as_deref() != Some("Proxy")).filter_map(|i| i.ip.as_ref());
+fn load_balancer_ips(svc: &ServiceObj) -> Result<Vec<Ipv4Addr>, ModelError> {
+    let ips = svc.lb_ingress.iter().filter(|(_, proxy_mode)| !proxy_mode).map(|(ip, _)| ip.as_ref());
     parse_ips(ips, "status.loadBalancer.ingress[].ip")
 }
 
-fn affinity_timeout(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Result<u32, ModelError> {
-    if spec.session_affinity.as_deref() != Some("ClientIP") {
+fn affinity_timeout(svc: &ServiceObj) -> Result<u32, ModelError> {
+    if svc.session_affinity.as_deref() != Some("ClientIP") {
         return Ok(0);
     }
-    let configured =
-        spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds);
-    match configured {
+    match svc.affinity_timeout {
         None => Ok(DEFAULT_AFFINITY_TIMEOUT),
         Some(t) if (1..=MAX_AFFINITY_TIMEOUT).contains(&t) => Ok(t.unsigned_abs()),
         Some(t) => Err(ModelError::InvalidAffinityTimeout(t)),

@@ -1,11 +1,15 @@
 //! The objects a source has delivered so far, indexed so that a change to
 //! one object tells which Services need recomputing.
 
-use std::collections::{BTreeSet, HashMap};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+};
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-
-use super::ServiceKey;
+use super::{
+    ServiceKey,
+    objects::{ServiceObj, SliceObj},
+};
 
 /// Label that ties an EndpointSlice to its Service.
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
@@ -13,42 +17,32 @@ pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 /// Services whose desired state may have changed.
 pub type Dirty = BTreeSet<ServiceKey>;
 
-/// Namespace and name of any namespaced object.
-type ObjectKey = (String, String);
+/// Namespace and name of a slice.
+type SliceKey = (Box<str>, Box<str>);
 
-/// Current Services and EndpointSlices.
+/// Current Services and EndpointSlices (shared with the source that
+/// delivered them, never copied).
 #[derive(Debug, Default)]
 pub struct Store {
-    services: HashMap<ServiceKey, Service>,
-    slices: HashMap<ObjectKey, EndpointSlice>,
+    services: HashMap<ServiceKey, Arc<ServiceObj>>,
+    slices: HashMap<SliceKey, Arc<SliceObj>>,
     /// Slice names per Service, from the service-name label.
-    slices_by_service: HashMap<ServiceKey, BTreeSet<String>>,
+    slices_by_service: HashMap<ServiceKey, BTreeSet<Box<str>>>,
 }
 
-fn service_key(svc: &Service) -> ServiceKey {
-    ServiceKey::new(
-        svc.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()),
-        svc.metadata.name.clone().unwrap_or_default(),
-    )
-}
-
-fn slice_key(slice: &EndpointSlice) -> ObjectKey {
-    (
-        slice.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()),
-        slice.metadata.name.clone().unwrap_or_default(),
-    )
+fn slice_key(slice: &SliceObj) -> SliceKey {
+    (slice.namespace.clone(), slice.name.clone())
 }
 
 /// The Service a slice belongs to, if labelled.
-fn slice_owner(slice: &EndpointSlice) -> Option<ServiceKey> {
-    let name = slice.metadata.labels.as_ref()?.get(LABEL_SERVICE_NAME)?;
-    Some(ServiceKey::new(slice.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()), name.clone()))
+fn slice_owner(slice: &SliceObj) -> Option<ServiceKey> {
+    Some(ServiceKey::new(&*slice.namespace, &**slice.service.as_ref()?))
 }
 
 impl Store {
     /// A Service by key.
-    pub fn service(&self, key: &ServiceKey) -> Option<&Service> {
-        self.services.get(key)
+    pub fn service(&self, key: &ServiceKey) -> Option<&ServiceObj> {
+        self.services.get(key).map(AsRef::as_ref)
     }
 
     /// Every Service key.
@@ -62,21 +56,22 @@ impl Store {
     }
 
     /// The EndpointSlices labelled for `key`, in name order.
-    pub fn slices_of(&self, key: &ServiceKey) -> Vec<&EndpointSlice> {
+    pub fn slices_of(&self, key: &ServiceKey) -> Vec<&SliceObj> {
         self.slices_by_service
             .get(key)
             .into_iter()
             .flatten()
-            .filter_map(|name| self.slices.get(&(key.namespace.clone(), name.clone())))
+            .filter_map(|name| self.slices.get(&(key.namespace.as_str().into(), name.clone())))
+            .map(AsRef::as_ref)
             .collect()
     }
 
     /// Adds or replaces a Service.
-    pub fn upsert_service(&mut self, svc: Service) -> Dirty {
-        let key = service_key(&svc);
-        if self.services.get(&key) == Some(&svc) {
+    pub fn upsert_service(&mut self, svc: Arc<ServiceObj>) -> Dirty {
+        if self.services.get(&svc.key) == Some(&svc) {
             return Dirty::new();
         }
+        let key = svc.key.clone();
         self.services.insert(key.clone(), svc);
         Dirty::from([key])
     }
@@ -87,11 +82,11 @@ impl Store {
     }
 
     /// Replaces every Service (a complete listing).
-    pub fn replace_services(&mut self, all: Vec<Service>) -> Dirty {
+    pub fn replace_services(&mut self, all: Vec<Arc<ServiceObj>>) -> Dirty {
         let mut dirty = Dirty::new();
         let mut seen = BTreeSet::new();
         for svc in all {
-            seen.insert(service_key(&svc));
+            seen.insert(svc.key.clone());
             dirty.extend(self.upsert_service(svc));
         }
         let gone: Vec<ServiceKey> = self.services.keys().filter(|k| !seen.contains(*k)).cloned().collect();
@@ -102,7 +97,7 @@ impl Store {
     }
 
     /// Adds or replaces an EndpointSlice.
-    pub fn upsert_slice(&mut self, slice: EndpointSlice) -> Dirty {
+    pub fn upsert_slice(&mut self, slice: Arc<SliceObj>) -> Dirty {
         let key = slice_key(&slice);
         if self.slices.get(&key) == Some(&slice) {
             return Dirty::new();
@@ -118,7 +113,7 @@ impl Store {
 
     /// Removes an EndpointSlice.
     pub fn delete_slice(&mut self, namespace: &str, name: &str) -> Dirty {
-        let Some(old) = self.slices.remove(&(namespace.to_owned(), name.to_owned())) else {
+        let Some(old) = self.slices.remove(&(namespace.into(), name.into())) else {
             return Dirty::new();
         };
         let Some(owner) = slice_owner(&old) else {
@@ -134,14 +129,14 @@ impl Store {
     }
 
     /// Replaces every EndpointSlice (a complete listing).
-    pub fn replace_slices(&mut self, all: Vec<EndpointSlice>) -> Dirty {
+    pub fn replace_slices(&mut self, all: Vec<Arc<SliceObj>>) -> Dirty {
         let mut dirty = Dirty::new();
         let mut seen = BTreeSet::new();
         for slice in all {
             seen.insert(slice_key(&slice));
             dirty.extend(self.upsert_slice(slice));
         }
-        let gone: Vec<ObjectKey> = self.slices.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        let gone: Vec<SliceKey> = self.slices.keys().filter(|k| !seen.contains(*k)).cloned().collect();
         for (ns, name) in gone {
             dirty.extend(self.delete_slice(&ns, &name));
         }

@@ -2,24 +2,28 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+use std::sync::Arc;
+
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use super::*;
 
-fn svc(yaml: &str) -> Service {
-    serde_yaml::from_str(yaml).expect("test Service parses")
+/// A Service from YAML, reduced as the sources reduce it.
+fn svc(yaml: &str) -> ServiceObj {
+    ServiceObj::from(&serde_yaml::from_str::<Service>(yaml).expect("test Service parses"))
 }
 
-fn slice(yaml: &str) -> EndpointSlice {
-    serde_yaml::from_str(yaml).expect("test EndpointSlice parses")
+/// An EndpointSlice from YAML, reduced as the sources reduce it.
+fn slice(yaml: &str) -> SliceObj {
+    SliceObj::from(&serde_yaml::from_str::<EndpointSlice>(yaml).expect("test EndpointSlice parses"))
 }
 
 fn node() -> NodeContext {
     NodeContext { name: "node-a".into(), zone: Some("zone-a".into()), addresses: vec![Ipv4Addr::new(192, 0, 2, 10)] }
 }
 
-fn desired(svc: &Service, slices: &[EndpointSlice]) -> DesiredService {
-    let refs: Vec<&EndpointSlice> = slices.iter().collect();
+fn desired(svc: &ServiceObj, slices: &[SliceObj]) -> DesiredService {
+    let refs: Vec<&SliceObj> = slices.iter().collect();
     desired_service(svc, &refs, &node()).expect("model accepts the Service")
 }
 
@@ -138,7 +142,7 @@ endpoints:
     let d = desired(&svc(WEB), std::slice::from_ref(&s));
     assert_eq!(summary(&d)[0].2, vec!["10.244.1.2:8080".to_owned()], "only serving+terminating");
     let mut with_ready = s;
-    with_ready.endpoints.as_mut().unwrap()[2].conditions.as_mut().unwrap().ready = Some(true);
+    with_ready.endpoints[2].ready = Some(true);
     let d = desired(&svc(WEB), &[with_ready]);
     assert_eq!(summary(&d)[0].2, vec!["10.244.3.2:8080".to_owned()], "a ready endpoint wins over the fallback");
 }
@@ -164,7 +168,7 @@ endpoints:
     assert_eq!(summary(&d)[1].2.len(), 2, "external IPs are not restricted by the internal policy");
 
     let mut remote_only = eps;
-    remote_only.endpoints.as_mut().unwrap().remove(0);
+    remote_only.endpoints.remove(0);
     let d = desired(&s, &[remote_only]);
     assert!(summary(&d)[0].2.is_empty(), "no local endpoint refuses");
 }
@@ -214,12 +218,12 @@ endpoints:
     assert_eq!(summary(&desired(&svc(WEB), std::slice::from_ref(&hinted)))[0].2, vec!["10.244.1.2:8080".to_owned()]);
 
     let mut partly = hinted.clone();
-    partly.endpoints.as_mut().unwrap()[1].hints = None;
+    partly.endpoints[1].hint_zones = None;
     assert_eq!(summary(&desired(&svc(WEB), &[partly]))[0].2.len(), 2, "a missing hint disables zone preference");
 
     let mut elsewhere = hinted;
-    for ep in elsewhere.endpoints.as_mut().unwrap() {
-        ep.hints = Some(serde_yaml::from_str("forZones: [{name: zone-z}]").unwrap());
+    for ep in &mut elsewhere.endpoints {
+        ep.hint_zones = Some(vec!["zone-z".into()]);
     }
     assert_eq!(summary(&desired(&svc(WEB), &[elsewhere]))[0].2.len(), 2, "no endpoint for our zone: use all");
 }
@@ -296,8 +300,8 @@ endpoints: [{addresses: ['fd00::1']}]
 #[test]
 fn an_endpoint_in_two_slices_counts_once_and_ready_wins() {
     let mut second = slice(WEB_SLICE);
-    second.metadata.name = Some("web-2".into());
-    second.endpoints.as_mut().unwrap()[2].conditions.as_mut().unwrap().ready = Some(true);
+    second.name = "web-2".into();
+    second.endpoints[2].ready = Some(true);
     let d = desired(&svc(WEB), &[slice(WEB_SLICE), second]);
     assert_eq!(
         d.frontends[0].backends.iter().copied().collect::<Vec<_>>(),
@@ -308,17 +312,17 @@ fn an_endpoint_in_two_slices_counts_once_and_ready_wins() {
 #[test]
 fn store_tracks_which_services_changed() {
     let mut store = Store::default();
-    let web = svc(WEB);
-    assert_eq!(store.upsert_service(web.clone()).len(), 1);
-    assert!(store.upsert_service(web.clone()).is_empty(), "an identical object is not a change");
-    let dirty = store.upsert_slice(slice(WEB_SLICE));
+    let web = Arc::new(svc(WEB));
+    assert_eq!(store.upsert_service(Arc::clone(&web)).len(), 1);
+    assert!(store.upsert_service(Arc::new(svc(WEB))).is_empty(), "an identical object is not a change");
+    let dirty = store.upsert_slice(Arc::new(slice(WEB_SLICE)));
     assert_eq!(dirty.into_iter().collect::<Vec<_>>(), vec![ServiceKey::new("default", "web")]);
     assert_eq!(store.slices_of(&ServiceKey::new("default", "web")).len(), 1);
 
     // A slice relabelled to another Service dirties both.
     let mut moved = slice(WEB_SLICE);
-    moved.metadata.labels.as_mut().unwrap().insert(LABEL_SERVICE_NAME.into(), "api".into());
-    let dirty: Vec<_> = store.upsert_slice(moved).into_iter().collect();
+    moved.service = Some("api".into());
+    let dirty: Vec<_> = store.upsert_slice(Arc::new(moved)).into_iter().collect();
     assert_eq!(dirty, vec![ServiceKey::new("default", "api"), ServiceKey::new("default", "web")]);
     assert!(store.slices_of(&ServiceKey::new("default", "web")).is_empty());
 

@@ -7,9 +7,9 @@ pub mod kube;
 pub mod manifest;
 pub mod node;
 
-use std::{net::Ipv4Addr, time::Instant};
+use std::{net::Ipv4Addr, sync::Arc, time::Instant};
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use crate::model::{ServiceObj, SliceObj};
 
 /// A change to one kind of object.
 #[derive(Debug, Clone)]
@@ -28,14 +28,24 @@ pub enum Change<T> {
     },
 }
 
+impl<T> Change<T> {
+    /// The same change of converted objects.
+    pub fn map<U>(self, f: impl Fn(T) -> U) -> Change<U> {
+        match self {
+            Self::Replace(all) => Change::Replace(all.into_iter().map(f).collect()),
+            Self::Upsert(obj) => Change::Upsert(f(obj)),
+            Self::Delete { namespace, name } => Change::Delete { namespace, name },
+        }
+    }
+}
+
 /// What a source tells the controller.
 #[derive(Debug, Clone)]
-#[expect(clippy::large_enum_variant, reason = "events are moved once, through a channel; boxing buys nothing")]
 pub enum SourceEvent {
     /// Services changed.
-    Services(Change<Service>),
+    Services(Change<Arc<ServiceObj>>),
     /// EndpointSlices changed.
-    Slices(Change<EndpointSlice>),
+    Slices(Change<Arc<SliceObj>>),
     /// This node's zone (from its Node object, or `--zone`).
     NodeZone(Option<String>),
     /// This node's local IPv4 addresses changed (NodePort frontends).

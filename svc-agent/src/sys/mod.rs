@@ -155,3 +155,41 @@ pub fn local_ipv4_addresses() -> io::Result<Vec<std::net::Ipv4Addr>> {
     out.sort_unstable();
     Ok(out)
 }
+
+/// Writes `count` key/value pairs into a map with one BPF_MAP_UPDATE_BATCH
+/// call (aya 0.14 has no batch API). `keys` and `values` are the packed
+/// arrays. Returns how many were written before an error, with the error.
+pub fn map_update_batch(
+    map: std::os::fd::BorrowedFd<'_>,
+    keys: &[u8],
+    values: &[u8],
+    count: u32,
+) -> Result<(), (u32, io::Error)> {
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    // union bpf_attr, batch member.
+    #[repr(C)]
+    struct Batch {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    let mut attr = Batch {
+        in_batch: 0,
+        out_batch: 0,
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count,
+        map_fd: std::os::fd::AsRawFd::as_raw_fd(&map) as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    // SAFETY: attr is a valid bpf_attr prefix for BPF_MAP_UPDATE_BATCH and
+    // the arrays hold `count` packed keys and values of the map's sizes.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &raw mut attr, size_of::<Batch>()) };
+    if rc < 0 { Err((attr.count, io::Error::last_os_error())) } else { Ok(()) }
+}

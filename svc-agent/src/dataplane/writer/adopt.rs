@@ -50,11 +50,15 @@ pub(super) fn adopt<T: Table>(table: T) -> Result<Writer<T>, TableError> {
         }
         if fe.set_id != 0 {
             state.sets.insert(fe.set_id);
-            let mut members = slots.get(&fe.set_id).cloned().unwrap_or_default();
-            members.sort_unstable();
-            sets.entry(fe.set_id).or_insert_with(|| BackendSet {
-                backends: members.into_iter().map(|(_, b)| b).collect(),
-                indexed: fe.flags & fe_flags::INDEXED != 0,
+            sets.entry(fe.set_id).or_insert_with(|| {
+                let backends = if fe.is_inline() {
+                    fe.inline[..fe.count as usize].to_vec()
+                } else {
+                    let mut members = slots.get(&fe.set_id).cloned().unwrap_or_default();
+                    members.sort_unstable();
+                    members.into_iter().map(|(_, b)| b).collect()
+                };
+                BackendSet { backends, indexed: fe.flags & fe_flags::INDEXED != 0 }
             });
         }
         owners.insert(*fk, owner);
@@ -63,7 +67,12 @@ pub(super) fn adopt<T: Table>(table: T) -> Result<Writer<T>, TableError> {
     let set_ids = IdAllocator::with_used(slots.keys().chain(sets.keys()).copied());
     let referenced_ports: std::collections::HashSet<u32> = dump.frontends.iter().map(|(_, fe)| fe.svc_id).collect();
     let orphans = Orphans {
-        slots: dump.slots.iter().map(|(k, _)| *k).filter(|k| !sets.contains_key(&k.set_id)).collect(),
+        slots: dump
+            .slots
+            .iter()
+            .map(|(k, _)| *k)
+            .filter(|k| sets.get(&k.set_id).is_none_or(BackendSet::is_inline))
+            .collect(),
         index: dump
             .index
             .iter()
@@ -77,7 +86,7 @@ pub(super) fn adopt<T: Table>(table: T) -> Result<Writer<T>, TableError> {
             ports.remove(port);
         }
     }
-    let used_slots = sets.values().map(|s| s.backends.len() as u64).sum();
+    let used_slots = sets.values().filter(|s| !s.is_inline()).map(|s| s.backends.len() as u64).sum();
     let used_index = sets.values().filter(|s| s.indexed).map(|s| s.backends.len() as u64).sum();
     if !services.is_empty() {
         tracing::info!(

@@ -12,7 +12,7 @@
 mod backoff;
 mod watch;
 
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::Arc};
 
 use k8s_openapi::api::{
     core::v1::{Node, Service},
@@ -23,7 +23,10 @@ use tokio::sync::mpsc;
 
 use self::watch::{Listed, watch_kind};
 use super::{Change, EventSender, SourceEvent};
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    model::{ServiceObj, SliceObj},
+};
 
 /// kube-proxy's label selector for Services and EndpointSlices.
 pub const PROXY_LABEL_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
@@ -57,7 +60,7 @@ pub async fn spawn(options: KubeOptions, events: EventSender) -> Result<()> {
         "Service",
         events.clone(),
         listed_tx.clone(),
-        SourceEvent::Services,
+        services,
     ));
     tokio::spawn(watch_kind(
         Api::<EndpointSlice>::all(client.clone()),
@@ -65,7 +68,7 @@ pub async fn spawn(options: KubeOptions, events: EventSender) -> Result<()> {
         "EndpointSlice",
         events.clone(),
         listed_tx,
-        SourceEvent::Slices,
+        slices,
     ));
     tokio::spawn(announce_sync(listed_rx, events.clone()));
 
@@ -87,6 +90,16 @@ async fn announce_sync(mut listed: mpsc::UnboundedReceiver<Listed>, events: Even
             return;
         }
     }
+}
+
+/// Services, reduced to what the model reads as they arrive.
+fn services(change: Change<Service>) -> SourceEvent {
+    SourceEvent::Services(change.map(|s| Arc::new(ServiceObj::from(&s))))
+}
+
+/// EndpointSlices, reduced to what the model reads as they arrive.
+fn slices(change: Change<EndpointSlice>) -> SourceEvent {
+    SourceEvent::Slices(change.map(|s| Arc::new(SliceObj::from(&s))))
 }
 
 /// The zone of our Node, from any change to it.

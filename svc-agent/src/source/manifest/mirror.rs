@@ -2,55 +2,44 @@
 //! controller does for Services without a selector (the classic "external
 //! database" pattern): only when the Service exists and has no selector.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{collections::HashMap, sync::Arc};
 
-use k8s_openapi::{
-    api::{
-        core::v1::{EndpointAddress, Endpoints, Service},
-        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
-    },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+use k8s_openapi::api::core::v1::{EndpointAddress, Endpoints};
+
+use crate::model::{
+    ServiceKey, ServiceObj, SliceObj,
+    objects::{EndpointObj, SlicePortObj},
 };
 
-use crate::model::LABEL_SERVICE_NAME;
-
-const LABEL_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
-const MIRROR_CONTROLLER: &str = "endpointslicemirroring-controller.k8s.io";
 const LABEL_SKIP_MIRROR: &str = "endpointslice.kubernetes.io/skip-mirror";
 
 /// Slices for every mirrorable Endpoints object.
 pub(super) fn mirror_endpoints<'a>(
-    services: &[Service],
+    services: &[Arc<ServiceObj>],
     endpoints: impl Iterator<Item = &'a Endpoints>,
-) -> Vec<EndpointSlice> {
-    let selectorless: HashMap<(&str, &str), bool> = services
-        .iter()
-        .map(|s| {
-            let ns = s.metadata.namespace.as_deref().unwrap_or("default");
-            let name = s.metadata.name.as_deref().unwrap_or_default();
-            let no_selector = s.spec.as_ref().is_none_or(|sp| sp.selector.as_ref().is_none_or(BTreeMap::is_empty));
-            ((ns, name), no_selector)
-        })
-        .collect();
+) -> Vec<Arc<SliceObj>> {
+    let selectorless: HashMap<&ServiceKey, bool> = services.iter().map(|s| (&s.key, !s.has_selector)).collect();
     let mut out = Vec::new();
     for ep in endpoints {
-        let ns = ep.metadata.namespace.as_deref().unwrap_or("default");
-        let name = ep.metadata.name.as_deref().unwrap_or_default();
+        let key = ServiceKey::new(
+            ep.metadata.namespace.as_deref().unwrap_or("default"),
+            ep.metadata.name.as_deref().unwrap_or_default(),
+        );
         let skip = ep.metadata.labels.as_ref().is_some_and(|l| l.get(LABEL_SKIP_MIRROR).is_some_and(|v| v == "true"));
-        match selectorless.get(&(ns, name)) {
-            Some(true) if !skip => out.extend(mirror_one(ns, name, ep)),
+        match selectorless.get(&key) {
+            Some(true) if !skip => out.extend(mirror_one(&key, ep)),
             Some(true) => {}
-            Some(false) => tracing::debug!(
-                "Endpoints {ns}/{name} ignored: its Service has a selector, so its EndpointSlices are used"
-            ),
-            None => tracing::debug!("Endpoints {ns}/{name} ignored: no Service {ns}/{name}"),
+            Some(false) => {
+                tracing::debug!("Endpoints {key} ignored: its Service has a selector, so its EndpointSlices are used");
+            }
+            None => tracing::debug!("Endpoints {key} ignored: no Service {key}"),
         }
     }
     out
 }
 
 /// One slice per subset (a subset is one set of ports).
-fn mirror_one(namespace: &str, name: &str, ep: &Endpoints) -> Vec<EndpointSlice> {
+fn mirror_one(key: &ServiceKey, ep: &Endpoints) -> Vec<Arc<SliceObj>> {
     ep.subsets
         .iter()
         .flatten()
@@ -58,64 +47,60 @@ fn mirror_one(namespace: &str, name: &str, ep: &Endpoints) -> Vec<EndpointSlice>
         .map(|(i, subset)| {
             let ready = subset.addresses.iter().flatten().map(|a| endpoint(a, true));
             let not_ready = subset.not_ready_addresses.iter().flatten().map(|a| endpoint(a, false));
-            EndpointSlice {
-                metadata: ObjectMeta {
-                    name: Some(format!("{name}-mirror-{i}")),
-                    namespace: Some(namespace.to_owned()),
-                    labels: Some(BTreeMap::from([
-                        (LABEL_SERVICE_NAME.to_owned(), name.to_owned()),
-                        (LABEL_MANAGED_BY.to_owned(), MIRROR_CONTROLLER.to_owned()),
-                    ])),
-                    ..Default::default()
-                },
-                address_type: "IPv4".to_owned(),
-                endpoints: Some(
-                    ready.chain(not_ready).filter(|e| e.addresses[0].parse::<std::net::Ipv4Addr>().is_ok()).collect(),
-                ),
-                ports: Some(
-                    subset
-                        .ports
-                        .iter()
-                        .flatten()
-                        .map(|p| EndpointPort {
-                            name: p.name.clone(),
-                            port: Some(p.port),
-                            protocol: p.protocol.clone(),
-                            app_protocol: p.app_protocol.clone(),
-                        })
-                        .collect(),
-                ),
-            }
+            Arc::new(SliceObj {
+                namespace: key.namespace.as_str().into(),
+                name: format!("{}-mirror-{i}", key.name).into(),
+                service: Some(key.name.as_str().into()),
+                ipv4: true,
+                ports: subset
+                    .ports
+                    .iter()
+                    .flatten()
+                    .map(|p| SlicePortObj {
+                        name: p.name.as_deref().unwrap_or("").into(),
+                        protocol: p.protocol.as_deref().unwrap_or("TCP").into(),
+                        port: Some(p.port),
+                    })
+                    .collect(),
+                endpoints: ready.chain(not_ready).filter(|e| !e.addresses.is_empty()).collect(),
+            })
         })
         .collect()
 }
 
-fn endpoint(addr: &EndpointAddress, ready: bool) -> Endpoint {
-    Endpoint {
-        addresses: vec![addr.ip.clone()],
-        conditions: Some(EndpointConditions { ready: Some(ready), serving: Some(ready), terminating: None }),
-        node_name: addr.node_name.clone(),
-        hostname: addr.hostname.clone(),
-        target_ref: addr.target_ref.clone(),
-        ..Default::default()
+fn endpoint(addr: &EndpointAddress, ready: bool) -> EndpointObj {
+    EndpointObj {
+        addresses: addr.ip.parse().into_iter().collect(),
+        ready: Some(ready),
+        serving: Some(ready),
+        terminating: None,
+        node_name: addr.node_name.as_deref().map(Into::into),
+        zone: None,
+        hint_zones: None,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::{EndpointPort as CorePort, EndpointSubset, ServiceSpec};
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::{
+        api::core::v1::{EndpointPort as CorePort, EndpointSubset, Service, ServiceSpec},
+        apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    };
 
     use super::*;
 
-    fn service(name: &str, selector: bool) -> Service {
-        Service {
+    fn service(name: &str, selector: bool) -> Arc<ServiceObj> {
+        let svc = Service {
             metadata: ObjectMeta { name: Some(name.into()), namespace: Some("db".into()), ..Default::default() },
             spec: Some(ServiceSpec {
                 selector: selector.then(|| BTreeMap::from([("app".to_owned(), name.to_owned())])),
                 ..Default::default()
             }),
             ..Default::default()
-        }
+        };
+        Arc::new(ServiceObj::from(&svc))
     }
 
     fn endpoints(name: &str) -> Endpoints {
@@ -136,11 +121,10 @@ mod tests {
         let slices = mirror_endpoints(&services, eps.iter());
         assert_eq!(slices.len(), 1);
         let slice = &slices[0];
-        assert_eq!(slice.metadata.labels.as_ref().unwrap()[LABEL_SERVICE_NAME], "mysql");
-        let eps = slice.endpoints.as_ref().unwrap();
-        assert_eq!(eps.len(), 2);
-        assert_eq!(eps[0].conditions.as_ref().unwrap().ready, Some(true));
-        assert_eq!(eps[1].conditions.as_ref().unwrap().ready, Some(false));
-        assert_eq!(slice.ports.as_ref().unwrap()[0].port, Some(3306));
+        assert_eq!(slice.service.as_deref(), Some("mysql"));
+        assert_eq!(slice.endpoints.len(), 2);
+        assert_eq!(slice.endpoints[0].ready, Some(true));
+        assert_eq!(slice.endpoints[1].ready, Some(false));
+        assert_eq!(slice.ports[0].port, Some(3306));
     }
 }

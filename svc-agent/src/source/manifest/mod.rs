@@ -16,21 +16,18 @@ mod watch;
 use std::{
     collections::BTreeMap,
     fs,
+    ops::RangeInclusive,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    sync::Arc,
     time::SystemTime,
 };
 
-use k8s_openapi::api::{
-    core::v1::{Endpoints, Service},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::core::v1::Endpoints;
 pub use parse::{ParseError, ParsedFile, parse_manifest};
 pub use watch::spawn;
 
-use std::ops::RangeInclusive;
-
-use crate::model::Ipv4Cidr;
+use crate::model::{Ipv4Cidr, ServiceKey, ServiceObj, SliceObj};
 
 /// What the manifest source allocates, standing in for the API server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,12 +55,12 @@ struct FileState {
 }
 
 /// The directory's objects as of the last [`ManifestDir::reload`].
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Snapshot {
-    /// Services, with cluster IPs allocated where missing.
-    pub services: Vec<Service>,
+    /// Services, with cluster IPs and node ports allocated where missing.
+    pub services: Vec<Arc<ServiceObj>>,
     /// EndpointSlices, including those mirrored from Endpoints.
-    pub slices: Vec<EndpointSlice>,
+    pub slices: Vec<Arc<SliceObj>>,
 }
 
 /// Reads and caches a manifest directory.
@@ -95,12 +92,13 @@ impl ManifestDir {
             }
             keep
         });
-        for (path, stamp) in present {
-            if self.files.get(&path).is_some_and(|f| f.stamp == stamp) {
-                continue;
-            }
+        let changed: Vec<(PathBuf, Stamp)> = present
+            .into_iter()
+            .filter(|(path, stamp)| self.files.get(path).is_none_or(|f| f.stamp != *stamp))
+            .collect();
+        for ((path, stamp), parsed) in parse_all(changed) {
             let previous = self.files.remove(&path).and_then(|f| f.objects);
-            let objects = match read_and_parse(&path) {
+            let objects = match parsed {
                 Ok(parsed) => Some(parsed),
                 Err(err) => {
                     tracing::error!(
@@ -119,26 +117,31 @@ impl ManifestDir {
 
     /// Combines every file's objects into one consistent view.
     fn merge(&self) -> Snapshot {
-        let mut services: BTreeMap<(String, String), Service> = BTreeMap::new();
-        let mut slices: BTreeMap<(String, String), EndpointSlice> = BTreeMap::new();
-        let mut endpoints: BTreeMap<(String, String), Endpoints> = BTreeMap::new();
+        let mut services: BTreeMap<ServiceKey, Arc<ServiceObj>> = BTreeMap::new();
+        let mut slices: BTreeMap<(String, String), Arc<SliceObj>> = BTreeMap::new();
+        let mut endpoints: BTreeMap<(String, String), &Endpoints> = BTreeMap::new();
         for (path, state) in &self.files {
             let Some(parsed) = &state.objects else { continue };
             for svc in &parsed.services {
-                insert_unique(&mut services, key_of(&svc.metadata), svc.clone(), "Service", path);
+                let key = (svc.key.namespace.clone(), svc.key.name.clone());
+                insert_unique(&mut services, svc.key.clone(), &key, Arc::clone(svc), "Service", path);
             }
             for slice in &parsed.slices {
-                insert_unique(&mut slices, key_of(&slice.metadata), slice.clone(), "EndpointSlice", path);
+                let key = (slice.namespace.to_string(), slice.name.to_string());
+                insert_unique(&mut slices, key.clone(), &key, Arc::clone(slice), "EndpointSlice", path);
             }
             for ep in &parsed.endpoints {
-                insert_unique(&mut endpoints, key_of(&ep.metadata), ep.clone(), "Endpoints", path);
+                let key = key_of(&ep.metadata);
+                insert_unique(&mut endpoints, key.clone(), &key, ep, "Endpoints", path);
             }
         }
-        let mut services: Vec<Service> = services.into_values().collect();
+        // Shared with the file cache: only Services that get an address or
+        // a node port allocated are copied.
+        let mut services: Vec<Arc<ServiceObj>> = services.into_values().collect();
         ipam::assign_cluster_ips(&mut services, self.allocation.service_cidr);
         ipam::assign_node_ports(&mut services, &self.allocation.node_ports);
-        let mut slices: Vec<EndpointSlice> = slices.into_values().collect();
-        slices.extend(mirror::mirror_endpoints(&services, endpoints.values()));
+        let mut slices: Vec<Arc<SliceObj>> = slices.into_values().collect();
+        slices.extend(mirror::mirror_endpoints(&services, endpoints.into_values()));
         Snapshot { services, slices }
     }
 }
@@ -148,13 +151,20 @@ fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> 
 }
 
 /// Keeps the first definition of an object and reports duplicates by file.
-fn insert_unique<T>(map: &mut BTreeMap<(String, String), T>, key: (String, String), obj: T, kind: &str, path: &Path) {
+fn insert_unique<K: Ord, T>(
+    map: &mut BTreeMap<K, T>,
+    key: K,
+    name: &(String, String),
+    obj: T,
+    kind: &str,
+    path: &Path,
+) {
     if map.contains_key(&key) {
         tracing::warn!(
             file = %path.display(),
             "{kind} {}/{} is defined more than once; keeping the first definition (files are read in name order)",
-            key.0,
-            key.1
+            name.0,
+            name.1
         );
         return;
     }
@@ -182,6 +192,29 @@ fn manifest_files(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Stamp>> {
         out.insert(path, Stamp { modified: meta.modified().ok(), len: meta.len(), inode: meta.ino() });
     }
     Ok(out)
+}
+
+/// Parses files on every CPU: YAML parsing dominates a cold start with
+/// thousands of Services.
+fn parse_all(files: Vec<(PathBuf, Stamp)>) -> Vec<((PathBuf, Stamp), Result<ParsedFile, ParseError>)> {
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).min(files.len().max(1));
+    if workers <= 1 {
+        return files
+            .into_iter()
+            .map(|f| {
+                let parsed = read_and_parse(&f.0);
+                (f, parsed)
+            })
+            .collect();
+    }
+    let chunk = files.len().div_ceil(workers);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(|f| (f.clone(), read_and_parse(&f.0))).collect::<Vec<_>>()))
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    })
 }
 
 fn read_and_parse(path: &Path) -> Result<ParsedFile, ParseError> {

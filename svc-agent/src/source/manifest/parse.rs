@@ -2,11 +2,15 @@
 //! subset) and `kind: List` are accepted; kinds other than Service,
 //! EndpointSlice and Endpoints are ignored.
 
+use std::sync::Arc;
+
 use k8s_openapi::api::{
     core::v1::{Endpoints, Service},
     discovery::v1::EndpointSlice,
 };
 use serde::Deserialize as _;
+
+use crate::model::{ServiceObj, SliceObj};
 
 /// A file that cannot be used at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,13 +23,14 @@ pub enum ParseError {
     Syntax(String),
 }
 
-/// The usable objects of a file, and what was wrong with the others.
+/// The usable objects of a file (reduced to what the model reads), and
+/// what was wrong with the others.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ParsedFile {
     /// Services.
-    pub services: Vec<Service>,
+    pub services: Vec<Arc<ServiceObj>>,
     /// EndpointSlices (discovery.k8s.io/v1).
-    pub slices: Vec<EndpointSlice>,
+    pub slices: Vec<Arc<SliceObj>>,
     /// Endpoints (v1), mirrored into slices for selector-less Services.
     pub endpoints: Vec<Endpoints>,
     /// One line per skipped object, naming it.
@@ -68,12 +73,12 @@ fn add_document(out: &mut ParsedFile, doc: serde_yaml::Value, number: usize) {
             }
         }
         ("Service", "v1") => match decode::<Service>(doc) {
-            Ok(svc) if svc.metadata.name.is_some() => out.services.push(svc),
+            Ok(svc) if svc.metadata.name.is_some() => out.services.push(Arc::new(ServiceObj::from(&svc))),
             Ok(_) => out.problems.push(format!("{what}: metadata.name is required")),
             Err(e) => out.problems.push(format!("{what}: {e}")),
         },
         ("EndpointSlice", "discovery.k8s.io/v1") => match decode::<EndpointSlice>(doc) {
-            Ok(slice) if slice.metadata.name.is_some() => out.slices.push(slice),
+            Ok(slice) if slice.metadata.name.is_some() => out.slices.push(Arc::new(SliceObj::from(&slice))),
             Ok(_) => out.problems.push(format!("{what}: metadata.name is required")),
             Err(e) => out.problems.push(format!("{what}: {e}")),
         },

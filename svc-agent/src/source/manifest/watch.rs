@@ -52,11 +52,18 @@ pub fn spawn(dir: &Path, allocation: Allocation, events: EventSender) -> Result<
                 woke = wake_rx.recv() => if woke.is_none() { return },
                 () = tokio::time::sleep(RESCAN) => {}
             }
+            let woke_at = std::time::Instant::now();
             tokio::time::sleep(DEBOUNCE).await;
             while wake_rx.try_recv().is_ok() {}
             match manifests.reload() {
                 Ok(snapshot) => {
-                    if snapshot.services != last.services || snapshot.slices != last.slices {
+                    let changed = snapshot.services != last.services || snapshot.slices != last.slices;
+                    tracing::debug!(
+                        reload_us = woke_at.elapsed().as_micros() as u64,
+                        changed,
+                        "manifest directory re-read"
+                    );
+                    if changed {
                         send(&events, &snapshot);
                         last = snapshot;
                     }

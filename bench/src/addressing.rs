@@ -1,0 +1,194 @@
+//! Every address the bench uses, derived from a service's index, so that the
+//! orchestrator, the workers and the rule generators agree without passing
+//! lists around.
+//!
+//! ```text
+//! 10.96.0.0/12   Service VIPs: 10.96.0.10 bulk, 10.96.0.11 UDP, 10.96.1.0 + i service i
+//! 10.64.0.0/12   backends: one address per endpoint, all local in the bench
+//!                netns through one `local` route (AnyIP), so a single
+//!                listener on 0.0.0.0 serves every endpoint
+//! 10.64.0.0/10   the "cluster CIDR" of the kube-proxy layouts (masquerade rules)
+//! 10.127.255.1   the client's own address (on lo, inside the cluster CIDR,
+//!                as a pod's would be, so no connection is masqueraded)
+//! ```
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use serde::{Deserialize, Serialize};
+
+/// Range the VIPs come from (the agent's `--service-cidr`).
+pub(crate) const SERVICE_CIDR: &str = "10.96.0.0/12";
+/// Routed (not local) via lo in the bench netns: an untranslated connect
+/// goes nowhere, and netfilter's OUTPUT hook sees a routable packet to DNAT.
+pub(crate) const SERVICE_ROUTE: &str = "10.96.0.0/12";
+/// Made local (AnyIP) in the bench netns: every endpoint address accepts.
+pub(crate) const BACKEND_ROUTE: &str = "10.64.0.0/12";
+/// kube-proxy's `--cluster-cidr` in the generated layouts.
+pub(crate) const CLUSTER_CIDR: &str = "10.64.0.0/10";
+/// The client's address (a "pod" address).
+pub(crate) const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 127, 255, 1);
+/// Namespace of every bench Service.
+pub(crate) const NAMESPACE: &str = "bench";
+/// Port name of every bench Service port.
+pub(crate) const PORT_NAME: &str = "p";
+
+/// Service port of the connect-latency Services.
+pub(crate) const SERVICE_PORT: u16 = 80;
+/// Backend port: accept() then close().
+pub(crate) const BACKEND_PORT: u16 = 8080;
+/// Backend port of the bulk Service: reads and discards.
+pub(crate) const SINK_PORT: u16 = 9090;
+/// Service port of the UDP Service (exercises sendmsg4/recvmsg4).
+pub(crate) const UDP_PORT: u16 = 53;
+/// Backend port of the UDP Service: echoes.
+pub(crate) const UDP_BACKEND_PORT: u16 = 5353;
+
+/// VIP of the bulk-throughput Service.
+pub(crate) const BULK_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// VIP of the UDP Service.
+pub(crate) const UDP_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+/// A VIP no mode translates: connecting to it must fail.
+pub(crate) const UNUSED_VIP: Ipv4Addr = Ipv4Addr::new(10, 111, 255, 254);
+/// The one backend of the bulk and UDP Services.
+pub(crate) const EXTRA_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 79, 255, 1);
+
+const VIP_BASE: u32 = u32::from_be_bytes([10, 96, 1, 0]);
+const BACKEND_BASE: u32 = u32::from_be_bytes([10, 64, 1, 0]);
+/// Endpoints added by the single-change measurement (never connected to).
+const CHURN_BASE: u32 = u32::from_be_bytes([10, 80, 0, 0]);
+
+/// VIP of service `i`.
+pub(crate) fn vip(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(VIP_BASE + i)
+}
+
+/// Address of endpoint `j` of service `i` when every service has `per` endpoints.
+pub(crate) fn backend(i: u32, j: u32, per: u32) -> Ipv4Addr {
+    Ipv4Addr::from(BACKEND_BASE + i * per + j)
+}
+
+/// Address of the endpoint added by change number `k`.
+pub(crate) fn churn_backend(k: u32) -> Ipv4Addr {
+    Ipv4Addr::from(CHURN_BASE + k)
+}
+
+/// Name of service `i`.
+pub(crate) fn service_name(i: u32) -> String {
+    format!("svc-{i}")
+}
+
+/// Transport protocol of a Service port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    /// Lower case, as iptables and nft spell it.
+    pub(crate) fn lower(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+
+    /// Upper case, as Kubernetes spells it.
+    pub(crate) fn upper(self) -> &'static str {
+        match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+        }
+    }
+}
+
+/// One Service port with its endpoints, the unit every layout is built from.
+#[derive(Debug, Clone)]
+pub(crate) struct ServiceSpec {
+    pub(crate) name: String,
+    pub(crate) vip: Ipv4Addr,
+    pub(crate) port: u16,
+    pub(crate) proto: Proto,
+    pub(crate) backends: Vec<SocketAddrV4>,
+}
+
+impl ServiceSpec {
+    /// kube-proxy's ServicePortName string: `namespace/name:port`.
+    pub(crate) fn port_name(&self) -> String {
+        format!("{NAMESPACE}/{}:{PORT_NAME}", self.name)
+    }
+}
+
+/// The Services of one size: the two fixed ones (bulk, UDP) first, then
+/// `count` services with `per` endpoints each, in index order (so the last
+/// one is the last rule of kube-proxy's KUBE-SERVICES chain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Topology {
+    pub(crate) services: u32,
+    pub(crate) endpoints: u32,
+}
+
+impl Topology {
+    /// The fixed Services every mode carries.
+    pub(crate) fn extras() -> [ServiceSpec; 2] {
+        [
+            ServiceSpec {
+                name: "bulk".into(),
+                vip: BULK_VIP,
+                port: SERVICE_PORT,
+                proto: Proto::Tcp,
+                backends: vec![SocketAddrV4::new(EXTRA_BACKEND, SINK_PORT)],
+            },
+            ServiceSpec {
+                name: "udp".into(),
+                vip: UDP_VIP,
+                port: UDP_PORT,
+                proto: Proto::Udp,
+                backends: vec![SocketAddrV4::new(EXTRA_BACKEND, UDP_BACKEND_PORT)],
+            },
+        ]
+    }
+
+    /// Service `i`.
+    pub(crate) fn service(&self, i: u32) -> ServiceSpec {
+        ServiceSpec {
+            name: service_name(i),
+            vip: vip(i),
+            port: SERVICE_PORT,
+            proto: Proto::Tcp,
+            backends: (0..self.endpoints)
+                .map(|j| SocketAddrV4::new(backend(i, j, self.endpoints), BACKEND_PORT))
+                .collect(),
+        }
+    }
+
+    /// Every Service, extras first.
+    pub(crate) fn all(&self) -> impl Iterator<Item = ServiceSpec> + '_ {
+        Self::extras().into_iter().chain((0..self.services).map(|i| self.service(i)))
+    }
+
+    /// Number of Service ports including the extras.
+    pub(crate) fn service_ports(&self) -> u32 {
+        self.services + 2
+    }
+
+    /// Number of endpoints including the extras'.
+    pub(crate) fn total_endpoints(&self) -> u64 {
+        u64::from(self.services) * u64::from(self.endpoints) + 2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn largest_sizes_stay_inside_their_ranges() {
+        // 100k services x 10 endpoints must fit 10.64.0.0/12 and 10.96.0.0/12.
+        let last_backend = backend(99_999, 9, 10);
+        assert!(u32::from(last_backend) < u32::from(Ipv4Addr::new(10, 80, 0, 0)));
+        assert!(u32::from(vip(99_999)) < u32::from(Ipv4Addr::new(10, 112, 0, 0)));
+        assert_ne!(vip(0), BULK_VIP);
+        assert!(u32::from(UNUSED_VIP) > u32::from(vip(99_999)));
+    }
+}

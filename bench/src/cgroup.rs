@@ -1,0 +1,47 @@
+//! A child cgroup v2 directory for the agent to attach to (never the root:
+//! only the bench's own client process joins it).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+
+use crate::cleanup::{self, Guard};
+
+/// The cgroup v2 mount point, from /proc/mounts (it is
+/// /sys/fs/cgroup/unified on hybrid layouts).
+pub(crate) fn cgroup2_mount() -> Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("read /proc/mounts")?;
+    mounts
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_dev, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(dir))
+        })
+        .context("no cgroup2 mount in /proc/mounts")
+}
+
+/// A child cgroup, removed (its processes killed) on drop.
+#[derive(Debug)]
+pub(crate) struct Cgroup {
+    path: PathBuf,
+    _guard: Guard,
+}
+
+impl Cgroup {
+    pub(crate) fn create(name: &str) -> Result<Self> {
+        let path = cgroup2_mount()?.join(name);
+        std::fs::create_dir(&path).with_context(|| format!("mkdir {}", path.display()))?;
+        Ok(Self { _guard: cleanup::register(cleanup::Resource::Cgroup(path.clone())), path })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Moves the calling process into the cgroup at `path`.
+pub(crate) fn join(path: &Path) -> Result<()> {
+    let procs = path.join("cgroup.procs");
+    std::fs::write(&procs, std::process::id().to_string()).with_context(|| format!("write {}", procs.display()))
+}

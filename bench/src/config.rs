@@ -1,0 +1,108 @@
+//! What a run measures: the sizes by default, small ones with
+//! `--quick` (a smoke run of every code path).
+
+use serde::{Deserialize, Serialize};
+
+use crate::modes::Mode;
+
+/// One datapath size and the modes measured at it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct DatapathSize {
+    pub(crate) services: u32,
+    pub(crate) modes: Vec<Mode>,
+}
+
+/// Everything that shapes a run; recorded in the results.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Config {
+    pub(crate) quick: bool,
+    pub(crate) datapath_sizes: Vec<DatapathSize>,
+    pub(crate) datapath_endpoints: u32,
+    /// Shuffled rounds; every (mode, target) cell is measured once per round.
+    pub(crate) rounds: u32,
+    /// Timed connects per cell and round (fewer if `cell_max_millis` passes),
+    /// in `chunks` bursts interleaved with the other modes' bursts.
+    pub(crate) connects: u32,
+    #[serde(default = "one")]
+    pub(crate) chunks: u32,
+    pub(crate) cell_max_millis: u64,
+    pub(crate) warmup: u32,
+    pub(crate) bulk_rounds: u32,
+    pub(crate) bulk_millis: u64,
+    /// Calls per scenario while `kernel.bpf_stats_enabled` is on.
+    pub(crate) bpf_stat_calls: u32,
+    pub(crate) control_sizes: Vec<u32>,
+    pub(crate) control_endpoints: u32,
+    /// Repetitions of a cold programming run (1 above `reps_up_to` services).
+    pub(crate) cold_reps: u32,
+    pub(crate) reps_up_to: u32,
+    /// A baseline load still running after this is killed and reported as
+    /// such; larger sizes of that loader are then skipped.
+    pub(crate) baseline_timeout_secs: u64,
+    /// Sizes (services) at which single-endpoint changes are measured, and
+    /// how many changes at each.
+    pub(crate) churn: Vec<(u32, u32)>,
+    /// The size the "cold programming <= 1 s" and RSS targets are set at.
+    pub(crate) target_services: u32,
+}
+
+impl Config {
+    pub(crate) fn full() -> Self {
+        Self {
+            quick: false,
+            datapath_sizes: vec![
+                DatapathSize { services: 1_000, modes: Mode::ALL.to_vec() },
+                DatapathSize { services: 10_000, modes: Mode::ALL.to_vec() },
+                DatapathSize { services: 100_000, modes: vec![Mode::Direct, Mode::Ours] },
+            ],
+            datapath_endpoints: 3,
+            rounds: 15,
+            connects: 5_000,
+            chunks: 10,
+            cell_max_millis: 1_500,
+            warmup: 300,
+            bulk_rounds: 5,
+            bulk_millis: 1_000,
+            bpf_stat_calls: 20_000,
+            control_sizes: vec![1_000, 10_000, 100_000],
+            control_endpoints: 10,
+            cold_reps: 3,
+            reps_up_to: 10_000,
+            baseline_timeout_secs: 240,
+            // 1000 changes where a change is cheap; fewer where each takes
+            // about a second, enough to show how the cost grows.
+            churn: vec![(1_000, 1_000), (10_000, 200)],
+            target_services: 10_000,
+        }
+    }
+
+    pub(crate) fn quick() -> Self {
+        Self {
+            quick: true,
+            datapath_sizes: vec![
+                DatapathSize { services: 100, modes: Mode::ALL.to_vec() },
+                DatapathSize { services: 1_000, modes: vec![Mode::Direct, Mode::Ours] },
+            ],
+            rounds: 3,
+            connects: 1_000,
+            chunks: 4,
+            cell_max_millis: 300,
+            warmup: 50,
+            bulk_rounds: 1,
+            bulk_millis: 200,
+            bpf_stat_calls: 2_000,
+            control_sizes: vec![100, 1_000],
+            cold_reps: 1,
+            reps_up_to: 1_000,
+            baseline_timeout_secs: 30,
+            churn: vec![(100, 30), (1_000, 30)],
+            target_services: 1_000,
+            ..Self::full()
+        }
+    }
+}
+
+/// Default of fields added after the first results were written.
+fn one() -> u32 {
+    1
+}

@@ -1,0 +1,289 @@
+//! Datapath measurements at one size: every mode set up side by side,
+//! verified, then timed in shuffled rounds (every (mode, target) cell once
+//! per round, same target sequence for every mode in a round); medians
+//! across rounds. Then bulk throughput, and the in-kernel cost of each of
+//! our programs with `kernel.bpf_stats_enabled` on.
+
+use std::{net::SocketAddrV4, time::Duration};
+
+use anyhow::{Result, bail};
+use rand::{Rng as _, SeedableRng as _, rngs::StdRng, seq::SliceRandom as _};
+
+use crate::{
+    addressing::{BULK_VIP, SERVICE_PORT, Topology, UDP_PORT, UDP_VIP},
+    bpf,
+    config::{Config, DatapathSize},
+    modes::{Ctx, Mode, ModeEnv},
+    profile,
+    protocol::{ConnectPlan, ConnectStats, Request, Response, Target},
+    results::{BpfResult, BulkCell, Cell, DatapathResult, Profile, ProgCost},
+    stats::{Summary, median},
+};
+
+const TARGETS: [Target; 2] = [Target::Last, Target::Random];
+
+/// Sets up every mode of `size`, measures, tears down.
+pub(crate) fn run(cfg: &Config, size: &DatapathSize, ctx: &Ctx, profile: bool) -> Result<DatapathResult> {
+    let topo = Topology { services: size.services, endpoints: cfg.datapath_endpoints };
+    let mut envs = Vec::new();
+    for &mode in &size.modes {
+        eprintln!("bench: datapath {} services: setting up {}", topo.services, mode.label());
+        let mut env = ModeEnv::setup(mode, &topo, ctx)?;
+        env.verify(&topo)?;
+        eprintln!("bench:   programmed in {:.2} s, verified", env.setup_secs);
+        envs.push(env);
+    }
+    let setup_secs = envs.iter().map(|e| (e.mode, e.setup_secs)).collect();
+
+    // Each round measures every (mode, target) cell with `chunks` short
+    // bursts, the modes interleaved in a fresh shuffled order for every
+    // burst: slow drifts in the machine's load (other work on a shared
+    // machine) hit every mode alike instead of whichever cell ran then.
+    let mut rounds: Vec<Vec<ConnectStats>> = vec![Vec::new(); envs.len() * TARGETS.len()];
+    let mut conntrack_peak = vec![0u64; envs.len()];
+    let mut rng = StdRng::seed_from_u64(0x5eed_0000 + u64::from(topo.services));
+    let chunks = cfg.chunks.max(1);
+    for round in 0..cfg.rounds {
+        let mut merged: Vec<ConnectStats> = vec![ConnectStats::default(); rounds.len()];
+        let mut targets = TARGETS;
+        targets.shuffle(&mut rng);
+        for target in targets {
+            let t = TARGETS.iter().position(|x| *x == target).unwrap_or(0);
+            for _ in 0..chunks {
+                let seed: u64 = rng.random();
+                let mut order: Vec<usize> = (0..envs.len()).collect();
+                order.shuffle(&mut rng);
+                for m in order {
+                    let env = &mut envs[m];
+                    let plan = ConnectPlan {
+                        topology: topo,
+                        target,
+                        direct: env.mode == Mode::Direct,
+                        seed,
+                        count: cfg.connects / chunks,
+                        max_millis: cfg.cell_max_millis / u64::from(chunks),
+                        warmup: cfg.warmup / chunks,
+                        getpeername: false,
+                        raw: true,
+                    };
+                    merge(&mut merged[m * TARGETS.len() + t], connect(env, plan)?);
+                }
+            }
+        }
+        for (cell, mut stats) in merged.into_iter().enumerate() {
+            let (env, target) = (&envs[cell / TARGETS.len()], TARGETS[cell % TARGETS.len()]);
+            if u64::from(stats.errors) * 1000 > u64::from(stats.samples + stats.errors) {
+                bail!(
+                    "{} ({}): {} of {} connects failed, first: {}",
+                    env.mode.label(),
+                    target.label(),
+                    stats.errors,
+                    stats.samples + stats.errors,
+                    stats.first_error.unwrap_or_default()
+                );
+            }
+            stats.connect = Summary::of(&mut stats.raw_connect);
+            stats.cycle = Summary::of(&mut stats.raw_cycle);
+            stats.raw_connect = Vec::new();
+            stats.raw_cycle = Vec::new();
+            rounds[cell].push(stats);
+        }
+        for (i, env) in envs.iter().enumerate() {
+            if Mode::BASELINES.contains(&env.mode)
+                && let Some(n) = env.netns.read_sysctl("net/netfilter/nf_conntrack_count").and_then(|s| s.parse().ok())
+            {
+                conntrack_peak[i] = conntrack_peak[i].max(n);
+            }
+        }
+        eprintln!("bench:   round {}/{} done", round + 1, cfg.rounds);
+    }
+    let cells: Vec<Cell> = rounds
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| cell(envs[i / TARGETS.len()].mode, TARGETS[i % TARGETS.len()], r))
+        .collect();
+
+    let bulk = bulk(cfg, &mut envs, &mut rng)?;
+    let bpf = match envs.iter_mut().find(|e| e.mode == Mode::Ours) {
+        Some(env) => Some(bpf_costs(cfg, env, &topo)?),
+        None => None,
+    };
+    let profiles = if profile { overhead_profiles(&mut envs, &topo, &cells_ref(&cells), ctx) } else { Vec::new() };
+    let conntrack_peak = envs
+        .iter()
+        .zip(conntrack_peak)
+        .filter(|(e, _)| Mode::BASELINES.contains(&e.mode))
+        .map(|(e, n)| (e.mode, n))
+        .collect();
+    eprintln!("bench: datapath {} services: tearing down", topo.services);
+    drop(envs);
+    Ok(DatapathResult {
+        services: topo.services,
+        endpoints: topo.endpoints,
+        modes: size.modes.clone(),
+        setup_secs,
+        cells,
+        bulk,
+        bpf,
+        conntrack_peak,
+        profiles,
+    })
+}
+
+/// Adds one burst's results to a cell's round.
+fn merge(into: &mut ConnectStats, burst: ConnectStats) {
+    into.samples += burst.samples;
+    into.errors += burst.errors;
+    if into.first_error.is_none() {
+        into.first_error = burst.first_error;
+    }
+    into.wall_ns += burst.wall_ns;
+    into.client_cpu_ns += burst.client_cpu_ns;
+    into.process_cpu_ns += burst.process_cpu_ns;
+    into.slow += burst.slow;
+    into.raw_connect.extend(burst.raw_connect);
+    into.raw_cycle.extend(burst.raw_cycle);
+}
+
+fn cells_ref(cells: &[Cell]) -> Vec<(Mode, Target, f64)> {
+    cells.iter().map(|c| (c.mode, c.target, c.connect.p50)).collect()
+}
+
+/// When our p50 connect overhead over direct exceeds the 1 us target,
+/// profiles both modes on that target (best effort: a failed profile is
+/// reported, not fatal).
+fn overhead_profiles(envs: &mut [ModeEnv], topo: &Topology, p50: &[(Mode, Target, f64)], ctx: &Ctx) -> Vec<Profile> {
+    let get = |m: Mode, t: Target| p50.iter().find(|(mm, tt, _)| *mm == m && *tt == t).map(|x| x.2);
+    let mut out = Vec::new();
+    for target in TARGETS {
+        let (Some(ours), Some(direct)) = (get(Mode::Ours, target), get(Mode::Direct, target)) else { continue };
+        if ours - direct <= crate::report::CONNECT_TARGET_NS {
+            continue;
+        }
+        for mode in [Mode::Direct, Mode::Ours] {
+            let Some(env) = envs.iter_mut().find(|e| e.mode == mode) else { continue };
+            eprintln!("bench:   connect overhead target missed; profiling {} ({})", mode.label(), target.label());
+            match profile::connect_loop(ctx, env, topo, target) {
+                Ok(p) => out.push(p),
+                Err(e) => eprintln!("bench:   profile failed: {e:#}"),
+            }
+        }
+        if let [direct, ours] = out.as_mut_slice() {
+            profile::diff(ours, direct);
+        }
+        break;
+    }
+    out
+}
+
+fn connect(env: &mut ModeEnv, plan: ConnectPlan) -> Result<ConnectStats> {
+    match env.worker.call(&Request::Connect(plan))? {
+        Response::Connect(stats) => Ok(stats),
+        other => bail!("{}: unexpected answer {other:?}", env.mode.label()),
+    }
+}
+
+fn cell(mode: Mode, target: Target, rounds: Vec<ConnectStats>) -> Cell {
+    let per = |f: &dyn Fn(&ConnectStats) -> f64| median(rounds.iter().filter(|r| r.samples > 0).map(f));
+    Cell {
+        mode,
+        target,
+        connect: Summary::median_of(&rounds.iter().map(|r| r.connect).collect::<Vec<_>>()),
+        cycle: Summary::median_of(&rounds.iter().map(|r| r.cycle).collect::<Vec<_>>()),
+        conns_per_sec: per(&|r| f64::from(r.samples) / (r.wall_ns as f64 / 1e9)),
+        client_cpu_ns_per_conn: per(&|r| r.client_cpu_ns as f64 / f64::from(r.samples)),
+        process_cpu_ns_per_conn: per(&|r| r.process_cpu_ns as f64 / f64::from(r.samples)),
+        samples: rounds.iter().map(|r| u64::from(r.samples)).sum(),
+        errors: rounds.iter().map(|r| u64::from(r.errors)).sum(),
+        slow: rounds.iter().map(|r| u64::from(r.slow)).sum(),
+        rounds,
+    }
+}
+
+/// One long-lived connection per mode and round, modes shuffled.
+fn bulk(cfg: &Config, envs: &mut [ModeEnv], rng: &mut StdRng) -> Result<Vec<BulkCell>> {
+    let mut per_mode = vec![Vec::new(); envs.len()];
+    for _ in 0..cfg.bulk_rounds {
+        let mut order: Vec<usize> = (0..envs.len()).collect();
+        order.shuffle(rng);
+        for i in order {
+            let env = &mut envs[i];
+            let target = if env.mode == Mode::Direct {
+                Topology::extras()[0].backends[0]
+            } else {
+                SocketAddrV4::new(BULK_VIP, SERVICE_PORT)
+            };
+            match env.worker.call(&Request::Bulk { target, millis: cfg.bulk_millis })? {
+                Response::Bulk(stats) => per_mode[i].push(stats),
+                other => bail!("{} bulk: {other:?}", env.mode.label()),
+            }
+        }
+    }
+    Ok(envs
+        .iter()
+        .zip(per_mode)
+        .map(|(env, rounds)| BulkCell {
+            mode: env.mode,
+            gbit_per_sec: median(rounds.iter().map(|r| r.bytes as f64 * 8.0 / r.wall_ns as f64)),
+            client_cpu_secs_per_gib: median(
+                rounds.iter().map(|r| r.client_cpu_ns as f64 / 1e9 / (r.bytes as f64 / f64::from(1u32 << 30))),
+            ),
+            rounds,
+        })
+        .collect())
+}
+
+/// Runs scenarios with `kernel.bpf_stats_enabled` on and divides each
+/// program's run-time delta by its run-count delta.
+fn bpf_costs(cfg: &Config, env: &mut ModeEnv, topo: &Topology) -> Result<BpfResult> {
+    let Some((_, agent_cfg, _)) = &env.agent else { bail!("ours has no agent") };
+    let bpffs = agent_cfg.bpffs.clone();
+    let _stats = bpf::enable_stats()?;
+    let mut costs = Vec::new();
+    let scenarios: [(&str, Option<Target>, bool); 4] = [
+        ("TCP connect to the last Service (+ getpeername)", Some(Target::Last), false),
+        ("TCP connect to random Services (+ getpeername)", Some(Target::Random), false),
+        ("TCP connect to a non-Service address (backend directly)", Some(Target::Random), true),
+        ("UDP sendto + recvfrom via the VIP, unconnected socket", None, false),
+    ];
+    for (scenario, target, direct) in scenarios {
+        let before = bpf::program_stats(&bpffs)?;
+        match target {
+            Some(target) => {
+                let plan = ConnectPlan {
+                    topology: *topo,
+                    target,
+                    direct,
+                    seed: 7,
+                    count: cfg.bpf_stat_calls,
+                    max_millis: 60_000,
+                    warmup: 0,
+                    getpeername: true,
+                    raw: false,
+                };
+                connect(env, plan)?;
+            }
+            None => {
+                let req = Request::Udp { target: SocketAddrV4::new(UDP_VIP, UDP_PORT), count: cfg.bpf_stat_calls };
+                match env.worker.call(&req)? {
+                    Response::Done => {}
+                    other => bail!("UDP exercise: {other:?}"),
+                }
+            }
+        }
+        let after = bpf::program_stats(&bpffs)?;
+        for (b, a) in before.iter().zip(&after) {
+            let calls = a.run_count.saturating_sub(b.run_count);
+            if calls > 0 {
+                costs.push(ProgCost {
+                    program: a.name.clone(),
+                    scenario: scenario.to_owned(),
+                    calls,
+                    ns_per_call: a.run_time_ns.saturating_sub(b.run_time_ns) as f64 / calls as f64,
+                });
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(10));
+    Ok(BpfResult { costs, programs: bpf::program_stats(&bpffs)? })
+}

@@ -1,0 +1,89 @@
+//! The bench's network namespaces: one per mode, identical apart from the
+//! mode's rules, so that conntrack (which iptables and nftables switch on
+//! in their namespace) never runs under the direct and eBPF measurements,
+//! and each layout is loaded once per size instead of once per round.
+
+use std::{fs::File, path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    addressing::{BACKEND_ROUTE, CLIENT_ADDR, SERVICE_ROUTE},
+    cleanup::{self, Guard},
+    sys,
+};
+
+/// A named network namespace with the bench's addressing; deleted (with
+/// every rule in it) on drop.
+#[derive(Debug)]
+pub(crate) struct Netns {
+    name: String,
+    _guard: Guard,
+}
+
+impl Netns {
+    /// Creates `name` and sets it up:
+    /// - `lo` up, and `local 10.64.0.0/12 dev lo`: every endpoint address
+    ///   is local, one listener on 0.0.0.0 serves them all;
+    /// - the client address 10.127.255.1/32 on `lo` and the route
+    ///   `10.96.0.0/12 dev lo src 10.127.255.1`: a VIP is routable
+    ///   (netfilter's OUTPUT hook needs a route before it can DNAT), but an
+    ///   untranslated SYN loops back to an address that is not local and is
+    ///   dropped (no forwarding), so the connect times out; nothing ever
+    ///   leaves the namespace (no other device, no default route). This
+    ///   kernel has no dummy device (CONFIG_DUMMY unset), hence `lo`;
+    /// - more ephemeral ports and a longer accept queue, so neither limits
+    ///   a connect loop.
+    pub(crate) fn create(name: String) -> Result<Self> {
+        sys::run(Command::new("ip").args(["netns", "add", &name]))?;
+        let netns = Self { _guard: cleanup::register(cleanup::Resource::Netns(name.clone())), name };
+        let client = format!("{CLIENT_ADDR}/32");
+        let client_src = CLIENT_ADDR.to_string();
+        for args in [
+            vec!["link", "set", "lo", "up"],
+            vec!["route", "add", "local", BACKEND_ROUTE, "dev", "lo"],
+            vec!["addr", "add", &client, "dev", "lo"],
+            vec!["route", "add", SERVICE_ROUTE, "dev", "lo", "src", &client_src],
+        ] {
+            netns.ip(&args)?;
+        }
+        for (key, value) in [
+            ("net.ipv4.ip_local_port_range", "1024 65000"),
+            ("net.core.somaxconn", "65535"),
+            ("net.ipv4.tcp_max_syn_backlog", "65535"),
+        ] {
+            sys::run(
+                Command::new("ip")
+                    .args(["netns", "exec", &netns.name, "sysctl", "-q", "-w"])
+                    .arg(format!("{key}={value}")),
+            )?;
+        }
+        Ok(netns)
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The namespace file, for setns(2).
+    pub(crate) fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// Opens the namespace file (for [`sys::in_netns`]).
+    pub(crate) fn open(&self) -> Result<File> {
+        File::open(self.path()).with_context(|| format!("open {}", self.path().display()))
+    }
+
+    /// `ip -n NAME ARGS`.
+    pub(crate) fn ip(&self, args: &[&str]) -> Result<String> {
+        sys::run(Command::new("ip").arg("-n").arg(&self.name).args(args))
+    }
+
+    /// A sysctl of this namespace (`ip netns exec NAME cat /proc/sys/...`).
+    pub(crate) fn read_sysctl(&self, path: &str) -> Option<String> {
+        sys::run(Command::new("ip").args(["netns", "exec", &self.name, "cat"]).arg(format!("/proc/sys/{path}")))
+            .ok()
+            .map(|s| s.trim().to_owned())
+    }
+}

@@ -1,0 +1,145 @@
+//! Datapath sections: connect latency per size and target, bulk
+//! throughput, in-kernel program cost.
+
+use std::fmt::Write as _;
+
+use super::{find, secs, thousands, us};
+use crate::{
+    modes::Mode,
+    protocol::Target,
+    results::{Cell, DatapathResult, Results},
+};
+
+pub(super) fn datapath(o: &mut String, dp: &DatapathResult) {
+    let _ = writeln!(o, "## Datapath: {} Services x {} endpoints\n", thousands(f64::from(dp.services)), dp.endpoints);
+    let setup: Vec<String> = dp
+        .setup_secs
+        .iter()
+        .filter(|(m, _)| *m != Mode::Direct)
+        .map(|(m, s)| format!("{} {} s", m.short(), secs(*s)))
+        .collect();
+    let _ = writeln!(
+        o,
+        "Programming this size, for the record (agent: start to in sync; iptables loaded without `--noflush` into the empty namespace): {}.\n",
+        setup.join(", ")
+    );
+    for target in [Target::Last, Target::Random] {
+        let Some(direct) = find(dp, Mode::Direct, target) else { continue };
+        let _ = writeln!(o, "### {}: connect latency ({})\n", target.label(), thousands(f64::from(dp.services)));
+        let _ = writeln!(
+            o,
+            "| mode | p50 us | p90 us | p99 us | p50 over direct us | connections/s | client thread CPU us/conn | client+backend process CPU us/conn | samples | connect > 10 ms |"
+        );
+        let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for mode in Mode::ALL {
+            let Some(c) = find(dp, mode, target) else { continue };
+            let over = if mode == Mode::Direct { "-".into() } else { us(c.connect.p50 - direct.connect.p50) };
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                mode.label(),
+                us(c.connect.p50),
+                us(c.connect.p90),
+                us(c.connect.p99),
+                over,
+                thousands(c.conns_per_sec),
+                us(c.client_cpu_ns_per_conn),
+                us(c.process_cpu_ns_per_conn),
+                thousands(c.samples as f64),
+                c.slow
+            );
+        }
+        if let Some(ours) = find(dp, Mode::Ours, target) {
+            let ours_over = ours.connect.p50 - direct.connect.p50;
+            let rows: Vec<&Cell> = Mode::BASELINES.iter().filter_map(|m| find(dp, *m, target)).collect();
+            if !rows.is_empty() {
+                let _ = writeln!(o, "\nOurs against each baseline (p50):\n");
+                let _ = writeln!(
+                    o,
+                    "| baseline | its overhead over direct us | ours us | ours / baseline overhead | baseline latency / ours | baseline CPU / ours (process, per conn) |"
+                );
+                let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|");
+                for b in rows {
+                    let b_over = b.connect.p50 - direct.connect.p50;
+                    let frac = if b_over > 0.0 { format!("{:.3}", ours_over / b_over) } else { "n/a".into() };
+                    let _ = writeln!(
+                        o,
+                        "| {} | {} | {} | {} | {:.2}x | {:.2}x |",
+                        b.mode.label(),
+                        us(b_over),
+                        us(ours_over),
+                        frac,
+                        b.connect.p50 / ours.connect.p50,
+                        b.process_cpu_ns_per_conn / ours.process_cpu_ns_per_conn
+                    );
+                }
+            }
+        }
+        let _ = writeln!(o);
+    }
+    if !dp.conntrack_peak.is_empty() {
+        let peaks: Vec<String> = dp.conntrack_peak.iter().map(|(m, n)| format!("{} {}", m.short(), n)).collect();
+        let _ = writeln!(o, "Peak conntrack entries after a round (netfilter modes): {}.\n", peaks.join(", "));
+    }
+}
+
+pub(super) fn bulk(o: &mut String, r: &Results) {
+    let _ = writeln!(o, "## Datapath: bulk throughput of one long-lived connection\n");
+    let _ = writeln!(
+        o,
+        "The claim under test: after `connect()` our dataplane costs nothing per packet. netfilter modes still pass every packet through conntrack.\n"
+    );
+    let _ = writeln!(o, "| Services | mode | Gbit/s | vs direct | client CPU s/GiB |\n|---:|---|---:|---:|---:|");
+    for dp in &r.datapath {
+        let direct = dp.bulk.iter().find(|b| b.mode == Mode::Direct).map_or(0.0, |b| b.gbit_per_sec);
+        for b in &dp.bulk {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {:.2} | {:.3} | {:.3} |",
+                thousands(f64::from(dp.services)),
+                b.mode.label(),
+                b.gbit_per_sec,
+                if direct > 0.0 { b.gbit_per_sec / direct } else { 0.0 },
+                b.client_cpu_secs_per_gib
+            );
+        }
+    }
+    let _ = writeln!(o);
+}
+
+pub(super) fn bpf(o: &mut String, r: &Results) {
+    let _ = writeln!(o, "## In-kernel cost of our programs\n");
+    let _ = writeln!(o, "| Services | program | scenario | calls | ns per call |\n|---:|---|---|---:|---:|");
+    let mut programs = None;
+    for dp in &r.datapath {
+        let Some(b) = &dp.bpf else { continue };
+        for c in &b.costs {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} | {:.1} |",
+                thousands(f64::from(dp.services)),
+                c.program,
+                c.scenario,
+                thousands(c.calls as f64),
+                c.ns_per_call
+            );
+        }
+        programs = Some(&b.programs);
+    }
+    if let Some(programs) = programs {
+        let _ = writeln!(o, "\nVerifier statistics (from the kernel's program info):\n");
+        let _ =
+            writeln!(o, "| program | verified instructions | translated bytes | JITed bytes |\n|---|---:|---:|---:|");
+        for p in programs {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} |",
+                p.name,
+                p.verified_insns.map_or("n/a".into(), |v| v.to_string()),
+                p.xlated_bytes.map_or("n/a".into(), |v| v.to_string()),
+                p.jited_bytes
+            );
+        }
+    }
+    let _ = writeln!(o);
+}
