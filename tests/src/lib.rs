@@ -50,7 +50,7 @@ pub use crate::{
     env::{SYNC_TIMEOUT, TestEnv},
     manifests::ManifestDir,
     names::{sweep_stale, unique_name},
-    netns::Netns,
+    netns::{Netns, netns_names},
     nodens::{At, Client, NODE_IP, NODE_NAME, NodeEnv, NodeTopology},
     outcome::{Outcome, UNREACHABLE},
     topology::{Backend, Proto, SERVICE_RANGE, Server, Topology},

@@ -53,7 +53,7 @@ pub fn sweep_stale() {
             agent::destroy_pins(&Path::new(BPFFS).join(&name));
         }
     }
-    match netns::list() {
+    match netns::netns_names() {
         Ok(names) => names.iter().filter(|n| is_stale(n)).for_each(|n| netns::destroy(n)),
         Err(e) => eprintln!("svc-tests sweep: {e:#}"),
     }

@@ -63,8 +63,9 @@ impl Drop for Netns {
     }
 }
 
-/// Names of all named network namespaces.
-pub(crate) fn list() -> Result<Vec<String>> {
+/// Exact names of all named network namespaces (tests run in parallel, so
+/// callers must not substring-match: `svct-1-1` is inside `svct-1-11`).
+pub fn netns_names() -> Result<Vec<String>> {
     let out = cmd::ip(&["netns", "list"])?;
     // Lines look like "NAME" or "NAME (id: 3)".
     Ok(out.lines().filter_map(|l| l.split_whitespace().next().map(str::to_owned)).collect())

@@ -11,12 +11,9 @@ use std::{
 };
 
 use anyhow::Result;
-use svc_tests::{Cgroup, ManifestDir, Netns, Proto, Topology, UNREACHABLE, cgroup2_mount, require_root, sweep_stale};
-
-fn netns_names() -> Result<String> {
-    let out = Command::new("ip").args(["netns", "list"]).output()?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+use svc_tests::{
+    Cgroup, ManifestDir, Netns, Proto, Topology, UNREACHABLE, cgroup2_mount, netns_names, require_root, sweep_stale,
+};
 
 #[test]
 fn client_reaches_each_backend_directly() -> Result<()> {
@@ -101,7 +98,7 @@ fn guards_remove_everything_on_drop() -> Result<()> {
     let (cg_path, dir) = (cgroup.path().to_owned(), manifests.path().to_owned());
     let listed = netns_names()?;
     for n in &netns {
-        assert!(listed.contains(n.as_str()), "{n} missing from: {listed}");
+        assert!(listed.iter().any(|l| l == n), "{n} missing from: {listed:?}");
     }
     assert!(cg_path.is_dir() && dir.join("a.yaml").is_file());
     // Atomic writes leave no temp file behind.
@@ -117,7 +114,7 @@ fn guards_remove_everything_on_drop() -> Result<()> {
 
     let listed = netns_names()?;
     for n in &netns {
-        assert!(!listed.contains(n.as_str()), "netns {n} left behind: {listed}");
+        assert!(!listed.iter().any(|l| l == n), "netns {n} left behind: {listed:?}");
     }
     assert!(!cg_path.exists(), "cgroup {} left behind", cg_path.display());
     assert!(!dir.exists(), "manifest dir {} left behind", dir.display());
@@ -137,7 +134,7 @@ fn guards_clean_up_when_a_test_panics() -> Result<()> {
     assert!(result.is_err());
     let (netns, cg_path) = names.expect("body ran");
     let listed = netns_names()?;
-    assert!(!listed.contains(netns.as_str()), "netns {netns} left behind: {listed}");
+    assert!(!listed.contains(&netns), "netns {netns} left behind: {listed:?}");
     assert!(!cg_path.exists(), "cgroup {} left behind", cg_path.display());
     Ok(())
 }
@@ -162,8 +159,8 @@ fn sweep_removes_objects_of_dead_processes_only() -> Result<()> {
     sweep_stale();
 
     let listed = netns_names()?;
-    assert!(!listed.contains(stale.as_str()), "stale netns kept: {listed}");
-    assert!(listed.contains(live.name()), "live netns {} swept: {listed}", live.name());
+    assert!(!listed.contains(&stale), "stale netns kept: {listed:?}");
+    assert!(listed.iter().any(|l| l == live.name()), "live netns {} swept: {listed:?}", live.name());
     assert!(!stale_cgroup.exists(), "stale cgroup kept");
     assert!(!stale_pins.exists(), "stale pin dir kept");
     assert!(!stale_tmp.exists(), "stale temp dir kept");

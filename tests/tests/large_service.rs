@@ -16,8 +16,7 @@ const BACKENDS: u8 = 20;
 
 fn web(env: &TestEnv, affinity: Affinity, backends: &[u8]) -> String {
     let svc = ServiceSpec::new("default", "web").cluster_ip("10.96.0.10").port(PortSpec::tcp("http", 80, "8080"));
-    let slice =
-        endpoint_slice("default", "web-1", "web", &[SlicePort::tcp("http", 8080)], &env.endpoints(backends));
+    let slice = endpoint_slice("default", "web-1", "web", &[SlicePort::tcp("http", 8080)], &env.endpoints(backends));
     format!("{}\n---\n{slice}", svc.affinity(affinity).yaml())
 }
 
