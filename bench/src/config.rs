@@ -69,9 +69,10 @@ impl Config {
             cold_reps: 3,
             reps_up_to: 10_000,
             baseline_timeout_secs: 240,
-            // 1000 changes where a change is cheap; fewer where each takes
-            // about a second, enough to show how the cost grows.
-            churn: vec![(1_000, 1_000), (10_000, 200)],
+            // The issue asks for at least 1,000 changes. 100k is left out:
+            // the directory merge per change is linear in Services (about
+            // 0.5 s there), and the 10k run already shows how it grows.
+            churn: vec![(1_000, 1_000), (10_000, 1_000)],
             target_services: 10_000,
         }
     }

@@ -60,15 +60,8 @@ cleanup_on_failure() {
 }
 trap 'rc=$?; log "ERROR: unexpected failure (exit $rc) at line $LINENO: $BASH_COMMAND"; cleanup_on_failure; exit $rc' ERR
 
-# A pid counts as ours only if it is alive (not a zombie) and its command line
-# mentions DIR (guards against pid reuse).
-alive() {
-    local pid=$1 state
-    [[ $pid =~ ^[0-9]+$ && -r /proc/$pid/stat ]] || return 1
-    state=$(awk '{ print $3 }' "/proc/$pid/stat" 2>/dev/null) || return 1
-    [[ $state != Z && $state != X ]] || return 1
-    tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$DIR/"
-}
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 exec 9>"$DIR/.lock"
 flock -w 120 9 || die "could not lock $DIR/.lock (another start.sh/stop.sh running?)"

@@ -14,14 +14,8 @@ RUN=$DIR/run
 
 log() { printf '[stop.sh] %s\n' "$*" >&2; }
 
-# Alive, not a zombie, and its command line mentions DIR (guards against pid reuse).
-alive() {
-    local pid=$1 state
-    [[ $pid =~ ^[0-9]+$ && -r /proc/$pid/stat ]] || return 1
-    state=$(awk '{ print $3 }' "/proc/$pid/stat" 2>/dev/null) || return 1
-    [[ $state != Z && $state != X ]] || return 1
-    tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$DIR/"
-}
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 wait_gone() { # wait_gone PID SECONDS
     local pid=$1 i

@@ -15,6 +15,10 @@ use crate::{
     source::{Change, Envelope, EventReceiver, SourceEvent},
 };
 
+/// A batch this large leaves enough freed memory behind to return it to
+/// the kernel ([`crate::sys::trim_heap`]).
+const BULK_BATCH: usize = 1000;
+
 /// State of the control loop.
 #[derive(Debug)]
 pub struct Controller<T: Table> {
@@ -161,6 +165,9 @@ pub fn run_blocking<T: Table>(
             metrics.sync_latency.observe(done.duration_since(*at).as_secs_f64());
         }
         metrics.apply_duration.observe(done.duration_since(started).as_secs_f64());
+        if report.changed + report.removed >= BULK_BATCH {
+            crate::sys::trim_heap();
+        }
         metrics.batches.inc();
         metrics.services.set(controller.store.service_count() as i64);
         metrics.frontends.set(controller.writer.frontend_count() as i64);

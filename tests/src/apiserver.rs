@@ -400,15 +400,21 @@ impl ApiServer {
         Ok(())
     }
 
-    /// Deletes one object; a missing one is fine.
-    pub fn delete_object(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Result<()> {
+    /// A dynamic client for `kind` objects (in `namespace`, default
+    /// "default", when the kind is namespaced).
+    fn dynamic_api(&self, api_version: &str, kind: &str, namespace: Option<&str>) -> Result<Api<DynamicObject>> {
         let (resource, namespaced) = resource_of(api_version, kind)?;
         let client = self.client()?;
-        let api: Api<DynamicObject> = if namespaced {
+        Ok(if namespaced {
             Api::namespaced_with(client, namespace.unwrap_or("default"), &resource)
         } else {
             Api::all_with(client, &resource)
-        };
+        })
+    }
+
+    /// Deletes one object; a missing one is fine.
+    pub fn delete_object(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Result<()> {
+        let api = self.dynamic_api(api_version, kind, namespace)?;
         match self.rt.block_on(api.delete(name, &DeleteParams::default())) {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
@@ -428,13 +434,7 @@ impl ApiServer {
 
     /// The object as the server has it (e.g. the `clusterIP` it allocated).
     pub fn get(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Result<Value> {
-        let (resource, namespaced) = resource_of(api_version, kind)?;
-        let client = self.client()?;
-        let api: Api<DynamicObject> = if namespaced {
-            Api::namespaced_with(client, namespace.unwrap_or("default"), &resource)
-        } else {
-            Api::all_with(client, &resource)
-        };
+        let api = self.dynamic_api(api_version, kind, namespace)?;
         let object = self.rt.block_on(api.get(name)).with_context(|| format!("get {kind} {name}"))?;
         serde_json::to_value(object).context("serialize object")
     }

@@ -59,6 +59,22 @@ impl Outcome {
         self.ok.keys().filter_map(|r| r.rsplit_once(':')?.1.parse().ok()).collect()
     }
 
+    /// Panics unless all `n` attempts succeeded, exactly `expected` backends
+    /// answered, and each got a fair share: every count is Binomial(n, 1/k),
+    /// and a correct (uniform) dataplane puts any backend outside the bounds
+    /// with probability < 1e-6 (exact binomial tails, union bound), while one
+    /// that favours a backend does not stay inside them.
+    pub fn assert_fair_share(&self, n: u32, expected: &[&str]) {
+        assert_eq!(self.total_ok(), n, "every attempt must succeed: {self}");
+        let want: BTreeSet<String> = expected.iter().map(|s| (*s).to_owned()).collect();
+        assert_eq!(self.backends(), want, "{self}");
+        let k = u32::try_from(expected.len()).expect("few backends");
+        let (lo, hi) = crate::stats::fair_share_bounds(n, k, 1e-6);
+        for (backend, count) in self.by_backend() {
+            assert!((lo..=hi).contains(&count), "{backend} got {count} of {n}, outside [{lo}, {hi}]: {self}");
+        }
+    }
+
     /// True when nothing succeeded and every error is one of `errnos`.
     pub fn all_failed_with(&self, errnos: &[&str]) -> bool {
         self.total_ok() == 0 && self.total_errors() > 0 && self.errors.keys().all(|e| errnos.contains(&e.as_str()))

@@ -164,7 +164,18 @@ impl Backend {
     /// Starts `svc-testkit serve` answering `name:PORT` on `ports`; returns
     /// once every port is bound.
     pub fn serve(&self, name: &str, ports: &[Proto]) -> Result<Server> {
-        let mut args = vec!["serve".to_owned(), "--name".to_owned(), name.to_owned()];
+        self.spawn_server(name, ports, &[])
+    }
+
+    /// As [`Self::serve`], with `--echo-peer`: TCP replies are
+    /// `name:PORT CLIENT_IP`, showing the source address the server saw.
+    pub fn serve_echo_peer(&self, name: &str, ports: &[Proto]) -> Result<Server> {
+        self.spawn_server(name, ports, &["--echo-peer"])
+    }
+
+    fn spawn_server(&self, name: &str, ports: &[Proto], flags: &[&str]) -> Result<Server> {
+        let mut args: Vec<String> =
+            ["serve", "--name", name].into_iter().chain(flags.iter().copied()).map(str::to_owned).collect();
         for p in ports {
             let (flag, port) = match *p {
                 Proto::Tcp(port) => ("--tcp", port),
@@ -179,38 +190,6 @@ impl Backend {
         let stdout = child.stdout.take().context("no stdout pipe")?;
         let server = Server { child };
         // Read `ready` on a thread so a hung server cannot hang the test.
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        match rx.recv_timeout(READY_TIMEOUT) {
-            Ok(line) if line.trim() == "ready" => Ok(server),
-            Ok(line) => {
-                bail!("svc-testkit serve {name} in {}: said {line:?}, not ready (see stderr)", self.netns.name())
-            }
-            Err(_) => bail!("svc-testkit serve {name}: not ready within {READY_TIMEOUT:?}"),
-        }
-    }
-
-    /// As [`Self::serve`], with `--echo-peer`: TCP replies are
-    /// `name:PORT CLIENT_IP`, showing the source address the server saw.
-    pub fn serve_echo_peer(&self, name: &str, ports: &[Proto]) -> Result<Server> {
-        let mut args = vec!["serve".to_owned(), "--echo-peer".to_owned(), "--name".to_owned(), name.to_owned()];
-        for p in ports {
-            let (flag, port) = match *p {
-                Proto::Tcp(port) => ("--tcp", port),
-                Proto::Udp(port) => ("--udp", port),
-            };
-            args.extend([flag.to_owned(), port.to_string()]);
-        }
-        let mut command = self.netns.testkit(&args)?;
-        command.stdout(Stdio::piped());
-        cmd::die_with_parent(&mut command);
-        let mut child = command.spawn().context("spawn svc-testkit serve")?;
-        let stdout = child.stdout.take().context("no stdout pipe")?;
-        let server = Server { child };
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             let mut line = String::new();

@@ -8,7 +8,6 @@ use anyhow::{Context as _, Result};
 use svc_tests::{
     Proto, SYNC_TIMEOUT, TestEnv, UNREACHABLE, addr,
     k8s::{SlicePort, SvcPort, endpoint_slice, multi, service},
-    stats::fair_share_bounds,
 };
 
 fn set(names: &[&str]) -> BTreeSet<String> {
@@ -28,17 +27,10 @@ fn tcp_spreads_over_all_backends() -> Result<()> {
     let vip = addr("10.96.0.10:80");
     let n = 300;
     let out = env.tcp(vip, n)?;
-    assert_eq!(out.total_ok(), n, "every connect must succeed: {out}");
-    assert_eq!(out.backends(), set(&["b1", "b2", "b3"]), "{out}");
-    assert_eq!(out.reply_ports(), BTreeSet::from([8080]), "{out}");
     // Uniform choice: each backend's count is Binomial(300, 1/3) (mean 100,
-    // sd 8.2). fair_share_bounds gives [60, 143]: a correct dataplane puts
-    // any of the 3 backends outside with probability < 1e-6 (exact binomial
-    // tails, union bound); a dataplane that favours one backend does not.
-    let (lo, hi) = fair_share_bounds(n, 3, 1e-6);
-    for (backend, count) in out.by_backend() {
-        assert!((lo..=hi).contains(&count), "{backend} got {count} of {n} connects, outside [{lo}, {hi}]: {out}");
-    }
+    // sd 8.2); bounds [60, 143].
+    out.assert_fair_share(n, &["b1", "b2", "b3"]);
+    assert_eq!(out.reply_ports(), BTreeSet::from([8080]), "{out}");
     // getpeername() shows the Service address, not the backend.
     assert_eq!(out.peers.len(), 1, "{out}");
     assert_eq!(out.peers.get("10.96.0.10:80"), Some(&n), "{out}");

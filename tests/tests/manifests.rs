@@ -51,3 +51,29 @@ fn invalid_object_reported_and_others_in_file_apply() -> Result<()> {
     assert!(frontends.iter().any(|f| f.name == "web"), "{frontends:?}");
     Ok(())
 }
+
+/// The agent's own reads (opening the directory and files) must not wake
+/// its watcher: after a change it re-reads once and then rests. (notify
+/// reports inotify's IN_OPEN; an agent that woke on it re-read forever.)
+#[test]
+fn agent_rests_after_a_change() -> Result<()> {
+    const REREAD: &str = "manifest directory re-read";
+    let mut env = TestEnv::new(2, &[Proto::Tcp(8080)])?;
+    env.manifests.write("web.yaml", &web(&env))?;
+    env.start_agent()?;
+    let moved = multi(&[
+        &service("default", "web", Some("10.96.0.10"), &[SvcPort::tcp("http", 80, "8080")]),
+        &endpoint_slice("default", "web-1", "web", &[SlicePort::tcp("http", 8080)], &env.endpoints(&[2])),
+    ]);
+    env.manifests.write("web.yaml", &moved)?;
+    env.agent().wait_for_log_line(REPORT_TIMEOUT, |l| l.contains(REREAD) && l.contains("changed=true"))?;
+    assert_eq!(env.tcp(addr("10.96.0.10:80"), 5)?.ok.get("b2:8080"), Some(&5));
+
+    let mut rereads = || env.agent().log_since_start().lines().filter(|l| l.contains(REREAD)).count();
+    let before = rereads();
+    std::thread::sleep(Duration::from_secs(2));
+    let after = rereads();
+    // At most one periodic rescan (every 5 s) may fall in the window.
+    assert!(after - before <= 1, "{} re-reads in 2 s with nothing changing", after - before);
+    Ok(())
+}

@@ -140,7 +140,7 @@ pub(super) fn churn(o: &mut String, r: &Results) {
     if let Some(d) = r.control.churn.iter().find_map(|c| c.debounce_ms) {
         let _ = writeln!(
             o,
-            "\nThe manifest source waits {d} ms after the first file event before re-reading (`DEBOUNCE` in svc-agent/src/source/manifest/watch.rs); the rest of a change's latency is re-reading the directory, comparing and re-sending the whole snapshot, and the apply above."
+            "\nThe manifest source waits {d} ms after the first file event before re-reading (`DEBOUNCE` in svc-agent/src/source/manifest/watch.rs); the rest of a change's latency is re-reading the directory (only changed files are parsed, but every file's objects are merged again and compared with the previous view: linear in the number of Services) and the apply above, which handles only the changed objects."
         );
     }
     let _ = writeln!(o);

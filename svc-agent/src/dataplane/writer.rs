@@ -17,6 +17,8 @@ mod ids;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use litemap::LiteMap;
+
 use svc_common::{Backend4, BackendIndexKey, Frontend, FrontendKey4, INLINE_BACKENDS, ServiceMeta, SlotKey, fe_flags};
 
 use self::ids::IdAllocator;
@@ -48,15 +50,17 @@ fn needs_index(fe: &DesiredFrontend) -> bool {
     fe.affinity_timeout != 0 && fe.backends.len() > INLINE_BACKENDS
 }
 
-/// What one Service has in the maps.
+/// What one Service has in the maps. Sorted vectors, not B-trees: a
+/// Service has a handful of each, and the agent holds one of these per
+/// Service (a B-tree node alone is 11 slots of 152-byte frontend values).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct ServiceState {
     /// Exactly as written to SVC_FRONTENDS.
-    frontends: BTreeMap<FrontendKey4, Frontend>,
+    frontends: LiteMap<FrontendKey4, Frontend>,
     /// Backend sets it owns.
-    sets: BTreeSet<u32>,
+    sets: LiteMap<u32, ()>,
     /// Service ports (SVC_META entries) it owns.
-    ports: BTreeSet<ServicePortKey>,
+    ports: LiteMap<ServicePortKey, ()>,
 }
 
 /// A service port's id and names in SVC_META.
@@ -158,6 +162,11 @@ impl<T: Table> Writer<T> {
         let mut report = BatchReport::default();
         let (upserts, removals): (Vec<_>, Vec<_>) =
             batch.into_iter().partition(|(_, d)| d.as_ref().is_some_and(|d| !d.frontends.is_empty()));
+        // Grow once, not by doubling: each doubling briefly holds both tables.
+        self.services.reserve(upserts.len());
+        self.owners.reserve(upserts.len());
+        self.sets.reserve(upserts.len());
+        self.ports.reserve(upserts.len());
         let mut attempted = BTreeSet::new();
         for (key, desired) in upserts {
             let desired = desired.unwrap_or_default();
@@ -289,7 +298,7 @@ impl<T: Table> Writer<T> {
         let exists = |backends: &[Backend4], indexed: bool| {
             owned
                 .into_iter()
-                .flatten()
+                .flat_map(LiteMap::keys)
                 .filter_map(|id| self.sets.get(id))
                 .any(|s| s.indexed == indexed && s.backends == backends)
         };
@@ -328,9 +337,9 @@ impl<T: Table> Writer<T> {
         key: &ServiceKey,
         wanted: &BTreeMap<FrontendKey4, &DesiredFrontend>,
         journal: &mut Journal,
-    ) -> Result<BTreeMap<FrontendKey4, Frontend>, TableError> {
+    ) -> Result<LiteMap<FrontendKey4, Frontend>, TableError> {
         let current = self.services.get(key).cloned().unwrap_or_default();
-        let mut values = BTreeMap::new();
+        let mut values = LiteMap::with_capacity(wanted.len());
         for (fk, fe) in wanted {
             let svc_id = self.ensure_port(fe, journal)?;
             let backends: Vec<Backend4> = fe.backends.iter().map(|b| backend_value(*b)).collect();
@@ -393,7 +402,7 @@ impl<T: Table> Writer<T> {
         indexed: bool,
         journal: &mut Journal,
     ) -> Result<u32, TableError> {
-        let candidates = current.sets.iter().copied().chain(journal.new_sets.iter().copied());
+        let candidates = current.sets.keys().copied().chain(journal.new_sets.iter().copied());
         for id in candidates {
             if let Some(set) = self.sets.get(&id)
                 && set.indexed == indexed
@@ -429,7 +438,7 @@ impl<T: Table> Writer<T> {
 
     /// Step 3 for a successful update: record the new frontends, delete the
     /// ones no longer wanted, then sets and names nothing points at.
-    fn commit(&mut self, key: &ServiceKey, values: BTreeMap<FrontendKey4, Frontend>, journal: Journal) {
+    fn commit(&mut self, key: &ServiceKey, values: LiteMap<FrontendKey4, Frontend>, journal: Journal) {
         let mut state = self.services.remove(key).unwrap_or_default();
         for (fk, old) in &state.frontends {
             let now = values.get(fk).map_or(0, |v| v.set_id);
@@ -442,8 +451,8 @@ impl<T: Table> Writer<T> {
         for fk in values.keys() {
             self.owners.insert(*fk, key.clone());
         }
-        state.sets.extend(journal.new_sets);
-        state.ports.extend(journal.new_ports);
+        state.sets.extend(journal.new_sets.into_iter().map(|id| (id, ())));
+        state.ports.extend(journal.new_ports.into_iter().map(|p| (p, ())));
         let live_sets: BTreeSet<u32> = values.values().map(|v| v.set_id).collect();
         let live_ports: BTreeSet<u32> = values.values().map(|v| v.svc_id).collect();
         state.frontends = values;
@@ -470,14 +479,14 @@ impl<T: Table> Writer<T> {
 
     /// Deletes a Service's sets and port names that are not in use.
     fn release_unused(&mut self, state: &mut ServiceState, live_sets: &BTreeSet<u32>, live_ports: &BTreeSet<u32>) {
-        let dead_sets: Vec<u32> = state.sets.iter().filter(|id| !live_sets.contains(*id)).copied().collect();
+        let dead_sets: Vec<u32> = state.sets.keys().filter(|id| !live_sets.contains(*id)).copied().collect();
         for id in dead_sets {
             state.sets.remove(&id);
             self.delete_set(id);
         }
         let dead_ports: Vec<ServicePortKey> = state
             .ports
-            .iter()
+            .keys()
             .filter(|p| self.ports.get(*p).is_none_or(|e| !live_ports.contains(&e.id)))
             .cloned()
             .collect();

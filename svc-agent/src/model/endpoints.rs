@@ -56,7 +56,7 @@ pub(crate) fn collect<'a>(
                 .map(|zones| zones.iter().map(AsRef::as_ref).collect::<Vec<&str>>())
                 .filter(|zones| !zones.is_empty());
             let zones = hinted.or_else(|| if zone_from_endpoint { ep.zone.as_deref().map(|z| vec![z]) } else { None });
-            for ip in &ep.addresses {
+            if let Some(ip) = &ep.address {
                 let endpoint = Endpoint {
                     addr: SocketAddrV4::new(*ip, port),
                     ready,

@@ -94,8 +94,11 @@ pub struct SlicePortObj {
 /// One `endpoints[]` entry of a slice.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointObj {
-    /// `addresses` that are IPv4 addresses (others cannot be used).
-    pub addresses: Vec<Ipv4Addr>,
+    /// `addresses[0]`, if an IPv4 address. The API defines the addresses
+    /// as fungible ("clients may choose to only use the first element")
+    /// and kube-proxy uses only the first; one inline address instead of a
+    /// list saves a heap block per endpoint.
+    pub address: Option<Ipv4Addr>,
     /// `conditions.ready`.
     pub ready: Option<bool>,
     /// `conditions.serving`.
@@ -191,7 +194,7 @@ impl From<&EndpointSlice> for SliceObj {
                 .map(|ep| {
                     let cond = ep.conditions.as_ref();
                     EndpointObj {
-                        addresses: ep.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
+                        address: ep.addresses.first().and_then(|a| a.parse().ok()),
                         ready: cond.and_then(|c| c.ready),
                         serving: cond.and_then(|c| c.serving),
                         terminating: cond.and_then(|c| c.terminating),

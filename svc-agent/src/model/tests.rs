@@ -109,6 +109,24 @@ endpoints: [{addresses: [10.244.1.2]}, {addresses: [10.244.2.2]}]
 }
 
 #[test]
+fn only_the_first_address_of_an_endpoint_is_used() {
+    // As kube-proxy: an endpoint's addresses are fungible, the first counts.
+    let web = slice(
+        "
+metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints: [{addresses: [10.244.1.2, 10.244.1.3]}, {addresses: [10.244.2.2]}]
+",
+    );
+    let d = desired(&svc(WEB), &[web]);
+    assert_eq!(
+        summary(&d),
+        vec![("10.96.0.10:80".into(), Proto::Tcp, vec!["10.244.1.2:8080".into(), "10.244.2.2:8080".into()])]
+    );
+}
+
+#[test]
 fn services_without_translation() {
     for yaml in [
         "metadata: {name: h}\nspec: {clusterIP: None, ports: [{port: 80}]}",

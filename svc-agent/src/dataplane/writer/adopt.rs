@@ -46,10 +46,10 @@ pub(super) fn adopt<T: Table>(table: T) -> Result<Writer<T>, TableError> {
         let state = services.entry(owner.clone()).or_default();
         state.frontends.insert(*fk, *fe);
         if let Some(port) = port_by_id.get(&fe.svc_id) {
-            state.ports.insert(port.clone());
+            state.ports.insert(port.clone(), ());
         }
         if fe.set_id != 0 {
-            state.sets.insert(fe.set_id);
+            state.sets.insert(fe.set_id, ());
             sets.entry(fe.set_id).or_insert_with(|| {
                 let backends = if fe.is_inline() {
                     fe.inline[..fe.count as usize].to_vec()

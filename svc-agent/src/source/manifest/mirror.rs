@@ -62,7 +62,7 @@ fn mirror_one(key: &ServiceKey, ep: &Endpoints) -> Vec<Arc<SliceObj>> {
                         port: Some(p.port),
                     })
                     .collect(),
-                endpoints: ready.chain(not_ready).filter(|e| !e.addresses.is_empty()).collect(),
+                endpoints: ready.chain(not_ready).filter(|e| e.address.is_some()).collect(),
             })
         })
         .collect()
@@ -70,7 +70,7 @@ fn mirror_one(key: &ServiceKey, ep: &Endpoints) -> Vec<Arc<SliceObj>> {
 
 fn endpoint(addr: &EndpointAddress, ready: bool) -> EndpointObj {
     EndpointObj {
-        addresses: addr.ip.parse().into_iter().collect(),
+        address: addr.ip.parse().ok(),
         ready: Some(ready),
         serving: Some(ready),
         terminating: None,

@@ -39,6 +39,10 @@ pub struct Allocation {
     pub node_ports: RangeInclusive<u16>,
 }
 
+/// Re-reading this many files is bulk work whose freed memory is returned
+/// to the kernel afterwards ([`crate::sys::trim_heap`]).
+const BULK_FILES: usize = 16;
+
 /// What identifies a file version without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
@@ -96,6 +100,7 @@ impl ManifestDir {
             .into_iter()
             .filter(|(path, stamp)| self.files.get(path).is_none_or(|f| f.stamp != *stamp))
             .collect();
+        let bulk = changed.len() >= BULK_FILES;
         for ((path, stamp), parsed) in parse_all(changed) {
             let previous = self.files.remove(&path).and_then(|f| f.objects);
             let objects = match parsed {
@@ -111,6 +116,9 @@ impl ManifestDir {
                 }
             };
             self.files.insert(path, FileState { stamp, objects });
+        }
+        if bulk {
+            crate::sys::trim_heap();
         }
         Ok(self.merge())
     }
