@@ -3,6 +3,12 @@ use clap::Parser as _;
 use svc_agent::{cli, cmd};
 use tracing_subscriber::EnvFilter;
 
+/// YAML and JSON decoding allocate per token: with glibc's malloc 40% of a
+/// cold start went to malloc/free (0.8-1.2 s at 10k Services, 0.55-0.6 s
+/// with mimalloc). Freed pages are returned by `sys::trim_heap`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
