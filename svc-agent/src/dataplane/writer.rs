@@ -57,10 +57,16 @@ fn needs_index(fe: &DesiredFrontend) -> bool {
 struct ServiceState {
     /// Exactly as written to SVC_FRONTENDS.
     frontends: LiteMap<FrontendKey4, Frontend>,
-    /// Backend sets it owns.
-    sets: LiteMap<u32, ()>,
     /// Service ports (SVC_META entries) it owns.
     ports: LiteMap<ServicePortKey, ()>,
+}
+
+impl ServiceState {
+    /// The backend sets it owns: exactly those its frontends point at (an
+    /// update releases the others when it commits).
+    fn set_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.frontends.values().map(|f| f.set_id).filter(|&id| id != 0)
+    }
 }
 
 /// A service port's id and names in SVC_META.
@@ -294,12 +300,11 @@ impl<T: Table> Writer<T> {
                 cap.frontends
             ));
         }
-        let owned = current.map(|c| &c.sets);
         let exists = |backends: &[Backend4], indexed: bool| {
-            owned
+            current
                 .into_iter()
-                .flat_map(LiteMap::keys)
-                .filter_map(|id| self.sets.get(id))
+                .flat_map(ServiceState::set_ids)
+                .filter_map(|id| self.sets.get(&id))
                 .any(|s| s.indexed == indexed && s.backends == backends)
         };
         let mut seen = BTreeSet::new();
@@ -402,7 +407,7 @@ impl<T: Table> Writer<T> {
         indexed: bool,
         journal: &mut Journal,
     ) -> Result<u32, TableError> {
-        let candidates = current.sets.keys().copied().chain(journal.new_sets.iter().copied());
+        let candidates = current.set_ids().chain(journal.new_sets.iter().copied());
         for id in candidates {
             if let Some(set) = self.sets.get(&id)
                 && set.indexed == indexed
@@ -451,12 +456,12 @@ impl<T: Table> Writer<T> {
         for fk in values.keys() {
             self.owners.insert(*fk, key.clone());
         }
-        state.sets.extend(journal.new_sets.into_iter().map(|id| (id, ())));
+        let owned_sets: BTreeSet<u32> = state.set_ids().chain(journal.new_sets).collect();
         state.ports.extend(journal.new_ports.into_iter().map(|p| (p, ())));
         let live_sets: BTreeSet<u32> = values.values().map(|v| v.set_id).collect();
         let live_ports: BTreeSet<u32> = values.values().map(|v| v.svc_id).collect();
         state.frontends = values;
-        self.release_unused(&mut state, &live_sets, &live_ports);
+        self.release_unused(&mut state, &owned_sets, &live_sets, &live_ports);
         if !state.frontends.is_empty() {
             self.services.insert(key.clone(), state);
         }
@@ -472,16 +477,22 @@ impl<T: Table> Writer<T> {
             self.owners.remove(fk);
             self.note_udp_removed(fk, old.set_id, 0);
         }
+        let owned_sets: BTreeSet<u32> = state.set_ids().collect();
         state.frontends.clear();
-        self.release_unused(&mut state, &BTreeSet::new(), &BTreeSet::new());
+        self.release_unused(&mut state, &owned_sets, &BTreeSet::new(), &BTreeSet::new());
         true
     }
 
-    /// Deletes a Service's sets and port names that are not in use.
-    fn release_unused(&mut self, state: &mut ServiceState, live_sets: &BTreeSet<u32>, live_ports: &BTreeSet<u32>) {
-        let dead_sets: Vec<u32> = state.sets.keys().filter(|id| !live_sets.contains(*id)).copied().collect();
-        for id in dead_sets {
-            state.sets.remove(&id);
+    /// Deletes the sets of `owned_sets` and the port names of a Service
+    /// that are not in use.
+    fn release_unused(
+        &mut self,
+        state: &mut ServiceState,
+        owned_sets: &BTreeSet<u32>,
+        live_sets: &BTreeSet<u32>,
+        live_ports: &BTreeSet<u32>,
+    ) {
+        for &id in owned_sets.difference(live_sets) {
             self.delete_set(id);
         }
         let dead_ports: Vec<ServicePortKey> = state

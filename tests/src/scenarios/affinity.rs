@@ -18,10 +18,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use super::{only_backend, pinned_backend, wait_affinity_timeout, wait_backends};
+use super::{only_backend, pinned_backend, wait_affinity_timeout, wait_backends, web_slice};
 use crate::{
     AffinityEntry, NodeEnv, Proto, addr,
-    k8s::{Affinity, PortSpec, ServiceSpec, SlicePort, endpoint_slice_spec},
+    k8s::{Affinity, PortSpec, ServiceSpec},
     source::Source,
 };
 
@@ -48,16 +48,6 @@ fn web(affinity: Affinity) -> String {
         .port(PortSpec::udp("dns", UDP_PORT, "5353"))
         .affinity(affinity)
         .yaml()
-}
-
-fn web_slice(env: &NodeEnv, backends: &[u8]) -> String {
-    endpoint_slice_spec(
-        "default",
-        "web-1",
-        "web",
-        &[SlicePort::tcp("http", 8080), SlicePort::udp("dns", 5353)],
-        &env.endpoints(backends),
-    )
 }
 
 /// An environment with `backends` backends serving TCP 8080 and UDP 5353,

@@ -9,10 +9,10 @@ use std::net::SocketAddrV4;
 
 use anyhow::{Result, ensure};
 
-use super::{set, wait_backends};
+use super::{set, wait_backends, web_slice};
 use crate::{
     At, NodeEnv, Proto, addr,
-    k8s::{PortSpec, ServiceSpec, SlicePort, endpoint_slice_spec},
+    k8s::{PortSpec, ServiceSpec},
     source::Source,
 };
 
@@ -26,16 +26,6 @@ fn udp() -> SocketAddrV4 {
     addr(&format!("{VIP}:53"))
 }
 
-fn slice(env: &NodeEnv, backends: &[u8]) -> String {
-    endpoint_slice_spec(
-        "default",
-        "web-1",
-        "web",
-        &[SlicePort::tcp("http", 8080), SlicePort::udp("dns", 5353)],
-        &env.endpoints(backends),
-    )
-}
-
 /// A single-backend Service reached from that backend: itself, TCP and
 /// UDP, with the Service address as peer and reply source.
 pub fn backend_reaches_itself_through_its_service(source: Box<dyn Source>) -> Result<()> {
@@ -45,7 +35,7 @@ pub fn backend_reaches_itself_through_its_service(source: Box<dyn Source>) -> Re
         .port(PortSpec::tcp("http", 80, "8080"))
         .port(PortSpec::udp("dns", 53, "5353"));
     env.apply("web-svc", &svc.yaml())?;
-    env.apply("web-slice", &slice(&env, &[1]))?;
+    env.apply("web-slice", &web_slice(&env, &[1]))?;
     env.start_agent(&[])?;
 
     let me = env.client(At::Backend(1));
@@ -58,7 +48,7 @@ pub fn backend_reaches_itself_through_its_service(source: Box<dyn Source>) -> Re
 
     // The other backends, not in the Service, are reached only once added:
     // the client really goes through the Service.
-    env.apply("web-slice", &slice(&env, &[1, 2, 3]))?;
+    env.apply("web-slice", &web_slice(&env, &[1, 2, 3]))?;
     let backends: Vec<_> = (1..=3).map(|i| env.topo.backend(i).addr(8080)).collect();
     wait_backends(env.agent(), &tcp().to_string(), "TCP", &backends)?;
     // From b2: itself and the others, all three (P(one missing) = 3 *

@@ -25,7 +25,11 @@ use std::{collections::BTreeSet, net::SocketAddrV4, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{Agent, Client, Outcome, poll_outcome, poll_until};
+use crate::{
+    Agent, Client, NodeEnv, Outcome,
+    k8s::{SlicePort, endpoint_slice_spec},
+    poll_outcome, poll_until,
+};
 
 /// How long a change may take to show up. The agent's budget is 1 s (and
 /// NodePort address changes add up to 1 s of polling); polls run longer
@@ -40,6 +44,18 @@ pub const SETTLE: Duration = Duration::from_secs(5);
 /// instead. Either way nothing reached a backend, which is what the checks
 /// are about: a translated connection would have been answered.
 pub const NOT_TRANSLATED: &[&str] = &["EHOSTUNREACH", "ENETUNREACH", "ETIMEDOUT"];
+
+/// EndpointSlice `default/web-1` of Service `web`: ports `http` (TCP
+/// 8080) and `dns` (UDP 5353) on the given backends.
+pub fn web_slice(env: &NodeEnv, backends: &[u8]) -> String {
+    endpoint_slice_spec(
+        "default",
+        "web-1",
+        "web",
+        &[SlicePort::tcp("http", 8080), SlicePort::udp("dns", 5353)],
+        &env.endpoints(backends),
+    )
+}
 
 /// The backend names as a set.
 pub fn set(names: &[&str]) -> BTreeSet<String> {

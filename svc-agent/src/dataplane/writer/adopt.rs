@@ -49,7 +49,6 @@ pub(super) fn adopt<T: Table>(table: T) -> Result<Writer<T>, TableError> {
             state.ports.insert(port.clone(), ());
         }
         if fe.set_id != 0 {
-            state.sets.insert(fe.set_id, ());
             sets.entry(fe.set_id).or_insert_with(|| {
                 let backends = if fe.is_inline() {
                     fe.inline[..fe.count as usize].to_vec()
