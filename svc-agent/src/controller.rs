@@ -121,7 +121,7 @@ impl<T: Table> Controller<T> {
 
     fn apply_services(&mut self, change: Change<Arc<ServiceObj>>) -> Dirty {
         match change {
-            Change::Replace(all) => self.store.replace_services(all),
+            Change::Replace { objects, kept } => self.store.replace_services(objects, &kept),
             Change::Upsert(svc) => self.store.upsert_service(svc),
             Change::Delete { namespace, name } => self.store.delete_service(&ServiceKey::new(namespace, name)),
         }
@@ -129,7 +129,7 @@ impl<T: Table> Controller<T> {
 
     fn apply_slices(&mut self, change: Change<Arc<SliceObj>>) -> Dirty {
         match change {
-            Change::Replace(all) => self.store.replace_slices(all),
+            Change::Replace { objects, kept } => self.store.replace_slices(objects, &kept),
             Change::Upsert(slice) => self.store.upsert_slice(slice),
             Change::Delete { namespace, name } => self.store.delete_slice(&namespace, &name),
         }

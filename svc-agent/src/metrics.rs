@@ -16,7 +16,8 @@ use hyper::{Request, Response, StatusCode, body::Bytes, server::conn::http1, ser
 use hyper_util::rt::TokioIo;
 use prometheus_client::{
     encoding::text::encode,
-    metrics::{counter::Counter, gauge::Gauge, histogram::Histogram},
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -41,6 +42,14 @@ pub struct Metrics {
     pub frontends: Gauge,
     /// Services not (fully) programmed.
     pub refused: Gauge,
+    /// Objects from the Kubernetes API that could not be decoded, by kind.
+    undecodable: Family<KindLabel, Counter>,
+}
+
+/// The `kind` label.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
 }
 
 impl Default for Metrics {
@@ -64,6 +73,7 @@ impl Metrics {
             services: Gauge::default(),
             frontends: Gauge::default(),
             refused: Gauge::default(),
+            undecodable: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -77,7 +87,18 @@ impl Metrics {
         registry.register("services", "Services known to the source", m.services.clone());
         registry.register("frontends", "Frontends programmed in the maps", m.frontends.clone());
         registry.register("refused_services", "Services not (fully) programmed", m.refused.clone());
+        registry.register(
+            "undecodable_objects",
+            "Objects from the Kubernetes API that could not be decoded and were skipped, by kind",
+            m.undecodable.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// The counter of undecodable objects of one kind (created at zero, so
+    /// the series exists before the first one).
+    pub fn undecodable(&self, kind: &'static str) -> Counter {
+        self.undecodable.get_or_create(&KindLabel { kind }).clone()
     }
 
     /// Marks the first complete state as programmed.

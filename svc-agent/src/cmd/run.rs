@@ -42,8 +42,12 @@ pub(super) fn run(args: &RunArgs) -> Result<()> {
         }
         node::spawn(node.addresses.clone(), events_tx.clone());
         if args.source == "kube" {
-            let options = KubeOptions { kubeconfig: args.kubeconfig.clone(), node_name: node.name.clone() };
-            source::kube::spawn(options, events_tx).await
+            let options = KubeOptions {
+                kubeconfig: args.kubeconfig.clone(),
+                node_name: node.name.clone(),
+                zone: args.zone.clone(),
+            };
+            source::kube::spawn(options, events_tx, &metrics).await
         } else {
             if args.zone.is_some() {
                 events_tx.send(SourceEvent::NodeZone(args.zone.clone()));

@@ -81,10 +81,11 @@ impl Store {
         if self.services.remove(key).is_some() { Dirty::from([key.clone()]) } else { Dirty::new() }
     }
 
-    /// Replaces every Service (a complete listing).
-    pub fn replace_services(&mut self, all: Vec<Arc<ServiceObj>>) -> Dirty {
+    /// Replaces every Service (a complete listing); the Services named in
+    /// `kept` (listed, but not decodable) keep what the store has of them.
+    pub fn replace_services(&mut self, all: Vec<Arc<ServiceObj>>, kept: &[(String, String)]) -> Dirty {
         let mut dirty = Dirty::new();
-        let mut seen = BTreeSet::new();
+        let mut seen: BTreeSet<ServiceKey> = kept.iter().map(|(ns, name)| ServiceKey::new(ns, name)).collect();
         for svc in all {
             seen.insert(svc.key.clone());
             dirty.extend(self.upsert_service(svc));
@@ -128,10 +129,12 @@ impl Store {
         Dirty::from([owner])
     }
 
-    /// Replaces every EndpointSlice (a complete listing).
-    pub fn replace_slices(&mut self, all: Vec<Arc<SliceObj>>) -> Dirty {
+    /// Replaces every EndpointSlice (a complete listing); the slices named
+    /// in `kept` (listed, but not decodable) keep what the store has of them.
+    pub fn replace_slices(&mut self, all: Vec<Arc<SliceObj>>, kept: &[(String, String)]) -> Dirty {
         let mut dirty = Dirty::new();
-        let mut seen = BTreeSet::new();
+        let mut seen: BTreeSet<SliceKey> =
+            kept.iter().map(|(ns, name)| (ns.as_str().into(), name.as_str().into())).collect();
         for slice in all {
             seen.insert(slice_key(&slice));
             dirty.extend(self.upsert_slice(slice));

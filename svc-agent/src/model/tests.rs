@@ -345,9 +345,25 @@ fn store_tracks_which_services_changed() {
     assert!(store.slices_of(&ServiceKey::new("default", "web")).is_empty());
 
     // A complete listing removes what it does not contain.
-    let dirty = store.replace_services(vec![]);
+    let dirty = store.replace_services(vec![], &[]);
     assert_eq!(dirty.len(), 1);
     assert_eq!(store.service_count(), 0);
-    let dirty = store.replace_slices(vec![]);
+    let dirty = store.replace_slices(vec![], &[]);
     assert_eq!(dirty.into_iter().collect::<Vec<_>>(), vec![ServiceKey::new("default", "api")]);
+}
+
+#[test]
+fn a_listing_keeps_what_it_could_not_decode() {
+    let mut store = Store::default();
+    store.upsert_service(Arc::new(svc(WEB)));
+    store.upsert_slice(Arc::new(slice(WEB_SLICE)));
+    let web = ServiceKey::new("default", "web");
+    let (ns, name) = (store.slices_of(&web)[0].namespace.to_string(), store.slices_of(&web)[0].name.to_string());
+
+    // The relist has both objects, but neither decodes: nothing changes.
+    let kept_svc = [("default".to_owned(), "web".to_owned())];
+    assert!(store.replace_services(vec![], &kept_svc).is_empty());
+    assert!(store.replace_slices(vec![], &[(ns, name)]).is_empty());
+    assert_eq!(store.service_count(), 1);
+    assert_eq!(store.slices_of(&web).len(), 1);
 }

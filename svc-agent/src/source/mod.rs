@@ -15,8 +15,14 @@ use crate::model::{ServiceObj, SliceObj};
 #[derive(Debug, Clone)]
 pub enum Change<T> {
     /// The complete current set (initial listing, relist, manifest re-read):
-    /// anything not in it is gone.
-    Replace(Vec<T>),
+    /// anything not in it is gone, except the objects named in `kept`.
+    Replace {
+        /// Every object of the listing that could be decoded.
+        objects: Vec<T>,
+        /// Listed objects that could not be decoded (namespace, name):
+        /// neither stale nor deleted, so whatever was known of them stays.
+        kept: Vec<(String, String)>,
+    },
     /// One object added or modified.
     Upsert(T),
     /// One object deleted.
@@ -29,10 +35,15 @@ pub enum Change<T> {
 }
 
 impl<T> Change<T> {
+    /// A complete listing in which every object could be read.
+    pub fn replace_all(objects: Vec<T>) -> Self {
+        Self::Replace { objects, kept: Vec::new() }
+    }
+
     /// The same change of converted objects.
     pub fn map<U>(self, f: impl Fn(T) -> U) -> Change<U> {
         match self {
-            Self::Replace(all) => Change::Replace(all.into_iter().map(f).collect()),
+            Self::Replace { objects, kept } => Change::Replace { objects: objects.into_iter().map(f).collect(), kept },
             Self::Upsert(obj) => Change::Upsert(f(obj)),
             Self::Delete { namespace, name } => Change::Delete { namespace, name },
         }

@@ -10,6 +10,7 @@
 //!   covers an API server that comes back with a different store.
 
 mod backoff;
+mod decode;
 mod watch;
 
 use std::{path::PathBuf, sync::Arc};
@@ -18,13 +19,21 @@ use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
 };
-use kube::{Api, Client, Config, config::KubeConfigOptions};
+use kube::{
+    Api, Client, Config,
+    api::{ApiResource, DynamicObject},
+    config::KubeConfigOptions,
+};
 use tokio::sync::mpsc;
 
-use self::watch::{Listed, watch_kind};
+use self::{
+    decode::Decoder,
+    watch::{Listed, watch_kind},
+};
 use super::{Change, EventSender, SourceEvent};
 use crate::{
     error::{Error, Result},
+    metrics::Metrics,
     model::{ServiceObj, SliceObj},
 };
 
@@ -43,28 +52,38 @@ pub struct KubeOptions {
     pub kubeconfig: Option<PathBuf>,
     /// This node's name, for the Node watch.
     pub node_name: String,
+    /// `--zone`: when set it wins, and the Node object is not watched.
+    pub zone: Option<String>,
+}
+
+/// All objects of kind `K`, received untyped (decoded one by one).
+fn untyped<K: kube::Resource<DynamicType = ()>>(client: &Client) -> Api<DynamicObject> {
+    Api::all_with(client.clone(), &ApiResource::erase::<K>(&()))
 }
 
 /// Starts the watches. Returns once the client is configured; the API
 /// server need not be reachable yet (the watches wait for it).
-pub async fn spawn(options: KubeOptions, events: EventSender) -> Result<()> {
+pub async fn spawn(options: KubeOptions, events: EventSender, metrics: &Metrics) -> Result<()> {
     let (config, origin) = client_config(options.kubeconfig.as_deref()).await?;
     tracing::info!(server = %config.cluster_url, config = %origin, node = %options.node_name, "kubernetes source");
     let client = Client::try_from(config).map_err(|e| Error::Source(format!("kubernetes client: {e}")))?;
 
     let (listed_tx, listed_rx) = mpsc::unbounded_channel();
     let config = kube::runtime::watcher::Config::default().labels(PROXY_LABEL_SELECTOR);
+    let decoder = |kind| Decoder::new(kind, metrics.undecodable(kind));
     tokio::spawn(watch_kind(
-        Api::<Service>::all(client.clone()),
+        untyped::<Service>(&client),
         config.clone(),
+        decoder("Service"),
         "Service",
         events.clone(),
         listed_tx.clone(),
         services,
     ));
     tokio::spawn(watch_kind(
-        Api::<EndpointSlice>::all(client.clone()),
+        untyped::<EndpointSlice>(&client),
         config,
+        decoder("EndpointSlice"),
         "EndpointSlice",
         events.clone(),
         listed_tx,
@@ -72,9 +91,14 @@ pub async fn spawn(options: KubeOptions, events: EventSender) -> Result<()> {
     ));
     tokio::spawn(announce_sync(listed_rx, events.clone()));
 
+    if let Some(zone) = options.zone {
+        tracing::info!(%zone, "zone from --zone; the Node's {ZONE_LABEL} label is not read");
+        events.send(SourceEvent::NodeZone(Some(zone)));
+        return Ok(());
+    }
     let nodes = kube::runtime::watcher::Config::default().fields(&format!("metadata.name={}", options.node_name));
     let (node_listed, _) = mpsc::unbounded_channel();
-    tokio::spawn(watch_kind(Api::<Node>::all(client), nodes, "Node", events, node_listed, node_zone));
+    tokio::spawn(watch_kind(untyped::<Node>(&client), nodes, decoder("Node"), "Node", events, node_listed, node_zone));
     Ok(())
 }
 
@@ -93,23 +117,25 @@ async fn announce_sync(mut listed: mpsc::UnboundedReceiver<Listed>, events: Even
 }
 
 /// Services, reduced to what the model reads as they arrive.
-fn services(change: Change<Service>) -> SourceEvent {
-    SourceEvent::Services(change.map(|s| Arc::new(ServiceObj::from(&s))))
+fn services(change: Change<Service>) -> Option<SourceEvent> {
+    Some(SourceEvent::Services(change.map(|s| Arc::new(ServiceObj::from(&s)))))
 }
 
 /// EndpointSlices, reduced to what the model reads as they arrive.
-fn slices(change: Change<EndpointSlice>) -> SourceEvent {
-    SourceEvent::Slices(change.map(|s| Arc::new(SliceObj::from(&s))))
+fn slices(change: Change<EndpointSlice>) -> Option<SourceEvent> {
+    Some(SourceEvent::Slices(change.map(|s| Arc::new(SliceObj::from(&s)))))
 }
 
-/// The zone of our Node, from any change to it.
-fn node_zone(change: Change<Node>) -> SourceEvent {
+/// The zone of our Node, from any change to it. A listing in which our
+/// Node could not be decoded keeps the zone known so far.
+fn node_zone(change: Change<Node>) -> Option<SourceEvent> {
     let zone = match change {
-        Change::Replace(nodes) => nodes.into_iter().next().and_then(|n| zone_of(&n)),
+        Change::Replace { objects, kept } if objects.is_empty() && !kept.is_empty() => return None,
+        Change::Replace { objects, .. } => objects.into_iter().next().and_then(|n| zone_of(&n)),
         Change::Upsert(node) => zone_of(&node),
         Change::Delete { .. } => None,
     };
-    SourceEvent::NodeZone(zone)
+    Some(SourceEvent::NodeZone(zone))
 }
 
 fn zone_of(node: &Node) -> Option<String> {

@@ -7,13 +7,14 @@ use std::{
 
 use futures::StreamExt as _;
 use kube::{
-    Api, Resource, ResourceExt as _,
+    Api, ResourceExt as _,
+    api::DynamicObject,
     runtime::watcher::{self, Event},
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::backoff::Backoff;
+use super::{backoff::Backoff, decode::Decoder};
 use crate::source::{Change, EventSender, SourceEvent};
 
 /// A watch that fails after running this long since its list completed
@@ -29,16 +30,21 @@ pub(super) struct Listed(pub(super) &'static str);
 
 /// Lists and watches `api` forever. A list is buffered and delivered as one
 /// `Replace` when complete; on any error the watch is dropped and, after a
-/// backoff, started again from a fresh list.
+/// backoff, started again from a fresh list. Objects arrive untyped and
+/// are decoded one by one ([`Decoder`]): one that cannot be decoded is
+/// skipped, and a listing names it in `kept` so that it is neither stale
+/// nor deleted. `wrap` turns a change into the controller's event (`None`:
+/// nothing to tell).
 pub(super) async fn watch_kind<K>(
-    api: Api<K>,
+    api: Api<DynamicObject>,
     config: watcher::Config,
+    mut decoder: Decoder,
     kind: &'static str,
     events: EventSender,
     listed: UnboundedSender<Listed>,
-    wrap: fn(Change<K>) -> SourceEvent,
+    wrap: fn(Change<K>) -> Option<SourceEvent>,
 ) where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    K: DeserializeOwned + Debug + Send + 'static,
 {
     let mut backoff = Backoff::new();
     let mut failures = 0u32;
@@ -46,27 +52,40 @@ pub(super) async fn watch_kind<K>(
         let mut listed_at: Option<Instant> = None;
         let mut stream = watcher::watcher(api.clone(), config.clone()).boxed();
         let mut buffer: Vec<K> = Vec::new();
+        let mut kept = Vec::new();
         while let Some(item) = stream.next().await {
-            let event = match item {
+            let change = match item {
                 Ok(Event::Init) => {
                     buffer.clear();
+                    kept.clear();
                     continue;
                 }
                 Ok(Event::InitApply(obj)) => {
-                    buffer.push(obj);
+                    match decoder.decode(obj) {
+                        Ok(typed) => buffer.push(typed),
+                        Err(name) => kept.push(name),
+                    }
                     continue;
                 }
                 Ok(Event::InitDone) => {
                     let objects = std::mem::take(&mut buffer);
-                    tracing::info!(count = objects.len(), "listed {kind}s");
+                    let kept = std::mem::take(&mut kept);
+                    decoder.listed(&kept);
+                    tracing::info!(count = objects.len(), undecodable = kept.len(), "listed {kind}s");
                     listed_at = Some(Instant::now());
                     failures = 0;
                     let _ = listed.send(Listed(kind));
-                    wrap(Change::Replace(objects))
+                    Change::Replace { objects, kept }
                 }
-                Ok(Event::Apply(obj)) => wrap(Change::Upsert(obj)),
+                Ok(Event::Apply(obj)) => match decoder.decode(obj) {
+                    Ok(typed) => Change::Upsert(typed),
+                    // The previous version, if any, stays in effect.
+                    Err(_) => continue,
+                },
                 Ok(Event::Delete(obj)) => {
-                    wrap(Change::Delete { namespace: obj.namespace().unwrap_or_default(), name: obj.name_any() })
+                    let (namespace, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
+                    decoder.forget(&(namespace.clone(), name.clone()));
+                    Change::Delete { namespace, name }
                 }
                 Err(err) => {
                     if listed_at.is_some_and(|at| at.elapsed() >= HEALTHY) {
@@ -83,7 +102,9 @@ pub(super) async fn watch_kind<K>(
                     break;
                 }
             };
-            if !events.send(event) {
+            if let Some(event) = wrap(change)
+                && !events.send(event)
+            {
                 return;
             }
         }

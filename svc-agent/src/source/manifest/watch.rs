@@ -119,8 +119,8 @@ fn delta<T: Eq>(before: &[Arc<T>], after: &[Arc<T>], key: impl Fn(&T) -> (&str, 
 }
 
 fn send(events: &EventSender, snapshot: &Snapshot) {
-    events.send(SourceEvent::Services(Change::Replace(snapshot.services.clone())));
-    events.send(SourceEvent::Slices(Change::Replace(snapshot.slices.clone())));
+    events.send(SourceEvent::Services(Change::replace_all(snapshot.services.clone())));
+    events.send(SourceEvent::Slices(Change::replace_all(snapshot.slices.clone())));
 }
 
 #[cfg(test)]
@@ -148,7 +148,7 @@ mod tests {
             .map(|c| match c {
                 Change::Upsert(o) => format!("upsert {}/{} v{}", o.0, o.1, o.2),
                 Change::Delete { namespace, name } => format!("delete {namespace}/{name}"),
-                Change::Replace(_) => "replace".to_owned(),
+                Change::Replace { .. } => "replace".to_owned(),
             })
             .collect();
         got.sort();
