@@ -171,7 +171,7 @@ pub fn run_blocking<T: Table>(
         metrics.batches.inc();
         metrics.services.set(controller.store.service_count() as i64);
         metrics.frontends.set(controller.writer.frontend_count() as i64);
-        metrics.refused.set(controller.writer.pending_services().count() as i64);
+        metrics.set_refused(controller.writer.pending_services().map(|(_, reason)| reason));
         metrics.set_ready();
         let oldest = received.iter().min().map_or(0, |t| done.duration_since(*t).as_micros() as u64);
         tracing::debug!(events = received.len(), oldest_event_us = oldest, "event to map latency");

@@ -15,8 +15,8 @@ use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use prometheus_client::{
-    encoding::text::encode,
     encoding::EncodeLabelSet,
+    encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
@@ -40,10 +40,16 @@ pub struct Metrics {
     pub services: Gauge,
     /// Frontends in the maps.
     pub frontends: Gauge,
-    /// Services not (fully) programmed.
-    pub refused: Gauge,
+    /// Services not (fully) programmed, by reason.
+    refused: Family<ReasonLabel, Gauge>,
     /// Objects from the Kubernetes API that could not be decoded, by kind.
     undecodable: Family<KindLabel, Counter>,
+}
+
+/// The `reason` label of refused Services ([`crate::dataplane::writer::Refusal::label`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
 }
 
 /// The `kind` label.
@@ -72,7 +78,7 @@ impl Metrics {
             batches: Counter::default(),
             services: Gauge::default(),
             frontends: Gauge::default(),
-            refused: Gauge::default(),
+            refused: Family::default(),
             undecodable: Family::default(),
             registry: Registry::default(),
         };
@@ -86,7 +92,11 @@ impl Metrics {
         registry.register("batches", "Batches of coalesced events applied", m.batches.clone());
         registry.register("services", "Services known to the source", m.services.clone());
         registry.register("frontends", "Frontends programmed in the maps", m.frontends.clone());
-        registry.register("refused_services", "Services not (fully) programmed", m.refused.clone());
+        registry.register("refused_services", "Services not (fully) programmed, by reason", m.refused.clone());
+        for reason in crate::dataplane::writer::Refusal::LABELS {
+            // Created at zero so every reason has a series from the start.
+            drop(m.refused.get_or_create(&ReasonLabel { reason }));
+        }
         registry.register(
             "undecodable_objects",
             "Objects from the Kubernetes API that could not be decoded and were skipped, by kind",
@@ -99,6 +109,19 @@ impl Metrics {
     /// the series exists before the first one).
     pub fn undecodable(&self, kind: &'static str) -> Counter {
         self.undecodable.get_or_create(&KindLabel { kind }).clone()
+    }
+
+    /// Sets the refused-Services gauges from the reasons of every waiting
+    /// Service.
+    pub fn set_refused<'a>(&self, reasons: impl Iterator<Item = &'a crate::dataplane::writer::Refusal>) {
+        let mut counts: std::collections::BTreeMap<&'static str, i64> =
+            crate::dataplane::writer::Refusal::LABELS.iter().map(|l| (*l, 0)).collect();
+        for reason in reasons {
+            *counts.entry(reason.label()).or_default() += 1;
+        }
+        for (reason, count) in counts {
+            self.refused.get_or_create(&ReasonLabel { reason }).set(count);
+        }
     }
 
     /// Marks the first complete state as programmed.

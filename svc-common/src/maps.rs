@@ -21,7 +21,12 @@ pub mod names {
     pub const CONFIG: &str = "SVC_CONFIG";
     /// Per-socket storage: the translation of a connected socket.
     pub const SOCK_XLAT: &str = "SVC_SOCK_XLAT";
-    /// All maps, in the order `cleanup` and `status` walk them.
+    /// Agent-private (not pinned): updating it waits for an RCU grace
+    /// period. Holds [`GRACE_INNER`].
+    pub const GRACE: &str = "SVC_GRACE";
+    /// The inner map stored in [`GRACE`].
+    pub const GRACE_INNER: &str = "SVC_GRACE_IN";
+    /// All pinned maps, in the order `cleanup` and `status` walk them.
     pub const ALL: [&str; 8] = [FRONTENDS, BACKENDS, BACKEND_INDEX, AFFINITY, REV_NAT, META, CONFIG, SOCK_XLAT];
 }
 

@@ -1,12 +1,22 @@
 //! Shared IPv4 lookup helpers for the socket hooks: frontend lookup, backend
 //! selection (random or by session affinity) and reverse translation.
 //!
-//! Map values are read in place through the pointer a lookup returns: the
-//! agent never modifies an entry, it replaces it (a new element), and with
-//! `BPF_F_NO_PREALLOC` the old element stays intact until the program has
-//! finished (RCU). So every value read here is one consistent version,
-//! without copying a whole frontend (152 bytes) onto the stack. LRU entries
-//! (which the programs themselves update) are copied out at once.
+//! Reading map values safely (docs/maps.md, "Readers and element reuse"):
+//! since kernel 6.1 a hash element that an update or delete frees can be
+//! handed to the very next insert on that CPU, while a program on another
+//! CPU still reads it. So:
+//! - a frontend is *copied* and kept only if a second lookup of its key
+//!   returns the same element ([`lookup_frontend`]); the agent never writes
+//!   one key twice within an RCU grace period, which makes the copy a
+//!   complete version and bounds the retries;
+//! - backend slots are read in place: the agent deletes a retired set only
+//!   after a grace period, so a set reached through a frontend copy stays
+//!   intact while this program runs;
+//! - LRU entries (written by the programs themselves) are copied out at
+//!   once, and an affinity entry's backend is used only after checking that
+//!   it is a member of the frontend's current set.
+
+use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     helpers::generated::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns},
@@ -47,10 +57,44 @@ pub(crate) fn set_addr(ctx: &SockAddrContext, addr: [u8; 4], port: u16) {
     sa.user_port = u32::from(port);
 }
 
+/// How a frontend lookup ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// No frontend at this key.
+    Missing,
+    /// `out` holds a consistent copy of the frontend.
+    Found,
+    /// The element changed under every attempt (the agent's grace periods
+    /// rule this out; refused rather than trusting a torn copy).
+    Unstable,
+}
+
+/// Attempts at a stable frontend copy. One write of the key can overlap a
+/// program run (the agent waits a grace period before writing it again),
+/// so the second attempt always sees a settled element.
+const FRONTEND_ATTEMPTS: usize = 2;
+
+/// Copies the frontend at `key` into `out`, as one complete version of it.
+/// (An out-parameter: a 152-byte value moved through return values would
+/// be copied on the stack more than once, past the 512-byte limit.)
 #[inline(always)]
-fn lookup_frontend(key: &FrontendKey4) -> Option<&'static Frontend> {
-    // SAFETY: read in place, never written by the programs (module docs).
-    unsafe { SVC_FRONTENDS.get(key) }
+fn lookup_frontend(key: &FrontendKey4, out: &mut MaybeUninit<Frontend>) -> Lookup {
+    for _ in 0..FRONTEND_ATTEMPTS {
+        let Some(element) = SVC_FRONTENDS.get_ptr(key) else {
+            return Lookup::Missing;
+        };
+        // SAFETY: the pointer is valid for the program's run (RCU); its
+        // contents may be rewritten if the element is reused, which the
+        // second lookup detects. The copy writes every byte of `out`.
+        unsafe { core::ptr::copy_nonoverlapping(element, out.as_mut_ptr(), 1) };
+        // The element still holds `key` now, and held it at the first
+        // lookup: it was not freed in between (that would take two writes
+        // of `key` within one grace period), so the copy is intact.
+        if SVC_FRONTENDS.get_ptr(key) == Some(element) {
+            return Lookup::Found;
+        }
+    }
+    Lookup::Unstable
 }
 
 /// Frontends marked host-netns-only (`127.0.0.1:nodePort`) only apply to
@@ -69,28 +113,27 @@ fn applies_to(ctx: &SockAddrContext, fe: &Frontend) -> bool {
 /// Decides the fate of a `connect()`/`sendmsg()` to `key`.
 #[inline(always)]
 pub(crate) fn select(ctx: &SockAddrContext, key: &FrontendKey4) -> Verdict {
-    let Some(mut fe) = lookup_frontend(key) else {
-        return Verdict::Pass;
-    };
+    let mut copy = MaybeUninit::<Frontend>::uninit();
+    match lookup_frontend(key, &mut copy) {
+        Lookup::Missing => return Verdict::Pass,
+        Lookup::Unstable => return Verdict::Refuse,
+        Lookup::Found => {}
+    }
+    // SAFETY: `Found` means every byte was written.
+    let fe = unsafe { copy.assume_init_ref() };
     if !applies_to(ctx, fe) {
         return Verdict::Pass;
     }
-    // A slot can only be missing if the agent retired the set between our
-    // frontend lookup and our slot lookup; the frontend then already points
-    // at the complete new set, so one more round sees it.
-    for _ in 0..2 {
-        if fe.count == 0 {
-            return Verdict::Refuse;
-        }
-        if let Some(b) = pick(ctx, fe) {
-            return Verdict::Translate(b, fe.svc_id);
-        }
-        fe = match lookup_frontend(key) {
-            Some(fe) => fe,
-            None => return Verdict::Pass,
-        };
+    if fe.count == 0 {
+        return Verdict::Refuse;
     }
-    Verdict::Refuse
+    // The set of a frontend copy is complete for the whole run (the agent
+    // deletes retired sets only after a grace period): a missing slot is a
+    // broken invariant, refused rather than guessed around.
+    match pick(ctx, fe) {
+        Some(b) => Verdict::Translate(b, fe.svc_id),
+        None => Verdict::Refuse,
+    }
 }
 
 #[inline(always)]
@@ -113,7 +156,10 @@ fn pick(ctx: &SockAddrContext, fe: &Frontend) -> Option<Backend4> {
 }
 
 /// The backend this client is pinned to, if the pin is fresh and the backend
-/// is still in the frontend's current set.
+/// is still in the frontend's current set. Membership is always checked,
+/// even when the entry names the current set: LRU elements are reused at
+/// once, so a copy can mix two entries, and only a member of this
+/// Service's set may come out of it.
 #[inline(always)]
 fn affine_backend(key: &AffinityKey, fe: &Frontend, now: u64) -> Option<Backend4> {
     // SAFETY: copied out at once.
@@ -122,7 +168,7 @@ fn affine_backend(key: &AffinityKey, fe: &Frontend, now: u64) -> Option<Backend4
     if now.wrapping_sub(entry.last_used_ns) > timeout_ns {
         return None;
     }
-    if entry.set_id != fe.set_id && !is_member(fe, entry.backend) {
+    if !is_member(fe, entry.backend) {
         return None;
     }
     Some(entry.backend)

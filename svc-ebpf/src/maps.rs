@@ -5,7 +5,7 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, LruHashMap, SkStorage},
+    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, SkStorage},
     macros::btf_map,
 };
 use svc_common::{
@@ -13,9 +13,9 @@ use svc_common::{
     ServiceMeta, SlotKey, SockXlat, capacity,
 };
 
-/// No preallocation: entries are freed after an RCU grace period, so a
-/// program that looked up the old value of a replaced entry keeps reading a
-/// complete old value (and unused capacity costs nothing).
+/// No preallocation: unused capacity costs nothing. (Freed elements are
+/// *not* kept until readers finish: since 6.1 the next insert on the same
+/// CPU may reuse one at once; lb4.rs reads values with that in mind.)
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
 
 #[btf_map]
@@ -50,3 +50,14 @@ pub(crate) static SVC_CONFIG: Array<Config, 1> = Array::new();
 /// socket, and it goes away with the socket (no LRU to fill).
 #[btf_map]
 pub(crate) static SVC_SOCK_XLAT: SkStorage<SockXlat> = SkStorage::new();
+
+/// Never read by the programs. The agent updates entry 0 (with
+/// `SVC_GRACE_IN`) to wait for an RCU grace period: the kernel waits for
+/// all running programs before a map-in-map update returns (the same trick
+/// the kernel's own selftests use). Agent-private, not pinned.
+#[btf_map]
+pub(crate) static SVC_GRACE: ArrayOfMaps<Array<u32, 1>, 1> = ArrayOfMaps::new();
+
+/// The inner map the agent stores in `SVC_GRACE`.
+#[btf_map]
+pub(crate) static SVC_GRACE_IN: Array<u32, 1> = Array::new();

@@ -49,7 +49,8 @@ fn bad_slices() -> String {
 
 fn undecodable(env: &KubeEnv) -> Result<f64> {
     let text = env.metrics()?;
-    Ok(metric_value(&text, UNDECODABLE_SLICES).unwrap_or_else(|| panic!("no {UNDECODABLE_SLICES} in /metrics:\n{text}")))
+    Ok(metric_value(&text, UNDECODABLE_SLICES)
+        .unwrap_or_else(|| panic!("no {UNDECODABLE_SLICES} in /metrics:\n{text}")))
 }
 
 #[test]

@@ -201,9 +201,11 @@ fn service_changes_follow_the_api_within_1s() -> Result<()> {
         &env.endpoints(&[1, 2]),
     ))?;
     poll_until(API_POLL, || {
+        // Two API writes (the Service, then its slice): done when both
+        // show, the new port and the new target port.
         let new = env.tcp(moved, 3)?;
         let old = env.tcp(vip, 3)?;
-        Ok(new.total_ok() == 3 && old.all_failed_with(UNREACHABLE))
+        Ok(new.total_ok() == 3 && new.reply_ports() == BTreeSet::from([8081]) && old.all_failed_with(UNREACHABLE))
     })?;
     assert_within_budget("Service port changed", start.elapsed());
     let out = env.tcp(moved, 30)?;

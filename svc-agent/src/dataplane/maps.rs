@@ -5,7 +5,7 @@ use std::io;
 
 use aya::{
     Ebpf,
-    maps::{HashMap, IterableMap as _, Map, MapData, MapError},
+    maps::{ArrayOfMaps, HashMap, IterableMap as _, Map, MapData, MapError},
 };
 use svc_common::{
     AffinityKey, AffinityValue, Backend4, BackendIndexKey, Frontend, FrontendKey4, RevNatKey, RevNatValue, ServiceMeta,
@@ -26,6 +26,8 @@ pub struct BpfMaps {
     index: HashMap<MapData, BackendIndexKey, u32>,
     meta: HashMap<MapData, u32, ServiceMeta>,
     capacity: Capacity,
+    /// SVC_GRACE and the map stored in it (only a writer has them).
+    grace: Option<(ArrayOfMaps<MapData>, MapData)>,
 }
 
 fn typed<K: aya::Pod, V: aya::Pod>(map: Map, name: &str) -> Result<HashMap<MapData, K, V>> {
@@ -42,12 +44,18 @@ impl BpfMaps {
     pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
         let mut take =
             |name: &str| ebpf.take_map(name).ok_or_else(|| Error::Environment(format!("object has no map {name}")));
-        Self::from_maps(
+        let outer = ArrayOfMaps::try_from(take(names::GRACE)?).map_err(|e| Error::map(names::GRACE, e))?;
+        let Map::Array(inner) = take(names::GRACE_INNER)? else {
+            return Err(Error::Environment(format!("{} is not an array", names::GRACE_INNER)));
+        };
+        let mut maps = Self::from_maps(
             take(names::FRONTENDS)?,
             take(names::BACKENDS)?,
             take(names::BACKEND_INDEX)?,
             take(names::META)?,
-        )
+        )?;
+        maps.grace = Some((outer, inner));
+        Ok(maps)
     }
 
     /// Opens the pinned maps (agent not necessarily running).
@@ -71,7 +79,7 @@ impl BpfMaps {
             index: max_entries(&index, names::BACKEND_INDEX)?,
             meta: max_entries(&meta, names::META)?,
         };
-        Ok(Self { frontends, slots, index, meta, capacity })
+        Ok(Self { frontends, slots, index, meta, capacity, grace: None })
     }
 }
 
@@ -171,6 +179,19 @@ impl Table for BpfMaps {
     }
     fn delete_meta(&mut self, svc_id: u32) -> Result<(), TableError> {
         ignore_missing(self.meta.remove(&svc_id), names::META)
+    }
+    /// `maybe_wait_bpf_programs()`: an update of a map-in-map returns only
+    /// after an RCU grace period (synchronize_rcu_expedited on 6.8+).
+    fn synchronize(&mut self) -> Result<(), TableError> {
+        let Some((outer, inner)) = &mut self.grace else {
+            return Err(TableError {
+                map: names::GRACE,
+                op: "update",
+                detail: "maps opened read-only (no grace map)".into(),
+                full: false,
+            });
+        };
+        outer.set(0, inner, 0).map_err(|e| table_error(names::GRACE, "update", &e))
     }
     fn dump(&self) -> Result<TableDump, TableError> {
         Ok(TableDump {

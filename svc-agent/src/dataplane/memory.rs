@@ -27,6 +27,8 @@ pub enum Op {
     PutMeta(u32),
     /// delete_meta.
     DeleteMeta(u32),
+    /// synchronize: a grace period.
+    Grace,
 }
 
 /// Maps held in `BTreeMap`s.
@@ -44,6 +46,9 @@ pub struct MemoryTable {
     pub capacity: Capacity,
     /// Operation log.
     pub ops: Vec<Op>,
+    /// Inserts into this map fail (as the kernel's would, e.g. ENOMEM),
+    /// to exercise rollbacks the capacity check cannot predict.
+    pub failing_map: Option<&'static str>,
 }
 
 impl MemoryTable {
@@ -56,11 +61,22 @@ impl MemoryTable {
             meta: BTreeMap::new(),
             capacity,
             ops: Vec::new(),
+            failing_map: None,
         }
     }
 }
 
-fn put<K: Ord, V>(map: &mut BTreeMap<K, V>, cap: u32, name: &'static str, k: K, v: V) -> Result<(), TableError> {
+fn put<K: Ord, V>(
+    map: &mut BTreeMap<K, V>,
+    cap: u32,
+    name: &'static str,
+    failing: Option<&'static str>,
+    k: K,
+    v: V,
+) -> Result<(), TableError> {
+    if failing == Some(name) {
+        return Err(TableError { map: name, op: "insert", detail: "injected failure (ENOMEM)".into(), full: false });
+    }
     if !map.contains_key(&k) && map.len() >= cap as usize {
         return Err(TableError { map: name, op: "insert", detail: "map full (E2BIG)".into(), full: true });
     }
@@ -70,7 +86,7 @@ fn put<K: Ord, V>(map: &mut BTreeMap<K, V>, cap: u32, name: &'static str, k: K, 
 
 impl Table for MemoryTable {
     fn put_frontend(&mut self, key: &FrontendKey4, value: &Frontend) -> Result<(), TableError> {
-        put(&mut self.frontends, self.capacity.frontends, "SVC_FRONTENDS", *key, *value)?;
+        put(&mut self.frontends, self.capacity.frontends, "SVC_FRONTENDS", self.failing_map, *key, *value)?;
         self.ops.push(Op::PutFrontend(*key, *value));
         Ok(())
     }
@@ -80,7 +96,7 @@ impl Table for MemoryTable {
         Ok(())
     }
     fn put_slot(&mut self, key: &SlotKey, backend: &Backend4) -> Result<(), TableError> {
-        put(&mut self.slots, self.capacity.slots, "SVC_BACKENDS", *key, *backend)?;
+        put(&mut self.slots, self.capacity.slots, "SVC_BACKENDS", self.failing_map, *key, *backend)?;
         self.ops.push(Op::PutSlot(*key, *backend));
         Ok(())
     }
@@ -90,7 +106,7 @@ impl Table for MemoryTable {
         Ok(())
     }
     fn put_index(&mut self, key: &BackendIndexKey, slot: u32) -> Result<(), TableError> {
-        put(&mut self.index, self.capacity.index, "SVC_BE_INDEX", *key, slot)?;
+        put(&mut self.index, self.capacity.index, "SVC_BE_INDEX", self.failing_map, *key, slot)?;
         self.ops.push(Op::PutIndex(*key));
         Ok(())
     }
@@ -100,13 +116,17 @@ impl Table for MemoryTable {
         Ok(())
     }
     fn put_meta(&mut self, svc_id: u32, meta: &ServiceMeta) -> Result<(), TableError> {
-        put(&mut self.meta, self.capacity.meta, "SVC_META", svc_id, *meta)?;
+        put(&mut self.meta, self.capacity.meta, "SVC_META", self.failing_map, svc_id, *meta)?;
         self.ops.push(Op::PutMeta(svc_id));
         Ok(())
     }
     fn delete_meta(&mut self, svc_id: u32) -> Result<(), TableError> {
         self.meta.remove(&svc_id);
         self.ops.push(Op::DeleteMeta(svc_id));
+        Ok(())
+    }
+    fn synchronize(&mut self) -> Result<(), TableError> {
+        self.ops.push(Op::Grace);
         Ok(())
     }
     fn dump(&self) -> Result<TableDump, TableError> {

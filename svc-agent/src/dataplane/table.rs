@@ -67,6 +67,9 @@ pub trait Table {
     fn put_meta(&mut self, svc_id: u32, meta: &ServiceMeta) -> Result<(), TableError>;
     /// Removes a service port's names.
     fn delete_meta(&mut self, svc_id: u32) -> Result<(), TableError>;
+    /// Returns once every program run that started before the call has
+    /// finished (an RCU grace period).
+    fn synchronize(&mut self) -> Result<(), TableError>;
     /// Reads everything back.
     fn dump(&self) -> Result<TableDump, TableError>;
     /// Map capacities.

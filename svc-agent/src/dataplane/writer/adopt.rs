@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use svc_common::{BackendIndexKey, fe_flags};
 
-use super::{BackendSet, IdAllocator, Orphans, PortEntry, ServiceState, Writer, name_str};
+use super::{BackendSet, Handover, IdAllocator, Orphans, PortEntry, ServiceState, Writer, name_str};
 use crate::{
     dataplane::table::{Table, TableError},
     model::{Proto, ServiceKey, ServicePortKey},
@@ -107,6 +107,9 @@ pub(super) fn adopt<T: Table>(table: T) -> Result<Writer<T>, TableError> {
         used_index,
         pending: BTreeMap::new(),
         orphans,
+        retired: Vec::new(),
+        written: std::collections::HashSet::new(),
+        handover: Handover::default(),
         udp_removed: Vec::new(),
     })
 }

@@ -3,52 +3,48 @@
 //!
 //! 1. write a *new* backend set (slots, and membership entries when the
 //!    frontend has session affinity) under a fresh set id;
-//! 2. switch each frontend to it with one map update (atomic for a
-//!    racing `connect()`: it sees the whole old set or the whole new one);
-//! 3. only then delete frontends and sets nobody points at any more.
+//! 2. switch each frontend to it with one map update (a racing `connect()`
+//!    sees the whole old set or the whole new one);
+//! 3. then delete frontends nobody wants (an address another Service of
+//!    the batch takes over is replaced instead), and retire the sets
+//!    nobody points at; at the end of the batch, after an RCU grace
+//!    period, delete the retired sets.
+//!
+//! No frontend key is written twice within one grace period, which is what
+//! lets the programs validate their frontend copies (docs/maps.md).
 //!
 //! A Service whose update cannot be applied (a map is full, a frontend
 //! address belongs to another Service) keeps its previous state, is
 //! logged by name, and is retried after later changes; no other Service
 //! is touched.
+//!
+//! Modules: [`capacity`] (refusing what cannot fit), [`sets`] (backend-set
+//! lifecycle and grace periods), [`journal`] (undo), [`adopt`] (pinned
+//! state after a restart), [`refusal`] (why a Service was refused).
 
 mod adopt;
+mod capacity;
 mod ids;
+mod journal;
+mod refusal;
+mod sets;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use litemap::LiteMap;
 
-use svc_common::{Backend4, BackendIndexKey, Frontend, FrontendKey4, INLINE_BACKENDS, ServiceMeta, SlotKey, fe_flags};
+use svc_common::{Backend4, BackendIndexKey, Frontend, FrontendKey4, ServiceMeta, SlotKey, fe_flags};
 
-use self::ids::IdAllocator;
+pub use self::refusal::{Conflict, Refusal};
+use self::{
+    ids::IdAllocator,
+    journal::Journal,
+    sets::{BackendSet, needs_index},
+};
 use super::table::{Table, TableError};
 use crate::model::{
     DesiredFrontend, DesiredService, FrontendKind, ServiceKey, ServicePortKey, backend_value, frontend_key,
 };
-
-/// A backend set under one set id: up to `INLINE_BACKENDS` backends live
-/// in the frontend values themselves, larger sets in `backends.len()`
-/// slots of SVC_BACKENDS. Sets belong to one Service (never shared), so a
-/// Service's update only ever touches its own sets.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct BackendSet {
-    backends: Vec<Backend4>,
-    indexed: bool,
-}
-
-impl BackendSet {
-    /// Whether the set lives in frontend values rather than in slots.
-    fn is_inline(&self) -> bool {
-        self.backends.len() <= INLINE_BACKENDS
-    }
-}
-
-/// Affinity membership entries are only needed for sets in slots; inline
-/// sets are scanned by the programs.
-fn needs_index(fe: &DesiredFrontend) -> bool {
-    fe.affinity_timeout != 0 && fe.backends.len() > INLINE_BACKENDS
-}
 
 /// What one Service has in the maps. Sorted vectors, not B-trees: a
 /// Service has a handful of each, and the agent holds one of these per
@@ -80,7 +76,7 @@ struct PortEntry {
 #[derive(Debug, Clone)]
 struct Pending {
     desired: DesiredService,
-    reason: String,
+    reason: Refusal,
 }
 
 /// Entries found in pinned maps that nothing refers to (a crash between
@@ -92,6 +88,22 @@ struct Orphans {
     meta: Vec<u32>,
 }
 
+/// Frontend addresses changing hands within one batch: an address that one
+/// Service gives up and another takes is *replaced* (one map update), never
+/// deleted and re-added, so connects to it are translated throughout.
+#[derive(Debug, Default)]
+struct Handover {
+    /// Addresses a Service of this batch gives up (removed, or no longer
+    /// among its frontends), with that Service.
+    releasing: HashMap<FrontendKey4, ServiceKey>,
+    /// Addresses wanted by a Service of this batch (or one waiting for a
+    /// retry), with that Service.
+    claimed: HashMap<FrontendKey4, ServiceKey>,
+    /// Addresses left in the map for their new owner; deleted at the end of
+    /// the batch if no one took them.
+    left: Vec<FrontendKey4>,
+}
+
 /// What a batch did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BatchReport {
@@ -100,7 +112,7 @@ pub struct BatchReport {
     /// Services removed from the maps.
     pub removed: usize,
     /// Services not (fully) programmed, with the reason.
-    pub refused: Vec<(ServiceKey, String)>,
+    pub refused: Vec<(ServiceKey, Refusal)>,
     /// UDP frontends and the backends they no longer use: connected UDP
     /// sockets aimed at those must be reset (kube-proxy flushes conntrack).
     pub udp_removed: Vec<(FrontendKey4, Vec<Backend4>)>,
@@ -120,17 +132,17 @@ pub struct Writer<T: Table> {
     used_index: u64,
     pending: BTreeMap<ServiceKey, Pending>,
     orphans: Orphans,
+    /// Sets in slots that no frontend points at, deleted after the next
+    /// grace period (their slots and ids stay taken until then).
+    retired: Vec<u32>,
+    /// Frontend keys written since the last grace period: writing one again
+    /// first waits for a grace period (docs/maps.md, readers and element
+    /// reuse).
+    written: HashSet<FrontendKey4>,
+    /// The current batch's address hand-overs.
+    handover: Handover,
     /// Collected during a batch, handed out in its report.
     udp_removed: Vec<(FrontendKey4, Vec<Backend4>)>,
-}
-
-/// Undo information for one Service's update.
-#[derive(Debug, Default)]
-struct Journal {
-    new_sets: Vec<u32>,
-    new_ports: Vec<ServicePortKey>,
-    old_meta: Vec<(ServicePortKey, PortEntry)>,
-    frontends: Vec<(FrontendKey4, Option<Frontend>)>,
 }
 
 impl<T: Table> Writer<T> {
@@ -150,9 +162,9 @@ impl<T: Table> Writer<T> {
         self.services.keys()
     }
 
-    /// Services waiting for a retry.
-    pub fn pending_services(&self) -> impl Iterator<Item = &ServiceKey> {
-        self.pending.keys()
+    /// Services waiting for a retry, with the reason.
+    pub fn pending_services(&self) -> impl Iterator<Item = (&ServiceKey, &Refusal)> {
+        self.pending.iter().map(|(key, p)| (key, &p.reason))
     }
 
     /// Number of frontends in the maps.
@@ -161,13 +173,16 @@ impl<T: Table> Writer<T> {
     }
 
     /// Applies a batch: `Some(desired)` programs a Service, `None` removes
-    /// it. Additions and changes go first and removals last, so that an
-    /// address moving between Services, or a restart's stale entries, never
-    /// leave a gap; then Services waiting on a conflict are retried.
+    /// it. Additions and changes go first and removals last, and addresses
+    /// that change hands within the batch are replaced in place, so that a
+    /// moving address, or a restart's stale entries, never leave a gap;
+    /// then Services waiting on a conflict are retried. The batch ends with
+    /// a grace period, after which retired sets are deleted.
     pub fn apply(&mut self, batch: Vec<(ServiceKey, Option<DesiredService>)>) -> BatchReport {
         let mut report = BatchReport::default();
         let (upserts, removals): (Vec<_>, Vec<_>) =
             batch.into_iter().partition(|(_, d)| d.as_ref().is_some_and(|d| !d.frontends.is_empty()));
+        self.handover = self.plan_handover(&upserts, &removals);
         // Grow once, not by doubling: each doubling briefly holds both tables.
         self.services.reserve(upserts.len());
         self.owners.reserve(upserts.len());
@@ -199,8 +214,39 @@ impl<T: Table> Writer<T> {
                 report.refused.retain(|(k, _)| k != &key);
             }
         }
+        for fk in std::mem::take(&mut self.handover).left {
+            if !self.owners.contains_key(&fk) {
+                log_delete(self.write_frontend(&fk, None));
+            }
+        }
+        self.settle();
         report.udp_removed = std::mem::take(&mut self.udp_removed);
         report
+    }
+
+    /// Which addresses change hands in this batch.
+    fn plan_handover(
+        &self,
+        upserts: &[(ServiceKey, Option<DesiredService>)],
+        removals: &[(ServiceKey, Option<DesiredService>)],
+    ) -> Handover {
+        let mut plan = Handover::default();
+        let waiting = self.pending.iter().map(|(k, p)| (k, Some(&p.desired)));
+        let wanting = upserts.iter().map(|(k, d)| (k, d.as_ref())).chain(waiting);
+        for (key, desired) in wanting {
+            for fe in desired.into_iter().flat_map(|d| &d.frontends) {
+                plan.claimed.entry(frontend_key(fe.addr, fe.proto)).or_insert_with(|| key.clone());
+            }
+        }
+        for (key, desired) in upserts.iter().chain(removals) {
+            let Some(state) = self.services.get(key) else { continue };
+            let keeps: HashSet<FrontendKey4> =
+                desired.iter().flat_map(|d| &d.frontends).map(|fe| frontend_key(fe.addr, fe.proto)).collect();
+            for fk in state.frontends.keys().filter(|fk| !keeps.contains(*fk)) {
+                plan.releasing.insert(*fk, key.clone());
+            }
+        }
+        plan
     }
 
     /// Deletes entries that were orphaned in the pinned maps. Call once the
@@ -208,6 +254,14 @@ impl<T: Table> Writer<T> {
     pub fn remove_orphans(&mut self) {
         let orphans = std::mem::take(&mut self.orphans);
         let counts = (orphans.slots.len(), orphans.index.len(), orphans.meta.len());
+        if counts == (0, 0, 0) {
+            return;
+        }
+        // A program that started before the adoption could still read them.
+        if let Err(e) = self.grace_period() {
+            tracing::error!("waiting for a grace period failed, orphaned entries kept: {e}");
+            return;
+        }
         let mut set_ids = BTreeSet::new();
         for slot in orphans.slots {
             log_delete(self.table.delete_slot(&slot));
@@ -223,14 +277,12 @@ impl<T: Table> Writer<T> {
             log_delete(self.table.delete_meta(id));
             self.svc_ids.release(id);
         }
-        if counts != (0, 0, 0) {
-            tracing::info!(
-                slots = counts.0,
-                index = counts.1,
-                meta = counts.2,
-                "removed orphaned entries left in the pinned maps"
-            );
-        }
+        tracing::info!(
+            slots = counts.0,
+            index = counts.1,
+            meta = counts.2,
+            "removed orphaned entries left in the pinned maps"
+        );
     }
 
     fn upsert_and_track(&mut self, key: &ServiceKey, desired: DesiredService, report: &mut BatchReport) {
@@ -252,14 +304,19 @@ impl<T: Table> Writer<T> {
     }
 
     /// Programs one Service. On error nothing of this Service changed.
-    fn upsert(&mut self, key: &ServiceKey, desired: &DesiredService) -> Result<UpsertOutcome, String> {
+    fn upsert(&mut self, key: &ServiceKey, desired: &DesiredService) -> Result<UpsertOutcome, Refusal> {
         let mut conflicts = Vec::new();
+        let mut taken = Vec::new();
         let mut wanted: BTreeMap<FrontendKey4, &DesiredFrontend> = BTreeMap::new();
         for fe in &desired.frontends {
             let fk = frontend_key(fe.addr, fe.proto);
             match self.owners.get(&fk) {
+                Some(owner) if owner != key && self.handover.releasing.get(&fk) == Some(owner) => {
+                    taken.push((fk, owner.clone()));
+                    wanted.insert(fk, fe);
+                }
                 Some(owner) if owner != key => {
-                    conflicts.push(format!("{} {} is already used by {owner}", fe.proto, fe.addr));
+                    conflicts.push(Conflict { frontend: format!("{} {}", fe.proto, fe.addr), owner: owner.clone() });
                 }
                 _ => {
                     wanted.insert(fk, fe);
@@ -267,73 +324,41 @@ impl<T: Table> Writer<T> {
             }
         }
         self.check_capacity(key, &wanted)?;
+        for (fk, owner) in taken {
+            self.give_up(&owner, &fk);
+        }
 
         let mut journal = Journal::default();
         match self.write_frontends(key, &wanted, &mut journal) {
             Ok(values) => {
                 let changed = !journal.frontends.is_empty();
                 self.commit(key, values, journal);
-                let conflict = (!conflicts.is_empty()).then(|| conflicts.join("; "));
+                let conflict = (!conflicts.is_empty()).then_some(Refusal::Conflict(conflicts));
                 Ok(UpsertOutcome { changed, conflict })
             }
             Err(err) => {
                 self.rollback(journal);
-                Err(err.to_string())
+                Err(err.into())
             }
         }
     }
 
-    /// Refuses an update up front when it cannot fit, counting the old and
-    /// the new backend sets that coexist during the switch.
-    fn check_capacity(
-        &self,
-        key: &ServiceKey,
-        wanted: &BTreeMap<FrontendKey4, &DesiredFrontend>,
-    ) -> Result<(), String> {
-        let cap = self.table.capacity();
-        let current = self.services.get(key);
-        let new_frontends = wanted.keys().filter(|k| !current.is_some_and(|c| c.frontends.contains_key(*k))).count();
-        if self.owners.len() + new_frontends > cap.frontends as usize {
-            return Err(format!(
-                "SVC_FRONTENDS is full ({} of {} entries used, {new_frontends} more needed)",
-                self.owners.len(),
-                cap.frontends
-            ));
+    /// `owner` hands address `fk` over to another Service of this batch:
+    /// it leaves `owner`'s state without being deleted from the map (the
+    /// new owner's write replaces it), and the sets only it used retire.
+    fn give_up(&mut self, owner: &ServiceKey, fk: &FrontendKey4) {
+        let Some(state) = self.services.get_mut(owner) else { return };
+        let Some(old) = state.frontends.remove(fk) else { return };
+        let still_used = state.set_ids().any(|id| id == old.set_id);
+        let empty = state.frontends.is_empty();
+        self.owners.remove(fk);
+        self.note_udp_removed(fk, old.set_id, 0);
+        if old.set_id != 0 && !still_used {
+            self.retire_set(old.set_id);
         }
-        let exists = |backends: &[Backend4], indexed: bool| {
-            current
-                .into_iter()
-                .flat_map(ServiceState::set_ids)
-                .filter_map(|id| self.sets.get(&id))
-                .any(|s| s.indexed == indexed && s.backends == backends)
-        };
-        let mut seen = BTreeSet::new();
-        let (mut slots, mut index) = (0u64, 0u64);
-        for fe in wanted.values().filter(|fe| fe.backends.len() > INLINE_BACKENDS) {
-            let backends: Vec<Backend4> = fe.backends.iter().map(|b| backend_value(*b)).collect();
-            let indexed = needs_index(fe);
-            if !exists(&backends, indexed) && seen.insert((backends, indexed)) {
-                slots += fe.backends.len() as u64;
-                if indexed {
-                    index += fe.backends.len() as u64;
-                }
-            }
+        if empty && let Some(mut state) = self.services.remove(owner) {
+            self.release_unused(&mut state, &BTreeSet::new(), &BTreeSet::new(), &BTreeSet::new());
         }
-        if self.used_slots + slots > u64::from(cap.slots) {
-            return Err(format!(
-                "SVC_BACKENDS is full ({} of {} slots used, up to {slots} more needed during the update)",
-                self.used_slots, cap.slots
-            ));
-        }
-        if self.used_index + index > u64::from(cap.index) {
-            return Err(format!("SVC_BE_INDEX is full ({} of {} entries used)", self.used_index, cap.index));
-        }
-        let new_ports = wanted.values().map(|fe| &fe.port).collect::<BTreeSet<_>>();
-        let new_ports = new_ports.into_iter().filter(|p| !self.ports.contains_key(*p)).count();
-        if self.ports.len() + new_ports > cap.meta as usize {
-            return Err(format!("SVC_META is full ({} of {} service ports)", self.ports.len(), cap.meta));
-        }
-        Ok(())
     }
 
     /// Steps 1 and 2: new sets and metadata, then frontend switches.
@@ -347,7 +372,7 @@ impl<T: Table> Writer<T> {
         let mut values = LiteMap::with_capacity(wanted.len());
         for (fk, fe) in wanted {
             let svc_id = self.ensure_port(fe, journal)?;
-            let backends: Vec<Backend4> = fe.backends.iter().map(|b| backend_value(*b)).collect();
+            let backends = backend_values(fe);
             let set_id = if backends.is_empty() {
                 0
             } else {
@@ -367,12 +392,28 @@ impl<T: Table> Writer<T> {
             }
             let old = current.frontends.get(fk).copied();
             if old != Some(value) {
-                self.table.put_frontend(fk, &value)?;
+                self.write_frontend(fk, Some(&value))?;
                 journal.frontends.push((*fk, old));
             }
             values.insert(*fk, value);
         }
         Ok(values)
+    }
+
+    /// Writes (`Some`) or deletes (`None`) one frontend. A key written since
+    /// the last grace period waits for one first: a program may still hold
+    /// the element the last write freed, and the kernel may hand that
+    /// element to this write.
+    fn write_frontend(&mut self, fk: &FrontendKey4, value: Option<&Frontend>) -> Result<(), TableError> {
+        if self.written.contains(fk) {
+            self.grace_period()?;
+        }
+        match value {
+            Some(value) => self.table.put_frontend(fk, value)?,
+            None => self.table.delete_frontend(fk)?,
+        }
+        self.written.insert(*fk);
+        Ok(())
     }
 
     /// The id of a service port, writing its names when new or changed.
@@ -398,60 +439,18 @@ impl<T: Table> Writer<T> {
         Ok(id)
     }
 
-    /// Reuses a set this Service already points at (or created in this
-    /// update) with exactly these backends, else writes a new one.
-    fn find_or_create_set(
-        &mut self,
-        current: &ServiceState,
-        backends: &[Backend4],
-        indexed: bool,
-        journal: &mut Journal,
-    ) -> Result<u32, TableError> {
-        let candidates = current.set_ids().chain(journal.new_sets.iter().copied());
-        for id in candidates {
-            if let Some(set) = self.sets.get(&id)
-                && set.indexed == indexed
-                && set.backends == backends
-            {
-                return Ok(id);
-            }
-        }
-        let id = self.set_ids.allocate().ok_or_else(|| exhausted("backend set ids"))?;
-        // Registered before writing so a partial write is rolled back too.
-        let set = BackendSet { backends: backends.to_vec(), indexed };
-        let inline = set.is_inline();
-        self.sets.insert(id, set);
-        journal.new_sets.push(id);
-        if inline {
-            // The backends travel in the frontend values: nothing to write.
-            return Ok(id);
-        }
-        self.used_slots += backends.len() as u64;
-        if indexed {
-            self.used_index += backends.len() as u64;
-        }
-        let slots: Vec<(SlotKey, Backend4)> =
-            backends.iter().enumerate().map(|(slot, b)| (SlotKey { set_id: id, slot: slot as u32 }, *b)).collect();
-        self.table.put_slots(&slots)?;
-        if indexed {
-            for (key, backend) in &slots {
-                self.table.put_index(&BackendIndexKey { set_id: id, backend: *backend }, key.slot)?;
-            }
-        }
-        Ok(id)
-    }
-
     /// Step 3 for a successful update: record the new frontends, delete the
-    /// ones no longer wanted, then sets and names nothing points at.
+    /// ones no longer wanted (unless another Service of this batch takes
+    /// them over), then retire sets and names nothing points at.
     fn commit(&mut self, key: &ServiceKey, values: LiteMap<FrontendKey4, Frontend>, journal: Journal) {
         let mut state = self.services.remove(key).unwrap_or_default();
         for (fk, old) in &state.frontends {
             let now = values.get(fk).map_or(0, |v| v.set_id);
             self.note_udp_removed(fk, old.set_id, now);
         }
-        for fk in state.frontends.keys().filter(|k| !values.contains_key(*k)) {
-            log_delete(self.table.delete_frontend(fk));
-            self.owners.remove(fk);
+        let dropped: Vec<FrontendKey4> = state.frontends.keys().filter(|k| !values.contains_key(*k)).copied().collect();
+        for fk in dropped {
+            self.drop_frontend(key, &fk);
         }
         for fk in values.keys() {
             self.owners.insert(*fk, key.clone());
@@ -467,15 +466,25 @@ impl<T: Table> Writer<T> {
         }
     }
 
+    /// `key` no longer has frontend `fk`: delete it, or leave it in place
+    /// when another Service of this batch claims it.
+    fn drop_frontend(&mut self, key: &ServiceKey, fk: &FrontendKey4) {
+        self.owners.remove(fk);
+        match self.handover.claimed.get(fk) {
+            Some(claimant) if claimant != key => self.handover.left.push(*fk),
+            _ => log_delete(self.write_frontend(fk, None)),
+        }
+    }
+
     /// Deletes every frontend of a Service, then its sets and names.
     fn remove_service(&mut self, key: &ServiceKey) -> bool {
         let Some(mut state) = self.services.remove(key) else {
             return false;
         };
-        for (fk, old) in &state.frontends {
-            log_delete(self.table.delete_frontend(fk));
-            self.owners.remove(fk);
-            self.note_udp_removed(fk, old.set_id, 0);
+        let frontends: Vec<(FrontendKey4, u32)> = state.frontends.iter().map(|(k, v)| (*k, v.set_id)).collect();
+        for (fk, set_id) in frontends {
+            self.drop_frontend(key, &fk);
+            self.note_udp_removed(&fk, set_id, 0);
         }
         let owned_sets: BTreeSet<u32> = state.set_ids().collect();
         state.frontends.clear();
@@ -483,8 +492,8 @@ impl<T: Table> Writer<T> {
         true
     }
 
-    /// Deletes the sets of `owned_sets` and the port names of a Service
-    /// that are not in use.
+    /// Retires the sets of `owned_sets` and deletes the port names of a
+    /// Service that are not in use.
     fn release_unused(
         &mut self,
         state: &mut ServiceState,
@@ -493,7 +502,7 @@ impl<T: Table> Writer<T> {
         live_ports: &BTreeSet<u32>,
     ) {
         for &id in owned_sets.difference(live_sets) {
-            self.delete_set(id);
+            self.retire_set(id);
         }
         let dead_ports: Vec<ServicePortKey> = state
             .ports
@@ -522,53 +531,16 @@ impl<T: Table> Writer<T> {
             self.udp_removed.push((*fk, gone));
         }
     }
+}
 
-    fn delete_set(&mut self, id: u32) {
-        let (backends, indexed) = match self.sets.remove(&id) {
-            Some(set) if !set.is_inline() => (set.backends, set.indexed),
-            _ => (Vec::new(), false),
-        };
-        for (slot, backend) in backends.iter().enumerate() {
-            log_delete(self.table.delete_slot(&SlotKey { set_id: id, slot: slot as u32 }));
-            if indexed {
-                log_delete(self.table.delete_index(&BackendIndexKey { set_id: id, backend: *backend }));
-            }
-        }
-        self.used_slots -= backends.len() as u64;
-        if indexed {
-            self.used_index -= backends.len() as u64;
-        }
-        self.set_ids.release(id);
-    }
-
-    /// Undoes a failed update in reverse order.
-    fn rollback(&mut self, journal: Journal) {
-        for (fk, old) in journal.frontends.into_iter().rev() {
-            let restored = match old {
-                Some(value) => self.table.put_frontend(&fk, &value),
-                None => self.table.delete_frontend(&fk),
-            };
-            log_delete(restored);
-        }
-        for id in journal.new_sets {
-            self.delete_set(id);
-        }
-        for (port, old) in journal.old_meta.into_iter().rev() {
-            log_delete(self.table.put_meta(old.id, &old.meta));
-            self.ports.insert(port, old);
-        }
-        for port in journal.new_ports {
-            if let Some(entry) = self.ports.remove(&port) {
-                log_delete(self.table.delete_meta(entry.id));
-                self.svc_ids.release(entry.id);
-            }
-        }
-    }
+/// The kernel encoding of a frontend's backends.
+fn backend_values(fe: &DesiredFrontend) -> Vec<Backend4> {
+    fe.backends.iter().map(|b| backend_value(*b)).collect()
 }
 
 struct UpsertOutcome {
     changed: bool,
-    conflict: Option<String>,
+    conflict: Option<Refusal>,
 }
 
 fn exhausted(what: &str) -> TableError {

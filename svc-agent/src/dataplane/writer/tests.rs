@@ -117,8 +117,9 @@ fn inline_backend_change_is_one_frontend_write() {
     w.table.ops.clear();
     w.apply(vec![(key("web"), service(vec![frontend("web", "10.96.0.10:80", &["10.0.0.2:80", "10.0.0.3:80"])]))]);
     let ops = &w.table().ops;
-    assert_eq!(ops.len(), 1, "one atomic map update and nothing else: {ops:?}");
+    assert_eq!(ops.len(), 2, "one atomic map update, then the batch's grace period: {ops:?}");
     assert!(matches!(ops[0], Op::PutFrontend(k, _) if k == fk("10.96.0.10:80")));
+    assert_eq!(ops[1], Op::Grace);
     let value = w.table().frontends[&fk("10.96.0.10:80")];
     assert_ne!(value.set_id, old_version, "a changed set gets a new version (affinity relies on it)");
     assert_eq!(resolve(w.table(), "10.96.0.10:80").unwrap(), vec![addr("10.0.0.2:80"), addr("10.0.0.3:80")]);
@@ -228,7 +229,7 @@ fn full_map_refuses_only_that_service_and_keeps_its_old_state() {
     // b changes: 2 x LARGE used + LARGE new fits; a growing as well does not.
     let report = w.apply(vec![(key("a"), service(vec![frontend_of("a", "10.96.0.1:80", &backends(3, 2 * LARGE))]))]);
     assert_eq!(report.refused.len(), 1);
-    assert!(report.refused[0].1.contains("SVC_BACKENDS is full"), "{:?}", report.refused);
+    assert!(matches!(report.refused[0].1, super::Refusal::Full { map: "SVC_BACKENDS", .. }), "{:?}", report.refused);
     assert_eq!(resolve(w.table(), "10.96.0.1:80").unwrap(), backends(1, LARGE), "a keeps serving its old set");
     assert_eq!(resolve(w.table(), "10.96.0.2:80").unwrap(), backends(2, LARGE), "b untouched");
     // Inline sets take no slots: a small Service still fits.
@@ -261,7 +262,7 @@ fn address_owned_by_another_service_waits_until_released() {
     w.apply(vec![(key("a"), service(vec![frontend("a", "192.0.2.1:80", &["10.0.0.1:80"])]))]);
     let report = w.apply(vec![(key("b"), service(vec![frontend("b", "192.0.2.1:80", &["10.0.0.2:80"])]))]);
     assert_eq!(report.refused.len(), 1);
-    assert!(report.refused[0].1.contains("already used by default/a"));
+    assert!(report.refused[0].1.to_string().contains("already used by default/a"));
     assert_eq!(resolve(w.table(), "192.0.2.1:80").unwrap(), vec![addr("10.0.0.1:80")]);
     w.apply(vec![(key("a"), None)]);
     assert_eq!(resolve(w.table(), "192.0.2.1:80").unwrap(), vec![addr("10.0.0.2:80")], "b takes over after a is gone");
@@ -308,18 +309,110 @@ fn adoption_recovers_state_and_removes_stale_only_when_told() {
     assert_eq!(ids.len(), 3);
 }
 
+/// The writes of one frontend key, in order.
+fn writes_of(w: &Writer<MemoryTable>, fe: &str) -> Vec<Op> {
+    let k = fk(fe);
+    w.table()
+        .ops
+        .iter()
+        .filter(|op| matches!(op, Op::PutFrontend(key, _) | Op::DeleteFrontend(key) if *key == k))
+        .cloned()
+        .collect()
+}
+
 #[test]
-fn upserts_run_before_removals_in_a_batch() {
+fn an_address_moving_between_services_is_replaced_in_one_write() {
+    // The old owner is removed, or keeps only other addresses; the new
+    // owner sorts before or after it: every order is one replacement.
+    for (old, new, old_keeps_another) in [("old", "new", false), ("b-old", "a-new", false), ("a-old", "b-new", true)] {
+        for n in [2, LARGE] {
+            let mut w = writer();
+            let mut old_frontends = vec![frontend_of(old, "192.0.2.1:80", &backends(1, n))];
+            if old_keeps_another {
+                old_frontends.push(frontend(old, "192.0.2.9:80", &["10.9.0.1:80"]));
+            }
+            w.apply(vec![(key(old), service(old_frontends))]);
+            w.table.ops.clear();
+            let old_after = old_keeps_another.then(|| service(vec![frontend(old, "192.0.2.9:80", &["10.9.0.1:80"])]));
+            let report = w.apply(vec![
+                (key(old), old_after.flatten()),
+                (key(new), service(vec![frontend_of(new, "192.0.2.1:80", &backends(2, n))])),
+            ]);
+            assert!(report.refused.is_empty(), "{old} -> {new}: {:?}", report.refused);
+            let writes = writes_of(&w, "192.0.2.1:80");
+            assert_eq!(writes.len(), 1, "{old} -> {new} ({n} backends): one write, no delete: {writes:?}");
+            assert!(matches!(writes[0], Op::PutFrontend(..)));
+            assert_eq!(resolve(w.table(), "192.0.2.1:80").unwrap(), backends(2, n));
+            // The old owner's set is gone after the grace period, nothing leaks.
+            let grace = w.table().ops.iter().position(|op| *op == Op::Grace).expect("a grace period");
+            let deleted_slots = w.table().ops[grace..].iter().filter(|op| matches!(op, Op::DeleteSlot(_))).count();
+            assert_eq!(deleted_slots, if n > INLINE_BACKENDS { n } else { 0 }, "{old} -> {new}");
+            assert_eq!(w.table().slots.len(), if n > INLINE_BACKENDS { n } else { 0 });
+            // And the new owner really owns it: removing it deletes the address.
+            w.apply(vec![(key(new), None)]);
+            assert!(resolve(w.table(), "192.0.2.1:80").is_none());
+        }
+    }
+}
+
+#[test]
+fn a_handed_over_address_nobody_takes_is_deleted() {
+    // "new" claims the address but cannot be programmed (no room for its
+    // set): the old owner's removal must not leave the address behind.
+    let mut w = Writer::adopt(MemoryTable::new(Capacity { slots: LARGE as u32, ..ROOMY })).unwrap();
+    w.apply(vec![(key("old"), service(vec![frontend_of("old", "192.0.2.1:80", &backends(1, LARGE))]))]);
+    let report = w.apply(vec![
+        (key("old"), None),
+        (key("new"), service(vec![frontend_of("new", "192.0.2.1:80", &backends(2, LARGE))])),
+    ]);
+    // The old set is retired, not yet deleted, when "new" is first tried:
+    // a grace period frees it and "new" fits after all.
+    assert!(report.refused.is_empty(), "{:?}", report.refused);
+    assert_eq!(resolve(w.table(), "192.0.2.1:80").unwrap(), backends(2, LARGE));
+
+    let mut w = Writer::adopt(MemoryTable::new(Capacity { slots: LARGE as u32, ..ROOMY })).unwrap();
+    w.apply(vec![(key("old"), service(vec![frontend_of("old", "192.0.2.1:80", &backends(1, LARGE))]))]);
+    let report = w.apply(vec![
+        (key("old"), None),
+        (key("new"), service(vec![frontend_of("new", "192.0.2.1:80", &backends(2, LARGE + 1))])),
+    ]);
+    assert_eq!(report.refused.len(), 1, "{report:?}");
+    assert!(resolve(w.table(), "192.0.2.1:80").is_none(), "left to a claimant that failed: deleted");
+    assert!(w.table().slots.is_empty(), "the old set is gone too");
+}
+
+#[test]
+fn no_frontend_is_written_twice_without_a_grace_period_between() {
+    // Every batch ends with a grace period, and a rollback that restores a
+    // key written in the same batch waits for one first.
     let mut w = writer();
-    w.apply(vec![(key("old"), service(vec![frontend("old", "192.0.2.1:80", &["10.0.0.1:80"])]))]);
+    let mut sticky = frontend_of("web", "10.96.0.10:80", &backends(1, LARGE));
+    w.apply(vec![(key("web"), service(vec![frontend("web", "10.96.0.10:80", &["10.0.0.1:80"])]))]);
+    // The second frontend needs a membership index that the kernel fails
+    // to write: the update fails after the first frontend was switched.
+    w.table.failing_map = Some("SVC_BE_INDEX");
     w.table.ops.clear();
-    // In one batch the address moves from "old" to "new": "new" must not
-    // find a hole, and must own the address at the end.
-    w.apply(vec![(key("old"), None), (key("new"), service(vec![frontend("new", "192.0.2.1:80", &["10.0.0.2:80"])]))]);
-    assert_eq!(resolve(w.table(), "192.0.2.1:80").unwrap(), vec![addr("10.0.0.2:80")]);
-    let deletes_of_address =
-        w.table().ops.iter().filter(|op| matches!(op, Op::DeleteFrontend(k) if *k == fk("192.0.2.1:80"))).count();
-    assert_eq!(deletes_of_address, 1, "the old owner's removal deleted it once, the retry re-added it");
+    sticky.affinity_timeout = 10;
+    let mut fe2 = sticky.clone();
+    fe2.addr = addr("10.96.0.11:80");
+    let first = frontend("web", "10.96.0.10:80", &["10.0.0.2:80"]);
+    let report = w.apply(vec![(key("web"), service(vec![first, fe2]))]);
+    assert_eq!(report.refused.len(), 1, "{report:?}");
+    let mut seen = std::collections::BTreeSet::new();
+    for op in &w.table().ops {
+        match op {
+            Op::Grace => seen.clear(),
+            Op::PutFrontend(k, _) | Op::DeleteFrontend(k) => {
+                assert!(seen.insert(*k), "{k:?} written twice within one grace period: {:?}", w.table().ops);
+            }
+            _ => {}
+        }
+    }
+    let writes = writes_of(&w, "10.96.0.10:80");
+    // Switched, then restored (and the same again when the refused Service
+    // is retried after the batch's removals).
+    assert!(writes.len() >= 2 && writes.len().is_multiple_of(2), "switched, then restored: {writes:?}");
+    assert_eq!(resolve(w.table(), "10.96.0.10:80").unwrap(), vec![addr("10.0.0.1:80")], "rolled back");
 }
 
 #[test]

@@ -1,0 +1,139 @@
+//! Backend sets: created whole under a fresh id, shared by the frontends of
+//! one Service that have identical backends, and deleted only after an RCU
+//! grace period once nothing points at them (docs/maps.md).
+
+use svc_common::{Backend4, BackendIndexKey, INLINE_BACKENDS, SlotKey};
+
+use super::{Journal, ServiceState, Writer, log_delete};
+use crate::{
+    dataplane::table::{Table, TableError},
+    model::DesiredFrontend,
+};
+
+/// A backend set under one set id: up to `INLINE_BACKENDS` backends live
+/// in the frontend values themselves, larger sets in `backends.len()`
+/// slots of SVC_BACKENDS. Sets belong to one Service (never shared), so a
+/// Service's update only ever touches its own sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct BackendSet {
+    pub(super) backends: Vec<Backend4>,
+    pub(super) indexed: bool,
+}
+
+impl BackendSet {
+    /// Whether the set lives in frontend values rather than in slots.
+    pub(super) fn is_inline(&self) -> bool {
+        self.backends.len() <= INLINE_BACKENDS
+    }
+}
+
+/// Affinity membership entries are only needed for sets in slots; inline
+/// sets are scanned by the programs.
+pub(super) fn needs_index(fe: &DesiredFrontend) -> bool {
+    fe.affinity_timeout != 0 && fe.backends.len() > INLINE_BACKENDS
+}
+
+impl<T: Table> Writer<T> {
+    /// Reuses a set this Service already points at (or created in this
+    /// update) with exactly these backends, else writes a new one.
+    pub(super) fn find_or_create_set(
+        &mut self,
+        current: &ServiceState,
+        backends: &[Backend4],
+        indexed: bool,
+        journal: &mut Journal,
+    ) -> Result<u32, TableError> {
+        let candidates = current.set_ids().chain(journal.new_sets.iter().copied());
+        for id in candidates {
+            if let Some(set) = self.sets.get(&id)
+                && set.indexed == indexed
+                && set.backends == backends
+            {
+                return Ok(id);
+            }
+        }
+        let id = self.set_ids.allocate().ok_or_else(|| super::exhausted("backend set ids"))?;
+        // Registered before writing so a partial write is rolled back too.
+        let set = BackendSet { backends: backends.to_vec(), indexed };
+        let inline = set.is_inline();
+        self.sets.insert(id, set);
+        journal.new_sets.push(id);
+        if inline {
+            // The backends travel in the frontend values: nothing to write.
+            return Ok(id);
+        }
+        self.used_slots += backends.len() as u64;
+        if indexed {
+            self.used_index += backends.len() as u64;
+        }
+        let slots: Vec<(SlotKey, Backend4)> =
+            backends.iter().enumerate().map(|(slot, b)| (SlotKey { set_id: id, slot: slot as u32 }, *b)).collect();
+        self.table.put_slots(&slots)?;
+        if indexed {
+            for (key, backend) in &slots {
+                self.table.put_index(&BackendIndexKey { set_id: id, backend: *backend }, key.slot)?;
+            }
+        }
+        Ok(id)
+    }
+
+    /// No frontend points at set `id` any more. An inline set has nothing
+    /// in the maps and goes at once; a set in slots may still be read by a
+    /// program that copied a frontend just before its switch, so it waits
+    /// for the next grace period ([`Self::settle`]).
+    pub(super) fn retire_set(&mut self, id: u32) {
+        match self.sets.get(&id) {
+            Some(set) if !set.is_inline() => self.retired.push(id),
+            _ => {
+                self.sets.remove(&id);
+                self.set_ids.release(id);
+            }
+        }
+    }
+
+    /// Ends a round of writes: waits for an RCU grace period (every program
+    /// that could have read an old frontend value or a retired set has
+    /// finished), then deletes the retired sets. Until then, their slots
+    /// and ids stay taken. After it, every frontend key may be written
+    /// again.
+    pub(super) fn settle(&mut self) {
+        if self.retired.is_empty() && self.written.is_empty() {
+            return;
+        }
+        if let Err(e) = self.grace_period() {
+            // Nothing is deleted without a grace period; the next round
+            // tries again.
+            tracing::error!("waiting for a grace period failed, retired backend sets kept: {e}");
+            return;
+        }
+        for id in std::mem::take(&mut self.retired) {
+            self.delete_set(id);
+        }
+    }
+
+    /// An RCU grace period, after which no program still runs that started
+    /// before it.
+    pub(super) fn grace_period(&mut self) -> Result<(), TableError> {
+        self.table.synchronize()?;
+        self.written.clear();
+        Ok(())
+    }
+
+    fn delete_set(&mut self, id: u32) {
+        let (backends, indexed) = match self.sets.remove(&id) {
+            Some(set) if !set.is_inline() => (set.backends, set.indexed),
+            _ => (Vec::new(), false),
+        };
+        for (slot, backend) in backends.iter().enumerate() {
+            log_delete(self.table.delete_slot(&SlotKey { set_id: id, slot: slot as u32 }));
+            if indexed {
+                log_delete(self.table.delete_index(&BackendIndexKey { set_id: id, backend: *backend }));
+            }
+        }
+        self.used_slots -= backends.len() as u64;
+        if indexed {
+            self.used_index -= backends.len() as u64;
+        }
+        self.set_ids.release(id);
+    }
+}
