@@ -59,9 +59,13 @@ pub struct RunArgs {
     /// Range for NodePort ports without `nodePort` (`--source DIR` only).
     #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
     pub service_node_port_range: std::ops::RangeInclusive<u16>,
-    /// Serve Prometheus metrics and /readyz here.
+    /// Serve Prometheus metrics, /readyz and /healthz here.
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
+    /// /healthz fails once a received change has waited this many seconds
+    /// without being programmed (kube-proxy: twice its sync period).
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub healthz_timeout: u64,
     /// Map capacities.
     #[command(flatten)]
     pub capacity: CapacityArgs,

@@ -10,6 +10,7 @@ use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use crate::{
     dataplane::{Table, Writer, writer::BatchReport},
+    health::Health,
     metrics::Metrics,
     model::{DesiredService, Dirty, NodeContext, ServiceKey, ServiceObj, SliceObj, Store, desired_service},
     source::{Change, Envelope, EventReceiver, SourceEvent},
@@ -28,12 +29,21 @@ pub struct Controller<T: Table> {
     synced: bool,
     /// Last model error per Service, to log each problem once.
     model_errors: HashMap<ServiceKey, String>,
+    /// Untranslated (SCTP) ports per Service, to log them once.
+    untranslated: HashMap<ServiceKey, Vec<String>>,
 }
 
 impl<T: Table> Controller<T> {
     /// A controller over an adopted writer.
     pub fn new(writer: Writer<T>, node: NodeContext) -> Self {
-        Self { store: Store::default(), node, writer, synced: false, model_errors: HashMap::new() }
+        Self {
+            store: Store::default(),
+            node,
+            writer,
+            synced: false,
+            model_errors: HashMap::new(),
+            untranslated: HashMap::new(),
+        }
     }
 
     /// The writer (for tests and status).
@@ -100,12 +110,14 @@ impl<T: Table> Controller<T> {
     fn desired(&mut self, key: &ServiceKey) -> Option<Option<DesiredService>> {
         let Some(svc) = self.store.service(key) else {
             self.model_errors.remove(key);
+            self.untranslated.remove(key);
             return Some(None);
         };
         let slices = self.store.slices_of(key);
         match desired_service(svc, &slices, &self.node) {
             Ok(desired) => {
                 self.model_errors.remove(key);
+                self.note_untranslated(key, &desired.untranslated_ports);
                 Some(Some(desired))
             }
             Err(err) => {
@@ -116,6 +128,20 @@ impl<T: Table> Controller<T> {
                 }
                 None
             }
+        }
+    }
+
+    /// Says once per Service which of its ports are not translated.
+    fn note_untranslated(&mut self, key: &ServiceKey, ports: &[String]) {
+        if ports.is_empty() {
+            self.untranslated.remove(key);
+        } else if self.untranslated.get(key).map(Vec::as_slice) != Some(ports) {
+            tracing::warn!(
+                service = %key,
+                "Service {key}: ports {} are not translated (SCTP has no socket hook here)",
+                ports.join(", ")
+            );
+            self.untranslated.insert(key.clone(), ports.to_vec());
         }
     }
 
@@ -144,6 +170,7 @@ pub fn run_blocking<T: Table>(
     mut events: EventReceiver,
     mut controller: Controller<T>,
     metrics: &Arc<Metrics>,
+    health: &Health,
     udp_reset: &std::sync::mpsc::Sender<Vec<crate::dataplane::udp_reset::Removed>>,
 ) {
     while let Some(first) = events.blocking_recv() {
@@ -153,8 +180,11 @@ pub fn run_blocking<T: Table>(
             batch.push(more);
         }
         let received: Vec<Instant> = batch.iter().map(|e| e.received).collect();
+        health.batch_started(received.iter().min().copied().unwrap_or(started));
         metrics.events.inc_by(batch.len() as u64);
-        let Some(report) = controller.handle(batch.into_iter().map(|e| e.event).collect()) else {
+        let handled = controller.handle(batch.into_iter().map(|e| e.event).collect());
+        health.batch_done();
+        let Some(report) = handled else {
             continue;
         };
         let done = Instant::now();

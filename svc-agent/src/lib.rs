@@ -17,6 +17,7 @@ pub mod cmd;
 pub mod controller;
 pub mod dataplane;
 pub mod error;
+pub mod health;
 pub mod metrics;
 pub mod model;
 pub mod source;

@@ -1,6 +1,7 @@
 //! Prometheus metrics and the readiness endpoint (`--metrics-addr`):
 //! `GET /metrics`, `GET /readyz` (200 once the first complete state is
-//! programmed, 503 before), `GET /healthz`.
+//! programmed, 503 before), `GET /healthz` (503 once a received change has
+//! waited longer than `--healthz-timeout` unprogrammed: [`crate::health`]).
 
 use std::{
     convert::Infallible,
@@ -21,7 +22,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    health::Health,
+};
 
 /// Every metric the agent exports.
 #[derive(Debug)]
@@ -144,7 +148,7 @@ impl Metrics {
 }
 
 /// Serves the endpoints on `addr` until the runtime stops.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, health: Arc<Health>) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| Error::io(format!("binding {addr}"), e))?;
     tracing::info!(%addr, "serving /metrics, /readyz and /healthz");
     tokio::spawn(async move {
@@ -158,9 +162,9 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
                     continue;
                 }
             };
-            let metrics = Arc::clone(&metrics);
+            let (metrics, health) = (Arc::clone(&metrics), Arc::clone(&health));
             tokio::spawn(async move {
-                let service = service_fn(move |req| respond(req, Arc::clone(&metrics)));
+                let service = service_fn(move |req| respond(req, Arc::clone(&metrics), Arc::clone(&health)));
                 let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             });
         }
@@ -171,12 +175,19 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
 async fn respond(
     req: Request<hyper::body::Incoming>,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, body) = match req.uri().path() {
+        "/healthz" => match health.check(std::time::Instant::now()) {
+            Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+            Err(waited) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("a change has waited {:.1} s without being programmed\n", waited.as_secs_f64()),
+            ),
+        },
         "/metrics" => (StatusCode::OK, metrics.encode()),
         "/readyz" if metrics.is_ready() => (StatusCode::OK, "ok\n".to_owned()),
         "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "not synced yet\n".to_owned()),
-        "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
         _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));

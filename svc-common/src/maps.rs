@@ -75,7 +75,8 @@ pub struct FrontendKey4 {
 pub const INLINE_BACKENDS: usize = 16;
 
 /// What a frontend resolves to. Replaced as a whole by one map update, which
-/// is what makes a backend-set change atomic for a racing `connect()`.
+/// is what makes a backend-set change atomic for a racing `connect()` (the
+/// programs read a validated copy; docs/maps.md, readers and element reuse).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct Frontend {
@@ -180,8 +181,9 @@ pub struct AffinityKey {
 pub struct AffinityValue {
     /// The pinned backend.
     pub backend: Backend4,
-    /// Set in which membership was last confirmed (skips the index lookup
-    /// while the set is unchanged).
+    /// Set in which the pin was last used (shown by `status`; the programs
+    /// check membership in the current set on every use, since a copied
+    /// LRU entry may mix two entries).
     pub set_id: u32,
     /// Always zero.
     pub _pad: u32,

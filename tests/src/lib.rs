@@ -34,6 +34,7 @@ mod names;
 mod netns;
 mod nodens;
 mod outcome;
+pub mod pool;
 pub mod scenarios;
 pub mod source;
 pub mod stats;

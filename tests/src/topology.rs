@@ -173,7 +173,7 @@ impl Backend {
         self.spawn_server(name, ports, &["--echo-peer"])
     }
 
-    fn spawn_server(&self, name: &str, ports: &[Proto], flags: &[&str]) -> Result<Server> {
+    pub(crate) fn spawn_server(&self, name: &str, ports: &[Proto], flags: &[&str]) -> Result<Server> {
         let mut args: Vec<String> =
             ["serve", "--name", name].into_iter().chain(flags.iter().copied()).map(str::to_owned).collect();
         for p in ports {

@@ -27,8 +27,20 @@ pub(crate) fn test(args: &TestArgs) -> anyhow::Result<()> {
     run::build(&run::BuildArgs { release: false })?;
     if !args.e2e_only {
         if !args.no_lint {
-            // svc-ebpf only builds for the BPF target (its warnings show in
-            // the agent's build); everything else is linted here.
+            cmd::run(cmd::cargo().args(["fmt", "--all", "--", "--check"]))
+                .context("cargo fmt --check found unformatted code (run `cargo fmt --all`)")?;
+            // svc-ebpf: no clippy exists for the BPF toolchain (Debian's
+            // rustc-web ships none, docs/toolchain.md), so its code is
+            // linted as compiled for the host, with panic=abort as in the
+            // BPF build, in its own target dir (other RUSTFLAGS would
+            // rebuild everything else).
+            cmd::run(
+                cmd::cargo()
+                    .args(["clippy", "--package", "svc-ebpf", "--target-dir", "target/clippy-ebpf"])
+                    .args(["--", "-D", "warnings"])
+                    .env("RUSTFLAGS", "-C panic=abort"),
+            )
+            .context("clippy found problems in svc-ebpf")?;
             cmd::run(cmd::cargo().args([
                 "clippy",
                 "--workspace",

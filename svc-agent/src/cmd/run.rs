@@ -3,13 +3,14 @@
 //! serving (upgrades and crashes must not interrupt traffic); `cleanup`
 //! is the explicit way to remove it.
 
-use std::{path::Path, sync::Arc};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use crate::{
     cli::RunArgs,
     controller::{self, Controller},
     dataplane::{Writer, loader, pins::PinLayout, udp_reset},
     error::{Error, Result},
+    health::Health,
     metrics::{self, Metrics},
     model::NodeContext,
     source::{self, SourceEvent, kube::KubeOptions, manifest, node},
@@ -35,10 +36,11 @@ pub(super) fn run(args: &RunArgs) -> Result<()> {
     tracing::info!(node = %node.name, addresses = ?node.addresses, zone = ?node.zone, "node");
 
     let metrics = Arc::new(Metrics::new());
-    let (events_tx, events_rx) = source::channel();
+    let health = Arc::new(Health::new(Duration::from_secs(args.healthz_timeout)));
+    let (events_tx, events_rx) = source::channel(Arc::clone(&health));
     runtime.block_on(async {
         if let Some(addr) = args.metrics_addr {
-            metrics::serve(addr, Arc::clone(&metrics)).await?;
+            metrics::serve(addr, Arc::clone(&metrics), Arc::clone(&health)).await?;
         }
         node::spawn(node.addresses.clone(), events_tx.clone());
         if args.source == "kube" {
@@ -62,14 +64,35 @@ pub(super) fn run(args: &RunArgs) -> Result<()> {
 
     let controller = Controller::new(writer, node);
     let control_metrics = Arc::clone(&metrics);
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("controller".into())
-        .spawn(move || controller::run_blocking(events_rx, controller, &control_metrics, &udp_reset))
+        .spawn(move || {
+            // Dropped when the loop ends, also by a panic (unwinding).
+            let _stopped = stopped_tx;
+            controller::run_blocking(events_rx, controller, &control_metrics, &health, &udp_reset);
+        })
         .map_err(|e| Error::io("starting the controller thread", e))?;
 
-    runtime.block_on(wait_for_signal())?;
+    runtime.block_on(until_stopped(wait_for_signal(), stopped_rx))?;
     tracing::info!("stopping; the pinned dataplane keeps serving (svc-agent cleanup removes it)");
     Ok(())
+}
+
+/// Waits for a signal, or for the control loop to end, which it only does
+/// by panicking: the agent then exits with an error, so the kubelet
+/// restarts it (the pinned dataplane keeps serving meanwhile) instead of
+/// leaving a pod that looks alive and follows nothing.
+async fn until_stopped(
+    signal: impl Future<Output = Result<()>>,
+    controller_stopped: tokio::sync::oneshot::Receiver<()>,
+) -> Result<()> {
+    tokio::select! {
+        result = signal => result,
+        _ = controller_stopped => Err(Error::Environment(
+            "the control loop stopped (it panicked; see above); exiting so that the agent is restarted".into(),
+        )),
+    }
 }
 
 /// `--node-name`, `$NODE_NAME` (clap reads both), else the host name.
@@ -88,4 +111,31 @@ async fn wait_for_signal() -> Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_control_loop_stops_the_agent() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let loop_thread = std::thread::spawn(move || {
+            let _stopped = tx;
+            panic!("the control loop panics");
+        });
+        let never = std::future::pending::<Result<()>>();
+        let result = runtime.block_on(until_stopped(never, rx));
+        assert!(loop_thread.join().is_err());
+        assert!(matches!(result, Err(Error::Environment(ref m)) if m.contains("control loop stopped")), "{result:?}");
+    }
+
+    #[test]
+    fn a_signal_stops_the_agent_cleanly() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (_tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let result = runtime.block_on(until_stopped(async { Ok(()) }, rx));
+        assert!(result.is_ok());
+    }
 }

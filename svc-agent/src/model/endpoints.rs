@@ -46,9 +46,11 @@ pub(crate) fn collect<'a>(
             continue;
         };
         for ep in &slice.endpoints {
+            // kube-proxy's endpointslice cache: ready and serving are true
+            // unless explicitly false, each on its own; terminating only
+            // when explicitly true.
             let ready = ep.ready.unwrap_or(true);
-            // "If nil, consumers should defer to the ready condition."
-            let serving = ep.serving.unwrap_or(ready);
+            let serving = ep.serving.unwrap_or(true);
             let terminating = ep.terminating.unwrap_or(false);
             let hinted = ep
                 .hint_zones

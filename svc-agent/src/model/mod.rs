@@ -155,6 +155,9 @@ pub struct DesiredFrontend {
 pub struct DesiredService {
     /// Frontends, sorted by (address, protocol).
     pub frontends: Vec<DesiredFrontend>,
+    /// Ports that are not translated (SCTP: no socket hook covers it), as
+    /// `name/SCTP:port`, for a log line.
+    pub untranslated_ports: Vec<String>,
 }
 
 /// A frontend's map key in the model's terms.

@@ -89,14 +89,18 @@ pub fn desired_service(
     let prefer_close = svc.traffic_distribution.as_deref() == Some("PreferClose");
 
     let mut frontends = Vec::new();
+    let mut untranslated_ports = Vec::new();
     for port in &svc.ports {
         let name = port.name.to_string();
         let proto = match &*port.protocol {
             "TCP" => Proto::Tcp,
             "UDP" => Proto::Udp,
             // SCTP has no socket-level hook here; kube-proxy handles it per
-            // packet. Skip the port, keep the others.
-            _ => continue,
+            // packet. Skip the port, keep the others, and say so.
+            other => {
+                untranslated_ports.push(format!("{name}/{other}:{}", port.port));
+                continue;
+            }
         };
         let service_port = port_number(&name, "port", port.port)?;
         let eps = endpoints::collect(slices, &name, proto, prefer_close);
@@ -139,7 +143,7 @@ pub fn desired_service(
     }
     frontends.sort_by_key(|f| (f.addr, f.proto));
     frontends.dedup_by(|a, b| (a.addr, a.proto) == (b.addr, b.proto));
-    Ok(DesiredService { frontends })
+    Ok(DesiredService { frontends, untranslated_ports })
 }
 
 struct ClusterIps {

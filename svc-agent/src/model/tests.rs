@@ -155,10 +155,15 @@ endpoints:
 - {addresses: [10.244.1.2], conditions: {ready: false, serving: true, terminating: true}}
 - {addresses: [10.244.2.2], conditions: {ready: false, serving: false, terminating: true}}
 - {addresses: [10.244.3.2], conditions: {ready: false}}
+- {addresses: [10.244.4.2], conditions: {ready: false, terminating: true}}
 ",
     );
     let d = desired(&svc(WEB), std::slice::from_ref(&s));
-    assert_eq!(summary(&d)[0].2, vec!["10.244.1.2:8080".to_owned()], "only serving+terminating");
+    assert_eq!(
+        summary(&d)[0].2,
+        vec!["10.244.1.2:8080".to_owned(), "10.244.4.2:8080".to_owned()],
+        "only serving+terminating; serving unset means serving, whatever ready says (as kube-proxy)"
+    );
     let mut with_ready = s;
     with_ready.endpoints[2].ready = Some(true);
     let d = desired(&svc(WEB), &[with_ready]);
@@ -313,6 +318,7 @@ endpoints: [{addresses: ['fd00::1']}]
     let d = desired(&s, &[v6, slice(WEB_SLICE)]);
     assert_eq!(d.frontends.len(), 1);
     assert_eq!(d.frontends[0].backends.len(), 2);
+    assert_eq!(d.untranslated_ports, vec!["s/SCTP:90".to_owned()], "reported for a log line");
 }
 
 #[test]

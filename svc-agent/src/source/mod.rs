@@ -9,7 +9,10 @@ pub mod node;
 
 use std::{net::Ipv4Addr, sync::Arc, time::Instant};
 
-use crate::model::{ServiceObj, SliceObj};
+use crate::{
+    health::Health,
+    model::{ServiceObj, SliceObj},
+};
 
 /// A change to one kind of object.
 #[derive(Debug, Clone)]
@@ -75,24 +78,26 @@ pub struct Envelope {
     pub received: Instant,
 }
 
-/// Sending half used by sources.
+/// Sending half used by sources; every event is also noted for liveness.
 #[derive(Debug, Clone)]
-pub struct EventSender(tokio::sync::mpsc::UnboundedSender<Envelope>);
+pub struct EventSender(tokio::sync::mpsc::UnboundedSender<Envelope>, Arc<Health>);
 
 /// Receiving half used by the controller.
 pub type EventReceiver = tokio::sync::mpsc::UnboundedReceiver<Envelope>;
 
 /// A channel from sources to the controller.
-pub fn channel() -> (EventSender, EventReceiver) {
+pub fn channel(health: Arc<Health>) -> (EventSender, EventReceiver) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    (EventSender(tx), rx)
+    (EventSender(tx, health), rx)
 }
 
 impl EventSender {
     /// Sends an event stamped with the current time. Returns false once
     /// the controller is gone.
     pub fn send(&self, event: SourceEvent) -> bool {
-        self.0.send(Envelope { event, received: Instant::now() }).is_ok()
+        let received = Instant::now();
+        self.1.queued(received);
+        self.0.send(Envelope { event, received }).is_ok()
     }
 
     /// Whether the controller is gone.

@@ -53,7 +53,7 @@ fn frontend(svc: &str, fe: &str, backends: &[&str]) -> DesiredFrontend {
 }
 
 fn service(frontends: Vec<DesiredFrontend>) -> Option<DesiredService> {
-    Some(DesiredService { frontends })
+    Some(DesiredService { frontends, ..DesiredService::default() })
 }
 
 fn fk(fe: &str) -> FrontendKey4 {
@@ -439,4 +439,18 @@ fn removed_udp_backends_are_reported_for_socket_resets() {
     // Deleting the Service removes the rest.
     let report = w.apply(vec![(key("dns"), None)]);
     assert_eq!(report.udp_removed, vec![(udp_key, vec![backend_value(addr("10.0.0.1:53"))])]);
+}
+
+#[test]
+fn a_retired_set_is_deleted_only_after_a_grace_period_that_follows_the_switch() {
+    let mut w = writer();
+    w.apply(vec![(key("web"), service(vec![frontend_of("web", "10.96.0.10:80", &backends(1, LARGE))]))]);
+    w.table.ops.clear();
+    w.apply(vec![(key("web"), service(vec![frontend_of("web", "10.96.0.10:80", &backends(2, LARGE))]))]);
+    let ops = &w.table().ops;
+    let switch = ops.iter().position(|op| matches!(op, Op::PutFrontend(..))).expect("the switch");
+    let grace = ops.iter().position(|op| *op == Op::Grace).expect("a grace period");
+    let first_delete = ops.iter().position(|op| matches!(op, Op::DeleteSlot(_))).expect("the old set's deletion");
+    assert!(switch < grace && grace < first_delete, "switch, grace period, then deletes: {ops:?}");
+    assert_eq!(ops.iter().filter(|op| matches!(op, Op::DeleteSlot(_))).count(), LARGE);
 }

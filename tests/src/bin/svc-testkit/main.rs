@@ -20,6 +20,8 @@ use std::{
     time::Duration,
 };
 
+mod churn;
+
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
@@ -50,6 +52,27 @@ enum Cmd {
         /// check that the source address is preserved.
         #[arg(long)]
         echo_peer: bool,
+        /// Answer TCP with the local address the client reached (`IP`), for
+        /// a server on a whole local range (`ip route add local ...`).
+        #[arg(long, conflicts_with = "echo_peer")]
+        reply_local: bool,
+    },
+    /// Connects from `--threads` threads, round-robin over the targets,
+    /// until standard input closes; each answer (a `serve --reply-local`
+    /// address) must start with its target's prefix. Prints one JSON
+    /// report: connects, right, wrong (with examples), errors by errno.
+    Churn {
+        /// `VIP:PORT=PREFIX`: connects to VIP:PORT must be answered by an
+        /// address starting with PREFIX (e.g. `10.96.100.5:80=10.250.5.`).
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        /// cgroup v2 directory to join before creating any socket.
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
     },
     /// N sequential TCP connects; print what answered as JSON.
     Tcp {
@@ -125,18 +148,31 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     // The cgroup must be joined before entering the netns (see module doc);
     // both before any socket exists.
-    let client = match &cli.cmd {
+    let cgroup = match &cli.cmd {
         Cmd::Serve { .. } | Cmd::Relay { .. } => None,
-        Cmd::Tcp { client } | Cmd::Udp { client, .. } | Cmd::UdpSession { client, .. } => Some(client),
+        Cmd::Tcp { client } | Cmd::Udp { client, .. } | Cmd::UdpSession { client, .. } => client.cgroup.as_ref(),
+        Cmd::Churn { cgroup, .. } => cgroup.as_ref(),
     };
-    if let Some(dir) = client.and_then(|c| c.cgroup.as_ref()) {
+    if let Some(dir) = cgroup {
         join_cgroup(dir)?;
     }
     if let Some(netns) = &cli.netns {
         enter_netns(netns)?;
     }
     match cli.cmd {
-        Cmd::Serve { name, tcp, udp, bind, echo_peer } => serve(&name, &tcp, &udp, bind, echo_peer),
+        Cmd::Serve { name, tcp, udp, bind, echo_peer, reply_local } => {
+            let reply = if reply_local {
+                Reply::LocalAddr
+            } else if echo_peer {
+                Reply::NameAndPeer
+            } else {
+                Reply::Name
+            };
+            serve(&name, &tcp, &udp, bind, reply)
+        }
+        Cmd::Churn { targets, threads, timeout_ms, .. } => {
+            churn::run(&targets, threads, Duration::from_millis(timeout_ms.max(1)))
+        }
         Cmd::Tcp { client } => print_report(&tcp_client(&client)),
         Cmd::Udp { client, connected } => print_report(&udp_client(&client, connected)),
         Cmd::Relay { listen_netns, port } => relay(&listen_netns, port),
@@ -354,7 +390,18 @@ fn udp_connected_once(to: SocketAddrV4, timeout: Duration, report: &mut Report) 
     Ok(())
 }
 
-fn serve(name: &str, tcp: &[u16], udp: &[u16], bind: Ipv4Addr, echo_peer: bool) -> Result<()> {
+/// What a TCP server answers.
+#[derive(Debug, Clone, Copy)]
+enum Reply {
+    /// `NAME:PORT`.
+    Name,
+    /// `NAME:PORT CLIENT_IP`.
+    NameAndPeer,
+    /// The local address the client reached.
+    LocalAddr,
+}
+
+fn serve(name: &str, tcp: &[u16], udp: &[u16], bind: Ipv4Addr, reply: Reply) -> Result<()> {
     if tcp.is_empty() && udp.is_empty() {
         bail!("serve: give at least one --tcp or --udp port");
     }
@@ -371,7 +418,7 @@ fn serve(name: &str, tcp: &[u16], udp: &[u16], bind: Ipv4Addr, echo_peer: bool) 
     let mut threads = Vec::new();
     for listener in listeners {
         let name = name.to_owned();
-        threads.push(thread::spawn(move || serve_tcp(&name, &listener, echo_peer)));
+        threads.push(thread::spawn(move || serve_tcp(&name, &listener, reply)));
     }
     for socket in sockets {
         let name = name.to_owned();
@@ -388,16 +435,21 @@ fn serve(name: &str, tcp: &[u16], udp: &[u16], bind: Ipv4Addr, echo_peer: bool) 
     Ok(())
 }
 
-fn serve_tcp(name: &str, listener: &TcpListener, echo_peer: bool) {
+fn serve_tcp(name: &str, listener: &TcpListener, reply: Reply) {
     loop {
         // Transient accept errors (e.g. a reset before accept) must not stop
         // the server; the reply is tiny, so answer inline.
         let Ok((mut stream, peer)) = listener.accept() else {
             continue;
         };
-        let port = stream.local_addr().map_or(0, |a| a.port());
-        let reply = if echo_peer { format!("{name}:{port} {}\n", peer.ip()) } else { format!("{name}:{port}\n") };
-        let _ = stream.write_all(reply.as_bytes());
+        let local = stream.local_addr().ok();
+        let port = local.map_or(0, |a| a.port());
+        let answer = match reply {
+            Reply::Name => format!("{name}:{port}\n"),
+            Reply::NameAndPeer => format!("{name}:{port} {}\n", peer.ip()),
+            Reply::LocalAddr => format!("{}\n", local.map_or_else(String::new, |a| a.ip().to_string())),
+        };
+        let _ = stream.write_all(answer.as_bytes());
     }
 }
 
