@@ -260,8 +260,8 @@ pub struct Config {
     /// `netns_cookie` of the host network namespace, for
     /// [`fe_flags::HOST_NS_ONLY`] frontends.
     pub host_netns_cookie: u64,
-    /// Layout version of these maps; the agent refuses to adopt pins with
-    /// another version.
+    /// Layout version of these maps ([`LAYOUT_VERSION`]); the agent refuses
+    /// to adopt pins with another version.
     pub layout_version: u32,
     /// Always zero.
     pub _pad: u32,

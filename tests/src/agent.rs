@@ -183,6 +183,13 @@ impl Agent {
         self.spawn()
     }
 
+    /// As [`Self::restart`], with `extra` appended to the command line from
+    /// now on.
+    pub fn restart_with(&mut self, extra: &[&str]) -> Result<()> {
+        self.args.extend(extra.iter().map(OsString::from));
+        self.restart()
+    }
+
     /// `svc-agent status --bpffs PINDIR -o json`.
     pub fn status_json(&self) -> Result<serde_json::Value> {
         let out = cmd::run(Command::new(&self.bin).args(["status", "-o", "json", "--bpffs"]).arg(&self.pin_dir))?;

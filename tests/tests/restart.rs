@@ -121,3 +121,43 @@ fn sigkill_keeps_serving_and_restart_reconciles() -> Result<()> {
     assert!(out.all_failed_with(UNREACHABLE), "after cleanup: {out}");
     Ok(())
 }
+
+/// A restarted agent checks what it adopts: pins of another map layout
+/// version are refused with a reason (never misread), and `--max-*` flags
+/// that pinned maps cannot honour are reported instead of ignored.
+#[test]
+fn adoption_checks_the_layout_version_and_reports_fixed_capacities() -> Result<()> {
+    let mut env = TestEnv::new(1, &[Proto::Tcp(8080)])?;
+    env.manifests.write("web.yaml", &svc_with_slice("web", "10.96.0.10", &env.endpoints(&[1])))?;
+    env.start_agent()?;
+    env.agent().kill()?;
+
+    env.agent().restart_with(&["--max-frontends", "1024"])?;
+    env.agent().wait_in_sync(SYNC_TIMEOUT)?;
+    let warned = env.agent().log_since_start();
+    assert!(
+        warned.contains("--max-frontends 1024 does not apply: the pinned SVC_FRONTENDS keeps its 65536 entries"),
+        "{warned}"
+    );
+    env.agent().kill()?;
+
+    // Pins from an agent with another layout: CONFIG says version 99.
+    let config = env.agent().pin_dir().join("maps/SVC_CONFIG");
+    let mut value: Vec<String> = vec!["0".into(); 16];
+    value[8] = "99".into();
+    let mut args = vec!["map", "update", "pinned", config.to_str().unwrap(), "key", "0", "0", "0", "0", "value"];
+    args.extend(value.iter().map(String::as_str));
+    let out = std::process::Command::new("bpftool").args(&args).output()?;
+    assert!(out.status.success(), "bpftool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    env.agent().restart()?;
+    svc_tests::poll_until(SYNC_TIMEOUT, || Ok(!env.agent().is_running()))?;
+    let refused = env.agent().log_since_start();
+    assert!(
+        refused.contains("the pinned maps have layout version 99, this agent writes version"),
+        "the agent must refuse, saying why: {refused}"
+    );
+    // The old dataplane was left alone: still serving.
+    let out = env.tcp(addr("10.96.0.10:80"), 5)?;
+    assert_eq!(out.ok.get("b1:8080"), Some(&5), "{out}");
+    Ok(())
+}

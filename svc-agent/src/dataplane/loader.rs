@@ -63,6 +63,8 @@ pub fn load_and_attach(layout: &PinLayout, cgroup: &Path, capacity: &CapacityArg
         fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     }
     check_pinned_layout(layout)?;
+    check_pinned_version(layout)?;
+    warn_fixed_capacities(layout, capacity);
 
     let map_paths: Vec<(&str, std::path::PathBuf)> = names::ALL.iter().map(|n| (*n, layout.map(n))).collect();
     let mut loader = EbpfLoader::new();
@@ -112,6 +114,56 @@ fn check_pinned_layout(layout: &PinLayout) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Refuses pins written by an agent with another map layout: same sizes
+/// do not mean the same meaning (`svc_common::LAYOUT_VERSION`). There is no
+/// in-place migration; `cleanup` (or a side-by-side start on a new pin
+/// directory, docs/maps.md) is the way to a new layout.
+fn check_pinned_version(layout: &PinLayout) -> Result<()> {
+    let path = layout.map(names::CONFIG);
+    if !path.exists() {
+        return Ok(());
+    }
+    let map = super::maps::open_pinned_map(layout, names::CONFIG)?;
+    let config: Array<_, Config> = Array::try_from(map).map_err(|e| Error::map(names::CONFIG, e))?;
+    let pinned = config.get(&0, 0).map_err(|e| Error::map(names::CONFIG, e))?;
+    if pinned.layout_version != LAYOUT_VERSION {
+        return Err(Error::IncompatiblePin {
+            path,
+            detail: format!(
+                "the pinned maps have layout version {}, this agent writes version {LAYOUT_VERSION}",
+                pinned.layout_version
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Pinned maps keep the size they were created with: say so when the
+/// `--max-*` flags ask for another one.
+fn warn_fixed_capacities(layout: &PinLayout, capacity: &CapacityArgs) {
+    let wanted = [
+        (names::FRONTENDS, "--max-frontends", capacity.max_frontends),
+        (names::BACKENDS, "--max-backends", capacity.max_backends),
+        (names::BACKEND_INDEX, "--max-backend-index", capacity.max_backend_index),
+        (names::AFFINITY, "--max-affinity", capacity.max_affinity),
+        (names::REV_NAT, "--max-revnat", capacity.max_revnat),
+        (names::META, "--max-services", capacity.max_services),
+    ];
+    for (name, flag, want) in wanted {
+        let Ok(info) = MapInfo::from_pin(layout.map(name)) else { continue };
+        if info.max_entries() != want {
+            tracing::warn!(
+                map = name,
+                pinned = info.max_entries(),
+                requested = want,
+                "{flag} {want} does not apply: the pinned {name} keeps its {} entries \
+                 (to resize without failing a connect, see docs/maps.md, \"Resizing\")",
+                info.max_entries()
+            );
+        }
+    }
 }
 
 /// Records the host network namespace (for host-only frontends) and the
