@@ -48,7 +48,14 @@ pub struct Metrics {
     refused: Family<ReasonLabel, Gauge>,
     /// Objects from the Kubernetes API that could not be decoded, by kind.
     undecodable: Family<KindLabel, Counter>,
+    /// Connected UDP sockets reset because their backend was removed.
+    pub udp_resets: Counter,
+    /// What a UDP socket reset could not do, by reason.
+    udp_reset_failures: Family<ReasonLabel, Counter>,
 }
+
+/// Reasons of `svc_agent_udp_reset_failures_total`.
+pub const UDP_RESET_FAILURES: [&str; 4] = ["socket", "netns", "invisible_process", "cgroup"];
 
 /// The `reason` label of refused Services ([`crate::dataplane::writer::Refusal::label`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -84,6 +91,8 @@ impl Metrics {
             frontends: Gauge::default(),
             refused: Family::default(),
             undecodable: Family::default(),
+            udp_resets: Counter::default(),
+            udp_reset_failures: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -100,6 +109,21 @@ impl Metrics {
         for reason in crate::dataplane::writer::Refusal::LABELS {
             // Created at zero so every reason has a series from the start.
             drop(m.refused.get_or_create(&ReasonLabel { reason }));
+        }
+        registry.register(
+            "udp_resets",
+            "Connected UDP sockets reset (SOCK_DESTROY) because their backend was removed",
+            m.udp_resets.clone(),
+        );
+        registry.register(
+            "udp_reset_failures",
+            "What resetting UDP sockets of removed backends could not do: reason=socket (destroy failed), \
+             netns (could not enter or list a client namespace), invisible_process (a client process in \
+             another PID namespace), cgroup (could not read the attached cgroup)",
+            m.udp_reset_failures.clone(),
+        );
+        for reason in UDP_RESET_FAILURES {
+            drop(m.udp_reset_failures.get_or_create(&ReasonLabel { reason }));
         }
         registry.register(
             "undecodable_objects",
@@ -126,6 +150,11 @@ impl Metrics {
         for (reason, count) in counts {
             self.refused.get_or_create(&ReasonLabel { reason }).set(count);
         }
+    }
+
+    /// Counts `n` UDP-reset failures of one reason ([`UDP_RESET_FAILURES`]).
+    pub fn udp_reset_failed(&self, reason: &'static str, n: u64) {
+        self.udp_reset_failures.get_or_create(&ReasonLabel { reason }).inc_by(n);
     }
 
     /// Marks the first complete state as programmed.

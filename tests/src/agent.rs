@@ -17,7 +17,11 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 
-use crate::{Cgroup, ManifestDir, bins, cmd, names};
+use crate::{
+    Cgroup, ManifestDir, bins, cmd,
+    deployed::{Deployed, PodShape},
+    names,
+};
 
 /// The line the agent logs once its source is programmed (docs/cli.md).
 pub const IN_SYNC: &str = "dataplane in sync";
@@ -66,18 +70,33 @@ pub struct Agent {
     /// Length of the log when the current process was started: waits look
     /// only at what this run logged.
     start_offset: usize,
+    /// The DaemonSet-shaped launcher `bin` points at, if any (kept for the
+    /// agent's lifetime; dropped after it).
+    _pod: Option<Deployed>,
 }
 
 impl Agent {
     /// `svc-agent run --source DIR --cgroup CGROUP --bpffs PINDIR
-    /// --service-cidr 10.96.0.0/16 --node-name test-node`.
+    /// --service-cidr 10.96.0.0/16 --node-name test-node`, run as the
+    /// DaemonSet runs it ([`Deployed`]); `status` and `cleanup` too.
     pub fn start(source: &ManifestDir, cgroup: &Cgroup) -> Result<Self> {
         Self::start_with_args(source, cgroup, &[])
     }
 
     /// As [`Self::start`], with `extra` appended to the command line.
     pub fn start_with_args(source: &ManifestDir, cgroup: &Cgroup, extra: &[&str]) -> Result<Self> {
-        let bin = bins::agent_bin()?;
+        let pod = Deployed::new(&bins::agent_bin()?, &[source.path()])?;
+        Self::start_in(pod, source, cgroup, extra)
+    }
+
+    /// As [`Self::start_with_args`], in a given pod shape.
+    pub fn start_in_shape(source: &ManifestDir, cgroup: &Cgroup, shape: PodShape) -> Result<Self> {
+        let pod = Deployed::with_shape(&bins::agent_bin()?, &[source.path()], shape)?;
+        Self::start_in(pod, source, cgroup, &[])
+    }
+
+    fn start_in(pod: Deployed, source: &ManifestDir, cgroup: &Cgroup, extra: &[&str]) -> Result<Self> {
+        let bin = pod.path();
         let name = names::unique_name();
         let pin_dir = Path::new(names::BPFFS).join(&name);
         let log_path = Path::new(names::TMP_DIR).join(format!("{name}-agent.log"));
@@ -95,7 +114,7 @@ impl Agent {
             "test-node".into(),
         ];
         args.extend(extra.iter().map(OsString::from));
-        let mut agent = Self { bin, args, pin_dir, log_path, child: None, start_offset: 0 };
+        let mut agent = Self { bin, args, pin_dir, log_path, child: None, start_offset: 0, _pod: Some(pod) };
         agent.spawn()?;
         Ok(agent)
     }
@@ -112,7 +131,7 @@ impl Agent {
         let mut all: Vec<OsString> =
             vec!["run".into(), "--cgroup".into(), cgroup.path().into(), "--bpffs".into(), pin_dir.clone().into()];
         all.extend(args.iter().cloned());
-        let mut agent = Self { bin, args: all, pin_dir, log_path, child: None, start_offset: 0 };
+        let mut agent = Self { bin, args: all, pin_dir, log_path, child: None, start_offset: 0, _pod: None };
         agent.spawn()?;
         Ok(agent)
     }

@@ -42,6 +42,14 @@ impl TestEnv {
         Ok(agent)
     }
 
+    /// As [`Self::start_agent`], in another pod shape than the DaemonSet's.
+    pub fn start_agent_in_shape(&mut self, shape: crate::deployed::PodShape) -> Result<&mut Agent> {
+        let agent = Agent::start_in_shape(&self.manifests, &self.cgroup, shape)?;
+        let agent = self.agent.insert(agent);
+        agent.wait_in_sync(SYNC_TIMEOUT)?;
+        Ok(agent)
+    }
+
     /// The agent started by [`Self::start_agent`].
     pub fn agent(&mut self) -> &mut Agent {
         self.agent.as_mut().expect("TestEnv::agent() before start_agent()")

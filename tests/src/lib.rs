@@ -26,6 +26,7 @@ pub mod apiserver;
 mod bins;
 mod cgroup;
 mod cmd;
+pub mod deployed;
 mod env;
 pub mod k8s;
 pub mod kube_env;

@@ -16,6 +16,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use serde::Deserialize;
 use svc_tests::{
     Proto, TestEnv, addr,
+    deployed::PodShape,
     k8s::{SlicePort, SvcPort, endpoint_slice, multi, service},
 };
 
@@ -77,15 +78,19 @@ impl Drop for Session {
     }
 }
 
+fn dns(env: &TestEnv, backends: &[u8]) -> String {
+    multi(&[
+        &service("default", "dns", Some("10.96.0.11"), &[SvcPort::udp("dns", 53, "5353")]),
+        &endpoint_slice("default", "dns-1", "dns", &[SlicePort::udp("dns", 5353)], &env.endpoints(backends)),
+    ])
+}
+
+/// Runs in the DaemonSet's shape (tests/src/deployed.rs), as every agent
+/// of these tests: its own mount namespace, the DaemonSet's PID setting.
 #[test]
 fn connected_udp_socket_to_removed_backend_is_reset() -> Result<()> {
     let mut env = TestEnv::new(2, &[Proto::Udp(5353)])?;
-    let slice = |env: &TestEnv, backends: &[u8]| {
-        multi(&[
-            &service("default", "dns", Some("10.96.0.11"), &[SvcPort::udp("dns", 53, "5353")]),
-            &endpoint_slice("default", "dns-1", "dns", &[SlicePort::udp("dns", 5353)], &env.endpoints(backends)),
-        ])
-    };
+    let slice = dns;
     env.manifests.write("dns.yaml", &slice(&env, &[1, 2]))?;
     env.start_agent()?;
 
@@ -134,5 +139,27 @@ fn connected_udp_socket_to_removed_backend_is_reset() -> Result<()> {
     // New sockets go to the remaining backend.
     let out = env.udp(addr("10.96.0.11:53"), 10, true)?;
     ensure!(out.by_backend().get(&format!("b{other}")) == Some(&10), "{out}");
+    Ok(())
+}
+
+/// Without `hostPID` the agent cannot see the client processes, so it
+/// cannot reach their sockets: it must say so at warn level (and count
+/// it), not fail silently.
+#[test]
+fn an_agent_that_cannot_see_the_clients_says_so() -> Result<()> {
+    let mut env = TestEnv::new(2, &[Proto::Udp(5353)])?;
+    env.manifests.write("dns.yaml", &dns(&env, &[1, 2]))?;
+    let mut shape = PodShape::from_daemonset()?;
+    shape.host_pid = false;
+    env.start_agent_in_shape(shape)?;
+    let session = Session::start(&env, "10.96.0.11:53", 100)?;
+    let first = session.next()?;
+    ensure!(first.ok.is_some(), "first round through the Service: {first:?}");
+    env.manifests.write("dns.yaml", &dns(&env, &[2]))?;
+    env.agent()
+        .wait_for_log("processes of the attached cgroup are not visible to the agent", Duration::from_secs(10))?;
+    let line = env.agent().log_since_start();
+    let line = line.lines().find(|l| l.contains("not visible to the agent")).unwrap_or_default();
+    ensure!(line.contains(" WARN "), "reported at warn level: {line}");
     Ok(())
 }

@@ -31,11 +31,11 @@ pub(super) fn run(args: &RunArgs) -> Result<()> {
     let layout = PinLayout::new(&args.bpffs);
     let maps = loader::load_and_attach(&layout, &cgroup, &args.capacity)?;
     let writer = Writer::adopt(maps).map_err(|e| Error::Environment(format!("reading pinned state: {e}")))?;
-    let udp_reset = udp_reset::spawn(&layout, cgroup.clone())?;
     let node = NodeContext { name: node_name(args), zone: args.zone.clone(), addresses: node::current_addresses() };
     tracing::info!(node = %node.name, addresses = ?node.addresses, zone = ?node.zone, "node");
 
     let metrics = Arc::new(Metrics::new());
+    let udp_reset = udp_reset::spawn(&layout, cgroup.clone(), Arc::clone(&metrics))?;
     let health = Arc::new(Health::new(Duration::from_secs(args.healthz_timeout)));
     let (events_tx, events_rx) = source::channel(Arc::clone(&health));
     runtime.block_on(async {

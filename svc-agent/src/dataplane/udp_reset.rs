@@ -17,7 +17,7 @@ use std::{
     fs, io,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
-    sync::mpsc,
+    sync::{Arc, mpsc},
 };
 
 use aya::maps::{HashMap, MapData};
@@ -26,6 +26,7 @@ use svc_common::{Backend4, FrontendKey4, RevNatKey, RevNatValue, names};
 use super::{maps::open_pinned_map, pins::PinLayout};
 use crate::{
     error::{Error, Result},
+    metrics::Metrics,
     model::socket_addr,
     sys::sock_diag,
 };
@@ -33,10 +34,25 @@ use crate::{
 /// A UDP frontend and the backends it stopped using.
 pub type Removed = (FrontendKey4, Vec<Backend4>);
 
+/// What one reset round did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Sockets destroyed.
+    pub destroyed: u64,
+    /// Sockets that qualified but could not be destroyed.
+    pub failed_sockets: u64,
+    /// Client network namespaces that could not be entered or listed.
+    pub failed_namespaces: u64,
+    /// Processes of the cgroup this agent cannot see (it runs in another
+    /// PID namespace: the DaemonSet needs `hostPID: true`).
+    pub invisible_processes: u64,
+}
+
 /// Starts the background thread that resets sockets; send it what each
 /// batch removed. Resetting can take a while on a busy node (it visits
 /// every client network namespace), so it never delays map updates.
-pub fn spawn(layout: &PinLayout, cgroup: PathBuf) -> Result<mpsc::Sender<Vec<Removed>>> {
+/// Failures are logged at warn level and counted in `metrics`.
+pub fn spawn(layout: &PinLayout, cgroup: PathBuf, metrics: Arc<Metrics>) -> Result<mpsc::Sender<Vec<Removed>>> {
     let revnat: HashMap<MapData, RevNatKey, RevNatValue> =
         HashMap::try_from(open_pinned_map(layout, names::REV_NAT)?).map_err(|e| Error::map(names::REV_NAT, e))?;
     let (tx, rx) = mpsc::channel::<Vec<Removed>>();
@@ -48,9 +64,11 @@ pub fn spawn(layout: &PinLayout, cgroup: PathBuf) -> Result<mpsc::Sender<Vec<Rem
                     removed.extend(more);
                 }
                 match reset(&cgroup, &revnat, &removed) {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(sockets = n, "reset connected UDP sockets of removed backends"),
-                    Err(e) => tracing::warn!("resetting UDP sockets of removed backends: {e}"),
+                    Ok(outcome) => report(&outcome, &metrics),
+                    Err(e) => {
+                        metrics.udp_reset_failed("cgroup", 1);
+                        tracing::warn!("resetting UDP sockets of removed backends: reading {}: {e}", cgroup.display());
+                    }
                 }
             }
         })
@@ -58,8 +76,35 @@ pub fn spawn(layout: &PinLayout, cgroup: PathBuf) -> Result<mpsc::Sender<Vec<Rem
     Ok(tx)
 }
 
-/// Destroys the qualifying sockets in every client netns; returns how many.
-fn reset(cgroup: &Path, revnat: &HashMap<MapData, RevNatKey, RevNatValue>, removed: &[Removed]) -> io::Result<usize> {
+/// Logs and counts a round.
+fn report(outcome: &Outcome, metrics: &Metrics) {
+    if outcome.destroyed > 0 {
+        metrics.udp_resets.inc_by(outcome.destroyed);
+        tracing::info!(sockets = outcome.destroyed, "reset connected UDP sockets of removed backends");
+    }
+    if outcome.failed_sockets > 0 {
+        metrics.udp_reset_failed("socket", outcome.failed_sockets);
+        tracing::warn!(sockets = outcome.failed_sockets, "could not reset connected UDP sockets of removed backends");
+    }
+    if outcome.failed_namespaces > 0 {
+        metrics.udp_reset_failed("netns", outcome.failed_namespaces);
+        tracing::warn!(
+            namespaces = outcome.failed_namespaces,
+            "could not enter or list client network namespaces to reset UDP sockets"
+        );
+    }
+    if outcome.invisible_processes > 0 {
+        metrics.udp_reset_failed("invisible_process", outcome.invisible_processes);
+        tracing::warn!(
+            processes = outcome.invisible_processes,
+            "processes of the attached cgroup are not visible to the agent (another PID namespace: \
+             run it with hostPID), so their UDP sockets cannot be reset"
+        );
+    }
+}
+
+/// Destroys the qualifying sockets in every client netns.
+fn reset(cgroup: &Path, revnat: &HashMap<MapData, RevNatKey, RevNatValue>, removed: &[Removed]) -> io::Result<Outcome> {
     // backend -> the frontends that stopped using it
     let mut wanted: BTreeMap<Backend4, Vec<FrontendKey4>> = BTreeMap::new();
     for (frontend, backends) in removed {
@@ -67,13 +112,17 @@ fn reset(cgroup: &Path, revnat: &HashMap<MapData, RevNatKey, RevNatValue>, remov
             wanted.entry(*b).or_default().push(*frontend);
         }
     }
-    let mut destroyed = 0;
-    for netns in client_namespaces(cgroup)? {
+    let mut outcome = Outcome::default();
+    let (namespaces, invisible) = client_namespaces(cgroup)?;
+    outcome.invisible_processes = invisible;
+    for netns in namespaces {
         let sockets = match in_netns(&netns, sock_diag::connected_udp_sockets) {
             Ok(Ok(s)) => s,
-            // The process may have exited meanwhile.
+            // The process exited meanwhile: nothing to reset there.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Ok(Err(e)) | Err(e) => {
                 tracing::debug!(netns = %netns.display(), "listing UDP sockets: {e}");
+                outcome.failed_namespaces += 1;
                 continue;
             }
         };
@@ -90,26 +139,36 @@ fn reset(cgroup: &Path, revnat: &HashMap<MapData, RevNatKey, RevNatValue>, remov
         if doomed.is_empty() {
             continue;
         }
-        let results = in_netns(&netns, move || doomed.iter().map(sock_diag::destroy).collect::<Vec<_>>())?;
+        let count = doomed.len() as u64;
+        let Ok(results) = in_netns(&netns, move || doomed.iter().map(sock_diag::destroy).collect::<Vec<_>>()) else {
+            outcome.failed_sockets += count;
+            continue;
+        };
         for result in results {
             match result {
-                Ok(()) => destroyed += 1,
-                Err(e) => tracing::debug!("destroying a UDP socket: {e}"),
+                Ok(()) => outcome.destroyed += 1,
+                Err(e) => {
+                    tracing::debug!("destroying a UDP socket: {e}");
+                    outcome.failed_sockets += 1;
+                }
             }
         }
     }
-    tracing::debug!(backends = ?wanted.keys().map(|b| socket_addr(b.addr, b.port)).collect::<Vec<_>>(), destroyed, "udp reset");
-    Ok(destroyed)
+    tracing::debug!(backends = ?wanted.keys().map(|b| socket_addr(b.addr, b.port)).collect::<Vec<_>>(), ?outcome, "udp reset");
+    Ok(outcome)
 }
 
 /// One `/proc/<pid>/ns/net` per distinct network namespace among the
-/// processes of `cgroup` and its descendants.
-fn client_namespaces(cgroup: &Path) -> io::Result<Vec<PathBuf>> {
+/// processes of `cgroup` and its descendants, and how many of those
+/// processes are outside this agent's PID namespace (`cgroup.procs` shows
+/// them as 0).
+fn client_namespaces(cgroup: &Path) -> io::Result<(Vec<PathBuf>, u64)> {
     let mut pids = Vec::new();
     collect_pids(cgroup, &mut pids)?;
+    let invisible = pids.iter().filter(|pid| **pid == 0).count() as u64;
     let mut seen = HashSet::new();
     let mut out = Vec::new();
-    for pid in pids {
+    for pid in pids.into_iter().filter(|pid| *pid != 0) {
         let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
         if let Ok(meta) = fs::metadata(&path)
             && seen.insert((meta.dev(), meta.ino()))
@@ -117,7 +176,7 @@ fn client_namespaces(cgroup: &Path) -> io::Result<Vec<PathBuf>> {
             out.push(path);
         }
     }
-    Ok(out)
+    Ok((out, invisible))
 }
 
 fn collect_pids(dir: &Path, pids: &mut Vec<u32>) -> io::Result<()> {
