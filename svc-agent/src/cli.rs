@@ -31,8 +31,10 @@ pub enum Command {
     Cleanup(CleanupArgs),
 }
 
-/// `svc-agent run`.
+/// `svc-agent run`. A flag given twice takes its last value (as with
+/// kube-proxy's flags), so a wrapper can append overrides.
 #[derive(Debug, Args)]
+#[command(args_override_self = true)]
 pub struct RunArgs {
     /// `kube` for the Kubernetes API, or a directory of YAML/JSON manifests.
     #[arg(long)]

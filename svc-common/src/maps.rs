@@ -100,6 +100,9 @@ pub struct Frontend {
     pub inline: [Backend4; INLINE_BACKENDS],
 }
 
+/// The flag predicates are the one place where [`Frontend::flags`] is
+/// decoded (as Cilium's `lb4_svc_is_*` helpers), for the programs, the
+/// writer, adoption and `status` alike.
 impl Frontend {
     /// Whether the backends are in [`Frontend::inline`] rather than in
     /// `SVC_BACKENDS`.
@@ -107,6 +110,48 @@ impl Frontend {
     #[must_use]
     pub const fn is_inline(&self) -> bool {
         self.count as usize <= INLINE_BACKENDS
+    }
+
+    /// A ClusterIP address.
+    #[inline(always)]
+    #[must_use]
+    pub const fn is_cluster_ip(&self) -> bool {
+        self.flags & fe_flags::KIND_CLUSTER_IP != 0
+    }
+
+    /// `nodeIP:nodePort` (including `127.0.0.1:nodePort`).
+    #[inline(always)]
+    #[must_use]
+    pub const fn is_node_port(&self) -> bool {
+        self.flags & fe_flags::KIND_NODE_PORT != 0
+    }
+
+    /// A `spec.externalIPs` address.
+    #[inline(always)]
+    #[must_use]
+    pub const fn is_external_ip(&self) -> bool {
+        self.flags & fe_flags::KIND_EXTERNAL_IP != 0
+    }
+
+    /// A load-balancer ingress address.
+    #[inline(always)]
+    #[must_use]
+    pub const fn is_load_balancer(&self) -> bool {
+        self.flags & fe_flags::KIND_LOAD_BALANCER != 0
+    }
+
+    /// Translated only for sockets of the host network namespace.
+    #[inline(always)]
+    #[must_use]
+    pub const fn is_host_ns_only(&self) -> bool {
+        self.flags & fe_flags::HOST_NS_ONLY != 0
+    }
+
+    /// Its set in slots has membership entries in `SVC_BE_INDEX`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn is_indexed(&self) -> bool {
+        self.flags & fe_flags::INDEXED != 0
     }
 }
 

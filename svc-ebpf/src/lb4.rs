@@ -24,7 +24,7 @@ use aya_ebpf::{
 };
 use svc_common::{
     AffinityKey, AffinityValue, Backend4, BackendIndexKey, Frontend, FrontendKey4, INLINE_BACKENDS, RevNatKey,
-    RevNatValue, SlotKey, SockXlat, fe_flags,
+    RevNatValue, SlotKey, SockXlat,
 };
 
 use crate::maps::{SVC_AFFINITY, SVC_BACKENDS, SVC_BE_INDEX, SVC_CONFIG, SVC_FRONTENDS, SVC_REVNAT_SK, SVC_SOCK_XLAT};
@@ -101,7 +101,7 @@ fn lookup_frontend(key: &FrontendKey4, out: &mut MaybeUninit<Frontend>) -> Looku
 /// sockets of the host network namespace.
 #[inline(always)]
 fn applies_to(ctx: &SockAddrContext, fe: &Frontend) -> bool {
-    if fe.flags & fe_flags::HOST_NS_ONLY == 0 {
+    if !fe.is_host_ns_only() {
         return true;
     }
     // SAFETY: plain helper call on our context.

@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use svc_tests::{
-    Proto, TestEnv, addr, is_warning,
+    Agent, Cgroup, ManifestDir, Proto, SYNC_TIMEOUT, TestEnv, addr, is_warning,
     k8s::{SlicePort, SvcPort, endpoint_slice, multi, service},
+    require_root,
 };
 
 /// How long after `dataplane in sync` the report may still appear.
@@ -75,5 +76,38 @@ fn agent_rests_after_a_change() -> Result<()> {
     let after = rereads();
     // At most one periodic rescan (every 5 s) may fall in the window.
     assert!(after - before <= 1, "{} re-reads in 2 s with nothing changing", after - before);
+    Ok(())
+}
+
+/// Allocated cluster IPs are sticky: a Service keeps its address when
+/// another Service appears that sorts first and wants the same one (here
+/// the range has a single usable address), and across a restart.
+#[test]
+fn an_allocated_cluster_ip_never_moves_to_another_service() -> Result<()> {
+    require_root();
+    let cgroup = Cgroup::new()?;
+    let manifests = ManifestDir::new()?;
+    let web = |name: &str| service("default", name, None, &[SvcPort::tcp("http", 80, "8080")]);
+    manifests.write("web.yaml", &web("web"))?;
+    // 10.96.3.0/30: .0 network, .1 reserved, .3 last: only .2 is usable.
+    let mut agent = Agent::start_with_args(&manifests, &cgroup, &["--service-cidr", "10.96.3.0/30"])?;
+    agent.wait_in_sync(SYNC_TIMEOUT)?;
+    let owner_of_2 = |agent: &Agent| -> Result<Vec<String>> {
+        Ok(agent.frontends()?.into_iter().filter(|f| f.address == "10.96.3.2:80").map(|f| f.name).collect())
+    };
+    assert_eq!(owner_of_2(&agent)?, vec!["web".to_owned()]);
+
+    // "a-first" sorts before "web" and would get the only address on a
+    // fresh allocation; it must not take it from the running Service.
+    manifests.write("a.yaml", &web("a-first"))?;
+    agent.wait_for_log("Service default/a-first skipped: service range 10.96.3.0/30 is full", SYNC_TIMEOUT)?;
+    assert_eq!(owner_of_2(&agent)?, vec!["web".to_owned()], "the running Service kept its address");
+
+    // Nor across a restart, where both are seen at once.
+    agent.kill()?;
+    agent.restart()?;
+    agent.wait_in_sync(SYNC_TIMEOUT)?;
+    assert_eq!(owner_of_2(&agent)?, vec!["web".to_owned()], "kept across a restart (seeded from the pins)");
+    assert!(agent.log_since_start().contains("Service default/a-first skipped: service range 10.96.3.0/30 is full"));
     Ok(())
 }

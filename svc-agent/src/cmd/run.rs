@@ -57,6 +57,7 @@ pub(super) fn run(args: &RunArgs) -> Result<()> {
             let allocation = manifest::Allocation {
                 service_cidr: args.service_cidr,
                 node_ports: args.service_node_port_range.clone(),
+                previous: previous_allocations(&writer),
             };
             manifest::spawn(Path::new(&args.source), allocation, events_tx).map(|_| ())
         }
@@ -92,6 +93,15 @@ async fn until_stopped(
         _ = controller_stopped => Err(Error::Environment(
             "the control loop stopped (it panicked; see above); exiting so that the agent is restarted".into(),
         )),
+    }
+}
+
+/// What the pinned dataplane holds, so that a restarted manifest source
+/// keeps every Service's cluster IP and node ports.
+fn previous_allocations<T: crate::dataplane::Table>(writer: &Writer<T>) -> manifest::ipam::Sticky {
+    manifest::ipam::Sticky {
+        cluster_ips: writer.programmed_cluster_ips().into_iter().collect(),
+        node_ports: writer.programmed_node_ports().into_iter().map(|(key, name, port)| ((key, name), port)).collect(),
     }
 }
 

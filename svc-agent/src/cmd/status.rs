@@ -8,7 +8,7 @@ use std::{
 
 use aya::maps::MapInfo;
 use serde::Serialize;
-use svc_common::{Backend4, ServiceMeta, SlotKey, fe_flags, names};
+use svc_common::{Backend4, Frontend, ServiceMeta, SlotKey, names};
 
 use crate::{
     cli::{Output, StatusArgs},
@@ -109,7 +109,7 @@ fn read_status(layout: &PinLayout) -> Result<Status> {
                 namespace: names.map(|m| name_str(&m.namespace)).unwrap_or_default(),
                 name: names.map(|m| name_str(&m.name)).unwrap_or_default(),
                 port_name: names.map(|m| name_str(&m.port_name)).unwrap_or_default(),
-                kind: kind_name(fe.flags),
+                kind: kind_name(fe),
                 address: socket_addr(key.addr, key.port).to_string(),
                 protocol: Proto::from_number(key.proto).map_or("?", Proto::as_str),
                 svc_id: fe.svc_id,
@@ -164,12 +164,12 @@ fn read_status(layout: &PinLayout) -> Result<Status> {
     Ok(Status { frontends, affinity, maps: maps_rows })
 }
 
-fn kind_name(flags: u32) -> &'static str {
-    if flags & fe_flags::KIND_NODE_PORT != 0 {
+fn kind_name(fe: &Frontend) -> &'static str {
+    if fe.is_node_port() {
         "NodePort"
-    } else if flags & fe_flags::KIND_EXTERNAL_IP != 0 {
+    } else if fe.is_external_ip() {
         "ExternalIP"
-    } else if flags & fe_flags::KIND_LOAD_BALANCER != 0 {
+    } else if fe.is_load_balancer() {
         "LoadBalancer"
     } else {
         "ClusterIP"

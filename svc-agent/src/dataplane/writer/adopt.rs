@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use svc_common::{BackendIndexKey, fe_flags};
+use svc_common::BackendIndexKey;
 
 use super::{BackendSet, Handover, IdAllocator, Orphans, PortEntry, ServiceState, Writer, name_str};
 use crate::{
@@ -57,7 +57,7 @@ pub(super) fn adopt<T: Table>(table: T) -> Result<Writer<T>, TableError> {
                     members.sort_unstable();
                     members.into_iter().map(|(_, b)| b).collect()
                 };
-                BackendSet { backends, indexed: fe.flags & fe_flags::INDEXED != 0 }
+                BackendSet { backends, indexed: fe.is_indexed() }
             });
         }
         owners.insert(*fk, owner);

@@ -167,6 +167,34 @@ impl<T: Table> Writer<T> {
         self.pending.iter().map(|(key, p)| (key, &p.reason))
     }
 
+    /// The ClusterIP address of every programmed Service (for a source
+    /// that allocates addresses to keep them across restarts).
+    pub fn programmed_cluster_ips(&self) -> Vec<(ServiceKey, std::net::Ipv4Addr)> {
+        let mut out = Vec::new();
+        for (key, state) in &self.services {
+            if let Some((fk, _)) = state.frontends.iter().find(|(_, fe)| fe.is_cluster_ip()) {
+                out.push((key.clone(), std::net::Ipv4Addr::from(fk.addr)));
+            }
+        }
+        out
+    }
+
+    /// The node port of every programmed Service port, by port name.
+    pub fn programmed_node_ports(&self) -> Vec<(ServiceKey, String, u16)> {
+        let names: HashMap<u32, &ServicePortKey> = self.ports.iter().map(|(port, e)| (e.id, port)).collect();
+        let mut out: Vec<(ServiceKey, String, u16)> = Vec::new();
+        for (key, state) in &self.services {
+            for (fk, fe) in state.frontends.iter().filter(|(_, fe)| fe.is_node_port()) {
+                let Some(port) = names.get(&fe.svc_id) else { continue };
+                let entry = (key.clone(), port.port_name.clone(), u16::from_be(fk.port));
+                if !out.contains(&entry) {
+                    out.push(entry);
+                }
+            }
+        }
+        out
+    }
+
     /// Number of frontends in the maps.
     pub fn frontend_count(&self) -> usize {
         self.owners.len()

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddrV4;
 
-use svc_common::{BackendIndexKey, FrontendKey4, INLINE_BACKENDS, SlotKey, fe_flags};
+use svc_common::{BackendIndexKey, FrontendKey4, INLINE_BACKENDS, SlotKey};
 
 use super::Writer;
 use crate::{
@@ -204,7 +204,7 @@ fn affinity_on_slot_sets_carries_membership_entries() {
     w.apply(vec![(key("web"), service(vec![fe]))]);
     let value = w.table().frontends[&fk("10.96.0.10:80")];
     assert_eq!(value.affinity_timeout, 10_800);
-    assert_ne!(value.flags & fe_flags::INDEXED, 0);
+    assert!(value.is_indexed());
     let member = BackendIndexKey { set_id: value.set_id, backend: backend_value(many[1]) };
     assert_eq!(w.table().index.get(&member), Some(&1));
 
@@ -213,7 +213,7 @@ fn affinity_on_slot_sets_carries_membership_entries() {
     small.affinity_timeout = 10_800;
     w.apply(vec![(key("web"), service(vec![small]))]);
     let value = w.table().frontends[&fk("10.96.0.10:80")];
-    assert_eq!(value.flags & fe_flags::INDEXED, 0);
+    assert!(!value.is_indexed());
     assert!(w.table().index.is_empty(), "the large set's entries were removed with it");
 }
 

@@ -8,7 +8,7 @@
 //! good content stays in effect, the way a failed `kubectl apply` leaves
 //! the cluster unchanged; the other files always apply.
 
-mod ipam;
+pub mod ipam;
 mod mirror;
 mod parse;
 mod watch;
@@ -37,6 +37,8 @@ pub struct Allocation {
     /// `--service-node-port-range`: node ports for NodePort/LoadBalancer
     /// ports without one.
     pub node_ports: RangeInclusive<u16>,
+    /// Allocations already in force (from the pinned dataplane at start).
+    pub previous: ipam::Sticky,
 }
 
 /// Re-reading this many files is bulk work whose freed memory is returned
@@ -72,13 +74,16 @@ pub struct Snapshot {
 pub struct ManifestDir {
     dir: PathBuf,
     allocation: Allocation,
+    /// Allocations in force, kept across re-reads.
+    sticky: ipam::Sticky,
     files: BTreeMap<PathBuf, FileState>,
 }
 
 impl ManifestDir {
     /// A reader for `dir`; nothing is read yet.
     pub fn new(dir: impl Into<PathBuf>, allocation: Allocation) -> Self {
-        Self { dir: dir.into(), allocation, files: BTreeMap::new() }
+        let sticky = allocation.previous.clone();
+        Self { dir: dir.into(), allocation, sticky, files: BTreeMap::new() }
     }
 
     /// The directory.
@@ -124,7 +129,7 @@ impl ManifestDir {
     }
 
     /// Combines every file's objects into one consistent view.
-    fn merge(&self) -> Snapshot {
+    fn merge(&mut self) -> Snapshot {
         let mut services: BTreeMap<ServiceKey, Arc<ServiceObj>> = BTreeMap::new();
         let mut slices: BTreeMap<(String, String), Arc<SliceObj>> = BTreeMap::new();
         let mut endpoints: BTreeMap<(String, String), &Endpoints> = BTreeMap::new();
@@ -146,8 +151,8 @@ impl ManifestDir {
         // Shared with the file cache: only Services that get an address or
         // a node port allocated are copied.
         let mut services: Vec<Arc<ServiceObj>> = services.into_values().collect();
-        ipam::assign_cluster_ips(&mut services, self.allocation.service_cidr);
-        ipam::assign_node_ports(&mut services, &self.allocation.node_ports);
+        ipam::assign_cluster_ips(&mut services, self.allocation.service_cidr, &mut self.sticky);
+        ipam::assign_node_ports(&mut services, &self.allocation.node_ports, &mut self.sticky);
         let mut slices: Vec<Arc<SliceObj>> = slices.into_values().collect();
         slices.extend(mirror::mirror_endpoints(&services, endpoints.into_values()));
         Snapshot { services, slices }
