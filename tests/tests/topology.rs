@@ -13,3 +13,8 @@ fn hints_for_this_zone_are_preferred() -> Result<()> {
 fn prefer_close_uses_endpoint_zones() -> Result<()> {
     topology::prefer_close_uses_endpoint_zones(manifests()?)
 }
+
+#[test]
+fn prefer_same_node_then_zone() -> Result<()> {
+    topology::prefer_same_node_then_zone(manifests()?)
+}

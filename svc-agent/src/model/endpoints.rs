@@ -1,7 +1,9 @@
 //! Which endpoints of a Service port are usable, following kube-proxy's
 //! `CategorizeEndpoints`: ready endpoints, else serving-and-terminating
 //! ones (KEP-1669); node-local subsets for `internalTrafficPolicy: Local`;
-//! zone preference when every endpoint carries a zone hint.
+//! node preference when every endpoint carries a node hint and one names
+//! this node (`PreferSameNode`), else zone preference when every endpoint
+//! carries a zone hint and one names this zone.
 
 use std::{collections::BTreeMap, net::SocketAddrV4};
 
@@ -20,21 +22,49 @@ pub(crate) struct Endpoint<'a> {
     pub(crate) node_name: Option<&'a str>,
     /// Zones this endpoint is hinted for; `None` when it has no hint.
     pub(crate) zones: Option<Vec<&'a str>>,
+    /// Nodes this endpoint is hinted for; `None` when it has no hint.
+    pub(crate) nodes: Option<Vec<&'a str>>,
+}
+
+/// `spec.trafficDistribution`, as far as the hints it implies go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Distribution {
+    /// Unset (or unknown): only hints that are present count.
+    Any,
+    /// `PreferSameZone`, or its older name `PreferClose`.
+    SameZone,
+    /// `PreferSameNode` (the EndpointSlice controller hints both the
+    /// endpoint's node and its zone).
+    SameNode,
+}
+
+impl Distribution {
+    /// From `spec.trafficDistribution`.
+    pub(crate) fn of(value: Option<&str>) -> Self {
+        match value {
+            Some("PreferClose" | "PreferSameZone") => Self::SameZone,
+            Some("PreferSameNode") => Self::SameNode,
+            _ => Self::Any,
+        }
+    }
 }
 
 /// Endpoints of the Service port named `port_name` with protocol `proto`,
 /// from every IPv4 slice. The backend port is the slice's port with the
 /// Service port's name: that is how a named `targetPort` resolves.
 ///
-/// With `zone_from_endpoint` (trafficDistribution: PreferClose), an endpoint
-/// without hints is treated as hinted for its own `zone`, which is what the
-/// EndpointSlice controller would write (the manifest source has none).
+/// With a `distribution` preference, an endpoint without hints is treated
+/// as hinted for its own `zone` (and, for `PreferSameNode`, its own
+/// `nodeName`), which is what the EndpointSlice controller would write
+/// (the manifest source has none).
 pub(crate) fn collect<'a>(
     slices: &[&'a SliceObj],
     port_name: &str,
     proto: Proto,
-    zone_from_endpoint: bool,
+    distribution: Distribution,
 ) -> Vec<Endpoint<'a>> {
+    let zone_from_endpoint = distribution != Distribution::Any;
+    let node_from_endpoint = distribution == Distribution::SameNode;
     // Keyed by address so an endpoint listed by two slices (a slice being
     // replaced) counts once; a ready copy wins over a not-ready one.
     let mut by_addr: BTreeMap<SocketAddrV4, Endpoint<'a>> = BTreeMap::new();
@@ -58,6 +88,13 @@ pub(crate) fn collect<'a>(
                 .map(|zones| zones.iter().map(AsRef::as_ref).collect::<Vec<&str>>())
                 .filter(|zones| !zones.is_empty());
             let zones = hinted.or_else(|| if zone_from_endpoint { ep.zone.as_deref().map(|z| vec![z]) } else { None });
+            let hinted_nodes = ep
+                .hint_nodes
+                .as_ref()
+                .map(|nodes| nodes.iter().map(AsRef::as_ref).collect::<Vec<&str>>())
+                .filter(|nodes| !nodes.is_empty());
+            let nodes = hinted_nodes
+                .or_else(|| if node_from_endpoint { ep.node_name.as_deref().map(|n| vec![n]) } else { None });
             if let Some(ip) = &ep.address {
                 let endpoint = Endpoint {
                     addr: SocketAddrV4::new(*ip, port),
@@ -66,6 +103,7 @@ pub(crate) fn collect<'a>(
                     terminating,
                     node_name: ep.node_name.as_deref(),
                     zones: zones.clone(),
+                    nodes: nodes.clone(),
                 };
                 match by_addr.get(&endpoint.addr) {
                     Some(existing) if existing.ready || !endpoint.ready => {}
@@ -102,13 +140,15 @@ pub(crate) struct Categorized {
 
 /// Applies the readiness fallback, locality and topology rules.
 pub(crate) fn categorize(endpoints: &[Endpoint<'_>], node: &NodeContext) -> Categorized {
-    let use_topology = can_use_topology(endpoints, node);
-    let zone_ok = |ep: &Endpoint<'_>| {
-        !use_topology || ep.zones.as_ref().is_some_and(|z| node.zone.as_deref().is_some_and(|nz| z.contains(&nz)))
+    let mode = topology_mode(endpoints, node);
+    let topology_ok = |ep: &Endpoint<'_>| match mode {
+        Topology::None => true,
+        Topology::Node => ep.nodes.as_ref().is_some_and(|n| n.contains(&node.name.as_str())),
+        Topology::Zone => ep.zones.as_ref().is_some_and(|z| node.zone.as_deref().is_some_and(|nz| z.contains(&nz))),
     };
     let is_local = |ep: &Endpoint<'_>| ep.node_name == Some(node.name.as_str());
 
-    let cluster = usable(endpoints, |ep| zone_ok(ep), |_| true);
+    let cluster = usable(endpoints, |ep| topology_ok(ep), |_| true);
     let local = usable(endpoints, is_local, is_local);
     Categorized { cluster, local }
 }
@@ -127,19 +167,32 @@ fn usable(
     endpoints.iter().filter(|ep| ep.serving && ep.terminating && fallback_filter(ep)).map(|ep| ep.addr).collect()
 }
 
-/// Zone preference applies only when this node's zone is known, every ready
-/// endpoint has a zone hint, and at least one is hinted for this zone
-/// (otherwise kube-proxy ignores hints rather than black-holing traffic).
-fn can_use_topology(endpoints: &[Endpoint<'_>], node: &NodeContext) -> bool {
-    let Some(zone) = node.zone.as_deref() else {
-        return false;
-    };
-    let mut any_here = false;
-    for ep in endpoints.iter().filter(|ep| ep.ready) {
-        let Some(zones) = ep.zones.as_ref() else {
-            return false;
-        };
-        any_here |= zones.contains(&zone);
+/// Which hints filter the cluster-wide endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Topology {
+    None,
+    Zone,
+    Node,
+}
+
+/// kube-proxy's `topologyModeFromHints`: node hints apply when every ready
+/// endpoint has one and at least one names this node; else zone hints,
+/// when this node's zone is known, every ready endpoint has one and at
+/// least one names this zone; else none (kube-proxy ignores hints rather
+/// than black-holing traffic).
+fn topology_mode(endpoints: &[Endpoint<'_>], node: &NodeContext) -> Topology {
+    let ready = || endpoints.iter().filter(|ep| ep.ready);
+    let all_have = |hints: fn(&Endpoint<'_>) -> bool| ready().all(hints) && ready().next().is_some();
+    if all_have(|ep| ep.nodes.is_some())
+        && ready().any(|ep| ep.nodes.as_ref().is_some_and(|n| n.contains(&node.name.as_str())))
+    {
+        return Topology::Node;
     }
-    any_here
+    let Some(zone) = node.zone.as_deref() else {
+        return Topology::None;
+    };
+    if all_have(|ep| ep.zones.is_some()) && ready().any(|ep| ep.zones.as_ref().is_some_and(|z| z.contains(&zone))) {
+        return Topology::Zone;
+    }
+    Topology::None
 }

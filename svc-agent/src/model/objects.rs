@@ -111,6 +111,8 @@ pub struct EndpointObj {
     pub zone: Option<Box<str>>,
     /// `hints.forZones[].name` (None: no hints).
     pub hint_zones: Option<Vec<Box<str>>>,
+    /// `hints.forNodes[].name` (None: no hints).
+    pub hint_nodes: Option<Vec<Box<str>>>,
 }
 
 fn boxed(s: &str) -> Box<str> {
@@ -205,6 +207,11 @@ impl From<&EndpointSlice> for SliceObj {
                             .as_ref()
                             .and_then(|h| h.for_zones.as_ref())
                             .map(|zones| zones.iter().map(|z| boxed(&z.name)).collect()),
+                        hint_nodes: ep
+                            .hints
+                            .as_ref()
+                            .and_then(|h| h.for_nodes.as_ref())
+                            .map(|nodes| nodes.iter().map(|n| boxed(&n.name)).collect()),
                     }
                 })
                 .collect(),

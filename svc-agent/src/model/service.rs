@@ -86,7 +86,7 @@ pub fn desired_service(
     let node_ports = matches!(svc_type, "NodePort" | "LoadBalancer");
     let affinity_timeout = affinity_timeout(svc)?;
     let internal_local = svc.internal_traffic_policy.as_deref() == Some("Local");
-    let prefer_close = svc.traffic_distribution.as_deref() == Some("PreferClose");
+    let distribution = endpoints::Distribution::of(svc.traffic_distribution.as_deref());
 
     let mut frontends = Vec::new();
     let mut untranslated_ports = Vec::new();
@@ -103,7 +103,7 @@ pub fn desired_service(
             }
         };
         let service_port = port_number(&name, "port", port.port)?;
-        let eps = endpoints::collect(slices, &name, proto, prefer_close);
+        let eps = endpoints::collect(slices, &name, proto, distribution);
         let categorized = endpoints::categorize(&eps, node);
         let internal: Arc<[SocketAddrV4]> =
             if internal_local { categorized.local.into() } else { categorized.cluster.clone().into() };

@@ -272,6 +272,47 @@ endpoints:
 }
 
 #[test]
+fn prefer_same_zone_is_prefer_close_and_prefer_same_node_prefers_this_node() {
+    let with = |distribution: &str| {
+        svc(&format!(
+            "metadata: {{name: web, namespace: default}}\nspec: {{clusterIP: 10.96.0.10, trafficDistribution: {distribution}, ports: [{{name: http, port: 80}}]}}"
+        ))
+    };
+    // node() is "node-a" in zone-a.
+    let eps = slice(
+        "
+metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: [10.244.1.2], zone: zone-a, nodeName: node-a}
+- {addresses: [10.244.2.2], zone: zone-a, nodeName: other}
+- {addresses: [10.244.3.2], zone: zone-b, nodeName: far}
+",
+    );
+    let backends = |s: &ServiceObj, e: &SliceObj| summary(&desired(s, std::slice::from_ref(e)))[0].2.clone();
+    let zone_a = vec!["10.244.1.2:8080".to_owned(), "10.244.2.2:8080".to_owned()];
+    assert_eq!(backends(&with("PreferSameZone"), &eps), zone_a);
+    assert_eq!(backends(&with("PreferClose"), &eps), zone_a);
+    assert_eq!(backends(&with("PreferSameNode"), &eps), vec!["10.244.1.2:8080".to_owned()]);
+
+    // No endpoint on this node: PreferSameNode falls back to the zone.
+    let mut elsewhere = eps.clone();
+    elsewhere.endpoints[0].node_name = Some("gone".into());
+    assert_eq!(backends(&with("PreferSameNode"), &elsewhere), zone_a);
+
+    // Written hints (forNodes) win over the endpoint's own node name.
+    let mut hinted = eps;
+    for ep in &mut hinted.endpoints {
+        ep.hint_nodes = Some(vec!["other".into()]);
+    }
+    hinted.endpoints[0].hint_nodes = Some(vec!["node-a".into()]);
+    hinted.endpoints[2].hint_nodes = Some(vec!["node-a".into()]);
+    let got = backends(&svc(WEB), &hinted);
+    assert_eq!(got, vec!["10.244.1.2:8080".to_owned(), "10.244.3.2:8080".to_owned()], "forNodes hints apply");
+}
+
+#[test]
 fn session_affinity_timeouts() {
     let base = "metadata: {name: web}\nspec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]";
     let with = |extra: &str| svc(&format!("{base}, {extra}}}"));

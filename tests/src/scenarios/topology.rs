@@ -11,7 +11,7 @@ use anyhow::{Result, ensure};
 
 use super::{SETTLE, set};
 use crate::{
-    At, NodeEnv, Proto, addr,
+    At, NODE_NAME, NodeEnv, Proto, addr,
     k8s::{EndpointSpec, PortSpec, ServiceSpec, SlicePort, endpoint_slice_spec},
     poll_outcome,
     source::Source,
@@ -25,8 +25,16 @@ fn vip() -> SocketAddrV4 {
 }
 
 fn service(prefer_close: bool) -> String {
+    service_with(if prefer_close { Some("PreferClose") } else { None })
+}
+
+fn service_with(distribution: Option<&str>) -> String {
     let svc = ServiceSpec::new("default", "web").cluster_ip("10.96.5.10").port(PortSpec::tcp("http", 80, "8080"));
-    if prefer_close { svc.traffic_distribution("PreferClose") } else { svc }.yaml()
+    match distribution {
+        Some(d) => svc.traffic_distribution(d),
+        None => svc,
+    }
+    .yaml()
 }
 
 fn slice(endpoints: &[EndpointSpec]) -> String {
@@ -104,5 +112,29 @@ pub fn prefer_close_uses_endpoint_zones(source: Box<dyn Source>) -> Result<()> {
 
     env.apply("web-svc", &service(false))?;
     expect_backends(&env, At::Pod(1), &["b1", "b2", "b3"])?;
+    Ok(())
+}
+
+/// `trafficDistribution: PreferSameNode` prefers the endpoints on this node
+/// (by their `nodeName`, as the EndpointSlice controller's `forNodes`
+/// hints would say), and `PreferSameZone` is the new name of PreferClose.
+pub fn prefer_same_node_then_zone(source: Box<dyn Source>) -> Result<()> {
+    let placed = |env: &NodeEnv| {
+        vec![
+            ep(env, 1).zone(ZONE).node(NODE_NAME),
+            ep(env, 2).zone(ZONE).node("other-node"),
+            ep(env, 3).zone("zone-b").node("far-node"),
+        ]
+    };
+    let mut env = NodeEnv::new(source, 3, 1, &[Proto::Tcp(8080)])?;
+    env.set_zone(ZONE)?;
+    env.apply("web-svc", &service_with(Some("PreferSameNode")))?;
+    env.apply("web-slice", &slice(&placed(&env)))?;
+    env.start_agent(&[])?;
+    let out = env.pod(1).tcp(vip(), 60)?;
+    ensure!(out.total_ok() == 60 && out.backends() == set(&["b1"]), "PreferSameNode on {NODE_NAME}: {out}");
+
+    env.apply("web-svc", &service_with(Some("PreferSameZone")))?;
+    expect_backends(&env, At::Pod(1), &["b1", "b2"])?;
     Ok(())
 }

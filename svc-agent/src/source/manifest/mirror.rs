@@ -77,6 +77,7 @@ fn endpoint(addr: &EndpointAddress, ready: bool) -> EndpointObj {
         node_name: addr.node_name.as_deref().map(Into::into),
         zone: None,
         hint_zones: None,
+        hint_nodes: None,
     }
 }
 
