@@ -37,6 +37,7 @@ mod nodens;
 mod outcome;
 pub mod pool;
 pub mod scenarios;
+pub mod session;
 pub mod source;
 pub mod stats;
 mod topology;

@@ -184,6 +184,26 @@ impl Client<'_> {
         Ok(self.run("udp", to, count, extra)?.0)
     }
 
+    /// A UDP session to `to` from this client: one connected socket bound
+    /// to `source_port` (0: any), `rounds` datagrams 20 ms apart, opening a
+    /// new socket (same port) after an error when `reconnect`.
+    pub fn udp_session(
+        &self,
+        to: SocketAddrV4,
+        rounds: u32,
+        source_port: u16,
+        reconnect: bool,
+    ) -> Result<crate::session::UdpSession> {
+        let (to_s, count_s, port_s) = (to.to_string(), rounds.to_string(), source_port.to_string());
+        let cgroup = self.cgroup.path().to_string_lossy().into_owned();
+        let mut args = vec!["udp-session", "--to", &to_s, "--count", &count_s, "--interval-ms", "20"];
+        args.extend(["--timeout-ms", "200", "--source-port", &port_s, "--cgroup", &cgroup]);
+        if reconnect {
+            args.push("--reconnect");
+        }
+        crate::session::UdpSession::spawn(self.netns.testkit(&args)?)
+    }
+
     /// The client's network namespace cookie: its identity for session
     /// affinity, as `status` shows it.
     pub fn netns_cookie(&self) -> Result<u64> {

@@ -5,76 +5,25 @@
 //! backend, so they do not keep sending into the void. Sockets connected
 //! to that backend directly (not through the Service) are left alone.
 
-use std::{
-    io::{BufRead as _, BufReader},
-    process::{Child, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use serde::Deserialize;
 use svc_tests::{
     Proto, TestEnv, addr,
     deployed::PodShape,
     k8s::{SlicePort, SvcPort, endpoint_slice, multi, service},
+    session::{Round, UdpSession},
 };
 
-/// One round of `svc-testkit udp-session`, stamped when the test read it.
-#[derive(Debug, Deserialize)]
-struct Round {
-    ok: Option<String>,
-    error: Option<String>,
-    #[serde(skip, default = "Instant::now")]
-    seen: Instant,
-}
-
-/// A running session; killed on drop.
-struct Session {
-    child: Child,
-    rounds: mpsc::Receiver<Round>,
-}
+/// A session from the client namespace, inside the test cgroup.
+struct Session;
 
 impl Session {
-    fn start(env: &TestEnv, to: &str, rounds: u32) -> Result<Self> {
+    fn start(env: &TestEnv, to: &str, rounds: u32) -> Result<UdpSession> {
         let cgroup = env.cgroup.path().to_string_lossy().into_owned();
         let count = rounds.to_string();
         let args = ["udp-session", "--to", to, "--count", &count, "--interval-ms", "20", "--timeout-ms", "200"];
-        let mut child = env
-            .topo
-            .client()
-            .testkit(&[&args[..], &["--cgroup", &cgroup]].concat())?
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("spawn svc-testkit udp-session")?;
-        let stdout = child.stdout.take().context("session stdout")?;
-        let (tx, rounds) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                // `seen` defaults to the time of parsing, i.e. of reading.
-                let Ok(round) = serde_json::from_str::<Round>(&line) else { return };
-                if tx.send(round).is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Self { child, rounds })
-    }
-
-    fn next(&self) -> Result<Round> {
-        self.rounds.recv_timeout(Duration::from_secs(10)).context("udp-session stopped reporting")
-    }
-
-    /// Every remaining round until the session exits.
-    fn rest(&self) -> Vec<Round> {
-        self.rounds.iter().collect()
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        UdpSession::spawn(env.topo.client().testkit(&[&args[..], &["--cgroup", &cgroup]].concat())?)
     }
 }
 

@@ -13,7 +13,10 @@
 //! that a backend is *not* used keeps that backend's server running, so a
 //! stale translation would be answered.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Instant,
+};
 
 use anyhow::{Result, ensure};
 
@@ -25,6 +28,7 @@ use crate::{
     At, Client, NODE_IP, NODE_NAME, NodeEnv, Outcome, Proto, addr,
     k8s::{Affinity, EndpointSpec, PortSpec, ServiceSpec, SlicePort, endpoint_slice_spec},
     poll_outcome,
+    session::{self, Round, UdpSession},
     source::Source,
 };
 
@@ -812,24 +816,48 @@ pub fn implements_label(source: Box<dyn Source>, label: &str, value: &str) -> Re
 
 // ---------------------------------------------------------------------------
 // Conntrack (conntrack.go): UDP clients that keep sending while backends
-// change. Upstream's client sends one datagram per `nc -u` run (a new
-// connected socket each time, fixed source port) and the test waits for
-// the new backend's name in its log; here each probe is a new connected
-// UDP socket.
+// change. Upstream's client pod sends from one fixed source port (12345)
+// again and again, so that a stale conntrack entry for that flow would
+// keep steering it to the old backend. The socket-level counterpart of a
+// stale conntrack entry is a connected socket that keeps its translation:
+// so the client here is one connected UDP socket on source port 12345,
+// kept for as long as it works (like a long-lived resolver socket), with
+// a new socket on the same port only after an error. A dataplane that left
+// the socket aimed at the removed backend (whose server keeps running)
+// fails these tests; this one resets the socket (the client sees
+// ECONNABORTED, then reconnects and reaches a live backend).
+
+/// Upstream's client source port.
+const UDP_SOURCE_PORT: u16 = 12345;
 
 /// A UDP probe: one new connected socket, one datagram.
 fn udp_probe(client: &Client<'_>, to: SocketAddrV4) -> Result<Outcome> {
     client.udp(to, 1, true)
 }
 
-/// Polls UDP probes until `backend` answers, then requires 10 more probes
-/// all answered by it.
-fn expect_udp(client: &Client<'_>, to: SocketAddrV4, backend: &str) -> Result<()> {
-    poll_outcome(SETTLE, || udp_probe(client, to), |o| o.backends() == set(&[backend]) && o.total_errors() == 0)?;
-    let out = client.udp(to, 10, true)?;
-    ensure!(reaches(&out, 10, &[backend]), "UDP {to}: {out}");
+/// Reads the session until `backend` answers, then requires the next 10
+/// rounds answered by it too; returns every round read.
+fn session_reaches(session: &UdpSession, backend: &str) -> Result<Vec<Round>> {
+    let want = format!("{backend}:80");
+    let mut rounds = session.until(SETTLE, |r| r.ok.as_deref() == Some(want.as_str()))?;
+    for _ in 0..10 {
+        let round = session.next()?;
+        ensure!(round.ok.as_deref() == Some(want.as_str()), "{want} then {round:?}");
+        rounds.push(round);
+    }
+    Ok(rounds)
+}
+
+/// After `removed_at` (backend `gone` left the Service), the flow must not
+/// be answered by it once a second has passed.
+fn ensure_left(rounds: &[Round], gone: &str, removed_at: Instant) -> Result<()> {
+    let gone = format!("{gone}:80");
+    let late = rounds.iter().filter(|r| r.ok.as_deref() == Some(gone.as_str()) && r.seen > removed_at + SECOND).count();
+    ensure!(late == 0, "{late} rounds still answered by the removed {gone}: {:?}", session::summary(rounds));
     Ok(())
 }
+
+const SECOND: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The variants of "should be able to preserve UDP traffic when server pod
 /// cycles for a ...".
@@ -874,25 +902,35 @@ pub fn preserves_udp_traffic_when_server_pod_cycles(source: Box<dyn Source>, var
     // No endpoint yet: every try is refused at once.
     let out = udp_probe(&client, to)?;
     ensure!(out.all_failed_with(&["ECONNREFUSED"]), "before any endpoint: {out}");
+    // 1500 rounds of 20 ms: longer than the test.
+    let session = client.udp_session(to, 1500, UDP_SOURCE_PORT, true)?;
+    session.until(SETTLE, |r| r.error.as_deref() == Some("ECONNREFUSED"))?;
 
     env.apply("slice", &slice(&[ep(1, NODE_NAME)]))?;
-    expect_udp(&client, to, "b1")?;
+    session_reaches(&session, "b1")?;
 
     if variant == UdpCycle::ClusterIpLocal {
+        // A remote endpoint joins: the flow stays on b1.
         env.apply("slice", &slice(&[ep(1, NODE_NAME), ep(2, OTHER_NODE)]))?;
-        expect_udp(&client, to, "b1")?;
+        let rounds = session.until(SETTLE, |_| true)?;
+        ensure!(rounds[0].ok.as_deref() == Some("b1:80"), "b1 kept: {:?}", session::summary(&rounds));
         // b1 deleted: the only endpoint is remote, so the local policy
         // refuses (b1's server still runs: a stale translation would
         // answer).
         env.apply("slice", &slice(&[ep(2, OTHER_NODE)]))?;
-        poll_outcome(SETTLE, || udp_probe(&client, to), |o| o.all_failed_with(&["ECONNREFUSED"]))?;
+        let removed_at = Instant::now();
+        let rounds = session.until(SETTLE, |r| r.error.as_deref() == Some("ECONNREFUSED"))?;
+        ensure_left(&rounds, "b1", removed_at)?;
         env.apply("slice", &slice(&[ep(3, NODE_NAME), ep(2, OTHER_NODE)]))?;
-        expect_udp(&client, to, "b3")
+        let rounds = session_reaches(&session, "b3")?;
+        ensure_left(&rounds, "b1", removed_at)
     } else {
         // b2 created, then b1 deleted (its server keeps running).
         env.apply("slice", &slice(&[ep(1, NODE_NAME), ep(2, NODE_NAME)]))?;
         env.apply("slice", &slice(&[ep(2, NODE_NAME)]))?;
-        expect_udp(&client, to, "b2")
+        let removed_at = Instant::now();
+        let rounds = session_reaches(&session, "b2")?;
+        ensure_left(&rounds, "b1", removed_at)
     }
 }
 
@@ -918,6 +956,8 @@ pub fn preserves_udp_traffic_when_initial_unready_endpoints_get_ready(source: Bo
     let pod = env.pod(1);
     let out = pod.udp(vip, 3, true)?;
     ensure!(out.all_failed_with(&["ECONNREFUSED"]), "unready endpoint used: {out}");
+    let session = pod.udp_session(vip, 1500, UDP_SOURCE_PORT, true)?;
+    session.until(SETTLE, |r| r.error.as_deref() == Some("ECONNREFUSED"))?;
     env.apply("slice", &slice(true))?;
-    expect_udp(&pod, vip, "b1")
+    session_reaches(&session, "b1").map(|_| ())
 }

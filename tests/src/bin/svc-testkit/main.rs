@@ -96,6 +96,13 @@ enum Cmd {
         client: ClientArgs,
         #[arg(long, default_value_t = 20)]
         interval_ms: u64,
+        /// Bind the socket to this source port (as upstream's `nc -p`).
+        #[arg(long, default_value_t = 0)]
+        source_port: u16,
+        /// After an error, close the socket and open a new one (same
+        /// source port), as a client that retries does.
+        #[arg(long)]
+        reconnect: bool,
     },
     /// Forward TCP from `127.0.0.1:PORT` inside `--listen-netns` to
     /// `127.0.0.1:PORT` of this process's own namespace (e.g. an agent in a
@@ -176,25 +183,46 @@ fn main() -> Result<()> {
         Cmd::Tcp { client } => print_report(&tcp_client(&client)),
         Cmd::Udp { client, connected } => print_report(&udp_client(&client, connected)),
         Cmd::Relay { listen_netns, port } => relay(&listen_netns, port),
-        Cmd::UdpSession { client, interval_ms } => udp_session(&client, Duration::from_millis(interval_ms)),
+        Cmd::UdpSession { client, interval_ms, source_port, reconnect } => {
+            udp_session(&client, Duration::from_millis(interval_ms), source_port, reconnect)
+        }
     }
 }
 
 /// See [`Cmd::UdpSession`].
-fn udp_session(args: &ClientArgs, interval: Duration) -> Result<()> {
+fn udp_session(args: &ClientArgs, interval: Duration, source_port: u16, reconnect: bool) -> Result<()> {
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
-    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-    socket.set_read_timeout(Some(timeout))?;
-    socket.connect(args.to)?;
+    let open = || -> io::Result<UdpSocket> {
+        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, source_port))?;
+        socket.set_read_timeout(Some(timeout))?;
+        socket.connect(args.to)?;
+        Ok(socket)
+    };
+    // A retrying client starts without a socket: its first round opens one
+    // (and may be refused, like any later one).
+    let mut socket = if reconnect { None } else { Some(open()?) };
     let start = std::time::Instant::now();
     let mut out = io::stdout().lock();
     let mut buf = [0u8; 1500];
     for _ in 0..args.count {
-        let result = socket.send(b"ping").and_then(|_| socket.recv(&mut buf));
+        let result = match &socket {
+            Some(s) => s.send(b"ping").and_then(|_| s.recv(&mut buf)),
+            None => open().and_then(|s| {
+                let r = s.send(b"ping").and_then(|_| s.recv(&mut buf));
+                socket = Some(s);
+                r
+            }),
+        };
         let t_ms = start.elapsed().as_millis() as u64;
         let line = match result {
             Ok(n) => serde_json::json!({ "t_ms": t_ms, "ok": String::from_utf8_lossy(&buf[..n]) }),
-            Err(e) => serde_json::json!({ "t_ms": t_ms, "error": errno_name(&e) }),
+            Err(e) => {
+                if reconnect {
+                    // Closed before the next round opens a new one.
+                    socket = None;
+                }
+                serde_json::json!({ "t_ms": t_ms, "error": errno_name(&e) })
+            }
         };
         writeln!(out, "{line}")?;
         out.flush()?;
