@@ -24,7 +24,7 @@ pub struct Cli {
 pub enum Command {
     /// Load, attach and pin the programs, then keep the maps in sync with
     /// the source until stopped (stopping leaves the dataplane serving).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print frontends, backends and affinity entries from the pinned maps.
     Status(StatusArgs),
     /// Detach the programs and remove every pin.
@@ -61,6 +61,12 @@ pub struct RunArgs {
     /// Range for NodePort ports without `nodePort` (`--source DIR` only).
     #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
     pub service_node_port_range: std::ops::RangeInclusive<u16>,
+    /// Which local addresses are node addresses for NodePort: `primary`
+    /// (the default-route interfaces' addresses, else every interface's),
+    /// or comma-separated CIDRs. Dummy interfaces (IPVS's kube-ipvs0) never
+    /// count.
+    #[arg(long, default_value = "primary")]
+    pub nodeport_addresses: crate::source::node::NodePortAddresses,
     /// Serve Prometheus metrics, /readyz and /healthz here.
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,

@@ -23,3 +23,8 @@ fn external_and_load_balancer_ips_reach_backends() -> Result<()> {
 fn proxy_mode_ingress_ips_are_not_translated() -> Result<()> {
     nodeport::proxy_mode_ingress_ips_are_not_translated(manifests()?)
 }
+
+#[test]
+fn node_port_addresses_exclude_dummies_and_follow_cidrs() -> Result<()> {
+    nodeport::node_port_addresses_exclude_dummies_and_follow_cidrs(manifests()?)
+}

@@ -31,8 +31,18 @@ pub(super) fn run(args: &RunArgs) -> Result<()> {
     let layout = PinLayout::new(&args.bpffs);
     let maps = loader::load_and_attach(&layout, &cgroup, &args.capacity)?;
     let writer = Writer::adopt(maps).map_err(|e| Error::Environment(format!("reading pinned state: {e}")))?;
-    let node = NodeContext { name: node_name(args), zone: args.zone.clone(), addresses: node::current_addresses() };
-    tracing::info!(node = %node.name, addresses = ?node.addresses, zone = ?node.zone, "node");
+    let node = NodeContext {
+        name: node_name(args),
+        zone: args.zone.clone(),
+        addresses: node::current_addresses(&args.nodeport_addresses),
+    };
+    tracing::info!(
+        node = %node.name,
+        addresses = ?node.addresses,
+        nodeport_addresses = %args.nodeport_addresses,
+        zone = ?node.zone,
+        "node"
+    );
 
     let metrics = Arc::new(Metrics::new());
     let udp_reset = udp_reset::spawn(&layout, cgroup.clone(), Arc::clone(&metrics))?;
@@ -42,7 +52,7 @@ pub(super) fn run(args: &RunArgs) -> Result<()> {
         if let Some(addr) = args.metrics_addr {
             metrics::serve(addr, Arc::clone(&metrics), Arc::clone(&health)).await?;
         }
-        node::spawn(node.addresses.clone(), events_tx.clone());
+        node::spawn(args.nodeport_addresses.clone(), node.addresses.clone(), events_tx.clone());
         if args.source == "kube" {
             let options = KubeOptions {
                 kubeconfig: args.kubeconfig.clone(),

@@ -1,31 +1,124 @@
-//! This node's local addresses, polled so that NodePort frontends follow
-//! address changes at run time (an address added to or removed from an
-//! interface shows up within one interval).
+//! This node's addresses for `nodeIP:nodePort`, polled so that NodePort
+//! frontends follow address changes at run time (an address added to or
+//! removed from an interface shows up within one interval).
+//!
+//! Which local addresses count is kube-proxy's `--nodeport-addresses`:
+//! `primary` (the default, as kube-proxy's nftables mode): the addresses of
+//! the interfaces that hold the default route, or, on a node without one,
+//! of every interface; or a list of CIDRs: the local addresses inside them.
+//! Either way, addresses on dummy interfaces are never node addresses:
+//! IPVS-mode leftovers (`kube-ipvs0` holds every ClusterIP) and other
+//! dummy devices would otherwise turn Service or unrelated addresses into
+//! node ports and fill the frontend map.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{fmt, net::Ipv4Addr, str::FromStr, time::Duration};
 
 use super::{EventSender, SourceEvent};
-use crate::sys;
+use crate::{model::Ipv4Cidr, sys};
 
 /// How often the interface addresses are re-read. getifaddrs costs a few
 /// microseconds; a second is well inside what NodePort users notice.
 const POLL: Duration = Duration::from_secs(1);
 
-/// Current addresses (logged, not fatal, on error).
-pub fn current_addresses() -> Vec<Ipv4Addr> {
-    sys::local_ipv4_addresses().unwrap_or_else(|e| {
-        tracing::warn!("cannot list local addresses, NodePort frontends limited to 127.0.0.1: {e}");
+/// IPVS mode's dummy interface (also excluded by its driver).
+const IPVS_DEVICE: &str = "kube-ipvs0";
+
+/// `--nodeport-addresses`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodePortAddresses {
+    /// The default-route interfaces' addresses (else every interface's).
+    Primary,
+    /// Local addresses inside these ranges.
+    Cidrs(Vec<Ipv4Cidr>),
+}
+
+impl FromStr for NodePortAddresses {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "primary" {
+            return Ok(Self::Primary);
+        }
+        let cidrs = s
+            .split(',')
+            .map(|c| c.trim().parse::<Ipv4Cidr>().map_err(|e| format!("{c:?}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if cidrs.is_empty() {
+            return Err("want `primary` or comma-separated CIDRs".into());
+        }
+        Ok(Self::Cidrs(cidrs))
+    }
+}
+
+impl fmt::Display for NodePortAddresses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Primary => f.write_str("primary"),
+            Self::Cidrs(cidrs) => {
+                let list: Vec<String> = cidrs.iter().map(ToString::to_string).collect();
+                f.write_str(&list.join(","))
+            }
+        }
+    }
+}
+
+/// One local address and what the rules look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalAddress {
+    /// Interface name.
+    pub interface: String,
+    /// Its driver (`dummy` for dummy devices), if known.
+    pub driver: Option<String>,
+    /// The address.
+    pub ip: Ipv4Addr,
+}
+
+/// The node addresses among `local`, given the interfaces holding a
+/// default route. Pure: unit-tested below.
+pub fn select(rule: &NodePortAddresses, local: &[LocalAddress], default_route: &[String]) -> Vec<Ipv4Addr> {
+    let eligible = |a: &&LocalAddress| a.interface != IPVS_DEVICE && a.driver.as_deref() != Some("dummy");
+    let mut out: Vec<Ipv4Addr> = match rule {
+        NodePortAddresses::Primary => {
+            let on_default: Vec<Ipv4Addr> =
+                local.iter().filter(eligible).filter(|a| default_route.contains(&a.interface)).map(|a| a.ip).collect();
+            if on_default.is_empty() { local.iter().filter(eligible).map(|a| a.ip).collect() } else { on_default }
+        }
+        NodePortAddresses::Cidrs(cidrs) => {
+            local.iter().filter(eligible).filter(|a| cidrs.iter().any(|c| c.contains(a.ip))).map(|a| a.ip).collect()
+        }
+    };
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Current node addresses (logged, not fatal, on error).
+pub fn current_addresses(rule: &NodePortAddresses) -> Vec<Ipv4Addr> {
+    let local = match sys::local_ipv4_addresses() {
+        Ok(local) => local,
+        Err(e) => {
+            tracing::warn!("cannot list local addresses, NodePort frontends limited to 127.0.0.1: {e}");
+            return Vec::new();
+        }
+    };
+    let local: Vec<LocalAddress> = local
+        .into_iter()
+        .map(|(interface, ip)| LocalAddress { driver: sys::interface_driver(&interface), interface, ip })
+        .collect();
+    let default_route = sys::default_route_interfaces().unwrap_or_else(|e| {
+        tracing::debug!("reading the default route: {e}");
         Vec::new()
-    })
+    });
+    select(rule, &local, &default_route)
 }
 
 /// Polls the addresses and reports changes until the controller is gone.
-pub fn spawn(initial: Vec<Ipv4Addr>, events: EventSender) -> tokio::task::JoinHandle<()> {
+pub fn spawn(rule: NodePortAddresses, initial: Vec<Ipv4Addr>, events: EventSender) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut last = initial;
         loop {
             tokio::time::sleep(POLL).await;
-            let now = current_addresses();
+            let now = current_addresses(&rule);
             if now != last {
                 tracing::info!(old = ?last, new = ?now, "node addresses changed");
                 if !events.send(SourceEvent::NodeAddresses(now.clone())) {
@@ -38,4 +131,49 @@ pub fn spawn(initial: Vec<Ipv4Addr>, events: EventSender) -> tokio::task::JoinHa
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(interface: &str, driver: Option<&str>, ip: &str) -> LocalAddress {
+        LocalAddress { interface: interface.into(), driver: driver.map(Into::into), ip: ip.parse().unwrap() }
+    }
+
+    fn node() -> Vec<LocalAddress> {
+        vec![
+            addr("eth0", Some("virtio_net"), "192.0.2.10"),
+            addr("eth1", Some("virtio_net"), "198.51.100.7"),
+            addr("kube-ipvs0", Some("dummy"), "10.96.0.10"),
+            addr("dummy0", Some("dummy"), "203.0.113.1"),
+            addr("cni0", Some("bridge"), "10.244.0.1"),
+        ]
+    }
+
+    fn ips(list: &[&str]) -> Vec<Ipv4Addr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn primary_is_the_default_route_interfaces_and_never_dummies() {
+        let got = select(&NodePortAddresses::Primary, &node(), &["eth0".to_owned()]);
+        assert_eq!(got, ips(&["192.0.2.10"]));
+        // No default route: every interface but the dummies.
+        let got = select(&NodePortAddresses::Primary, &node(), &[]);
+        assert_eq!(got, ips(&["10.244.0.1", "192.0.2.10", "198.51.100.7"]));
+        // IPVS's device is excluded by name too (a driver we cannot read).
+        let mut odd = node();
+        odd[2].driver = None;
+        assert!(!select(&NodePortAddresses::Primary, &odd, &[]).contains(&"10.96.0.10".parse().unwrap()));
+    }
+
+    #[test]
+    fn cidrs_pick_local_addresses_inside_them() {
+        let rule: NodePortAddresses = "198.51.100.0/24, 10.0.0.0/8".parse().unwrap();
+        assert_eq!(select(&rule, &node(), &["eth0".to_owned()]), ips(&["10.244.0.1", "198.51.100.7"]));
+        assert_eq!(rule.to_string(), "198.51.100.0/24,10.0.0.0/8");
+        assert_eq!("primary".parse::<NodePortAddresses>(), Ok(NodePortAddresses::Primary));
+        assert!("nonsense".parse::<NodePortAddresses>().is_err());
+    }
 }

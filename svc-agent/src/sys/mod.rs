@@ -133,8 +133,8 @@ pub fn detach_pinned_link(path: &Path) -> io::Result<()> {
 }
 
 /// IPv4 addresses configured on this network namespace's interfaces,
-/// except loopback (candidates for `nodeIP:nodePort`).
-pub fn local_ipv4_addresses() -> io::Result<Vec<std::net::Ipv4Addr>> {
+/// except loopback ones (127/8), with the interface each is on.
+pub fn local_ipv4_addresses() -> io::Result<Vec<(String, std::net::Ipv4Addr)>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs allocates a list we free below.
     if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
@@ -152,8 +152,10 @@ pub fn local_ipv4_addresses() -> io::Result<Vec<std::net::Ipv4Addr>> {
                 // SAFETY: AF_INET addresses are sockaddr_in.
                 let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
                 let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-                if !ip.is_loopback() && !out.contains(&ip) {
-                    out.push(ip);
+                // SAFETY: ifa_name is a NUL-terminated interface name.
+                let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned();
+                if !ip.is_loopback() && !out.contains(&(name.clone(), ip)) {
+                    out.push((name, ip));
                 }
             }
         }
@@ -161,8 +163,91 @@ pub fn local_ipv4_addresses() -> io::Result<Vec<std::net::Ipv4Addr>> {
     }
     // SAFETY: head came from getifaddrs.
     unsafe { libc::freeifaddrs(head) };
-    out.sort_unstable();
+    out.sort_unstable_by_key(|(_, ip)| *ip);
     Ok(out)
+}
+
+/// The kernel driver behind an interface (`ethtool -i`: "dummy", "veth",
+/// "virtio_net", ...), or `None` if it does not say.
+pub fn interface_driver(name: &str) -> Option<String> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
+    // struct ethtool_drvinfo (linux/ethtool.h).
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        n_priv_flags: u32,
+        n_stats: u32,
+        testinfo_len: u32,
+        eedump_len: u32,
+        regdump_len: u32,
+    }
+    let mut info: DrvInfo = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        version: [0; 32],
+        fw_version: [0; 32],
+        bus_info: [0; 32],
+        erom_version: [0; 32],
+        reserved2: [0; 12],
+        n_priv_flags: 0,
+        n_stats: 0,
+        testinfo_len: 0,
+        eedump_len: 0,
+        regdump_len: 0,
+    };
+    // SAFETY: a zeroed ifreq we fill below.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= req.ifr_name.len() {
+        return None;
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&raw mut info).cast();
+    // SAFETY: plain socket(2); closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a valid socket, a valid ifreq whose data points at `info`.
+    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL, &raw mut req) };
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return None;
+    }
+    let end = info.driver.iter().position(|b| *b == 0).unwrap_or(info.driver.len());
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
+/// Interfaces that hold an IPv4 default route in this network namespace
+/// (`/proc/net/route`, destination and mask 0).
+pub fn default_route_interfaces() -> io::Result<Vec<String>> {
+    Ok(default_route_interfaces_in(&fs::read_to_string("/proc/net/route")?))
+}
+
+/// [`default_route_interfaces`] of a `/proc/net/route` table.
+fn default_route_interfaces_in(table: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if let [iface, dest, _gateway, _flags, _refcnt, _use, _metric, mask, ..] = fields[..]
+            && dest == "00000000"
+            && mask == "00000000"
+            && !out.iter().any(|o| o == iface)
+        {
+            out.push(iface.to_owned());
+        }
+    }
+    out
 }
 
 /// Writes `count` key/value pairs into a map with one BPF_MAP_UPDATE_BATCH
@@ -201,4 +286,17 @@ pub fn map_update_batch(
     // the arrays hold `count` packed keys and values of the map's sizes.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &raw mut attr, size_of::<Batch>()) };
     if rc < 0 { Err((attr.count, io::Error::last_os_error())) } else { Ok(()) }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn default_route_interfaces_come_from_the_route_table() {
+        let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                     eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+                     eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+                     eth1\t00000000\t01020AC0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n";
+        assert_eq!(super::default_route_interfaces_in(table), vec!["eth0".to_owned(), "eth1".to_owned()]);
+        assert!(super::default_route_interfaces_in("Iface\tDestination\n").is_empty());
+    }
 }

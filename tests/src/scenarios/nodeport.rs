@@ -237,3 +237,52 @@ pub fn proxy_mode_ingress_ips_are_not_translated(source: Box<dyn Source>) -> Res
     );
     Ok(())
 }
+
+/// kube-proxy's `--nodeport-addresses`: IPVS's `kube-ipvs0` (holding
+/// ClusterIPs) is never a node address; a CIDR list keeps only the local
+/// addresses inside it. The node namespace has no default route, so
+/// `primary` means every other interface's addresses. (This kernel has no
+/// `dummy` driver, so `kube-ipvs0` is made an `ifb` device and excluded by
+/// its name; the driver rule, which excludes every dummy device, is unit
+/// tested in svc-agent/src/source/node.rs.)
+pub fn node_port_addresses_exclude_dummies_and_follow_cidrs(source: Box<dyn Source>) -> Result<()> {
+    const NODE_PORT: u16 = 30082;
+    let (ipvs_ip, extra_ip) = (Ipv4Addr::new(10, 96, 44, 44), Ipv4Addr::new(10, 250, 0, 30));
+    let mut env = NodeEnv::new(source, 2, 1, &[Proto::Tcp(8080)])?;
+    let node = env.topo.node().netns();
+    node.ip(&["link", "add", "kube-ipvs0", "type", "ifb"])?;
+    node.ip(&["addr", "add", &format!("{ipvs_ip}/32"), "dev", "kube-ipvs0"])?;
+    env.topo.add_node_address(extra_ip)?;
+    let svc = ServiceSpec::new("default", "web")
+        .type_("NodePort")
+        .cluster_ip("10.96.4.30")
+        .port(PortSpec::tcp("http", 80, "8080").node_port(NODE_PORT))
+        .yaml();
+    let slice =
+        endpoint_slice_spec("default", "web-1", "web", &[SlicePort::tcp("http", 8080)], &env.endpoints(&[1, 2]));
+    env.apply("web-svc", &svc)?;
+    env.apply("web-slice", &slice)?;
+    env.start_agent(&[])?;
+    let node_ports = |env: &NodeEnv| -> Result<BTreeSet<String>> {
+        let frontends = env.agent().frontends()?;
+        Ok(frontends.into_iter().filter(|f| f.kind == "NodePort").map(|f| f.address).collect())
+    };
+    let have = node_ports(&env)?;
+    for ip in [NODE_IP, extra_ip, Ipv4Addr::LOCALHOST] {
+        ensure!(have.contains(&at(ip, NODE_PORT).to_string()), "{ip} is a node address: {have:?}");
+    }
+    ensure!(!have.contains(&at(ipvs_ip, NODE_PORT).to_string()), "{ipvs_ip} is on kube-ipvs0: {have:?}");
+    let out = env.pod(1).tcp(at(NODE_IP, NODE_PORT), 10)?;
+    ensure!(all_backends(&out, 10), "NODE_IP: {out}");
+
+    // Only NODE_IP's range: the extra address is no longer one.
+    let only = format!("{NODE_IP}/32");
+    env.agent_mut().kill()?;
+    env.agent_mut().restart_with(&["--nodeport-addresses", &only])?;
+    env.agent_mut().wait_in_sync(crate::SYNC_TIMEOUT)?;
+    let have = node_ports(&env)?;
+    let want: BTreeSet<String> =
+        [NODE_IP, Ipv4Addr::LOCALHOST].iter().map(|ip| at(*ip, NODE_PORT).to_string()).collect();
+    ensure!(have == want, "--nodeport-addresses {NODE_IP}/32: {have:?}");
+    Ok(())
+}
