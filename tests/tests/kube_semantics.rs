@@ -70,6 +70,11 @@ fn topology_hints_for_the_node_zone_are_preferred() -> Result<()> {
 }
 
 #[test]
+fn zone_flag_wins_over_the_node_label() -> Result<()> {
+    topology::zone_flag_wins_over_the_node_label(kube_source()?)
+}
+
+#[test]
 fn hairpin_backend_reaches_itself_through_its_service() -> Result<()> {
     hairpin::backend_reaches_itself_through_its_service(kube_source()?)
 }

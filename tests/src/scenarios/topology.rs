@@ -138,3 +138,21 @@ pub fn prefer_same_node_then_zone(source: Box<dyn Source>) -> Result<()> {
     expect_backends(&env, At::Pod(1), &["b1", "b2"])?;
     Ok(())
 }
+
+/// `--zone` wins over the Node's `topology.kubernetes.io/zone` label (the
+/// Kubernetes source then does not watch the Node at all).
+pub fn zone_flag_wins_over_the_node_label(source: Box<dyn Source>) -> Result<()> {
+    let mut env = NodeEnv::new(source, 3, 1, &[Proto::Tcp(8080)])?;
+    // The Node says zone-b (with the manifest source: an earlier --zone).
+    env.set_zone("zone-b")?;
+    env.apply("web-svc", &service(false))?;
+    env.apply(
+        "web-slice",
+        &slice(&[ep(&env, 1).hints(&[ZONE]), ep(&env, 2).hints(&[ZONE]), ep(&env, 3).hints(&["zone-b"])]),
+    )?;
+    env.start_agent(&["--zone", ZONE])?;
+    // Both zone-a endpoints answer (P(one missing) = 2 * 2^-60), b3 never.
+    let out = env.pod(1).tcp(vip(), 60)?;
+    ensure!(out.total_ok() == 60 && out.backends() == set(&["b1", "b2"]), "--zone {ZONE} must win: {out}");
+    Ok(())
+}
