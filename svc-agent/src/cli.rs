@@ -139,3 +139,16 @@ pub struct CleanupArgs {
     #[arg(long, default_value = DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
 }
+
+impl From<&CapacityArgs> for crate::dataplane::loader::MapSizes {
+    fn from(args: &CapacityArgs) -> Self {
+        Self {
+            frontends: args.max_frontends,
+            backends: args.max_backends,
+            backend_index: args.max_backend_index,
+            affinity: args.max_affinity,
+            revnat: args.max_revnat,
+            services: args.max_services,
+        }
+    }
+}

@@ -22,7 +22,7 @@ const BULK_BATCH: usize = 1000;
 
 /// State of the control loop.
 #[derive(Debug)]
-pub struct Controller<T: Table> {
+pub(crate) struct Controller<T: Table> {
     store: Store,
     node: NodeContext,
     writer: Writer<T>,
@@ -35,7 +35,7 @@ pub struct Controller<T: Table> {
 
 impl<T: Table> Controller<T> {
     /// A controller over an adopted writer.
-    pub fn new(writer: Writer<T>, node: NodeContext) -> Self {
+    pub(crate) fn new(writer: Writer<T>, node: NodeContext) -> Self {
         Self {
             store: Store::default(),
             node,
@@ -46,19 +46,9 @@ impl<T: Table> Controller<T> {
         }
     }
 
-    /// The writer (for tests and status).
-    pub fn writer(&self) -> &Writer<T> {
-        &self.writer
-    }
-
-    /// Whether the first complete state has been programmed.
-    pub fn is_synced(&self) -> bool {
-        self.synced
-    }
-
     /// Folds a batch of events into the store and programs what changed.
     /// Returns `None` while the source has not synced yet.
-    pub fn handle(&mut self, events: Vec<SourceEvent>) -> Option<BatchReport> {
+    pub(crate) fn handle(&mut self, events: Vec<SourceEvent>) -> Option<BatchReport> {
         let mut dirty = Dirty::new();
         let mut first_sync = false;
         for event in events {
@@ -166,7 +156,7 @@ impl<T: Table> Controller<T> {
 /// gone. Map writes are blocking syscalls, so they stay off the async
 /// runtime. Whatever is queued when the loop wakes up is one batch: a burst
 /// is coalesced without waiting for more.
-pub fn run_blocking<T: Table>(
+pub(crate) fn run_blocking<T: Table>(
     mut events: EventReceiver,
     mut controller: Controller<T>,
     metrics: &Arc<Metrics>,

@@ -2,8 +2,6 @@
 
 use std::{io, path::PathBuf};
 
-use crate::model::ServiceKey;
-
 /// Everything that can go wrong in the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -61,16 +59,6 @@ pub enum Error {
     #[error("{0}")]
     Environment(String),
 
-    /// A Service cannot be programmed (capacity, conflict); other Services
-    /// are unaffected.
-    #[error("service {service} refused: {reason}")]
-    ServiceRefused {
-        /// The Service.
-        service: ServiceKey,
-        /// Why.
-        reason: String,
-    },
-
     /// A source of desired state failed.
     #[error("source: {0}")]
     Source(String),
@@ -94,4 +82,4 @@ impl Error {
 }
 
 /// Result alias for the agent.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;

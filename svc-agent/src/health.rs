@@ -14,7 +14,7 @@ use std::{
 
 /// Shared between the sources, the control loop and `/healthz`.
 #[derive(Debug)]
-pub struct Health {
+pub(crate) struct Health {
     /// Times are nanoseconds since `epoch`, plus one (0 means "none").
     epoch: Instant,
     /// The oldest event queued and not yet taken by the control loop.
@@ -26,7 +26,7 @@ pub struct Health {
 
 impl Health {
     /// Unhealthy once a change waits longer than `timeout`.
-    pub fn new(timeout: Duration) -> Self {
+    pub(crate) fn new(timeout: Duration) -> Self {
         Self { epoch: Instant::now(), oldest_queued: AtomicU64::new(0), in_progress: AtomicU64::new(0), timeout }
     }
 
@@ -35,7 +35,7 @@ impl Health {
     }
 
     /// A source queued an event at `at`.
-    pub fn queued(&self, at: Instant) {
+    pub(crate) fn queued(&self, at: Instant) {
         // Keeps the oldest: only an empty record takes a new time.
         let _unchanged_if_older_pending =
             self.oldest_queued.compare_exchange(0, self.stamp(at), Ordering::AcqRel, Ordering::Relaxed);
@@ -43,18 +43,18 @@ impl Health {
 
     /// The control loop took every queued event; the oldest was received
     /// at `oldest`.
-    pub fn batch_started(&self, oldest: Instant) {
+    pub(crate) fn batch_started(&self, oldest: Instant) {
         self.in_progress.store(self.stamp(oldest), Ordering::Release);
         self.oldest_queued.store(0, Ordering::Release);
     }
 
     /// The batch is programmed.
-    pub fn batch_done(&self) {
+    pub(crate) fn batch_done(&self) {
         self.in_progress.store(0, Ordering::Release);
     }
 
     /// How long the oldest unprogrammed change has waited at `now`, if any.
-    pub fn oldest_wait(&self, now: Instant) -> Option<Duration> {
+    pub(crate) fn oldest_wait(&self, now: Instant) -> Option<Duration> {
         let oldest = [self.oldest_queued.load(Ordering::Acquire), self.in_progress.load(Ordering::Acquire)]
             .into_iter()
             .filter(|t| *t != 0)
@@ -64,7 +64,7 @@ impl Health {
     }
 
     /// `Err(waited)` when a change has waited longer than the timeout.
-    pub fn check(&self, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn check(&self, now: Instant) -> Result<(), Duration> {
         match self.oldest_wait(now) {
             Some(waited) if waited > self.timeout => Err(waited),
             _ => Ok(()),

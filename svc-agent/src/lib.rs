@@ -14,13 +14,13 @@
 
 pub mod cli;
 pub mod cmd;
-pub mod controller;
-pub mod dataplane;
-pub mod error;
-pub mod health;
-pub mod metrics;
-pub mod model;
-pub mod source;
-pub mod sys;
+pub(crate) mod controller;
+pub(crate) mod dataplane;
+pub(crate) mod error;
+pub(crate) mod health;
+pub(crate) mod metrics;
+pub(crate) mod model;
+pub(crate) mod source;
+pub(crate) mod sys;
 
 pub use error::Error;

@@ -29,7 +29,7 @@ use crate::{
 
 /// Every metric the agent exports.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     ready: AtomicBool,
     /// Seconds from a source event's arrival to its map update.
@@ -55,7 +55,7 @@ pub struct Metrics {
 }
 
 /// Reasons of `svc_agent_udp_reset_failures_total`.
-pub const UDP_RESET_FAILURES: [&str; 4] = ["socket", "netns", "invisible_process", "cgroup"];
+pub(crate) const UDP_RESET_FAILURES: [&str; 4] = ["socket", "netns", "invisible_process", "cgroup"];
 
 /// The `reason` label of refused Services ([`crate::dataplane::writer::Refusal::label`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -77,7 +77,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Registers everything under the `svc_agent_` prefix.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("svc_agent");
         // 50 us .. ~1.6 s.
         let buckets = || prometheus_client::metrics::histogram::exponential_buckets(0.000_05, 2.0, 16);
@@ -135,13 +135,13 @@ impl Metrics {
 
     /// The counter of undecodable objects of one kind (created at zero, so
     /// the series exists before the first one).
-    pub fn undecodable(&self, kind: &'static str) -> Counter {
+    pub(crate) fn undecodable(&self, kind: &'static str) -> Counter {
         self.undecodable.get_or_create(&KindLabel { kind }).clone()
     }
 
     /// Sets the refused-Services gauges from the reasons of every waiting
     /// Service.
-    pub fn set_refused<'a>(&self, reasons: impl Iterator<Item = &'a crate::dataplane::writer::Refusal>) {
+    pub(crate) fn set_refused<'a>(&self, reasons: impl Iterator<Item = &'a crate::dataplane::writer::Refusal>) {
         let mut counts: std::collections::BTreeMap<&'static str, i64> =
             crate::dataplane::writer::Refusal::LABELS.iter().map(|l| (*l, 0)).collect();
         for reason in reasons {
@@ -153,22 +153,22 @@ impl Metrics {
     }
 
     /// Counts `n` UDP-reset failures of one reason ([`UDP_RESET_FAILURES`]).
-    pub fn udp_reset_failed(&self, reason: &'static str, n: u64) {
+    pub(crate) fn udp_reset_failed(&self, reason: &'static str, n: u64) {
         self.udp_reset_failures.get_or_create(&ReasonLabel { reason }).inc_by(n);
     }
 
     /// Marks the first complete state as programmed.
-    pub fn set_ready(&self) {
+    pub(crate) fn set_ready(&self) {
         self.ready.store(true, Ordering::Relaxed);
     }
 
     /// Whether the first complete state is programmed.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }
 
     /// The text exposition format.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &self.registry);
@@ -177,7 +177,7 @@ impl Metrics {
 }
 
 /// Serves the endpoints on `addr` until the runtime stops.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, health: Arc<Health>) -> Result<()> {
+pub(crate) async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, health: Arc<Health>) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| Error::io(format!("binding {addr}"), e))?;
     tracing::info!(%addr, "serving /metrics, /readyz and /healthz");
     tokio::spawn(async move {

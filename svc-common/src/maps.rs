@@ -45,7 +45,8 @@ pub mod capacity {
     /// Affinity entries (clients x services with affinity); LRU.
     pub const AFFINITY: u32 = 65_536;
     /// Reverse translation entries (UDP: socket x backend); LRU, so
-    /// preallocated by the kernel (about 90 bytes each). Connected sockets
+    /// preallocated by the kernel (about 72 bytes each: a ~48-byte element
+    /// header, the 16-byte key and the 8-byte value). Connected sockets
     /// keep their translation in socket storage instead.
     pub const REV_NAT: u32 = 65_536;
     /// Service ports.
@@ -246,8 +247,6 @@ pub struct SockXlat {
     pub frontend: Backend4,
     /// The backend it was translated to.
     pub backend: Backend4,
-    /// [`Frontend::svc_id`] at the time of translation.
-    pub svc_id: u32,
 }
 
 /// Reverse translation key: which socket talked to which backend.
@@ -270,8 +269,6 @@ pub struct RevNatValue {
     pub port: u16,
     /// Always zero.
     pub _pad: u16,
-    /// [`Frontend::svc_id`] at the time of translation.
-    pub svc_id: u32,
 }
 
 /// Longest namespace or Service name Kubernetes accepts, plus a NUL.
@@ -312,8 +309,9 @@ pub struct Config {
     pub _pad: u32,
 }
 
-/// Bump when any key or value above changes shape.
-pub const LAYOUT_VERSION: u32 = 3;
+/// Bump when any key or value above changes shape or meaning.
+/// 4: `SockXlat` and `RevNatValue` lost their unread `svc_id`.
+pub const LAYOUT_VERSION: u32 = 4;
 
 const _: () = {
     assert!(size_of::<FrontendKey4>() == 8);
@@ -324,10 +322,10 @@ const _: () = {
     assert!(size_of::<AffinityKey>() == 16);
     assert!(size_of::<AffinityValue>() == 24);
     assert!(size_of::<RevNatKey>() == 16);
-    assert!(size_of::<RevNatValue>() == 12);
+    assert!(size_of::<RevNatValue>() == 8);
     assert!(size_of::<ServiceMeta>() == 152);
     assert!(size_of::<Config>() == 16);
-    assert!(size_of::<SockXlat>() == 20);
+    assert!(size_of::<SockXlat>() == 16);
 };
 
 #[cfg(feature = "user")]

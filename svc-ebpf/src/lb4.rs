@@ -35,8 +35,8 @@ pub(crate) enum Verdict {
     Pass,
     /// A frontend without a usable backend: fail the call.
     Refuse,
-    /// Rewrite the destination to this backend (of service port `svc_id`).
-    Translate(Backend4, u32),
+    /// Rewrite the destination to this backend.
+    Translate(Backend4),
 }
 
 /// The destination of the call as a frontend key.
@@ -131,7 +131,7 @@ pub(crate) fn select(ctx: &SockAddrContext, key: &FrontendKey4) -> Verdict {
     // deletes retired sets only after a grace period): a missing slot is a
     // broken invariant, refused rather than guessed around.
     match pick(ctx, fe) {
-        Some(b) => Verdict::Translate(b, fe.svc_id),
+        Some(b) => Verdict::Translate(b),
         None => Verdict::Refuse,
     }
 }
@@ -221,9 +221,8 @@ fn sock_addr(ctx: &SockAddrContext) -> Backend4 {
 /// A connected socket (TCP, connected UDP) remembers its translation in its
 /// own storage, for getpeername and recvmsg.
 #[inline(always)]
-pub(crate) fn remember_connected(ctx: &SockAddrContext, frontend: &FrontendKey4, backend: Backend4, svc_id: u32) {
-    let mut xlat =
-        SockXlat { frontend: Backend4 { addr: frontend.addr, port: frontend.port, _pad: 0 }, backend, svc_id };
+pub(crate) fn remember_connected(ctx: &SockAddrContext, frontend: &FrontendKey4, backend: Backend4) {
+    let mut xlat = SockXlat { frontend: Backend4 { addr: frontend.addr, port: frontend.port, _pad: 0 }, backend };
     // SAFETY: the context's socket is valid for the helper.
     let slot = unsafe { SVC_SOCK_XLAT.get_or_insert_ptr_mut(ctx, Some(&mut xlat)) };
     if !slot.is_null() {
@@ -249,11 +248,11 @@ pub(crate) fn forget_connected(ctx: &SockAddrContext) {
 /// remembers which frontend its backend stands for, keyed by socket and
 /// backend: one unconnected socket can talk to many Services.
 #[inline(always)]
-pub(crate) fn remember_datagram(ctx: &SockAddrContext, frontend: &FrontendKey4, backend: Backend4, svc_id: u32) {
+pub(crate) fn remember_datagram(ctx: &SockAddrContext, frontend: &FrontendKey4, backend: Backend4) {
     // SAFETY: plain helper call on our context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let key = RevNatKey { cookie, backend };
-    let value = RevNatValue { addr: frontend.addr, port: frontend.port, _pad: 0, svc_id };
+    let value = RevNatValue { addr: frontend.addr, port: frontend.port, _pad: 0 };
     // sendmsg runs per datagram: skip the write when nothing changed.
     // SAFETY: copied out at once.
     if unsafe { SVC_REVNAT_SK.get(key).copied() } != Some(value) {

@@ -74,14 +74,14 @@ fn forward(ctx: &SockAddrContext, protocol: u8, hook: Hook) -> i32 {
             unsafe { bpf_set_retval(-errno::ECONNREFUSED) };
             REJECT
         }
-        Verdict::Translate(backend, svc_id) => {
+        Verdict::Translate(backend) => {
             if hook == Hook::Connect {
-                lb4::remember_connected(ctx, &key, backend, svc_id);
+                lb4::remember_connected(ctx, &key, backend);
             }
             // Datagrams are remembered per (socket, backend); connected UDP
             // too, so that the agent can find sockets of a removed backend.
             if protocol == proto::UDP {
-                lb4::remember_datagram(ctx, &key, backend, svc_id);
+                lb4::remember_datagram(ctx, &key, backend);
             }
             lb4::set_addr(ctx, backend.addr, backend.port);
             ALLOW

@@ -29,7 +29,7 @@ pub(super) fn run(args: &RunArgs) -> Result<()> {
         None => sys::cgroup2_mount().map_err(|e| Error::io("finding the cgroup v2 mount", e))?,
     };
     let layout = PinLayout::new(&args.bpffs);
-    let maps = loader::load_and_attach(&layout, &cgroup, &args.capacity)?;
+    let maps = loader::load_and_attach(&layout, &cgroup, &(&args.capacity).into())?;
     let writer = Writer::adopt(maps).map_err(|e| Error::Environment(format!("reading pinned state: {e}")))?;
     let node = NodeContext {
         name: node_name(args),

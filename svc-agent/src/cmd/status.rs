@@ -12,6 +12,7 @@ use svc_common::{Backend4, Frontend, ServiceMeta, SlotKey, names};
 
 use crate::{
     cli::{Output, StatusArgs},
+    dataplane::encode::socket_addr,
     dataplane::{
         Table as _,
         maps::{BpfMaps, ProgramMaps},
@@ -19,7 +20,7 @@ use crate::{
         writer::name_str,
     },
     error::{Error, Result},
-    model::{Proto, socket_addr},
+    model::Proto,
     sys,
 };
 

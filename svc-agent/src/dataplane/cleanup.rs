@@ -10,7 +10,7 @@ use crate::{
 
 /// What cleanup removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Removed {
+pub(crate) struct Removed {
     /// Links detached.
     pub links: usize,
     /// Pins removed (links, programs, maps).
@@ -19,7 +19,7 @@ pub struct Removed {
 
 /// Detaches every pinned link (even if a running agent still holds it),
 /// then removes link, program and map pins and the directories.
-pub fn cleanup(layout: &PinLayout) -> Result<Removed> {
+pub(crate) fn cleanup(layout: &PinLayout) -> Result<Removed> {
     let mut removed = Removed::default();
     if !layout.root().exists() {
         return Ok(removed);

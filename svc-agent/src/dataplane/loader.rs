@@ -21,7 +21,6 @@ use svc_common::{
 
 use super::{maps::BpfMaps, pins::PinLayout};
 use crate::{
-    cli::CapacityArgs,
     error::{Error, Result},
     sys,
 };
@@ -30,7 +29,7 @@ use crate::{
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/svc-ebpf"));
 
 /// Program names in the object, in attach order.
-pub const PROGRAMS: [&str; 4] = ["svc_connect4", "svc_sendmsg4", "svc_recvmsg4", "svc_getpeer4"];
+pub(crate) const PROGRAMS: [&str; 4] = ["svc_connect4", "svc_sendmsg4", "svc_recvmsg4", "svc_getpeer4"];
 
 /// Expected (type, key size, value size) of every pinned map, checked
 /// before adopting pins left by another agent build.
@@ -49,10 +48,41 @@ fn expected_layout(name: &str) -> Option<(MapType, usize, usize)> {
     })
 }
 
+/// `max_entries` of every map the agent creates (pinned maps keep theirs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MapSizes {
+    /// SVC_FRONTENDS.
+    pub(crate) frontends: u32,
+    /// SVC_BACKENDS.
+    pub(crate) backends: u32,
+    /// SVC_BE_INDEX.
+    pub(crate) backend_index: u32,
+    /// SVC_AFFINITY.
+    pub(crate) affinity: u32,
+    /// SVC_REVNAT_SK.
+    pub(crate) revnat: u32,
+    /// SVC_META.
+    pub(crate) services: u32,
+}
+
+impl MapSizes {
+    /// Each map with the flag that sizes it.
+    fn each(&self) -> [(&'static str, &'static str, u32); 6] {
+        [
+            (names::FRONTENDS, "--max-frontends", self.frontends),
+            (names::BACKENDS, "--max-backends", self.backends),
+            (names::BACKEND_INDEX, "--max-backend-index", self.backend_index),
+            (names::AFFINITY, "--max-affinity", self.affinity),
+            (names::REV_NAT, "--max-revnat", self.revnat),
+            (names::META, "--max-services", self.services),
+        ]
+    }
+}
+
 /// Loads the programs, adopts or creates the pinned maps, attaches to
 /// `cgroup` and pins everything under `layout`. Returns the maps the
 /// writer owns.
-pub fn load_and_attach(layout: &PinLayout, cgroup: &Path, capacity: &CapacityArgs) -> Result<BpfMaps> {
+pub(crate) fn load_and_attach(layout: &PinLayout, cgroup: &Path, sizes: &MapSizes) -> Result<BpfMaps> {
     if !sys::is_on_bpffs(layout.root()).map_err(|e| Error::io(format!("statfs {}", layout.root().display()), e))? {
         return Err(Error::Environment(format!(
             "{} is not on a bpffs mount (mount one with `mount -t bpf bpf /sys/fs/bpf`)",
@@ -64,20 +94,16 @@ pub fn load_and_attach(layout: &PinLayout, cgroup: &Path, capacity: &CapacityArg
     }
     check_pinned_layout(layout)?;
     check_pinned_version(layout)?;
-    warn_fixed_capacities(layout, capacity);
+    warn_fixed_capacities(layout, sizes);
 
     let map_paths: Vec<(&str, std::path::PathBuf)> = names::ALL.iter().map(|n| (*n, layout.map(n))).collect();
     let mut loader = EbpfLoader::new();
     for (name, path) in &map_paths {
         loader.map_pin_path(name, path.as_path());
     }
-    loader
-        .map_max_entries(names::FRONTENDS, capacity.max_frontends)
-        .map_max_entries(names::BACKENDS, capacity.max_backends)
-        .map_max_entries(names::BACKEND_INDEX, capacity.max_backend_index)
-        .map_max_entries(names::AFFINITY, capacity.max_affinity)
-        .map_max_entries(names::REV_NAT, capacity.max_revnat)
-        .map_max_entries(names::META, capacity.max_services);
+    for (name, _, size) in sizes.each() {
+        loader.map_max_entries(name, size);
+    }
     let mut ebpf = loader.load(EBPF_OBJECT)?;
 
     write_config(&mut ebpf)?;
@@ -142,16 +168,8 @@ fn check_pinned_version(layout: &PinLayout) -> Result<()> {
 
 /// Pinned maps keep the size they were created with: say so when the
 /// `--max-*` flags ask for another one.
-fn warn_fixed_capacities(layout: &PinLayout, capacity: &CapacityArgs) {
-    let wanted = [
-        (names::FRONTENDS, "--max-frontends", capacity.max_frontends),
-        (names::BACKENDS, "--max-backends", capacity.max_backends),
-        (names::BACKEND_INDEX, "--max-backend-index", capacity.max_backend_index),
-        (names::AFFINITY, "--max-affinity", capacity.max_affinity),
-        (names::REV_NAT, "--max-revnat", capacity.max_revnat),
-        (names::META, "--max-services", capacity.max_services),
-    ];
-    for (name, flag, want) in wanted {
+fn warn_fixed_capacities(layout: &PinLayout, sizes: &MapSizes) {
+    for (name, flag, want) in sizes.each() {
         let Ok(info) = MapInfo::from_pin(layout.map(name)) else { continue };
         if info.max_entries() != want {
             tracing::warn!(

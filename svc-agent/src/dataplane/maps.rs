@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 
 /// The maps the writer owns.
 #[derive(Debug)]
-pub struct BpfMaps {
+pub(crate) struct BpfMaps {
     frontends: HashMap<MapData, FrontendKey4, Frontend>,
     slots: HashMap<MapData, SlotKey, Backend4>,
     index: HashMap<MapData, BackendIndexKey, u32>,
@@ -41,7 +41,7 @@ fn max_entries<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>, name: &st
 
 impl BpfMaps {
     /// Takes the writer's maps out of a freshly loaded object.
-    pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
+    pub(crate) fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
         let mut take =
             |name: &str| ebpf.take_map(name).ok_or_else(|| Error::Environment(format!("object has no map {name}")));
         let outer = ArrayOfMaps::try_from(take(names::GRACE)?).map_err(|e| Error::map(names::GRACE, e))?;
@@ -59,7 +59,7 @@ impl BpfMaps {
     }
 
     /// Opens the pinned maps (agent not necessarily running).
-    pub fn open_pinned(layout: &PinLayout) -> Result<Self> {
+    pub(crate) fn open_pinned(layout: &PinLayout) -> Result<Self> {
         Self::from_maps(
             open_pinned_map(layout, names::FRONTENDS)?,
             open_pinned_map(layout, names::BACKENDS)?,
@@ -84,7 +84,7 @@ impl BpfMaps {
 }
 
 /// Opens one pinned map.
-pub fn open_pinned_map(layout: &PinLayout, name: &str) -> Result<Map> {
+pub(crate) fn open_pinned_map(layout: &PinLayout, name: &str) -> Result<Map> {
     let path = layout.map(name);
     if !path.exists() {
         return Err(Error::NotPinned(layout.root().to_owned()));
@@ -95,7 +95,7 @@ pub fn open_pinned_map(layout: &PinLayout, name: &str) -> Result<Map> {
 
 /// The LRU maps the programs write, read for `status`.
 #[derive(Debug)]
-pub struct ProgramMaps {
+pub(crate) struct ProgramMaps {
     /// SVC_AFFINITY.
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     /// SVC_REVNAT_SK.
@@ -104,7 +104,7 @@ pub struct ProgramMaps {
 
 impl ProgramMaps {
     /// Opens the pinned LRU maps.
-    pub fn open_pinned(layout: &PinLayout) -> Result<Self> {
+    pub(crate) fn open_pinned(layout: &PinLayout) -> Result<Self> {
         Ok(Self {
             affinity: typed(open_pinned_map(layout, names::AFFINITY)?, names::AFFINITY)?,
             revnat: typed(open_pinned_map(layout, names::REV_NAT)?, names::REV_NAT)?,

@@ -10,7 +10,7 @@ use super::table::{Capacity, Table, TableDump, TableError};
 
 /// Every operation, in order, so tests can check the update protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op {
+pub(crate) enum Op {
     /// put_frontend.
     PutFrontend(FrontendKey4, Frontend),
     /// delete_frontend.
@@ -33,7 +33,7 @@ pub enum Op {
 
 /// Maps held in `BTreeMap`s.
 #[derive(Debug, Clone)]
-pub struct MemoryTable {
+pub(crate) struct MemoryTable {
     /// SVC_FRONTENDS.
     pub frontends: BTreeMap<FrontendKey4, Frontend>,
     /// SVC_BACKENDS.
@@ -53,7 +53,7 @@ pub struct MemoryTable {
 
 impl MemoryTable {
     /// Empty maps with the given capacities.
-    pub fn new(capacity: Capacity) -> Self {
+    pub(crate) fn new(capacity: Capacity) -> Self {
         Self {
             frontends: BTreeMap::new(),
             slots: BTreeMap::new(),

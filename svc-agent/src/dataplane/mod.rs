@@ -9,14 +9,16 @@
 //!   the update protocol of docs/maps.md.
 //! - [`cleanup`]: detach and unpin.
 
-pub mod cleanup;
-pub mod loader;
-pub mod maps;
-pub mod memory;
-pub mod pins;
-pub mod table;
-pub mod udp_reset;
-pub mod writer;
+pub(crate) mod cleanup;
+pub(crate) mod encode;
+pub(crate) mod loader;
+pub(crate) mod maps;
+#[cfg(test)]
+pub(crate) mod memory;
+pub(crate) mod pins;
+pub(crate) mod table;
+pub(crate) mod udp_reset;
+pub(crate) mod writer;
 
-pub use table::{Table, TableDump, TableError};
-pub use writer::Writer;
+pub(crate) use table::Table;
+pub(crate) use writer::Writer;

@@ -13,54 +13,54 @@ use std::path::{Path, PathBuf};
 
 /// Paths under one pin directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PinLayout {
+pub(crate) struct PinLayout {
     root: PathBuf,
 }
 
 impl PinLayout {
     /// Layout rooted at `root`.
-    pub fn new(root: impl Into<PathBuf>) -> Self {
+    pub(crate) fn new(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into() }
     }
 
     /// The pin directory.
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.root
     }
 
     /// Directory of map pins.
-    pub fn maps_dir(&self) -> PathBuf {
+    pub(crate) fn maps_dir(&self) -> PathBuf {
         self.root.join("maps")
     }
 
     /// Directory of program pins.
-    pub fn programs_dir(&self) -> PathBuf {
+    pub(crate) fn programs_dir(&self) -> PathBuf {
         self.root.join("progs")
     }
 
     /// Directory of link pins.
-    pub fn links_dir(&self) -> PathBuf {
+    pub(crate) fn links_dir(&self) -> PathBuf {
         self.root.join("links")
     }
 
     /// A map's pin.
-    pub fn map(&self, name: &str) -> PathBuf {
+    pub(crate) fn map(&self, name: &str) -> PathBuf {
         self.maps_dir().join(name)
     }
 
     /// A program's pin.
-    pub fn program(&self, name: &str) -> PathBuf {
+    pub(crate) fn program(&self, name: &str) -> PathBuf {
         self.programs_dir().join(name)
     }
 
     /// A link's pin.
-    pub fn link(&self, name: &str) -> PathBuf {
+    pub(crate) fn link(&self, name: &str) -> PathBuf {
         self.links_dir().join(name)
     }
 
     /// Where a replacement link is pinned before it takes the old one's
     /// name (bpffs refuses names with a dot).
-    pub fn staged_link(&self, name: &str) -> PathBuf {
+    pub(crate) fn staged_link(&self, name: &str) -> PathBuf {
         self.links_dir().join(format!("{name}_new"))
     }
 }

@@ -7,7 +7,7 @@ use svc_common::{Backend4, BackendIndexKey, Frontend, FrontendKey4, ServiceMeta,
 /// A failed map operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{map}: {op} failed: {detail}")]
-pub struct TableError {
+pub(crate) struct TableError {
     /// Map name.
     pub map: &'static str,
     /// Operation.
@@ -20,7 +20,7 @@ pub struct TableError {
 
 /// Everything in the writer-owned maps, for adopting pinned state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TableDump {
+pub(crate) struct TableDump {
     /// SVC_FRONTENDS.
     pub frontends: Vec<(FrontendKey4, Frontend)>,
     /// SVC_BACKENDS.
@@ -33,7 +33,7 @@ pub struct TableDump {
 
 /// Capacities of the writer-owned maps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Capacity {
+pub(crate) struct Capacity {
     /// SVC_FRONTENDS max_entries.
     pub frontends: u32,
     /// SVC_BACKENDS max_entries.
@@ -46,7 +46,7 @@ pub struct Capacity {
 
 /// Typed operations on the maps the agent writes. Deleting a missing key
 /// succeeds (deletes are idempotent).
-pub trait Table {
+pub(crate) trait Table {
     /// Inserts or replaces a frontend (one atomic map update).
     fn put_frontend(&mut self, key: &FrontendKey4, value: &Frontend) -> Result<(), TableError>;
     /// Removes a frontend.

@@ -27,16 +27,15 @@ use super::{maps::open_pinned_map, pins::PinLayout};
 use crate::{
     error::{Error, Result},
     metrics::Metrics,
-    model::socket_addr,
     sys::sock_diag,
 };
 
 /// A UDP frontend and the backends it stopped using.
-pub type Removed = (FrontendKey4, Vec<Backend4>);
+pub(crate) type Removed = (FrontendKey4, Vec<Backend4>);
 
 /// What one reset round did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// Sockets destroyed.
     pub destroyed: u64,
     /// Sockets that qualified but could not be destroyed.
@@ -52,7 +51,7 @@ pub struct Outcome {
 /// batch removed. Resetting can take a while on a busy node (it visits
 /// every client network namespace), so it never delays map updates.
 /// Failures are logged at warn level and counted in `metrics`.
-pub fn spawn(layout: &PinLayout, cgroup: PathBuf, metrics: Arc<Metrics>) -> Result<mpsc::Sender<Vec<Removed>>> {
+pub(crate) fn spawn(layout: &PinLayout, cgroup: PathBuf, metrics: Arc<Metrics>) -> Result<mpsc::Sender<Vec<Removed>>> {
     let revnat: HashMap<MapData, RevNatKey, RevNatValue> =
         HashMap::try_from(open_pinned_map(layout, names::REV_NAT)?).map_err(|e| Error::map(names::REV_NAT, e))?;
     let (tx, rx) = mpsc::channel::<Vec<Removed>>();
@@ -129,7 +128,7 @@ fn reset(cgroup: &Path, revnat: &HashMap<MapData, RevNatKey, RevNatValue>, remov
         let doomed: Vec<sock_diag::UdpSocket> = sockets
             .into_iter()
             .filter(|s| {
-                let backend = crate::model::backend_value(s.peer);
+                let backend = super::encode::backend_value(s.peer);
                 let Some(frontends) = wanted.get(&backend) else { return false };
                 revnat
                     .get(&RevNatKey { cookie: s.cookie, backend }, 0)
@@ -154,7 +153,7 @@ fn reset(cgroup: &Path, revnat: &HashMap<MapData, RevNatKey, RevNatValue>, remov
             }
         }
     }
-    tracing::debug!(backends = ?wanted.keys().map(|b| socket_addr(b.addr, b.port)).collect::<Vec<_>>(), ?outcome, "udp reset");
+    tracing::debug!(backends = ?wanted.keys().map(|b| super::encode::socket_addr(b.addr, b.port)).collect::<Vec<_>>(), ?outcome, "udp reset");
     Ok(outcome)
 }
 

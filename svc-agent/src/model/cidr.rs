@@ -15,16 +15,6 @@ impl Ipv4Cidr {
         (prefix_len <= 32).then(|| Self { network: Ipv4Addr::from(u32::from(addr) & mask(prefix_len)), prefix_len })
     }
 
-    /// First address.
-    pub const fn network(&self) -> Ipv4Addr {
-        self.network
-    }
-
-    /// Prefix length.
-    pub const fn prefix_len(&self) -> u8 {
-        self.prefix_len
-    }
-
     /// Number of addresses in the prefix.
     pub fn size(&self) -> u64 {
         1u64 << (32 - u32::from(self.prefix_len))

@@ -6,24 +6,21 @@
 mod cidr;
 mod endpoints;
 mod node;
-pub mod objects;
+pub(crate) mod objects;
 mod service;
 mod store;
 
-use std::{fmt, net::Ipv4Addr, net::SocketAddrV4, sync::Arc};
+use std::{fmt, net::SocketAddrV4, sync::Arc};
 
-pub use cidr::Ipv4Cidr;
-pub use node::NodeContext;
-pub use objects::{ServiceObj, SliceObj};
-pub use service::{
-    DEFAULT_AFFINITY_TIMEOUT, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, MAX_AFFINITY_TIMEOUT, ModelError,
-    desired_service,
-};
-pub use store::{Dirty, LABEL_SERVICE_NAME, Store};
+pub(crate) use cidr::Ipv4Cidr;
+pub(crate) use node::NodeContext;
+pub(crate) use objects::{ServiceObj, SliceObj};
+pub(crate) use service::{LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, desired_service};
+pub(crate) use store::{Dirty, LABEL_SERVICE_NAME, Store};
 
 /// Namespace and name of a Service.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServiceKey {
+pub(crate) struct ServiceKey {
     /// Namespace.
     pub namespace: String,
     /// Name.
@@ -32,7 +29,7 @@ pub struct ServiceKey {
 
 impl ServiceKey {
     /// Builds a key.
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub(crate) fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
         Self { namespace: namespace.into(), name: name.into() }
     }
 }
@@ -45,7 +42,7 @@ impl fmt::Display for ServiceKey {
 
 /// Transport protocol of a Service port that the socket hooks translate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Proto {
+pub(crate) enum Proto {
     /// TCP.
     Tcp,
     /// UDP.
@@ -54,7 +51,7 @@ pub enum Proto {
 
 impl Proto {
     /// IANA number, as stored in the maps.
-    pub const fn number(self) -> u8 {
+    pub(crate) const fn number(self) -> u8 {
         match self {
             Self::Tcp => svc_common::proto::TCP,
             Self::Udp => svc_common::proto::UDP,
@@ -62,7 +59,7 @@ impl Proto {
     }
 
     /// From the IANA number.
-    pub const fn from_number(n: u8) -> Option<Self> {
+    pub(crate) const fn from_number(n: u8) -> Option<Self> {
         match n {
             svc_common::proto::TCP => Some(Self::Tcp),
             svc_common::proto::UDP => Some(Self::Udp),
@@ -71,7 +68,7 @@ impl Proto {
     }
 
     /// Kubernetes spelling.
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::Tcp => "TCP",
             Self::Udp => "UDP",
@@ -88,7 +85,7 @@ impl fmt::Display for Proto {
 /// One port of one Service, the unit kube-proxy calls a ServicePortName:
 /// every frontend of it shares backends and session affinity.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServicePortKey {
+pub(crate) struct ServicePortKey {
     /// The Service.
     pub service: ServiceKey,
     /// `spec.ports[].name` (may be empty for a single-port Service).
@@ -105,7 +102,7 @@ impl fmt::Display for ServicePortKey {
 
 /// Which kind of Service address a frontend is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum FrontendKind {
+pub(crate) enum FrontendKind {
     /// `spec.clusterIPs`.
     ClusterIp,
     /// `nodeIP:nodePort`.
@@ -116,21 +113,9 @@ pub enum FrontendKind {
     LoadBalancer,
 }
 
-impl FrontendKind {
-    /// Display name (as in `kubectl get svc` TYPE column).
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::ClusterIp => "ClusterIP",
-            Self::NodePort => "NodePort",
-            Self::ExternalIp => "ExternalIP",
-            Self::LoadBalancer => "LoadBalancer",
-        }
-    }
-}
-
 /// One address the dataplane translates, and where it goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DesiredFrontend {
+pub(crate) struct DesiredFrontend {
     /// Frontend address.
     pub addr: SocketAddrV4,
     /// Protocol.
@@ -152,32 +137,12 @@ pub struct DesiredFrontend {
 /// Everything one Service wants programmed (possibly nothing: headless,
 /// ExternalName, owned by another proxy).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct DesiredService {
+pub(crate) struct DesiredService {
     /// Frontends, sorted by (address, protocol).
     pub frontends: Vec<DesiredFrontend>,
     /// Ports that are not translated (SCTP: no socket hook covers it), as
     /// `name/SCTP:port`, for a log line.
     pub untranslated_ports: Vec<String>,
-}
-
-/// A frontend's map key in the model's terms.
-pub fn frontend_key(addr: SocketAddrV4, proto: Proto) -> svc_common::FrontendKey4 {
-    svc_common::FrontendKey4 {
-        addr: addr.ip().octets(),
-        port: svc_common::port_be(addr.port()),
-        proto: proto.number(),
-        _pad: 0,
-    }
-}
-
-/// A backend's map value in the model's terms.
-pub fn backend_value(addr: SocketAddrV4) -> svc_common::Backend4 {
-    svc_common::Backend4 { addr: addr.ip().octets(), port: svc_common::port_be(addr.port()), _pad: 0 }
-}
-
-/// A map address back in the model's terms.
-pub fn socket_addr(addr: [u8; 4], port_be: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::from(addr), svc_common::port_host(port_be))
 }
 
 #[cfg(test)]

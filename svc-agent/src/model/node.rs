@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 
 /// This node, as far as Service translation cares.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NodeContext {
+pub(crate) struct NodeContext {
     /// Node name (matches `endpoints[].nodeName`).
     pub name: String,
     /// Zone (matches `endpoints[].hints.forZones[].name`), if known.

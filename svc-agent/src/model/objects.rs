@@ -16,7 +16,7 @@ use super::{LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, Servic
 
 /// A Service, as far as translation cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceObj {
+pub(crate) struct ServiceObj {
     /// Namespace and name.
     pub key: ServiceKey,
     /// Whether the object has a `spec` at all.
@@ -52,7 +52,7 @@ pub struct ServiceObj {
 
 /// One `spec.ports[]` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServicePortObj {
+pub(crate) struct ServicePortObj {
     /// `name` (empty if unset).
     pub name: Box<str>,
     /// `protocol` (TCP if unset).
@@ -65,7 +65,7 @@ pub struct ServicePortObj {
 
 /// An EndpointSlice, as far as translation cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SliceObj {
+pub(crate) struct SliceObj {
     /// Namespace.
     pub namespace: Box<str>,
     /// Name.
@@ -82,7 +82,7 @@ pub struct SliceObj {
 
 /// One `ports[]` entry of a slice.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlicePortObj {
+pub(crate) struct SlicePortObj {
     /// `name` (empty if unset).
     pub name: Box<str>,
     /// `protocol` (TCP if unset).
@@ -93,7 +93,7 @@ pub struct SlicePortObj {
 
 /// One `endpoints[]` entry of a slice.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EndpointObj {
+pub(crate) struct EndpointObj {
     /// `addresses[0]`, if an IPv4 address. The API defines the addresses
     /// as fungible ("clients may choose to only use the first element")
     /// and kube-proxy uses only the first; one inline address instead of a

@@ -12,19 +12,20 @@ use super::{
 
 /// Labels that hand a Service to another proxy, or mark it headless; such
 /// Services are not programmed (kube-proxy's list filter).
-pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+pub(crate) const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
 /// See [`LABEL_SERVICE_PROXY_NAME`].
-pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+pub(crate) const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
 
 /// Default `sessionAffinityConfig.clientIP.timeoutSeconds`.
-pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
+pub(crate) const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
 /// Largest timeout the API server accepts (one day).
-pub const MAX_AFFINITY_TIMEOUT: i32 = 86_400;
+pub(crate) const MAX_AFFINITY_TIMEOUT: i32 = 86_400;
 
-/// Why a Service cannot be translated. The Service is skipped (its
-/// previous state, if any, is removed) and every other Service is unaffected.
+/// Why a Service cannot be translated. The Service is skipped: whatever
+/// was programmed for it before stays in effect (like a rejected edit),
+/// the error is logged once, and every other Service is unaffected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ModelError {
+pub(crate) enum ModelError {
     /// No `spec`.
     #[error("service has no spec")]
     MissingSpec,
@@ -59,7 +60,7 @@ pub enum ModelError {
 
 /// The frontends of `svc`, with backends from `slices` (the Service's
 /// EndpointSlices), as seen from `node`.
-pub fn desired_service(
+pub(crate) fn desired_service(
     svc: &ServiceObj,
     slices: &[&SliceObj],
     node: &NodeContext,

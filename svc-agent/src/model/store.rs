@@ -12,10 +12,10 @@ use super::{
 };
 
 /// Label that ties an EndpointSlice to its Service.
-pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+pub(crate) const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 
 /// Services whose desired state may have changed.
-pub type Dirty = BTreeSet<ServiceKey>;
+pub(crate) type Dirty = BTreeSet<ServiceKey>;
 
 /// Namespace and name of a slice.
 type SliceKey = (Box<str>, Box<str>);
@@ -23,7 +23,7 @@ type SliceKey = (Box<str>, Box<str>);
 /// Current Services and EndpointSlices (shared with the source that
 /// delivered them, never copied).
 #[derive(Debug, Default)]
-pub struct Store {
+pub(crate) struct Store {
     services: HashMap<ServiceKey, Arc<ServiceObj>>,
     slices: HashMap<SliceKey, Arc<SliceObj>>,
     /// Slice names per Service, from the service-name label.
@@ -41,22 +41,22 @@ fn slice_owner(slice: &SliceObj) -> Option<ServiceKey> {
 
 impl Store {
     /// A Service by key.
-    pub fn service(&self, key: &ServiceKey) -> Option<&ServiceObj> {
+    pub(crate) fn service(&self, key: &ServiceKey) -> Option<&ServiceObj> {
         self.services.get(key).map(AsRef::as_ref)
     }
 
     /// Every Service key.
-    pub fn service_keys(&self) -> impl Iterator<Item = &ServiceKey> {
+    pub(crate) fn service_keys(&self) -> impl Iterator<Item = &ServiceKey> {
         self.services.keys()
     }
 
     /// Number of Services.
-    pub fn service_count(&self) -> usize {
+    pub(crate) fn service_count(&self) -> usize {
         self.services.len()
     }
 
     /// The EndpointSlices labelled for `key`, in name order.
-    pub fn slices_of(&self, key: &ServiceKey) -> Vec<&SliceObj> {
+    pub(crate) fn slices_of(&self, key: &ServiceKey) -> Vec<&SliceObj> {
         self.slices_by_service
             .get(key)
             .into_iter()
@@ -67,7 +67,7 @@ impl Store {
     }
 
     /// Adds or replaces a Service.
-    pub fn upsert_service(&mut self, svc: Arc<ServiceObj>) -> Dirty {
+    pub(crate) fn upsert_service(&mut self, svc: Arc<ServiceObj>) -> Dirty {
         if self.services.get(&svc.key) == Some(&svc) {
             return Dirty::new();
         }
@@ -77,13 +77,13 @@ impl Store {
     }
 
     /// Removes a Service.
-    pub fn delete_service(&mut self, key: &ServiceKey) -> Dirty {
+    pub(crate) fn delete_service(&mut self, key: &ServiceKey) -> Dirty {
         if self.services.remove(key).is_some() { Dirty::from([key.clone()]) } else { Dirty::new() }
     }
 
     /// Replaces every Service (a complete listing); the Services named in
     /// `kept` (listed, but not decodable) keep what the store has of them.
-    pub fn replace_services(&mut self, all: Vec<Arc<ServiceObj>>, kept: &[(String, String)]) -> Dirty {
+    pub(crate) fn replace_services(&mut self, all: Vec<Arc<ServiceObj>>, kept: &[(String, String)]) -> Dirty {
         let mut dirty = Dirty::new();
         let mut seen: BTreeSet<ServiceKey> = kept.iter().map(|(ns, name)| ServiceKey::new(ns, name)).collect();
         for svc in all {
@@ -98,7 +98,7 @@ impl Store {
     }
 
     /// Adds or replaces an EndpointSlice.
-    pub fn upsert_slice(&mut self, slice: Arc<SliceObj>) -> Dirty {
+    pub(crate) fn upsert_slice(&mut self, slice: Arc<SliceObj>) -> Dirty {
         let key = slice_key(&slice);
         if self.slices.get(&key) == Some(&slice) {
             return Dirty::new();
@@ -113,7 +113,7 @@ impl Store {
     }
 
     /// Removes an EndpointSlice.
-    pub fn delete_slice(&mut self, namespace: &str, name: &str) -> Dirty {
+    pub(crate) fn delete_slice(&mut self, namespace: &str, name: &str) -> Dirty {
         let Some(old) = self.slices.remove(&(namespace.into(), name.into())) else {
             return Dirty::new();
         };
@@ -131,7 +131,7 @@ impl Store {
 
     /// Replaces every EndpointSlice (a complete listing); the slices named
     /// in `kept` (listed, but not decodable) keep what the store has of them.
-    pub fn replace_slices(&mut self, all: Vec<Arc<SliceObj>>, kept: &[(String, String)]) -> Dirty {
+    pub(crate) fn replace_slices(&mut self, all: Vec<Arc<SliceObj>>, kept: &[(String, String)]) -> Dirty {
         let mut dirty = Dirty::new();
         let mut seen: BTreeSet<SliceKey> =
             kept.iter().map(|(ns, name)| (ns.as_str().into(), name.as_str().into())).collect();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
-use super::*;
+use super::{service::ModelError, *};
 
 /// A Service from YAML, reduced as the sources reduce it.
 fn svc(yaml: &str) -> ServiceObj {

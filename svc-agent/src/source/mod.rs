@@ -3,9 +3,9 @@
 //! has delivered a complete view; turning them into dataplane state is the
 //! model's job. Both sources produce the same events for the same objects.
 
-pub mod kube;
-pub mod manifest;
-pub mod node;
+pub(crate) mod kube;
+pub(crate) mod manifest;
+pub(crate) mod node;
 
 use std::{net::Ipv4Addr, sync::Arc, time::Instant};
 
@@ -16,7 +16,7 @@ use crate::{
 
 /// A change to one kind of object.
 #[derive(Debug, Clone)]
-pub enum Change<T> {
+pub(crate) enum Change<T> {
     /// The complete current set (initial listing, relist, manifest re-read):
     /// anything not in it is gone, except the objects named in `kept`.
     Replace {
@@ -39,12 +39,12 @@ pub enum Change<T> {
 
 impl<T> Change<T> {
     /// A complete listing in which every object could be read.
-    pub fn replace_all(objects: Vec<T>) -> Self {
+    pub(crate) fn replace_all(objects: Vec<T>) -> Self {
         Self::Replace { objects, kept: Vec::new() }
     }
 
     /// The same change of converted objects.
-    pub fn map<U>(self, f: impl Fn(T) -> U) -> Change<U> {
+    pub(crate) fn map<U>(self, f: impl Fn(T) -> U) -> Change<U> {
         match self {
             Self::Replace { objects, kept } => Change::Replace { objects: objects.into_iter().map(f).collect(), kept },
             Self::Upsert(obj) => Change::Upsert(f(obj)),
@@ -55,7 +55,7 @@ impl<T> Change<T> {
 
 /// What a source tells the controller.
 #[derive(Debug, Clone)]
-pub enum SourceEvent {
+pub(crate) enum SourceEvent {
     /// Services changed.
     Services(Change<Arc<ServiceObj>>),
     /// EndpointSlices changed.
@@ -71,7 +71,7 @@ pub enum SourceEvent {
 
 /// An event and when the agent received it (for the event-to-map latency).
 #[derive(Debug, Clone)]
-pub struct Envelope {
+pub(crate) struct Envelope {
     /// The event.
     pub event: SourceEvent,
     /// When the source received it.
@@ -80,13 +80,13 @@ pub struct Envelope {
 
 /// Sending half used by sources; every event is also noted for liveness.
 #[derive(Debug, Clone)]
-pub struct EventSender(tokio::sync::mpsc::UnboundedSender<Envelope>, Arc<Health>);
+pub(crate) struct EventSender(tokio::sync::mpsc::UnboundedSender<Envelope>, Arc<Health>);
 
 /// Receiving half used by the controller.
-pub type EventReceiver = tokio::sync::mpsc::UnboundedReceiver<Envelope>;
+pub(crate) type EventReceiver = tokio::sync::mpsc::UnboundedReceiver<Envelope>;
 
 /// A channel from sources to the controller.
-pub fn channel(health: Arc<Health>) -> (EventSender, EventReceiver) {
+pub(crate) fn channel(health: Arc<Health>) -> (EventSender, EventReceiver) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     (EventSender(tx, health), rx)
 }
@@ -94,14 +94,14 @@ pub fn channel(health: Arc<Health>) -> (EventSender, EventReceiver) {
 impl EventSender {
     /// Sends an event stamped with the current time. Returns false once
     /// the controller is gone.
-    pub fn send(&self, event: SourceEvent) -> bool {
+    pub(crate) fn send(&self, event: SourceEvent) -> bool {
         let received = Instant::now();
         self.1.queued(received);
         self.0.send(Envelope { event, received }).is_ok()
     }
 
     /// Whether the controller is gone.
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.0.is_closed()
     }
 }

@@ -64,7 +64,7 @@ impl fmt::Display for NodePortAddresses {
 
 /// One local address and what the rules look at.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalAddress {
+pub(crate) struct LocalAddress {
     /// Interface name.
     pub interface: String,
     /// Its driver (`dummy` for dummy devices), if known.
@@ -75,7 +75,7 @@ pub struct LocalAddress {
 
 /// The node addresses among `local`, given the interfaces holding a
 /// default route. Pure: unit-tested below.
-pub fn select(rule: &NodePortAddresses, local: &[LocalAddress], default_route: &[String]) -> Vec<Ipv4Addr> {
+pub(crate) fn select(rule: &NodePortAddresses, local: &[LocalAddress], default_route: &[String]) -> Vec<Ipv4Addr> {
     let eligible = |a: &&LocalAddress| a.interface != IPVS_DEVICE && a.driver.as_deref() != Some("dummy");
     let mut out: Vec<Ipv4Addr> = match rule {
         NodePortAddresses::Primary => {
@@ -93,7 +93,7 @@ pub fn select(rule: &NodePortAddresses, local: &[LocalAddress], default_route: &
 }
 
 /// Current node addresses (logged, not fatal, on error).
-pub fn current_addresses(rule: &NodePortAddresses) -> Vec<Ipv4Addr> {
+pub(crate) fn current_addresses(rule: &NodePortAddresses) -> Vec<Ipv4Addr> {
     let local = match sys::local_ipv4_addresses() {
         Ok(local) => local,
         Err(e) => {
@@ -113,7 +113,11 @@ pub fn current_addresses(rule: &NodePortAddresses) -> Vec<Ipv4Addr> {
 }
 
 /// Polls the addresses and reports changes until the controller is gone.
-pub fn spawn(rule: NodePortAddresses, initial: Vec<Ipv4Addr>, events: EventSender) -> tokio::task::JoinHandle<()> {
+pub(crate) fn spawn(
+    rule: NodePortAddresses,
+    initial: Vec<Ipv4Addr>,
+    events: EventSender,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut last = initial;
         loop {

@@ -1,6 +1,6 @@
 //! The few system facts and calls the agent needs that aya does not cover.
 
-pub mod sock_diag;
+pub(crate) mod sock_diag;
 
 use std::{
     ffi::CString,
@@ -14,7 +14,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// The cgroup v2 mount point (e.g. `/sys/fs/cgroup`, or
 /// `/sys/fs/cgroup/unified` on hybrid hosts), from /proc/mounts.
-pub fn cgroup2_mount() -> io::Result<PathBuf> {
+pub(crate) fn cgroup2_mount() -> io::Result<PathBuf> {
     let mounts = fs::read_to_string("/proc/mounts")?;
     mounts
         .lines()
@@ -28,7 +28,7 @@ pub fn cgroup2_mount() -> io::Result<PathBuf> {
 }
 
 /// Whether `path` (or its closest existing ancestor) is on a bpffs mount.
-pub fn is_on_bpffs(path: &Path) -> io::Result<bool> {
+pub(crate) fn is_on_bpffs(path: &Path) -> io::Result<bool> {
     let mut probe = path;
     while !probe.exists() {
         probe = probe.parent().unwrap_or(Path::new("/"));
@@ -46,7 +46,7 @@ pub fn is_on_bpffs(path: &Path) -> io::Result<bool> {
 
 /// The network namespace cookie of the calling thread's namespace, the
 /// same number `bpf_get_netns_cookie()` returns in the programs.
-pub fn current_netns_cookie() -> io::Result<u64> {
+pub(crate) fn current_netns_cookie() -> io::Result<u64> {
     // SAFETY: plain socket(2); the fd is owned below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -76,13 +76,13 @@ pub fn current_netns_cookie() -> io::Result<u64> {
 /// cold start, a large batch): mimalloc otherwise keeps freed pages cached
 /// for reuse, tens of MiB after a cold start with 10k Services. A few
 /// milliseconds; called only after such work.
-pub fn trim_heap() {
+pub(crate) fn trim_heap() {
     // SAFETY: mi_collect has no preconditions.
     unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns()`.
-pub fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes into the struct we own.
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
     // SAFETY: valid clock id and out-pointer.
@@ -94,7 +94,7 @@ pub fn monotonic_ns() -> u64 {
 /// process still holds it open (BPF_LINK_DETACH). aya 0.14 only detaches
 /// links it created itself, and `cleanup` must work on a crashed agent's
 /// pins, so this is the one raw bpf(2) use in the agent.
-pub fn detach_pinned_link(path: &Path) -> io::Result<()> {
+pub(crate) fn detach_pinned_link(path: &Path) -> io::Result<()> {
     const BPF_OBJ_GET: libc::c_long = 7;
     const BPF_LINK_DETACH: libc::c_long = 34;
     let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
@@ -134,7 +134,7 @@ pub fn detach_pinned_link(path: &Path) -> io::Result<()> {
 
 /// IPv4 addresses configured on this network namespace's interfaces,
 /// except loopback ones (127/8), with the interface each is on.
-pub fn local_ipv4_addresses() -> io::Result<Vec<(String, std::net::Ipv4Addr)>> {
+pub(crate) fn local_ipv4_addresses() -> io::Result<Vec<(String, std::net::Ipv4Addr)>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs allocates a list we free below.
     if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
@@ -169,7 +169,7 @@ pub fn local_ipv4_addresses() -> io::Result<Vec<(String, std::net::Ipv4Addr)>> {
 
 /// The kernel driver behind an interface (`ethtool -i`: "dummy", "veth",
 /// "virtio_net", ...), or `None` if it does not say.
-pub fn interface_driver(name: &str) -> Option<String> {
+pub(crate) fn interface_driver(name: &str) -> Option<String> {
     const SIOCETHTOOL: libc::c_ulong = 0x8946;
     const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
     // struct ethtool_drvinfo (linux/ethtool.h).
@@ -230,7 +230,7 @@ pub fn interface_driver(name: &str) -> Option<String> {
 
 /// Interfaces that hold an IPv4 default route in this network namespace
 /// (`/proc/net/route`, destination and mask 0).
-pub fn default_route_interfaces() -> io::Result<Vec<String>> {
+pub(crate) fn default_route_interfaces() -> io::Result<Vec<String>> {
     Ok(default_route_interfaces_in(&fs::read_to_string("/proc/net/route")?))
 }
 
@@ -253,7 +253,7 @@ fn default_route_interfaces_in(table: &str) -> Vec<String> {
 /// Writes `count` key/value pairs into a map with one BPF_MAP_UPDATE_BATCH
 /// call (aya 0.14 has no batch API). `keys` and `values` are the packed
 /// arrays. Returns how many were written before an error, with the error.
-pub fn map_update_batch(
+pub(crate) fn map_update_batch(
     map: std::os::fd::BorrowedFd<'_>,
     keys: &[u8],
     values: &[u8],

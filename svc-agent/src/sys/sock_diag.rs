@@ -75,7 +75,7 @@ struct Request {
 
 /// A connected IPv4 UDP socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UdpSocket {
+pub(crate) struct UdpSocket {
     /// Peer address.
     pub peer: SocketAddrV4,
     /// `bpf_get_socket_cookie()` of the socket.
@@ -107,7 +107,7 @@ fn recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Every connected IPv4 UDP socket of the calling thread's network namespace.
-pub fn connected_udp_sockets() -> io::Result<Vec<UdpSocket>> {
+pub(crate) fn connected_udp_sockets() -> io::Result<Vec<UdpSocket>> {
     let fd = netlink_socket()?;
     let request = InetDiagReqV2 {
         family: libc::AF_INET as u8,
@@ -149,7 +149,7 @@ pub fn connected_udp_sockets() -> io::Result<Vec<UdpSocket>> {
 }
 
 /// Destroys one socket (its owner sees ECONNABORTED on the next call).
-pub fn destroy(socket: &UdpSocket) -> io::Result<()> {
+pub(crate) fn destroy(socket: &UdpSocket) -> io::Result<()> {
     let fd = netlink_socket()?;
     let request = InetDiagReqV2 {
         family: libc::AF_INET as u8,

@@ -35,16 +35,17 @@ use litemap::LiteMap;
 
 use svc_common::{Backend4, BackendIndexKey, Frontend, FrontendKey4, ServiceMeta, SlotKey, fe_flags};
 
-pub use self::refusal::{Conflict, Refusal};
+pub(crate) use self::refusal::{Conflict, Refusal};
 use self::{
     ids::IdAllocator,
     journal::Journal,
     sets::{BackendSet, needs_index},
 };
-use super::table::{Table, TableError};
-use crate::model::{
-    DesiredFrontend, DesiredService, FrontendKind, ServiceKey, ServicePortKey, backend_value, frontend_key,
+use super::{
+    encode::{backend_value, frontend_key},
+    table::{Table, TableError},
 };
+use crate::model::{DesiredFrontend, DesiredService, FrontendKind, ServiceKey, ServicePortKey};
 
 /// What one Service has in the maps. Sorted vectors, not B-trees: a
 /// Service has a handful of each, and the agent holds one of these per
@@ -106,7 +107,7 @@ struct Handover {
 
 /// What a batch did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct BatchReport {
+pub(crate) struct BatchReport {
     /// Services whose frontends were written or changed.
     pub changed: usize,
     /// Services removed from the maps.
@@ -120,7 +121,7 @@ pub struct BatchReport {
 
 /// Programmed state and the maps it lives in.
 #[derive(Debug)]
-pub struct Writer<T: Table> {
+pub(crate) struct Writer<T: Table> {
     table: T,
     services: HashMap<ServiceKey, ServiceState>,
     owners: HashMap<FrontendKey4, ServiceKey>,
@@ -148,28 +149,29 @@ pub struct Writer<T: Table> {
 impl<T: Table> Writer<T> {
     /// Takes over whatever `table` already holds (pinned state from a
     /// previous run, or nothing).
-    pub fn adopt(table: T) -> Result<Self, TableError> {
+    pub(crate) fn adopt(table: T) -> Result<Self, TableError> {
         adopt::adopt(table)
     }
 
     /// The maps.
-    pub fn table(&self) -> &T {
+    #[cfg(test)]
+    pub(crate) fn table(&self) -> &T {
         &self.table
     }
 
     /// Services that currently have frontends in the maps.
-    pub fn programmed_services(&self) -> impl Iterator<Item = &ServiceKey> {
+    pub(crate) fn programmed_services(&self) -> impl Iterator<Item = &ServiceKey> {
         self.services.keys()
     }
 
     /// Services waiting for a retry, with the reason.
-    pub fn pending_services(&self) -> impl Iterator<Item = (&ServiceKey, &Refusal)> {
+    pub(crate) fn pending_services(&self) -> impl Iterator<Item = (&ServiceKey, &Refusal)> {
         self.pending.iter().map(|(key, p)| (key, &p.reason))
     }
 
     /// The ClusterIP address of every programmed Service (for a source
     /// that allocates addresses to keep them across restarts).
-    pub fn programmed_cluster_ips(&self) -> Vec<(ServiceKey, std::net::Ipv4Addr)> {
+    pub(crate) fn programmed_cluster_ips(&self) -> Vec<(ServiceKey, std::net::Ipv4Addr)> {
         let mut out = Vec::new();
         for (key, state) in &self.services {
             if let Some((fk, _)) = state.frontends.iter().find(|(_, fe)| fe.is_cluster_ip()) {
@@ -180,7 +182,7 @@ impl<T: Table> Writer<T> {
     }
 
     /// The node port of every programmed Service port, by port name.
-    pub fn programmed_node_ports(&self) -> Vec<(ServiceKey, String, u16)> {
+    pub(crate) fn programmed_node_ports(&self) -> Vec<(ServiceKey, String, u16)> {
         let names: HashMap<u32, &ServicePortKey> = self.ports.iter().map(|(port, e)| (e.id, port)).collect();
         let mut out: Vec<(ServiceKey, String, u16)> = Vec::new();
         for (key, state) in &self.services {
@@ -196,7 +198,7 @@ impl<T: Table> Writer<T> {
     }
 
     /// Number of frontends in the maps.
-    pub fn frontend_count(&self) -> usize {
+    pub(crate) fn frontend_count(&self) -> usize {
         self.owners.len()
     }
 
@@ -206,7 +208,7 @@ impl<T: Table> Writer<T> {
     /// moving address, or a restart's stale entries, never leave a gap;
     /// then Services waiting on a conflict are retried. The batch ends with
     /// a grace period, after which retired sets are deleted.
-    pub fn apply(&mut self, batch: Vec<(ServiceKey, Option<DesiredService>)>) -> BatchReport {
+    pub(crate) fn apply(&mut self, batch: Vec<(ServiceKey, Option<DesiredService>)>) -> BatchReport {
         let mut report = BatchReport::default();
         let (upserts, removals): (Vec<_>, Vec<_>) =
             batch.into_iter().partition(|(_, d)| d.as_ref().is_some_and(|d| !d.frontends.is_empty()));
@@ -279,7 +281,7 @@ impl<T: Table> Writer<T> {
 
     /// Deletes entries that were orphaned in the pinned maps. Call once the
     /// first complete desired state has been applied.
-    pub fn remove_orphans(&mut self) {
+    pub(crate) fn remove_orphans(&mut self) {
         let orphans = std::mem::take(&mut self.orphans);
         let counts = (orphans.slots.len(), orphans.index.len(), orphans.meta.len());
         if counts == (0, 0, 0) {
@@ -596,7 +598,7 @@ fn flags(fe: &DesiredFrontend) -> u32 {
 }
 
 /// SVC_META value for a service port.
-pub fn service_meta(port: &ServicePortKey, service_port: u16) -> ServiceMeta {
+pub(crate) fn service_meta(port: &ServicePortKey, service_port: u16) -> ServiceMeta {
     let mut meta: ServiceMeta = bytemuck::Zeroable::zeroed();
     copy_name(&mut meta.namespace, &port.service.namespace);
     copy_name(&mut meta.name, &port.service.name);
@@ -614,7 +616,7 @@ fn copy_name(dst: &mut [u8], src: &str) {
 }
 
 /// A NUL-padded name back as a string.
-pub fn name_str(bytes: &[u8]) -> String {
+pub(crate) fn name_str(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }

@@ -6,7 +6,7 @@ use crate::{dataplane::table::TableError, model::ServiceKey};
 
 /// One frontend address that another Service already holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Conflict {
+pub(crate) struct Conflict {
     /// `TCP 10.96.0.10:80`.
     pub frontend: String,
     /// The Service that holds it.
@@ -16,7 +16,7 @@ pub struct Conflict {
 /// Why a Service was refused. The Service keeps its previous state and is
 /// retried after later changes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// Some frontends belong to other Services (the rest is programmed).
     #[error("{}", conflicts(.0))]
     Conflict(Vec<Conflict>),
@@ -41,10 +41,10 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every value of [`Self::label`].
-    pub const LABELS: [&'static str; 3] = ["conflict", "full", "kernel"];
+    pub(crate) const LABELS: [&'static str; 3] = ["conflict", "full", "kernel"];
 
     /// The `reason` label of the refused-Services metric.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             Self::Conflict(_) => "conflict",
             Self::Full { .. } => "full",

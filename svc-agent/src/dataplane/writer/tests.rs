@@ -9,13 +9,11 @@ use svc_common::{BackendIndexKey, FrontendKey4, INLINE_BACKENDS, SlotKey};
 use super::Writer;
 use crate::{
     dataplane::{
+        encode::{backend_value, frontend_key, socket_addr},
         memory::{MemoryTable, Op},
         table::Capacity,
     },
-    model::{
-        DesiredFrontend, DesiredService, FrontendKind, Proto, ServiceKey, ServicePortKey, backend_value, frontend_key,
-        socket_addr,
-    },
+    model::{DesiredFrontend, DesiredService, FrontendKind, Proto, ServiceKey, ServicePortKey},
 };
 
 const ROOMY: Capacity = Capacity { frontends: 100, slots: 1000, index: 1000, meta: 100 };

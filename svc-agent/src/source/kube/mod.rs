@@ -38,15 +38,16 @@ use crate::{
 };
 
 /// kube-proxy's label selector for Services and EndpointSlices.
-pub const PROXY_LABEL_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+pub(crate) const PROXY_LABEL_SELECTOR: &str =
+    "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
 /// Set in every pod: the in-cluster configuration applies.
 const IN_CLUSTER_ENV: &str = "KUBERNETES_SERVICE_HOST";
 /// Node label holding the zone.
-pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+pub(crate) const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// Where to find the API server.
 #[derive(Debug, Clone)]
-pub struct KubeOptions {
+pub(crate) struct KubeOptions {
     /// `--kubeconfig`; otherwise the in-cluster service account when running
     /// in a pod, else $KUBECONFIG / ~/.kube/config.
     pub kubeconfig: Option<PathBuf>,
@@ -63,7 +64,7 @@ fn untyped<K: kube::Resource<DynamicType = ()>>(client: &Client) -> Api<DynamicO
 
 /// Starts the watches. Returns once the client is configured; the API
 /// server need not be reachable yet (the watches wait for it).
-pub async fn spawn(options: KubeOptions, events: EventSender, metrics: &Metrics) -> Result<()> {
+pub(crate) async fn spawn(options: KubeOptions, events: EventSender, metrics: &Metrics) -> Result<()> {
     let (config, origin) = client_config(options.kubeconfig.as_deref()).await?;
     tracing::info!(server = %config.cluster_url, config = %origin, node = %options.node_name, "kubernetes source");
     let client = Client::try_from(config).map_err(|e| Error::Source(format!("kubernetes client: {e}")))?;

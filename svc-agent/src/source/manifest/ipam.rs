@@ -18,7 +18,7 @@ use crate::model::{Ipv4Cidr, ServiceKey, ServiceObj};
 
 /// Allocations in force: kept while their Service (port) exists.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Sticky {
+pub(crate) struct Sticky {
     /// Allocated cluster IPs.
     pub cluster_ips: HashMap<ServiceKey, Ipv4Addr>,
     /// Allocated node ports, per Service and port name.

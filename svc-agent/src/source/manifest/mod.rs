@@ -8,7 +8,7 @@
 //! good content stays in effect, the way a failed `kubectl apply` leaves
 //! the cluster unchanged; the other files always apply.
 
-pub mod ipam;
+pub(crate) mod ipam;
 mod mirror;
 mod parse;
 mod watch;
@@ -24,14 +24,14 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::Endpoints;
-pub use parse::{ParseError, ParsedFile, parse_manifest};
-pub use watch::spawn;
+pub(crate) use parse::{ParseError, ParsedFile, parse_manifest};
+pub(crate) use watch::spawn;
 
 use crate::model::{Ipv4Cidr, ServiceKey, ServiceObj, SliceObj};
 
 /// What the manifest source allocates, standing in for the API server.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Allocation {
+pub(crate) struct Allocation {
     /// `--service-cidr`: cluster IPs for Services without one.
     pub service_cidr: Ipv4Cidr,
     /// `--service-node-port-range`: node ports for NodePort/LoadBalancer
@@ -62,7 +62,7 @@ struct FileState {
 
 /// The directory's objects as of the last [`ManifestDir::reload`].
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Services, with cluster IPs and node ports allocated where missing.
     pub services: Vec<Arc<ServiceObj>>,
     /// EndpointSlices, including those mirrored from Endpoints.
@@ -71,7 +71,7 @@ pub struct Snapshot {
 
 /// Reads and caches a manifest directory.
 #[derive(Debug)]
-pub struct ManifestDir {
+pub(crate) struct ManifestDir {
     dir: PathBuf,
     allocation: Allocation,
     /// Allocations in force, kept across re-reads.
@@ -81,18 +81,18 @@ pub struct ManifestDir {
 
 impl ManifestDir {
     /// A reader for `dir`; nothing is read yet.
-    pub fn new(dir: impl Into<PathBuf>, allocation: Allocation) -> Self {
+    pub(crate) fn new(dir: impl Into<PathBuf>, allocation: Allocation) -> Self {
         let sticky = allocation.previous.clone();
         Self { dir: dir.into(), allocation, sticky, files: BTreeMap::new() }
     }
 
     /// The directory.
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// Re-reads changed files and returns the merged objects.
-    pub fn reload(&mut self) -> std::io::Result<Snapshot> {
+    pub(crate) fn reload(&mut self) -> std::io::Result<Snapshot> {
         let present = manifest_files(&self.dir)?;
         self.files.retain(|path, _| {
             let keep = present.contains_key(path);

@@ -14,7 +14,7 @@ use crate::model::{ServiceObj, SliceObj};
 
 /// A file that cannot be used at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ParseError {
+pub(crate) enum ParseError {
     /// The file could not be read.
     #[error("cannot read: {0}")]
     Read(String),
@@ -26,7 +26,7 @@ pub enum ParseError {
 /// The usable objects of a file (reduced to what the model reads), and
 /// what was wrong with the others.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct ParsedFile {
+pub(crate) struct ParsedFile {
     /// Services.
     pub services: Vec<Arc<ServiceObj>>,
     /// EndpointSlices (discovery.k8s.io/v1).
@@ -39,7 +39,7 @@ pub struct ParsedFile {
 
 /// Parses a whole file. A syntax error anywhere rejects the file (we cannot
 /// know what the author meant after it); a bad object only skips itself.
-pub fn parse_manifest(text: &str) -> Result<ParsedFile, ParseError> {
+pub(crate) fn parse_manifest(text: &str) -> Result<ParsedFile, ParseError> {
     let mut docs = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(text) {
         let value = serde_yaml::Value::deserialize(doc).map_err(|e| ParseError::Syntax(e.to_string()))?;

@@ -29,7 +29,7 @@ const RESCAN: Duration = Duration::from_secs(5);
 
 /// Reads `dir` once (failing if it cannot be read), delivers it, then keeps
 /// delivering changes from a background task.
-pub fn spawn(dir: &Path, allocation: Allocation, events: EventSender) -> Result<tokio::task::JoinHandle<()>> {
+pub(crate) fn spawn(dir: &Path, allocation: Allocation, events: EventSender) -> Result<tokio::task::JoinHandle<()>> {
     let dir = dir.to_owned();
     let mut manifests = ManifestDir::new(dir.clone(), allocation);
     let first =
