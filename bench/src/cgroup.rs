@@ -7,18 +7,9 @@ use anyhow::{Context as _, Result};
 
 use crate::cleanup::{self, Guard};
 
-/// The cgroup v2 mount point, from /proc/mounts (it is
-/// /sys/fs/cgroup/unified on hybrid layouts).
+/// The cgroup v2 mount point, found as the agent finds it.
 pub(crate) fn cgroup2_mount() -> Result<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/mounts").context("read /proc/mounts")?;
-    mounts
-        .lines()
-        .find_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (_dev, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
-            (fstype == "cgroup2").then(|| PathBuf::from(dir))
-        })
-        .context("no cgroup2 mount in /proc/mounts")
+    svc_common::host::cgroup2_mount().context("finding the cgroup v2 mount")
 }
 
 /// A child cgroup, removed (its processes killed) on drop.

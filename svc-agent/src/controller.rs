@@ -9,10 +9,13 @@
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use crate::{
-    dataplane::{Table, Writer, writer::BatchReport},
+    dataplane::{
+        Table, Writer,
+        writer::{BatchReport, ServiceUpdate},
+    },
     health::Health,
     metrics::Metrics,
-    model::{DesiredService, Dirty, NodeContext, ServiceKey, ServiceObj, SliceObj, Store, desired_service},
+    model::{Dirty, NodeContext, ServiceKey, ServiceObj, SliceObj, Store, desired_service},
     source::{Change, Envelope, EventReceiver, SourceEvent},
 };
 
@@ -83,7 +86,7 @@ impl<T: Table> Controller<T> {
             dirty.extend(self.store.service_keys().cloned());
             dirty.extend(self.writer.programmed_services().cloned());
         }
-        let batch: Vec<(ServiceKey, Option<DesiredService>)> =
+        let batch: Vec<(ServiceKey, ServiceUpdate)> =
             dirty.into_iter().filter_map(|key| self.desired(&key).map(|d| (key, d))).collect();
         let report = self.writer.apply(batch);
         if first_sync {
@@ -97,18 +100,20 @@ impl<T: Table> Controller<T> {
 
     /// What `key` should look like; `None` skips it this round (a model
     /// error keeps whatever was programmed before, like a rejected edit).
-    fn desired(&mut self, key: &ServiceKey) -> Option<Option<DesiredService>> {
+    fn desired(&mut self, key: &ServiceKey) -> Option<ServiceUpdate> {
         let Some(svc) = self.store.service(key) else {
             self.model_errors.remove(key);
             self.untranslated.remove(key);
-            return Some(None);
+            return Some(ServiceUpdate::Remove);
         };
         let slices = self.store.slices_of(key);
         match desired_service(svc, &slices, &self.node) {
             Ok(desired) => {
                 self.model_errors.remove(key);
                 self.note_untranslated(key, &desired.untranslated_ports);
-                Some(Some(desired))
+                // Nothing to translate (headless, ExternalName, another
+                // proxy's) is the same as gone.
+                Some(if desired.frontends.is_empty() { ServiceUpdate::Remove } else { ServiceUpdate::Program(desired) })
             }
             Err(err) => {
                 let msg = err.to_string();
@@ -205,5 +210,77 @@ pub(crate) fn run_blocking<T: Table>(
             apply_us = done.duration_since(started).as_micros() as u64,
             "dataplane in sync"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use k8s_openapi::api::core::v1::Service;
+
+    use super::*;
+    use crate::dataplane::{
+        memory::{MemoryTable, Op},
+        table::Capacity,
+    };
+
+    const ROOMY: Capacity = Capacity { frontends: 100, slots: 1000, index: 1000, meta: 100 };
+
+    fn controller() -> Controller<MemoryTable> {
+        let node = NodeContext { name: "node-a".into(), zone: None, addresses: vec![Ipv4Addr::new(192, 0, 2, 10)] };
+        Controller::new(Writer::adopt(MemoryTable::new(ROOMY)).unwrap(), node)
+    }
+
+    fn web(cluster_ip: &str) -> Arc<ServiceObj> {
+        let yaml = format!(
+            "metadata: {{name: web, namespace: default}}\nspec: {{clusterIP: {cluster_ip}, ports: [{{name: http, port: 80}}]}}"
+        );
+        Arc::new(ServiceObj::from(&serde_yaml::from_str::<Service>(&yaml).unwrap()))
+    }
+
+    fn upsert(svc: &Arc<ServiceObj>) -> SourceEvent {
+        SourceEvent::Services(Change::Upsert(Arc::clone(svc)))
+    }
+
+    fn frontend_ops(c: &Controller<MemoryTable>) -> usize {
+        c.writer.table().ops.iter().filter(|op| matches!(op, Op::PutFrontend(..) | Op::DeleteFrontend(_))).count()
+    }
+
+    #[test]
+    fn nothing_is_written_before_the_first_sync() {
+        let mut c = controller();
+        assert!(c.handle(vec![upsert(&web("10.96.0.10"))]).is_none(), "not synced: no batch");
+        assert!(c.writer.table().ops.is_empty(), "the pinned state stays untouched until the first sync");
+        let report = c.handle(vec![SourceEvent::Synced]).expect("synced");
+        assert_eq!(report.changed, 1);
+        assert_eq!(c.writer.frontend_count(), 1);
+    }
+
+    #[test]
+    fn a_model_error_keeps_what_was_programmed() {
+        let mut c = controller();
+        c.handle(vec![upsert(&web("10.96.0.10")), SourceEvent::Synced]);
+        let before = c.writer.table().frontends.clone();
+        let report = c.handle(vec![upsert(&web("10.96.0.300"))]).expect("synced");
+        assert_eq!((report.changed, report.removed), (0, 0));
+        assert_eq!(c.writer.table().frontends, before, "the last good state stays");
+        assert!(c.model_errors.contains_key(&ServiceKey::new("default", "web")), "reported (once)");
+        // Fixed: programmed again, and the error is forgotten.
+        let report = c.handle(vec![upsert(&web("10.96.0.11"))]).expect("synced");
+        assert_eq!(report.changed, 1);
+        assert!(c.model_errors.is_empty());
+    }
+
+    #[test]
+    fn an_unchanged_object_writes_nothing() {
+        let mut c = controller();
+        let svc = web("10.96.0.10");
+        c.handle(vec![upsert(&svc), SourceEvent::Synced]);
+        let ops = frontend_ops(&c);
+        // The same object again, and an equal copy of it.
+        let report = c.handle(vec![upsert(&svc), upsert(&web("10.96.0.10"))]).expect("synced");
+        assert_eq!((report.changed, report.removed), (0, 0));
+        assert_eq!(frontend_ops(&c), ops, "no map write for an unchanged Service");
     }
 }

@@ -41,6 +41,39 @@ pub enum Error {
         detail: String,
     },
 
+    /// Pinning a program or link failed.
+    #[error("pinning the {what} of {name} at {path}: {source}")]
+    Pin {
+        /// Program name.
+        name: String,
+        /// "program" or "link".
+        what: &'static str,
+        /// Pin path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: aya::pin::PinError,
+    },
+
+    /// A program's attachment is not a pinnable link.
+    #[error("the link of program {name}: {source}")]
+    Link {
+        /// Program name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+
+    /// The embedded eBPF object lacks something this agent needs (a build
+    /// mismatch).
+    #[error("the eBPF object has no {0}")]
+    MissingInObject(String),
+
+    /// The pinned state could not be read back.
+    #[error("reading the pinned state: {0}")]
+    Adopt(#[source] Box<dyn std::error::Error + Send + Sync>),
+
     /// Nothing is pinned where we looked.
     #[error("no dataplane pinned under {0} (is the agent running with this --bpffs?)")]
     NotPinned(PathBuf),

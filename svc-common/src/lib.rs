@@ -12,6 +12,11 @@
 //! `docs/maps.md`.
 #![no_std]
 
+#[cfg(feature = "user")]
+extern crate std;
+
+#[cfg(feature = "user")]
+pub mod host;
 pub mod maps;
 
 pub use maps::*;

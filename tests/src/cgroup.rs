@@ -12,18 +12,9 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{cmd, names};
 
-/// The cgroup v2 mount point, from /proc/mounts (it is not always
-/// /sys/fs/cgroup: hybrid layouts mount it at /sys/fs/cgroup/unified).
+/// The cgroup v2 mount point, found as the agent finds it.
 pub fn cgroup2_mount() -> Result<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/mounts").context("read /proc/mounts")?;
-    mounts
-        .lines()
-        .find_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (_dev, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
-            (fstype == "cgroup2").then(|| PathBuf::from(dir))
-        })
-        .context("no cgroup2 mount in /proc/mounts")
+    svc_common::host::cgroup2_mount().context("finding the cgroup v2 mount")
 }
 
 /// A child of the cgroup v2 root. Drop kills its processes and removes it.

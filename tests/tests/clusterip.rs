@@ -8,11 +8,8 @@ use anyhow::{Context as _, Result};
 use svc_tests::{
     Proto, SYNC_TIMEOUT, TestEnv, UNREACHABLE, addr,
     k8s::{SlicePort, SvcPort, endpoint_slice, multi, service},
+    scenarios::set,
 };
-
-fn set(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|&n| n.to_owned()).collect()
-}
 
 #[test]
 fn tcp_spreads_over_all_backends() -> Result<()> {

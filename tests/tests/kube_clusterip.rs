@@ -10,11 +10,8 @@ use svc_tests::{
     k8s::{SlicePort, SvcPort, endpoint_slice, multi, service},
     kube_env::{API_POLL, KubeEnv, assert_within_budget, with_labels},
     poll_outcome,
+    scenarios::set,
 };
-
-fn set(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|&n| n.to_owned()).collect()
-}
 
 #[test]
 fn api_objects_are_translated() -> Result<()> {

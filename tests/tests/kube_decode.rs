@@ -5,7 +5,7 @@
 //! change, and keep the last good state of what the bad object replaced,
 //! also across a relist.
 
-use std::{collections::BTreeSet, time::Instant};
+use std::time::Instant;
 
 use anyhow::Result;
 use svc_tests::{
@@ -13,13 +13,10 @@ use svc_tests::{
     k8s::{Endpoint, SlicePort, SvcPort, endpoint_slice, service},
     kube_env::{API_POLL, KubeEnv, assert_within_budget, count_in_log, metric_value},
     poll_outcome,
+    scenarios::set,
 };
 
 const UNDECODABLE_SLICES: &str = r#"svc_agent_undecodable_objects_total{kind="EndpointSlice"}"#;
-
-fn set(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|&n| n.to_owned()).collect()
-}
 
 fn svc(name: &str, ip: &str) -> String {
     service("default", name, Some(ip), &[SvcPort::tcp("http", 80, "http")])

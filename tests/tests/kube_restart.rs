@@ -4,7 +4,6 @@
 //! before the API server waits for it; a restarted agent reconciles.
 
 use std::{
-    collections::BTreeSet,
     net::SocketAddrV4,
     sync::atomic::{AtomicBool, Ordering},
     thread,
@@ -18,11 +17,8 @@ use svc_tests::{
     k8s::{Endpoint, SlicePort, SvcPort, endpoint_slice, multi, service},
     kube_env::{API_POLL, KubeEnv, assert_within_budget, count_in_log, wait_for_count},
     poll_outcome, poll_until,
+    scenarios::set,
 };
-
-fn set(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|&n| n.to_owned()).collect()
-}
 
 /// Service NAME on CLUSTER_IP:80 -> 8080 with one slice.
 fn svc_with_slice(name: &str, cluster_ip: &str, endpoints: &[Endpoint]) -> String {

@@ -14,11 +14,8 @@ use svc_tests::{
     k8s::{Endpoint, SlicePort, SvcPort, endpoint_slice, service},
     kube_env::{API_POLL, KubeEnv, assert_within_budget, count_in_log, metric_value},
     poll_outcome, poll_until,
+    scenarios::set,
 };
-
-fn set(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|&n| n.to_owned()).collect()
-}
 
 fn web_service() -> String {
     service("default", "web", Some("10.96.0.10"), &[SvcPort::tcp("http", 80, "http")])

@@ -1,17 +1,14 @@
 //! The pinned dataplane outlives the agent; a restarted agent reconciles
 //! with what changed while it was down; `cleanup` removes everything.
 
-use std::{collections::BTreeSet, path::Path};
+use std::path::Path;
 
 use anyhow::Result;
 use svc_tests::{
     Proto, SYNC_TIMEOUT, TestEnv, UNREACHABLE, addr,
     k8s::{Endpoint, SlicePort, SvcPort, endpoint_slice, multi, service},
+    scenarios::set,
 };
-
-fn set(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|&n| n.to_owned()).collect()
-}
 
 /// Service NAME on CLUSTER_IP:80 -> 8080 with one slice.
 fn svc_with_slice(name: &str, cluster_ip: &str, endpoints: &[Endpoint]) -> String {

@@ -6,26 +6,20 @@
 //! then confirmed with a larger run, so an early lucky probe cannot make a
 //! broken dataplane pass.
 
-use std::{
-    collections::BTreeSet,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use svc_tests::{
     Proto, TestEnv, UNREACHABLE, addr,
     k8s::{Endpoint, SlicePort, SvcPort, endpoint_slice, multi, service},
     poll_outcome,
+    scenarios::set,
 };
 
 /// The agent's update budget.
 const BUDGET: Duration = Duration::from_secs(1);
 /// How long to keep polling, so a slow agent reports its real latency.
 const POLL: Duration = Duration::from_secs(5);
-
-fn set(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|&n| n.to_owned()).collect()
-}
 
 fn web_service() -> String {
     service("default", "web", Some("10.96.0.10"), &[SvcPort::tcp("http", 80, "8080")])

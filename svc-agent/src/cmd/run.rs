@@ -30,7 +30,7 @@ pub(super) fn run(args: &RunArgs) -> Result<()> {
     };
     let layout = PinLayout::new(&args.bpffs);
     let maps = loader::load_and_attach(&layout, &cgroup, &(&args.capacity).into())?;
-    let writer = Writer::adopt(maps).map_err(|e| Error::Environment(format!("reading pinned state: {e}")))?;
+    let writer = Writer::adopt(maps).map_err(|e| Error::Adopt(Box::new(e)))?;
     let node = NodeContext {
         name: node_name(args),
         zone: args.zone.clone(),

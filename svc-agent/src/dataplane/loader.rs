@@ -189,7 +189,7 @@ fn warn_fixed_capacities(layout: &PinLayout, sizes: &MapSizes) {
 fn write_config(ebpf: &mut Ebpf) -> Result<()> {
     let host_netns_cookie =
         sys::current_netns_cookie().map_err(|e| Error::io("reading the network namespace cookie", e))?;
-    let map = ebpf.map_mut(names::CONFIG).ok_or_else(|| Error::Environment("object has no SVC_CONFIG".into()))?;
+    let map = ebpf.map_mut(names::CONFIG).ok_or_else(|| Error::MissingInObject(format!("map {}", names::CONFIG)))?;
     let mut config: Array<_, Config> = Array::try_from(map).map_err(|e| Error::map(names::CONFIG, e))?;
     let value = Config { host_netns_cookie, layout_version: LAYOUT_VERSION, _pad: 0 };
     config.set(0, value, 0).map_err(|e| Error::map(names::CONFIG, e))
@@ -199,28 +199,38 @@ fn write_config(ebpf: &mut Ebpf) -> Result<()> {
 fn attach_program(ebpf: &mut Ebpf, name: &str, cgroup: &fs::File, layout: &PinLayout) -> Result<()> {
     let program: &mut CgroupSockAddr = ebpf
         .program_mut(name)
-        .ok_or_else(|| Error::Environment(format!("object has no program {name}")))?
+        .ok_or_else(|| Error::MissingInObject(format!("program {name}")))?
         .try_into()
         .map_err(|e| Error::program(name, e))?;
     program.load().map_err(|e| Error::program(name, e))?;
 
     let prog_pin = layout.program(name);
     remove_if_exists(&prog_pin)?;
-    program.pin(&prog_pin).map_err(|e| Error::Environment(format!("pinning program {name}: {e}")))?;
+    program.pin(&prog_pin).map_err(|source| Error::Pin {
+        name: name.to_owned(),
+        what: "program",
+        path: prog_pin.clone(),
+        source,
+    })?;
 
     // A cgroup bpf_link is always attached in multi mode by the kernel and
     // link_create rejects any flag, so "Single" here still lets other
     // programs (a second agent, a parent cgroup's) coexist.
     let link_id = program.attach(cgroup, CgroupAttachMode::Single).map_err(|e| Error::program(name, e))?;
     let link = program.take_link(link_id).map_err(|e| Error::program(name, e))?;
-    let link = FdLink::try_from(link).map_err(|e| Error::Environment(format!("link of {name}: {e}")))?;
+    let link = FdLink::try_from(link).map_err(|source| Error::Link { name: name.to_owned(), source })?;
 
     // Pin the new link under a staging name, then drop the old pin (which
     // detaches the old link) and give the new one the real name. At every
     // point at least one link is attached and pinned.
     let staged = layout.staged_link(name);
     remove_if_exists(&staged)?;
-    link.pin(&staged).map_err(|e| Error::Environment(format!("pinning link of {name}: {e}")))?;
+    link.pin(&staged).map_err(|source| Error::Pin {
+        name: name.to_owned(),
+        what: "link",
+        path: staged.clone(),
+        source,
+    })?;
     let pinned = layout.link(name);
     remove_if_exists(&pinned)?;
     fs::rename(&staged, &pinned).map_err(|e| Error::io(format!("renaming {}", staged.display()), e))?;

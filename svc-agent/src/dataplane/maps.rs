@@ -42,11 +42,10 @@ fn max_entries<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>, name: &st
 impl BpfMaps {
     /// Takes the writer's maps out of a freshly loaded object.
     pub(crate) fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
-        let mut take =
-            |name: &str| ebpf.take_map(name).ok_or_else(|| Error::Environment(format!("object has no map {name}")));
+        let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| Error::MissingInObject(format!("map {name}")));
         let outer = ArrayOfMaps::try_from(take(names::GRACE)?).map_err(|e| Error::map(names::GRACE, e))?;
         let Map::Array(inner) = take(names::GRACE_INNER)? else {
-            return Err(Error::Environment(format!("{} is not an array", names::GRACE_INNER)));
+            return Err(Error::MissingInObject(format!("array map {}", names::GRACE_INNER)));
         };
         let mut maps = Self::from_maps(
             take(names::FRONTENDS)?,

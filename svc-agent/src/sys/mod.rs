@@ -6,26 +6,14 @@ use std::{
     ffi::CString,
     fs, io,
     os::{fd::FromRawFd as _, fd::OwnedFd, unix::ffi::OsStrExt as _},
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 /// `statfs.f_type` of a bpffs mount.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-/// The cgroup v2 mount point (e.g. `/sys/fs/cgroup`, or
-/// `/sys/fs/cgroup/unified` on hybrid hosts), from /proc/mounts.
-pub(crate) fn cgroup2_mount() -> io::Result<PathBuf> {
-    let mounts = fs::read_to_string("/proc/mounts")?;
-    mounts
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (_dev, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
-            (fstype == "cgroup2").then(|| PathBuf::from(dir))
-        })
-        .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup2 file system in /proc/mounts"))
-}
+/// The cgroup v2 mount point (shared with the tests and the bench).
+pub(crate) use svc_common::host::cgroup2_mount;
 
 /// Whether `path` (or its closest existing ancestor) is on a bpffs mount.
 pub(crate) fn is_on_bpffs(path: &Path) -> io::Result<bool> {

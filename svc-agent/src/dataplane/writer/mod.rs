@@ -105,6 +105,15 @@ struct Handover {
     left: Vec<FrontendKey4>,
 }
 
+/// What to do with one Service: decided once, by the controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ServiceUpdate {
+    /// Program exactly these frontends (never empty).
+    Program(DesiredService),
+    /// Remove everything the Service has in the maps.
+    Remove,
+}
+
 /// What a batch did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct BatchReport {
@@ -202,16 +211,23 @@ impl<T: Table> Writer<T> {
         self.owners.len()
     }
 
-    /// Applies a batch: `Some(desired)` programs a Service, `None` removes
-    /// it. Additions and changes go first and removals last, and addresses
+    /// Applies a batch of updates. Additions and changes go first and
+    /// removals last, and addresses
     /// that change hands within the batch are replaced in place, so that a
     /// moving address, or a restart's stale entries, never leave a gap;
     /// then Services waiting on a conflict are retried. The batch ends with
     /// a grace period, after which retired sets are deleted.
-    pub(crate) fn apply(&mut self, batch: Vec<(ServiceKey, Option<DesiredService>)>) -> BatchReport {
+    pub(crate) fn apply(&mut self, batch: Vec<(ServiceKey, ServiceUpdate)>) -> BatchReport {
         let mut report = BatchReport::default();
-        let (upserts, removals): (Vec<_>, Vec<_>) =
-            batch.into_iter().partition(|(_, d)| d.as_ref().is_some_and(|d| !d.frontends.is_empty()));
+        let mut upserts: Vec<(ServiceKey, DesiredService)> = Vec::new();
+        let mut removals: Vec<ServiceKey> = Vec::new();
+        for (key, update) in batch {
+            match update {
+                // An empty Program is a removal (the controller sends none).
+                ServiceUpdate::Program(desired) if !desired.frontends.is_empty() => upserts.push((key, desired)),
+                ServiceUpdate::Program(_) | ServiceUpdate::Remove => removals.push(key),
+            }
+        }
         self.handover = self.plan_handover(&upserts, &removals);
         // Grow once, not by doubling: each doubling briefly holds both tables.
         self.services.reserve(upserts.len());
@@ -220,12 +236,11 @@ impl<T: Table> Writer<T> {
         self.ports.reserve(upserts.len());
         let mut attempted = BTreeSet::new();
         for (key, desired) in upserts {
-            let desired = desired.unwrap_or_default();
             self.pending.remove(&key);
             self.upsert_and_track(&key, desired, &mut report);
             attempted.insert(key);
         }
-        for (key, _) in removals {
+        for key in removals {
             self.pending.remove(&key);
             if self.remove_service(&key) {
                 report.removed += 1;
@@ -255,23 +270,19 @@ impl<T: Table> Writer<T> {
     }
 
     /// Which addresses change hands in this batch.
-    fn plan_handover(
-        &self,
-        upserts: &[(ServiceKey, Option<DesiredService>)],
-        removals: &[(ServiceKey, Option<DesiredService>)],
-    ) -> Handover {
+    fn plan_handover(&self, upserts: &[(ServiceKey, DesiredService)], removals: &[ServiceKey]) -> Handover {
         let mut plan = Handover::default();
-        let waiting = self.pending.iter().map(|(k, p)| (k, Some(&p.desired)));
-        let wanting = upserts.iter().map(|(k, d)| (k, d.as_ref())).chain(waiting);
-        for (key, desired) in wanting {
-            for fe in desired.into_iter().flat_map(|d| &d.frontends) {
+        let waiting = self.pending.iter().map(|(k, p)| (k, &p.desired));
+        for (key, desired) in upserts.iter().map(|(k, d)| (k, d)).chain(waiting) {
+            for fe in &desired.frontends {
                 plan.claimed.entry(frontend_key(fe.addr, fe.proto)).or_insert_with(|| key.clone());
             }
         }
-        for (key, desired) in upserts.iter().chain(removals) {
+        let changing = upserts.iter().map(|(k, d)| (k, Some(d))).chain(removals.iter().map(|k| (k, None)));
+        for (key, desired) in changing {
             let Some(state) = self.services.get(key) else { continue };
             let keeps: HashSet<FrontendKey4> =
-                desired.iter().flat_map(|d| &d.frontends).map(|fe| frontend_key(fe.addr, fe.proto)).collect();
+                desired.into_iter().flat_map(|d| &d.frontends).map(|fe| frontend_key(fe.addr, fe.proto)).collect();
             for fk in state.frontends.keys().filter(|fk| !keeps.contains(*fk)) {
                 plan.releasing.insert(*fk, key.clone());
             }

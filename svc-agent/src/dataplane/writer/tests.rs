@@ -6,7 +6,7 @@ use std::net::SocketAddrV4;
 
 use svc_common::{BackendIndexKey, FrontendKey4, INLINE_BACKENDS, SlotKey};
 
-use super::Writer;
+use super::{ServiceUpdate, Writer};
 use crate::{
     dataplane::{
         encode::{backend_value, frontend_key, socket_addr},
@@ -50,8 +50,8 @@ fn frontend(svc: &str, fe: &str, backends: &[&str]) -> DesiredFrontend {
     frontend_of(svc, fe, &backends.iter().map(|b| addr(b)).collect::<Vec<_>>())
 }
 
-fn service(frontends: Vec<DesiredFrontend>) -> Option<DesiredService> {
-    Some(DesiredService { frontends, ..DesiredService::default() })
+fn service(frontends: Vec<DesiredFrontend>) -> ServiceUpdate {
+    ServiceUpdate::Program(DesiredService { frontends, ..DesiredService::default() })
 }
 
 fn fk(fe: &str) -> FrontendKey4 {
@@ -164,7 +164,7 @@ fn removed_service_leaves_nothing_behind() {
         fe.affinity_timeout = 30;
         w.apply(vec![(key("web"), service(vec![fe]))]);
         assert_eq!(w.table().index.is_empty(), n <= INLINE_BACKENDS, "membership entries only for slot sets");
-        let report = w.apply(vec![(key("web"), None)]);
+        let report = w.apply(vec![(key("web"), ServiceUpdate::Remove)]);
         assert_eq!(report.removed, 1);
         let t = w.table();
         assert!(t.frontends.is_empty() && t.slots.is_empty() && t.index.is_empty() && t.meta.is_empty(), "{t:?}");
@@ -234,7 +234,7 @@ fn full_map_refuses_only_that_service_and_keeps_its_old_state() {
     let report = w.apply(vec![(key("c"), service(vec![frontend("c", "10.96.0.3:80", &["10.0.0.9:80"])]))]);
     assert!(report.refused.iter().all(|(k, _)| k != &key("c")), "{:?}", report.refused);
     // Once b leaves, a's pending update fits and is applied by the retry.
-    let report = w.apply(vec![(key("b"), None)]);
+    let report = w.apply(vec![(key("b"), ServiceUpdate::Remove)]);
     assert!(report.refused.is_empty(), "{:?}", report.refused);
     assert_eq!(resolve(w.table(), "10.96.0.1:80").unwrap().len(), 2 * LARGE);
 }
@@ -262,7 +262,7 @@ fn address_owned_by_another_service_waits_until_released() {
     assert_eq!(report.refused.len(), 1);
     assert!(report.refused[0].1.to_string().contains("already used by default/a"));
     assert_eq!(resolve(w.table(), "192.0.2.1:80").unwrap(), vec![addr("10.0.0.1:80")]);
-    w.apply(vec![(key("a"), None)]);
+    w.apply(vec![(key("a"), ServiceUpdate::Remove)]);
     assert_eq!(resolve(w.table(), "192.0.2.1:80").unwrap(), vec![addr("10.0.0.2:80")], "b takes over after a is gone");
 }
 
@@ -289,7 +289,7 @@ fn adoption_recovers_state_and_removes_stale_only_when_told() {
     let report = adopted.apply(vec![
         (key("keep"), service(vec![frontend("keep", "10.96.0.1:80", &["10.0.0.1:80"])])),
         (key("large"), service(vec![frontend_of("large", "10.96.0.4:80", &backends(4, LARGE))])),
-        (key("stale"), None),
+        (key("stale"), ServiceUpdate::Remove),
     ]);
     assert_eq!((report.changed, report.removed), (0, 1));
     assert!(!adopted.table().ops.iter().any(|op| matches!(op, Op::PutFrontend(..) | Op::PutSlot(..))));
@@ -331,9 +331,13 @@ fn an_address_moving_between_services_is_replaced_in_one_write() {
             }
             w.apply(vec![(key(old), service(old_frontends))]);
             w.table.ops.clear();
-            let old_after = old_keeps_another.then(|| service(vec![frontend(old, "192.0.2.9:80", &["10.9.0.1:80"])]));
+            let old_after = if old_keeps_another {
+                service(vec![frontend(old, "192.0.2.9:80", &["10.9.0.1:80"])])
+            } else {
+                ServiceUpdate::Remove
+            };
             let report = w.apply(vec![
-                (key(old), old_after.flatten()),
+                (key(old), old_after),
                 (key(new), service(vec![frontend_of(new, "192.0.2.1:80", &backends(2, n))])),
             ]);
             assert!(report.refused.is_empty(), "{old} -> {new}: {:?}", report.refused);
@@ -347,7 +351,7 @@ fn an_address_moving_between_services_is_replaced_in_one_write() {
             assert_eq!(deleted_slots, if n > INLINE_BACKENDS { n } else { 0 }, "{old} -> {new}");
             assert_eq!(w.table().slots.len(), if n > INLINE_BACKENDS { n } else { 0 });
             // And the new owner really owns it: removing it deletes the address.
-            w.apply(vec![(key(new), None)]);
+            w.apply(vec![(key(new), ServiceUpdate::Remove)]);
             assert!(resolve(w.table(), "192.0.2.1:80").is_none());
         }
     }
@@ -360,7 +364,7 @@ fn a_handed_over_address_nobody_takes_is_deleted() {
     let mut w = Writer::adopt(MemoryTable::new(Capacity { slots: LARGE as u32, ..ROOMY })).unwrap();
     w.apply(vec![(key("old"), service(vec![frontend_of("old", "192.0.2.1:80", &backends(1, LARGE))]))]);
     let report = w.apply(vec![
-        (key("old"), None),
+        (key("old"), ServiceUpdate::Remove),
         (key("new"), service(vec![frontend_of("new", "192.0.2.1:80", &backends(2, LARGE))])),
     ]);
     // The old set is retired, not yet deleted, when "new" is first tried:
@@ -371,7 +375,7 @@ fn a_handed_over_address_nobody_takes_is_deleted() {
     let mut w = Writer::adopt(MemoryTable::new(Capacity { slots: LARGE as u32, ..ROOMY })).unwrap();
     w.apply(vec![(key("old"), service(vec![frontend_of("old", "192.0.2.1:80", &backends(1, LARGE))]))]);
     let report = w.apply(vec![
-        (key("old"), None),
+        (key("old"), ServiceUpdate::Remove),
         (key("new"), service(vec![frontend_of("new", "192.0.2.1:80", &backends(2, LARGE + 1))])),
     ]);
     assert_eq!(report.refused.len(), 1, "{report:?}");
@@ -435,7 +439,7 @@ fn removed_udp_backends_are_reported_for_socket_resets() {
     assert_eq!(report.udp_removed, vec![(udp_key, vec![backend_value(addr("10.0.0.2:53"))])]);
 
     // Deleting the Service removes the rest.
-    let report = w.apply(vec![(key("dns"), None)]);
+    let report = w.apply(vec![(key("dns"), ServiceUpdate::Remove)]);
     assert_eq!(report.udp_removed, vec![(udp_key, vec![backend_value(addr("10.0.0.1:53"))])]);
 }
 
