@@ -157,9 +157,10 @@ impl Agent {
         let done = sys::wait_until(timeout, Duration::from_millis(20), || matches!(self.child.try_wait(), Ok(Some(_))));
         if !done {
             sys::kill(self.agent_pid(), libc::SIGKILL);
-            let _ = self.child.kill();
+            reap(&mut self.child);
+        } else if let Err(e) = self.child.wait() {
+            eprintln!("bench: reaping the agent: {e}");
         }
-        let _ = self.child.wait();
     }
 }
 
@@ -170,8 +171,19 @@ impl Drop for Agent {
         if agent != self.pid {
             sys::kill(agent, libc::SIGKILL);
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        reap(&mut self.child);
+    }
+}
+
+/// Kills and reaps a child, best effort (it may have exited already).
+fn reap(child: &mut Child) {
+    if let Err(e) = child.kill()
+        && e.kind() != std::io::ErrorKind::InvalidInput
+    {
+        eprintln!("bench: killing process {}: {e}", child.id());
+    }
+    if let Err(e) = child.wait() {
+        eprintln!("bench: reaping process {}: {e}", child.id());
     }
 }
 

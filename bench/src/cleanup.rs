@@ -49,7 +49,9 @@ impl Resource {
         match self {
             Self::Process(pid) => sys::kill(*pid, libc::SIGKILL),
             Self::Pins { agent, dir } => {
-                let _ = Command::new(agent).arg("cleanup").arg("--bpffs").arg(dir).output();
+                if let Err(e) = Command::new(agent).arg("cleanup").arg("--bpffs").arg(dir).output() {
+                    eprintln!("bench cleanup: svc-agent cleanup --bpffs {}: {e}", dir.display());
+                }
                 if dir.exists()
                     && let Err(e) = std::fs::remove_dir_all(dir)
                 {

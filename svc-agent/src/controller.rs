@@ -184,7 +184,8 @@ pub(crate) fn run_blocking<T: Table>(
         };
         let done = Instant::now();
         if !report.udp_removed.is_empty() {
-            let _ = udp_reset.send(report.udp_removed.clone());
+            // The reset thread only ends with the process.
+            drop(udp_reset.send(report.udp_removed.clone()));
         }
         for at in &received {
             metrics.sync_latency.observe(done.duration_since(*at).as_secs_f64());

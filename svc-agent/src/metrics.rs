@@ -170,8 +170,10 @@ impl Metrics {
     /// The text exposition format.
     pub(crate) fn encode(&self) -> String {
         let mut text = String::new();
-        // Writing into a String cannot fail.
-        let _ = encode(&mut text, &self.registry);
+        if let Err(e) = encode(&mut text, &self.registry) {
+            // Writing into a String cannot fail; say so if it ever does.
+            tracing::warn!("encoding metrics: {e}");
+        }
         text
     }
 }
@@ -194,7 +196,10 @@ pub(crate) async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, health: Arc<H
             let (metrics, health) = (Arc::clone(&metrics), Arc::clone(&health));
             tokio::spawn(async move {
                 let service = service_fn(move |req| respond(req, Arc::clone(&metrics), Arc::clone(&health)));
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+                    // A client that hangs up early; nothing to do.
+                    tracing::debug!("metrics connection: {e}");
+                }
             });
         }
     });

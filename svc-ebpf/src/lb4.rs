@@ -149,8 +149,10 @@ fn pick(ctx: &SockAddrContext, fe: &Frontend) -> Option<Backend4> {
         None => random_backend(fe)?,
     };
     let value = AffinityValue { backend, set_id: fe.set_id, _pad: 0, last_used_ns: now };
-    // Best effort: if the LRU insert fails, this connection simply has no
-    // affinity recorded.
+    #[expect(
+        clippy::let_underscore_must_use,
+        reason = "best effort: if the LRU insert fails, this connection simply has no affinity recorded"
+    )]
     let _ = SVC_AFFINITY.insert(key, value, 0);
     Some(backend)
 }
@@ -239,6 +241,10 @@ pub(crate) fn forget_connected(ctx: &SockAddrContext) {
     // SAFETY: the context's socket is valid for the helpers.
     unsafe {
         if !SVC_SOCK_XLAT.get_ptr_mut(ctx).is_null() {
+            #[expect(
+                clippy::let_underscore_must_use,
+                reason = "the storage was just seen: a failed delete leaves a translation the next connect overwrites"
+            )]
             let _ = SVC_SOCK_XLAT.delete((*ctx.sock_addr).__bindgen_anon_1.sk);
         }
     }
@@ -256,6 +262,10 @@ pub(crate) fn remember_datagram(ctx: &SockAddrContext, frontend: &FrontendKey4, 
     // sendmsg runs per datagram: skip the write when nothing changed.
     // SAFETY: copied out at once.
     if unsafe { SVC_REVNAT_SK.get(key).copied() } != Some(value) {
+        #[expect(
+            clippy::let_underscore_must_use,
+            reason = "best effort: without the entry recvfrom() shows the backend address (docs/maps.md, limits)"
+        )]
         let _ = SVC_REVNAT_SK.insert(key, value, 0);
     }
 }

@@ -175,8 +175,10 @@ impl Agent {
     }
 
     fn note(&self, text: &str) {
-        if let Ok(mut f) = File::options().append(true).open(&self.log_path) {
-            let _ = writeln!(f, "=== svc-tests: {text} ===");
+        if let Ok(mut f) = File::options().append(true).open(&self.log_path)
+            && let Err(e) = writeln!(f, "=== svc-tests: {text} ===")
+        {
+            eprintln!("svc-tests: writing to {}: {e}", self.log_path.display());
         }
     }
 
@@ -287,8 +289,7 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            cmd::reap(&mut child);
         }
         // libtest shows captured stderr only for failing tests.
         eprintln!(
@@ -297,15 +298,21 @@ impl Drop for Agent {
             self.log()
         );
         destroy_pins(&self.pin_dir);
-        let _ = std::fs::remove_file(&self.log_path);
+        if let Err(e) = std::fs::remove_file(&self.log_path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("svc-tests: removing {}: {e}", self.log_path.display());
+        }
     }
 }
 
 /// `svc-agent cleanup --bpffs DIR` (if the agent binary is found), then
 /// removes whatever is left of DIR. Best effort; failures are printed.
 pub(crate) fn destroy_pins(dir: &Path) {
-    if let Ok(bin) = bins::agent_bin() {
-        let _ = cmd::output(Command::new(bin).arg("cleanup").arg("--bpffs").arg(dir));
+    if let Ok(bin) = bins::agent_bin()
+        && let Err(e) = cmd::output(Command::new(bin).arg("cleanup").arg("--bpffs").arg(dir))
+    {
+        eprintln!("svc-tests: svc-agent cleanup --bpffs {}: {e}", dir.display());
     }
     if dir.exists()
         && let Err(e) = std::fs::remove_dir_all(dir)

@@ -94,7 +94,9 @@ fn sweep_stale() {
         };
         if pid.parse::<u32>().is_ok_and(|pid| !cmd::pid_alive(pid)) {
             let dir = entry.path();
-            let _ = Command::new(scripts_dir().join("stop.sh")).arg(&dir).output();
+            if let Err(e) = Command::new(scripts_dir().join("stop.sh")).arg(&dir).output() {
+                eprintln!("svc-tests sweep: stop.sh {}: {e}", dir.display());
+            }
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 eprintln!("svc-tests sweep: remove {}: {e}", dir.display());
             }
@@ -532,8 +534,7 @@ impl Drop for ApiServer {
             eprintln!("svc-tests: stopping the API server in {}: {e:#}", self.dir.display());
         }
         if let Some(mut watchdog) = self.watchdog.take() {
-            let _ = watchdog.kill();
-            let _ = watchdog.wait();
+            cmd::reap(&mut watchdog);
         }
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             eprintln!("svc-tests: removing {}: {e}", self.dir.display());

@@ -59,3 +59,17 @@ pub(crate) fn die_with_parent(cmd: &mut Command) {
         });
     }
 }
+
+/// Kills and reaps `child`, for Drop impls: best effort, since it may have
+/// exited already (then kill fails and wait returns its status at once),
+/// and a Drop has no one to report a failure to.
+pub(crate) fn reap(child: &mut std::process::Child) {
+    if let Err(e) = child.kill()
+        && e.kind() != std::io::ErrorKind::InvalidInput
+    {
+        eprintln!("svc-tests: killing process {}: {e}", child.id());
+    }
+    if let Err(e) = child.wait() {
+        eprintln!("svc-tests: reaping process {}: {e}", child.id());
+    }
+}

@@ -2,7 +2,7 @@
 //! write them by hand (`clusterIP` only, ports in the usual order), so the
 //! agent's real YAML path is exercised.
 
-use std::{fmt::Write as _, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
 /// One entry of a Service's `spec.ports`.
 #[derive(Debug, Clone, Copy)]
@@ -70,15 +70,15 @@ pub fn service(namespace: &str, name: &str, cluster_ip: Option<&str>, ports: &[S
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  type: ClusterIP\n"
     );
     if let Some(ip) = cluster_ip {
-        let _ = writeln!(y, "  clusterIP: {ip}");
+        y.push_str(&format!("  clusterIP: {ip}\n"));
     }
-    let _ = write!(y, "  selector:\n    app: {name}\n  ports:\n");
+    y.push_str(&format!("  selector:\n    app: {name}\n  ports:\n"));
     for p in ports {
         y.push_str("  -");
         if !p.name.is_empty() {
-            let _ = write!(y, " name: {}\n   ", p.name);
+            y.push_str(&format!(" name: {}\n   ", p.name));
         }
-        let _ = writeln!(y, " protocol: {}\n    port: {}\n    targetPort: {}", p.protocol, p.port, p.target_port);
+        y.push_str(&format!(" protocol: {}\n    port: {}\n    targetPort: {}\n", p.protocol, p.port, p.target_port));
     }
     y
 }
@@ -96,13 +96,13 @@ pub fn endpoint_slice(
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {slice_name}\n  namespace: {namespace}\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\nports:\n"
     );
     for p in ports {
-        let _ = writeln!(y, "- name: \"{}\"\n  protocol: {}\n  port: {}", p.name, p.protocol, p.port);
+        y.push_str(&format!("- name: \"{}\"\n  protocol: {}\n  port: {}\n", p.name, p.protocol, p.port));
     }
     y.push_str("endpoints:\n");
     for e in endpoints {
-        let _ = writeln!(y, "- addresses: [\"{}\"]", e.ip);
+        y.push_str(&format!("- addresses: [\"{}\"]\n", e.ip));
         if let Some(ready) = e.ready {
-            let _ = writeln!(y, "  conditions:\n    ready: {ready}");
+            y.push_str(&format!("  conditions:\n    ready: {ready}\n"));
         }
     }
     if ports.is_empty() {
@@ -287,30 +287,29 @@ impl ServiceSpec {
         if !self.labels.is_empty() {
             y.push_str("  labels:\n");
             for (k, v) in &self.labels {
-                let _ = writeln!(y, "    {k}: \"{v}\"");
+                y.push_str(&format!("    {k}: \"{v}\"\n"));
             }
         }
         y.push_str("spec:\n");
         if let Some(t) = &self.type_ {
-            let _ = writeln!(y, "  type: {t}");
+            y.push_str(&format!("  type: {t}\n"));
         }
         if let Some(ip) = &self.cluster_ip {
-            let _ = writeln!(y, "  clusterIP: {ip}");
+            y.push_str(&format!("  clusterIP: {ip}\n"));
         }
         if let Some(name) = &self.external_name {
-            let _ = writeln!(y, "  externalName: {name}");
+            y.push_str(&format!("  externalName: {name}\n"));
         } else {
-            let _ = write!(y, "  selector:\n    app: {}\n", self.name);
+            y.push_str(&format!("  selector:\n    app: {}\n", self.name));
         }
         match self.affinity {
             Affinity::Unset => {}
             Affinity::None => y.push_str("  sessionAffinity: None\n"),
             Affinity::ClientIp(None) => y.push_str("  sessionAffinity: ClientIP\n"),
             Affinity::ClientIp(Some(t)) => {
-                let _ = write!(
-                    y,
+                y.push_str(&format!(
                     "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: {t}\n"
-                );
+                ));
             }
         }
         for (field, value) in [
@@ -319,13 +318,13 @@ impl ServiceSpec {
             ("trafficDistribution", &self.traffic_distribution),
         ] {
             if let Some(v) = value {
-                let _ = writeln!(y, "  {field}: {v}");
+                y.push_str(&format!("  {field}: {v}\n"));
             }
         }
         if !self.external_ips.is_empty() {
             y.push_str("  externalIPs:\n");
             for ip in &self.external_ips {
-                let _ = writeln!(y, "  - {ip}");
+                y.push_str(&format!("  - {ip}\n"));
             }
         }
         if !self.ports.is_empty() {
@@ -334,19 +333,22 @@ impl ServiceSpec {
         for p in &self.ports {
             y.push_str("  -");
             if !p.name.is_empty() {
-                let _ = write!(y, " name: {}\n   ", p.name);
+                y.push_str(&format!(" name: {}\n   ", p.name));
             }
-            let _ = writeln!(y, " protocol: {}\n    port: {}\n    targetPort: {}", p.protocol, p.port, p.target_port);
+            y.push_str(&format!(
+                " protocol: {}\n    port: {}\n    targetPort: {}\n",
+                p.protocol, p.port, p.target_port
+            ));
             if let Some(np) = p.node_port {
-                let _ = writeln!(y, "    nodePort: {np}");
+                y.push_str(&format!("    nodePort: {np}\n"));
             }
         }
         if !self.lb_ingress.is_empty() {
             y.push_str("status:\n  loadBalancer:\n    ingress:\n");
             for (ip, mode) in &self.lb_ingress {
-                let _ = writeln!(y, "    - ip: {ip}");
+                y.push_str(&format!("    - ip: {ip}\n"));
                 if let Some(mode) = mode {
-                    let _ = writeln!(y, "      ipMode: {mode}");
+                    y.push_str(&format!("      ipMode: {mode}\n"));
                 }
             }
         }
@@ -435,7 +437,7 @@ pub fn endpoint_slice_spec(
         y.push_str("ports:\n");
     }
     for p in ports {
-        let _ = writeln!(y, "- name: \"{}\"\n  protocol: {}\n  port: {}", p.name, p.protocol, p.port);
+        y.push_str(&format!("- name: \"{}\"\n  protocol: {}\n  port: {}\n", p.name, p.protocol, p.port));
     }
     if endpoints.is_empty() {
         y.push_str("endpoints: []\n");
@@ -443,23 +445,23 @@ pub fn endpoint_slice_spec(
         y.push_str("endpoints:\n");
     }
     for e in endpoints {
-        let _ = writeln!(y, "- addresses: [\"{}\"]", e.ip);
+        y.push_str(&format!("- addresses: [\"{}\"]\n", e.ip));
         let conditions: Vec<String> = [("ready", e.ready), ("serving", e.serving), ("terminating", e.terminating)]
             .iter()
             .filter_map(|(k, v)| v.map(|v| format!("{k}: {v}")))
             .collect();
         if !conditions.is_empty() {
-            let _ = writeln!(y, "  conditions: {{{}}}", conditions.join(", "));
+            y.push_str(&format!("  conditions: {{{}}}\n", conditions.join(", ")));
         }
         if let Some(node) = &e.node_name {
-            let _ = writeln!(y, "  nodeName: {node}");
+            y.push_str(&format!("  nodeName: {node}\n"));
         }
         if let Some(zone) = &e.zone {
-            let _ = writeln!(y, "  zone: {zone}");
+            y.push_str(&format!("  zone: {zone}\n"));
         }
         if let Some(zones) = &e.hints {
             let names: Vec<String> = zones.iter().map(|z| format!("{{name: {z}}}")).collect();
-            let _ = writeln!(y, "  hints:\n    forZones: [{}]", names.join(", "));
+            y.push_str(&format!("  hints:\n    forZones: [{}]\n", names.join(", ")));
         }
     }
     y

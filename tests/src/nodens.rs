@@ -263,8 +263,12 @@ impl Relay {
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
+            if let Err(e) = BufReader::new(stdout).read_line(&mut line) {
+                line = format!("(reading its stdout failed: {e})");
+            }
+            // The test may have stopped waiting (timed out): then no one
+            // is left to tell.
+            drop(tx.send(line));
         });
         match rx.recv_timeout(Duration::from_secs(5)) {
             Ok(line) if line.trim() == "ready" => Ok(relay),
@@ -275,8 +279,7 @@ impl Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        cmd::reap(&mut self.0);
     }
 }
 

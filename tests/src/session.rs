@@ -91,7 +91,6 @@ pub fn summary(rounds: &[Round]) -> Vec<String> {
 
 impl Drop for UdpSession {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        cmd::reap(&mut self.child);
     }
 }

@@ -193,8 +193,12 @@ impl Backend {
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
+            if let Err(e) = BufReader::new(stdout).read_line(&mut line) {
+                line = format!("(reading its stdout failed: {e})");
+            }
+            // The test may have stopped waiting (timed out): then no one
+            // is left to tell.
+            drop(tx.send(line));
         });
         match rx.recv_timeout(READY_TIMEOUT) {
             Ok(line) if line.trim() == "ready" => Ok(server),
@@ -214,7 +218,6 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        cmd::reap(&mut self.child);
     }
 }

@@ -131,7 +131,7 @@ fn bpf_toolchain(apt: &mut Apt) -> anyhow::Result<()> {
     let version = candidate_version("rustc-web")?;
     eprintln!("setup: extracting Debian rustc-web {version} (with BPF core) into {}", current.display());
     let work = cache_dir().join("rust-bpf-download");
-    let _ = fs::remove_dir_all(&work);
+    remove_if_present(&work);
     fs::create_dir_all(&work)?;
     let mut specs: Vec<String> = BPF_TOOLCHAIN_DEBS.iter().map(|p| format!("{p}={version}")).collect();
     // The host standard library's runtime package is named after the version.
@@ -158,9 +158,9 @@ fn bpf_toolchain(apt: &mut Apt) -> anyhow::Result<()> {
                 .arg(usr.join("bin").join(bin)),
         )?;
     }
-    let _ = fs::remove_dir_all(&current);
+    remove_if_present(&current);
     fs::rename(&usr, &current).with_context(|| format!("moving the toolchain to {}", current.display()))?;
-    let _ = fs::remove_dir_all(&work);
+    remove_if_present(&work);
     if !toolchain_ok(&current) {
         bail!("the extracted toolchain in {} does not work (see above)", current.display());
     }
@@ -230,4 +230,14 @@ fn mount_bpffs() -> anyhow::Result<()> {
     eprintln!("setup: mounting bpffs at /sys/fs/bpf");
     fs::create_dir_all("/sys/fs/bpf")?;
     cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+/// Removes a directory tree that may not exist (a leftover of an
+/// interrupted setup, or nothing).
+fn remove_if_present(dir: &Path) {
+    if let Err(e) = fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        eprintln!("xtask: removing {}: {e}", dir.display());
+    }
 }

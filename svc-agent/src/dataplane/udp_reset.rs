@@ -186,7 +186,11 @@ fn collect_pids(dir: &Path, pids: &mut Vec<u32>) -> io::Result<()> {
         let entry = entry?;
         if entry.file_type()?.is_dir() {
             // A child cgroup vanishing meanwhile is fine.
-            let _ = collect_pids(&entry.path(), pids);
+            if let Err(e) = collect_pids(&entry.path(), pids)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                tracing::debug!("reading {}: {e}", entry.path().display());
+            }
         }
     }
     Ok(())

@@ -148,12 +148,12 @@ mod tests {
     fn a_listing_forgets_objects_it_no_longer_has() {
         let counter = Counter::default();
         let mut decoder = Decoder::new("EndpointSlice", counter.clone());
-        let _ = decoder.decode::<EndpointSlice>(&bad_slice());
+        assert!(decoder.decode::<EndpointSlice>(&bad_slice()).is_err());
         decoder.listed(&[]);
-        let _ = decoder.decode::<EndpointSlice>(&bad_slice());
+        assert!(decoder.decode::<EndpointSlice>(&bad_slice()).is_err());
         assert_eq!(counter.get(), 2);
         decoder.listed(&[("default".to_owned(), "bad".to_owned())]);
-        let _ = decoder.decode::<EndpointSlice>(&bad_slice());
+        assert!(decoder.decode::<EndpointSlice>(&bad_slice()).is_err());
         assert_eq!(counter.get(), 2, "still listed, still the same: not reported again");
     }
 }

@@ -74,7 +74,11 @@ pub(super) async fn watch_kind<K>(
                     tracing::info!(count = objects.len(), undecodable = kept.len(), "listed {kind}s");
                     listed_at = Some(Instant::now());
                     failures = 0;
-                    let _ = listed.send(Listed(kind));
+                    // Only the first list of each kind is awaited; later
+                    // ones find the receiver gone, which is fine.
+                    if listed.send(Listed(kind)).is_err() {
+                        tracing::trace!("{kind}s listed again");
+                    }
                     Change::Replace { objects, kept }
                 }
                 Ok(Event::Apply(obj)) => match decoder.decode(&obj) {

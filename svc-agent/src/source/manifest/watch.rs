@@ -48,7 +48,10 @@ pub(crate) fn spawn(dir: &Path, allocation: Allocation, events: EventSender) -> 
         if event.is_ok_and(|e| is_own_read(e.kind)) {
             return;
         }
-        let _ = wake_tx.send(());
+        if wake_tx.send(()).is_err() {
+            // The reader is gone: there is no one to wake.
+            tracing::trace!("manifest watcher: nobody to wake");
+        }
     })
     .map_err(|e| Error::Source(format!("watching {}: {e}", dir.display())))?;
     watcher

@@ -52,10 +52,14 @@ pub(crate) fn run(specs: &[String], threads: usize, timeout: Duration) -> Result
         .collect();
     println!("started");
     // The test closes our stdin when its updates are done.
-    let _ = io::stdin().read_to_end(&mut Vec::new());
+    if let Err(e) = io::stdin().read_to_end(&mut Vec::new()) {
+        eprintln!("churn: reading stdin: {e}; stopping");
+    }
     stop.store(true, Ordering::Relaxed);
     for w in workers {
-        let _ = w.join();
+        if w.join().is_err() {
+            eprintln!("churn: a worker panicked");
+        }
     }
     let report = report.lock().map_err(|_| anyhow::anyhow!("a worker panicked"))?;
     println!("{}", serde_json::to_string(&*report)?);

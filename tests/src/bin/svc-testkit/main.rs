@@ -252,8 +252,10 @@ fn relay(listen_netns: &str, port: u16) -> Result<()> {
         let Ok(outbound) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else { continue };
         for (mut from, mut to) in [(inbound.try_clone()?, outbound.try_clone()?), (outbound, inbound)] {
             thread::spawn(move || {
-                let _ = io::copy(&mut from, &mut to);
-                let _ = to.shutdown(std::net::Shutdown::Write);
+                // A relayed connection that breaks ends its half; the
+                // client sees it, so there is nothing to report here.
+                drop(io::copy(&mut from, &mut to));
+                drop(to.shutdown(std::net::Shutdown::Write));
             });
         }
     }
@@ -458,7 +460,9 @@ fn serve(name: &str, tcp: &[u16], udp: &[u16], bind: Ipv4Addr, reply: Reply) -> 
         out.flush()?;
     }
     for t in threads {
-        let _ = t.join();
+        if t.join().is_err() {
+            eprintln!("serve: a server thread panicked");
+        }
     }
     Ok(())
 }
@@ -477,7 +481,8 @@ fn serve_tcp(name: &str, listener: &TcpListener, reply: Reply) {
             Reply::NameAndPeer => format!("{name}:{port} {}\n", peer.ip()),
             Reply::LocalAddr => format!("{}\n", local.map_or_else(String::new, |a| a.ip().to_string())),
         };
-        let _ = stream.write_all(answer.as_bytes());
+        // A client that hangs up first is its own business.
+        drop(stream.write_all(answer.as_bytes()));
     }
 }
 
@@ -487,7 +492,8 @@ fn serve_udp(name: &str, socket: &UdpSocket) {
     let mut buf = [0u8; 1500];
     loop {
         if let Ok((_, from)) = socket.recv_from(&mut buf) {
-            let _ = socket.send_to(reply.as_bytes(), from);
+            // Best effort, like any UDP server.
+            drop(socket.send_to(reply.as_bytes(), from));
         }
     }
 }
