@@ -73,3 +73,12 @@ pub(crate) fn reap(child: &mut std::process::Child) {
         eprintln!("svc-tests: reaping process {}: {e}", child.id());
     }
 }
+
+/// Writes an executable script (a launcher the harness runs instead of the
+/// agent binary).
+pub(crate) fn write_script(path: &std::path::Path, script: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, script).with_context(|| format!("write {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("chmod {}", path.display()))
+}

@@ -19,7 +19,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_yaml::Value;
 
-use crate::{apiserver::deploy_dir, names};
+use crate::{apiserver::deploy_dir, cmd, names};
 
 /// What the DaemonSet gives the agent's container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,10 +130,7 @@ exec /svc-agent "$@"' svc-pod {root} "$@"
             agent = quote(agent),
             root = quote(&launcher.dir.join("root")),
         );
-        let path = launcher.path();
-        std::fs::write(&path, script).with_context(|| format!("write {}", path.display()))?;
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        cmd::write_script(&launcher.path(), &script)?;
         Ok(launcher)
     }
 

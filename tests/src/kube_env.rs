@@ -19,7 +19,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    Agent, Cgroup, Outcome, Proto, SYNC_TIMEOUT, Server, Topology, agent_bin, apiserver::ApiServer, k8s::Endpoint,
+    Agent, Cgroup, Outcome, Proto, SYNC_TIMEOUT, Server, Topology, agent_bin, apiserver::ApiServer, cmd, k8s::Endpoint,
     names, source::Source as _,
 };
 
@@ -220,10 +220,7 @@ exec "$0" "$@"' {agent} {sa} "$@"
             agent = shell_quote(&agent_bin()?),
             sa = shell_quote(&sa),
         );
-        let path = launcher.path();
-        std::fs::write(&path, script).with_context(|| format!("write {}", path.display()))?;
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        cmd::write_script(&launcher.path(), &script)?;
         Ok(launcher)
     }
 

@@ -30,6 +30,20 @@ fn at(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(ip, port)
 }
 
+/// Service `web` of type NodePort (TCP 80 -> 8080 on `node_port`) with
+/// backends b1 and b2.
+fn apply_tcp_node_port(env: &NodeEnv, cluster_ip: &str, node_port: u16) -> Result<()> {
+    let svc = ServiceSpec::new("default", "web")
+        .type_("NodePort")
+        .cluster_ip(cluster_ip)
+        .port(PortSpec::tcp("http", 80, "8080").node_port(node_port))
+        .yaml();
+    let slice =
+        endpoint_slice_spec("default", "web-1", "web", &[SlicePort::tcp("http", 8080)], &env.endpoints(&[1, 2]));
+    env.apply("web-svc", &svc)?;
+    env.apply("web-slice", &slice)
+}
+
 /// Every port's connects all answered by backends `b1`/`b2` (no decoy).
 fn all_backends(out: &crate::Outcome, count: u32) -> bool {
     out.total_ok() == count && out.backends().is_subset(&set(&["b1", "b2"]))
@@ -117,15 +131,7 @@ pub fn node_port_follows_node_address_changes(source: Box<dyn Source>) -> Result
     const NODE_PORT: u16 = 30081;
     let new_ip = Ipv4Addr::new(10, 250, 0, 20);
     let mut env = NodeEnv::new(source, 2, 1, &[Proto::Tcp(8080)])?;
-    let svc = ServiceSpec::new("default", "web")
-        .type_("NodePort")
-        .cluster_ip("10.96.4.20")
-        .port(PortSpec::tcp("http", 80, "8080").node_port(NODE_PORT))
-        .yaml();
-    let slice =
-        endpoint_slice_spec("default", "web-1", "web", &[SlicePort::tcp("http", 8080)], &env.endpoints(&[1, 2]));
-    env.apply("web-svc", &svc)?;
-    env.apply("web-slice", &slice)?;
+    apply_tcp_node_port(&env, "10.96.4.20", NODE_PORT)?;
     // Between the address appearing and the agent programming it, the
     // node itself answers: the decoy, never mistaken for a backend.
     let _node_decoy = env.topo.node().serve("decoy", &[Proto::Tcp(NODE_PORT)])?;
@@ -253,15 +259,7 @@ pub fn node_port_addresses_exclude_dummies_and_follow_cidrs(source: Box<dyn Sour
     node.ip(&["link", "add", "kube-ipvs0", "type", "ifb"])?;
     node.ip(&["addr", "add", &format!("{ipvs_ip}/32"), "dev", "kube-ipvs0"])?;
     env.topo.add_node_address(extra_ip)?;
-    let svc = ServiceSpec::new("default", "web")
-        .type_("NodePort")
-        .cluster_ip("10.96.4.30")
-        .port(PortSpec::tcp("http", 80, "8080").node_port(NODE_PORT))
-        .yaml();
-    let slice =
-        endpoint_slice_spec("default", "web-1", "web", &[SlicePort::tcp("http", 8080)], &env.endpoints(&[1, 2]));
-    env.apply("web-svc", &svc)?;
-    env.apply("web-slice", &slice)?;
+    apply_tcp_node_port(&env, "10.96.4.30", NODE_PORT)?;
     env.start_agent(&[])?;
     let node_ports = |env: &NodeEnv| -> Result<BTreeSet<String>> {
         let frontends = env.agent().frontends()?;
