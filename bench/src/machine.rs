@@ -47,10 +47,13 @@ pub(crate) fn describe() -> Machine {
         nf_conntrack_max: sys::read_sysctl("net/netfilter/nf_conntrack_max").ok(),
         ipvs_available: ipvs_available(),
         hw_counters: hw_counters(),
-        agent_commit: sys::run(Command::new("git").args(["rev-parse", "--short", "HEAD"]))
+        agent_commit: sys::run(Command::new("git").args(["rev-parse", "HEAD"]))
             .ok()
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty()),
+        // Tracked files changed, or untracked ones not ignored: the numbers
+        // belong to no commit.
+        dirty: sys::run(Command::new("git").args(["status", "--porcelain"])).ok().map(|s| !s.trim().is_empty()),
         loadavg_start: loadavg(),
         loadavg_end: String::new(),
     }

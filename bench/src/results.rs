@@ -38,7 +38,11 @@ pub(crate) struct Machine {
     pub(crate) nf_conntrack_max: Option<String>,
     pub(crate) ipvs_available: bool,
     pub(crate) hw_counters: bool,
+    /// Full commit hash of the tree the bench ran from.
     pub(crate) agent_commit: Option<String>,
+    /// Whether that tree had changes not in the commit (None: unknown).
+    #[serde(default)]
+    pub(crate) dirty: Option<bool>,
     /// /proc/loadavg when the run started and ended: other work on the
     /// machine during the run shows here.
     pub(crate) loadavg_start: String,

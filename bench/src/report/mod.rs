@@ -91,6 +91,14 @@ fn header(o: &mut String, r: &Results, results_file: &str) {
         r.duration_secs / 60.0,
         if r.config.quick { " **This is a quick smoke run: sizes and rounds are reduced.**" } else { "" }
     );
+    if r.machine.dirty == Some(true) {
+        let commit = r.machine.agent_commit.as_deref().unwrap_or("unknown");
+        let _ = writeln!(
+            o,
+            "> **Generated from a dirty tree**: commit {commit} plus uncommitted changes; these numbers belong to \
+             no commit.\n"
+        );
+    }
 }
 
 /// Worst (largest) p50 overhead of ours over direct across sizes and targets.
@@ -203,7 +211,12 @@ fn machine(o: &mut String, r: &Results) {
         m.loadavg_start, m.loadavg_end
     );
     if let Some(c) = &m.agent_commit {
-        let _ = writeln!(o, "- Repository commit: {c} (plus uncommitted changes, if any)");
+        let state = match m.dirty {
+            Some(true) => "with uncommitted changes (the numbers belong to no commit)",
+            Some(false) => "clean tree",
+            None => "tree state unknown",
+        };
+        let _ = writeln!(o, "- Repository commit: {c} ({state})");
     }
     let _ = writeln!(
         o,
