@@ -1,6 +1,8 @@
 //! YAML for the manifests the tests feed the agent, written the way people
 //! write them by hand (`clusterIP` only, ports in the usual order), so the
-//! agent's real YAML path is exercised.
+//! agent's real YAML path is exercised. One writer per kind:
+//! [`ServiceSpec::yaml`] and [`endpoint_slice_spec`]; [`service`] and
+//! [`endpoint_slice`] are shorthands over them for the common cases.
 
 use std::net::Ipv4Addr;
 
@@ -64,27 +66,27 @@ impl Endpoint {
 
 /// A `type: ClusterIP` Service with selector `app: NAME`. `cluster_ip`:
 /// `None` leaves `clusterIP` out (the agent allocates one); `Some("None")`
-/// makes it headless.
+/// makes it headless. Shorthand for a [`ServiceSpec`], which writes the YAML.
 pub fn service(namespace: &str, name: &str, cluster_ip: Option<&str>, ports: &[SvcPort<'_>]) -> String {
-    let mut y = format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  type: ClusterIP\n"
-    );
+    let mut spec = ServiceSpec::new(namespace, name).type_("ClusterIP");
     if let Some(ip) = cluster_ip {
-        y.push_str(&format!("  clusterIP: {ip}\n"));
+        spec = spec.cluster_ip(ip);
     }
-    y.push_str(&format!("  selector:\n    app: {name}\n  ports:\n"));
     for p in ports {
-        y.push_str("  -");
-        if !p.name.is_empty() {
-            y.push_str(&format!(" name: {}\n   ", p.name));
-        }
-        y.push_str(&format!(" protocol: {}\n    port: {}\n    targetPort: {}\n", p.protocol, p.port, p.target_port));
+        spec = spec.port(PortSpec {
+            name: p.name.to_owned(),
+            protocol: p.protocol.to_owned(),
+            port: p.port,
+            target_port: p.target_port.to_owned(),
+            node_port: None,
+        });
     }
-    y
+    spec.yaml()
 }
 
 /// An IPv4 EndpointSlice of Service `service` (label
-/// `kubernetes.io/service-name`).
+/// `kubernetes.io/service-name`). Shorthand for [`endpoint_slice_spec`],
+/// which writes the YAML.
 pub fn endpoint_slice(
     namespace: &str,
     slice_name: &str,
@@ -92,27 +94,17 @@ pub fn endpoint_slice(
     ports: &[SlicePort<'_>],
     endpoints: &[Endpoint],
 ) -> String {
-    let mut y = format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {slice_name}\n  namespace: {namespace}\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\nports:\n"
-    );
-    for p in ports {
-        y.push_str(&format!("- name: \"{}\"\n  protocol: {}\n  port: {}\n", p.name, p.protocol, p.port));
-    }
-    y.push_str("endpoints:\n");
-    for e in endpoints {
-        y.push_str(&format!("- addresses: [\"{}\"]\n", e.ip));
-        if let Some(ready) = e.ready {
-            y.push_str(&format!("  conditions:\n    ready: {ready}\n"));
-        }
-    }
-    if ports.is_empty() {
-        y = y.replace("ports:\n", "ports: []\n");
-    }
-    if endpoints.is_empty() {
-        // `endpoints: []` rather than a dangling key (which would be null).
-        y = y.replace("endpoints:\n", "endpoints: []\n");
-    }
-    y
+    let specs: Vec<EndpointSpec> = endpoints
+        .iter()
+        .map(|e| {
+            let spec = EndpointSpec::new(e.ip);
+            match e.ready {
+                Some(ready) => spec.ready(ready),
+                None => spec,
+            }
+        })
+        .collect();
+    endpoint_slice_spec(namespace, slice_name, service, ports, &specs)
 }
 
 /// Joins manifests into one multi-document YAML file.
