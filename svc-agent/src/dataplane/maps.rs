@@ -180,7 +180,7 @@ impl Table for BpfMaps {
         ignore_missing(self.meta.remove(&svc_id), names::META)
     }
     /// `maybe_wait_bpf_programs()`: an update of a map-in-map returns only
-    /// after an RCU grace period (synchronize_rcu_expedited on 6.8+).
+    /// after an RCU grace period (every running program has finished).
     fn synchronize(&mut self) -> Result<(), TableError> {
         let Some((outer, inner)) = &mut self.grace else {
             return Err(TableError {
