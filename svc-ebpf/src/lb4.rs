@@ -89,7 +89,10 @@ fn lookup_frontend(key: &FrontendKey4, out: &mut MaybeUninit<Frontend>) -> Looku
         unsafe { core::ptr::copy_nonoverlapping(element, out.as_mut_ptr(), 1) };
         // The element still holds `key` now, and held it at the first
         // lookup: it was not freed in between (that would take two writes
-        // of `key` within one grace period), so the copy is intact.
+        // of `key` within one grace period), so the copy is intact. (This
+        // relies on the copy's loads completing before the second lookup's,
+        // as x86's TSO order gives; a weakly ordered CPU would need a read
+        // barrier here, like a seqlock's.)
         if SVC_FRONTENDS.get_ptr(key) == Some(element) {
             return Lookup::Found;
         }

@@ -100,9 +100,11 @@ struct Handover {
     /// Addresses wanted by a Service of this batch (or one waiting for a
     /// retry), with that Service.
     claimed: HashMap<FrontendKey4, ServiceKey>,
-    /// Addresses left in the map for their new owner; deleted at the end of
+    /// Addresses left in the map for their new owner, with the set their
+    /// value still points at (kept until the new owner's write replaces
+    /// it, even by a mid-batch grace period); deleted at the end of
     /// the batch if no one took them.
-    left: Vec<FrontendKey4>,
+    left: Vec<(FrontendKey4, u32)>,
 }
 
 /// What to do with one Service: decided once, by the controller.
@@ -247,26 +249,39 @@ impl<T: Table> Writer<T> {
             }
         }
         // Removals may have freed addresses or capacity: retry what waits.
+        self.retry_pending(&attempted, &mut report);
+        for (fk, _) in std::mem::take(&mut self.handover).left {
+            if !self.owners.contains_key(&fk) {
+                log_delete(self.write_frontend(&fk, None));
+            }
+        }
+        let retired = self.retired.len();
+        self.settle();
+        // Sets an address hand-over kept alive are gone now: what waited
+        // for their room gets it (after a moment without the address: the
+        // map could not hold both sets at once).
+        if self.retired.len() < retired && !self.pending.is_empty() {
+            self.retry_pending(&attempted, &mut report);
+            self.settle();
+        }
+        report.udp_removed = std::mem::take(&mut self.udp_removed);
+        report
+    }
+
+    /// Tries every waiting Service again.
+    fn retry_pending(&mut self, attempted: &BTreeSet<ServiceKey>, report: &mut BatchReport) {
         let retry: Vec<ServiceKey> = self.pending.keys().cloned().collect();
         for key in retry {
             let Some(pending) = self.pending.remove(&key) else { continue };
             let before = pending.reason.clone();
             report.refused.retain(|(k, _)| k != &key);
-            self.upsert_and_track(&key, pending.desired, &mut report);
+            self.upsert_and_track(&key, pending.desired, report);
             // A Service still stuck for the reason it was reported with in
             // an earlier batch is not reported again (no log flood).
             if !attempted.contains(&key) && self.pending.get(&key).is_some_and(|p| p.reason == before) {
                 report.refused.retain(|(k, _)| k != &key);
             }
         }
-        for fk in std::mem::take(&mut self.handover).left {
-            if !self.owners.contains_key(&fk) {
-                log_delete(self.write_frontend(&fk, None));
-            }
-        }
-        self.settle();
-        report.udp_removed = std::mem::take(&mut self.udp_removed);
-        report
     }
 
     /// Which addresses change hands in this batch.
@@ -393,6 +408,9 @@ impl<T: Table> Writer<T> {
         let still_used = state.set_ids().any(|id| id == old.set_id);
         let empty = state.frontends.is_empty();
         self.owners.remove(fk);
+        // Until the taker's write lands (or if it fails), the address is
+        // nobody's: the end of the batch deletes it unless it was taken.
+        self.handover.left.push((*fk, old.set_id));
         self.note_udp_removed(fk, old.set_id, 0);
         if old.set_id != 0 && !still_used {
             self.retire_set(old.set_id);
@@ -489,9 +507,10 @@ impl<T: Table> Writer<T> {
             let now = values.get(fk).map_or(0, |v| v.set_id);
             self.note_udp_removed(fk, old.set_id, now);
         }
-        let dropped: Vec<FrontendKey4> = state.frontends.keys().filter(|k| !values.contains_key(*k)).copied().collect();
-        for fk in dropped {
-            self.drop_frontend(key, &fk);
+        let dropped: Vec<(FrontendKey4, u32)> =
+            state.frontends.iter().filter(|(k, _)| !values.contains_key(*k)).map(|(k, v)| (*k, v.set_id)).collect();
+        for (fk, set_id) in dropped {
+            self.drop_frontend(key, &fk, set_id);
         }
         for fk in values.keys() {
             self.owners.insert(*fk, key.clone());
@@ -509,10 +528,10 @@ impl<T: Table> Writer<T> {
 
     /// `key` no longer has frontend `fk`: delete it, or leave it in place
     /// when another Service of this batch claims it.
-    fn drop_frontend(&mut self, key: &ServiceKey, fk: &FrontendKey4) {
+    fn drop_frontend(&mut self, key: &ServiceKey, fk: &FrontendKey4, set_id: u32) {
         self.owners.remove(fk);
         match self.handover.claimed.get(fk) {
-            Some(claimant) if claimant != key => self.handover.left.push(*fk),
+            Some(claimant) if claimant != key => self.handover.left.push((*fk, set_id)),
             _ => log_delete(self.write_frontend(fk, None)),
         }
     }
@@ -524,7 +543,7 @@ impl<T: Table> Writer<T> {
         };
         let frontends: Vec<(FrontendKey4, u32)> = state.frontends.iter().map(|(k, v)| (*k, v.set_id)).collect();
         for (fk, set_id) in frontends {
-            self.drop_frontend(key, &fk);
+            self.drop_frontend(key, &fk, set_id);
             self.note_udp_removed(&fk, set_id, 0);
         }
         let owned_sets: BTreeSet<u32> = state.set_ids().collect();

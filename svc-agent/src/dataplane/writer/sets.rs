@@ -106,7 +106,20 @@ impl<T: Table> Writer<T> {
             tracing::error!("waiting for a grace period failed, retired backend sets kept: {e}");
             return;
         }
-        for id in std::mem::take(&mut self.retired) {
+        // A set that an address left for its new owner still points at
+        // waits until that address is replaced (a mid-batch settle, for
+        // capacity, must not open a gap).
+        let in_use: std::collections::HashSet<u32> = self
+            .handover
+            .left
+            .iter()
+            .filter(|(fk, _)| !self.owners.contains_key(fk))
+            .map(|(_, set_id)| *set_id)
+            .collect();
+        let (kept, gone): (Vec<u32>, Vec<u32>) =
+            std::mem::take(&mut self.retired).into_iter().partition(|id| in_use.contains(id));
+        self.retired = kept;
+        for id in gone {
             self.delete_set(id);
         }
     }

@@ -456,3 +456,44 @@ fn a_retired_set_is_deleted_only_after_a_grace_period_that_follows_the_switch() 
     assert!(switch < grace && grace < first_delete, "switch, grace period, then deletes: {ops:?}");
     assert_eq!(ops.iter().filter(|op| matches!(op, Op::DeleteSlot(_))).count(), LARGE);
 }
+
+#[test]
+fn a_handed_over_address_never_points_at_a_deleted_set() {
+    // Only room for one set: "new" must wait for "old"'s set to go, and
+    // that set may not go while the address still points at it.
+    let mut w = Writer::adopt(MemoryTable::new(Capacity { slots: LARGE as u32, ..ROOMY })).unwrap();
+    w.apply(vec![(key("old"), service(vec![frontend_of("old", "192.0.2.1:80", &backends(1, LARGE))]))]);
+    let old_set = w.table().frontends[&fk("192.0.2.1:80")].set_id;
+    w.table.ops.clear();
+    w.apply(vec![
+        (key("old"), ServiceUpdate::Remove),
+        (key("new"), service(vec![frontend_of("new", "192.0.2.1:80", &backends(2, LARGE))])),
+    ]);
+    let ops = &w.table().ops;
+    let first_write = ops
+        .iter()
+        .position(|op| matches!(op, Op::PutFrontend(k, _) | Op::DeleteFrontend(k) if *k == fk("192.0.2.1:80")));
+    let first_delete = ops.iter().position(|op| matches!(op, Op::DeleteSlot(s) if s.set_id == old_set));
+    let (first_write, first_delete) =
+        (first_write.expect("the address is written"), first_delete.expect("old set deleted"));
+    assert!(first_write < first_delete, "a slot of the set the address points at was deleted first: {ops:?}");
+    assert_eq!(resolve(w.table(), "192.0.2.1:80").unwrap(), backends(2, LARGE), "taken over in the end");
+}
+
+#[test]
+fn an_address_taken_by_an_update_that_fails_is_deleted() {
+    let mut w = writer();
+    w.apply(vec![(key("old"), service(vec![frontend("old", "192.0.2.9:80", &["10.0.0.1:80"])]))]);
+    // "new" takes old's address, but its first frontend (sorting before
+    // the taken one) fails in the kernel: the whole update rolls back.
+    let mut failing = frontend_of("new", "192.0.2.1:80", &backends(2, LARGE));
+    failing.affinity_timeout = 10;
+    w.table.failing_map = Some("SVC_BE_INDEX");
+    let report = w.apply(vec![
+        (key("old"), ServiceUpdate::Remove),
+        (key("new"), service(vec![failing, frontend("new", "192.0.2.9:80", &["10.0.0.2:80"])])),
+    ]);
+    assert_eq!(report.refused.len(), 1, "{report:?}");
+    assert!(resolve(w.table(), "192.0.2.9:80").is_none(), "nobody's address left behind");
+    assert_eq!(w.frontend_count(), 0);
+}
