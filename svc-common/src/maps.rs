@@ -225,14 +225,9 @@ pub struct AffinityKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct AffinityValue {
-    /// The pinned backend.
+    /// The pinned backend (used only while it is a member of the
+    /// frontend's current set, checked on every use).
     pub backend: Backend4,
-    /// Set in which the pin was last used (shown by `status`; the programs
-    /// check membership in the current set on every use, since a copied
-    /// LRU entry may mix two entries).
-    pub set_id: u32,
-    /// Always zero.
-    pub _pad: u32,
     /// `bpf_ktime_get_ns()` of the last connection (CLOCK_MONOTONIC).
     pub last_used_ns: u64,
 }
@@ -310,7 +305,8 @@ pub struct Config {
 }
 
 /// Bump when any key or value above changes shape or meaning.
-/// 4: `SockXlat` and `RevNatValue` lost their unread `svc_id`.
+/// 4: `SockXlat` and `RevNatValue` lost their unread `svc_id`,
+/// `AffinityValue` its unread `set_id`.
 pub const LAYOUT_VERSION: u32 = 4;
 
 const _: () = {
@@ -320,7 +316,7 @@ const _: () = {
     assert!(size_of::<Backend4>() == 8);
     assert!(size_of::<BackendIndexKey>() == 12);
     assert!(size_of::<AffinityKey>() == 16);
-    assert!(size_of::<AffinityValue>() == 24);
+    assert!(size_of::<AffinityValue>() == 16);
     assert!(size_of::<RevNatKey>() == 16);
     assert!(size_of::<RevNatValue>() == 8);
     assert!(size_of::<ServiceMeta>() == 152);

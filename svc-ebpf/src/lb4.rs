@@ -151,7 +151,7 @@ fn pick(ctx: &SockAddrContext, fe: &Frontend) -> Option<Backend4> {
         Some(b) => b,
         None => random_backend(fe)?,
     };
-    let value = AffinityValue { backend, set_id: fe.set_id, _pad: 0, last_used_ns: now };
+    let value = AffinityValue { backend, last_used_ns: now };
     #[expect(
         clippy::let_underscore_must_use,
         reason = "best effort: if the LRU insert fails, this connection simply has no affinity recorded"

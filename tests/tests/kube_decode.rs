@@ -5,7 +5,7 @@
 //! change, and keep the last good state of what the bad object replaced,
 //! also across a relist.
 
-use std::time::Instant;
+use std::{collections::BTreeSet, time::Instant};
 
 use anyhow::Result;
 use svc_tests::{
@@ -44,6 +44,27 @@ fn bad_slices() -> String {
     .to_owned()
 }
 
+/// Gives `web` these backends through a good slice, waits (within the API
+/// budget) until clients see exactly them, and confirms.
+fn change_web(env: &KubeEnv, backends: &[u8], what: &str) -> Result<()> {
+    let web = addr("10.96.0.10:80");
+    let want: BTreeSet<String> = backends.iter().map(|i| format!("b{i}")).collect();
+    let start = Instant::now();
+    env.api.apply_yaml(&slice("web-1", "web", &env.endpoints(backends)))?;
+    poll_outcome(API_POLL, || env.tcp(web, 10), |o| o.backends() == want)?;
+    assert_within_budget(what, start.elapsed());
+    let out = env.tcp(web, 40)?;
+    assert_eq!((out.total_ok(), out.backends()), (40, want), "{what}: {out}");
+    Ok(())
+}
+
+/// `other` is still served by b3 only (its last good slice).
+fn assert_other_kept(env: &KubeEnv, what: &str) -> Result<()> {
+    let out = env.tcp(addr("10.96.0.20:80"), 20)?;
+    assert_eq!((out.total_ok(), out.backends()), (20, set(&["b3"])), "{what}: {out}");
+    Ok(())
+}
+
 fn undecodable(env: &KubeEnv) -> Result<f64> {
     let text = env.metrics()?;
     Ok(metric_value(&text, UNDECODABLE_SLICES)
@@ -58,21 +79,14 @@ fn an_undecodable_slice_costs_only_itself() -> Result<()> {
     env.api.apply_yaml(&svc("other", "10.96.0.20"))?;
     env.api.apply_yaml(&slice("other-1", "other", &env.endpoints(&[3])))?;
     env.start_agent()?;
-    let (web, other) = (addr("10.96.0.10:80"), addr("10.96.0.20:80"));
-    assert_eq!(env.tcp(web, 10)?.backends(), set(&["b1"]));
+    assert_eq!(env.tcp(addr("10.96.0.10:80"), 10)?.backends(), set(&["b1"]));
     assert_eq!(undecodable(&env)?, 0.0, "the series exists at zero before any bad object");
 
     // The bad slices arrive; then the good slice of another Service changes.
     env.api.apply_yaml(&bad_slices())?;
-    let start = Instant::now();
-    env.api.apply_yaml(&slice("web-1", "web", &env.endpoints(&[2])))?;
-    poll_outcome(API_POLL, || env.tcp(web, 10), |o| o.backends() == set(&["b2"]))?;
-    assert_within_budget("a good slice changed after bad ones arrived", start.elapsed());
-    let out = env.tcp(web, 40)?;
-    assert_eq!((out.total_ok(), out.backends()), (40, set(&["b2"])), "{out}");
+    change_web(&env, &[2], "a good slice changed after bad ones arrived")?;
     // The Service the bad slices name keeps its good slice's backend.
-    let out = env.tcp(other, 20)?;
-    assert_eq!((out.total_ok(), out.backends()), (20, set(&["b3"])), "{out}");
+    assert_other_kept(&env, "after the bad slices")?;
 
     // Reported once each, by name, and counted.
     let agent = env.agent();
@@ -86,34 +100,26 @@ fn an_undecodable_slice_costs_only_itself() -> Result<()> {
     assert_ne!(bad_other, slice("other-1", "other", &env.endpoints(&[3])), "the edit must apply");
     env.api.apply_yaml(&bad_other)?;
     env.agent().wait_for_log("EndpointSlice default/other-1 cannot be decoded", API_POLL)?;
-    let out = env.tcp(other, 20)?;
-    assert_eq!((out.total_ok(), out.backends()), (20, set(&["b3"])), "{out}");
+    assert_other_kept(&env, "its good slice turned bad")?;
 
     // A relist (the API server restarts) lists the bad objects again:
     // they are neither stale nor deleted, and not reported again.
     env.api.stop()?;
     env.api.start(false)?;
     env.agent().wait_for_log("listed EndpointSlices count=1 undecodable=3", SYNC_TIMEOUT * 4)?;
-    let start = Instant::now();
-    env.api.apply_yaml(&slice("web-1", "web", &env.endpoints(&[1, 2])))?;
-    poll_outcome(API_POLL, || env.tcp(web, 20), |o| o.backends() == set(&["b1", "b2"]))?;
-    assert_within_budget("a change after the relist", start.elapsed());
-    let out = env.tcp(other, 20)?;
-    assert_eq!((out.total_ok(), out.backends()), (20, set(&["b3"])), "kept across the relist: {out}");
+    change_web(&env, &[1, 2], "a change after the relist")?;
+    assert_other_kept(&env, "kept across the relist")?;
     assert_eq!(undecodable(&env)?, 3.0, "still the same three objects: not counted again");
 
     // Deleting the bad objects changes nothing else.
     env.api.delete_slice("default", "bad-types")?;
     env.api.delete_slice("default", "bad-list")?;
-    let start = Instant::now();
-    env.api.apply_yaml(&slice("web-1", "web", &env.endpoints(&[3])))?;
-    poll_outcome(API_POLL, || env.tcp(web, 10), |o| o.backends() == set(&["b3"]))?;
-    assert_within_budget("a change after the bad objects were deleted", start.elapsed());
-    let out = env.tcp(other, 20)?;
-    assert_eq!((out.total_ok(), out.backends()), (20, set(&["b3"])), "{out}");
+    change_web(&env, &[3], "a change after the bad objects were deleted")?;
+    assert_other_kept(&env, "after deleting the bad objects")?;
 
     // Fixing the last one: it decodes again and is followed.
     env.api.apply_yaml(&slice("other-1", "other", &env.endpoints(&[1])))?;
+    let other = addr("10.96.0.20:80");
     poll_outcome(API_POLL, || env.tcp(other, 10), |o| o.backends() == set(&["b1"]))?;
     env.agent().wait_for_log("EndpointSlice default/other-1 decodes again", API_POLL)?;
     Ok(())

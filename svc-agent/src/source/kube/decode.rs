@@ -31,9 +31,9 @@ impl Decoder {
     }
 
     /// The typed object, or its name when it cannot be decoded.
-    pub(super) fn decode<K: DeserializeOwned>(&mut self, obj: &DynamicObject) -> Result<K, ObjectName> {
+    pub(super) fn decode<K: DeserializeOwned>(&mut self, obj: DynamicObject) -> Result<K, ObjectName> {
         let name = (obj.namespace().unwrap_or_default(), obj.name_any());
-        match serde_json::to_value(obj).and_then(serde_json::from_value::<K>) {
+        match typed(obj) {
             Ok(typed) => {
                 if self.undecodable.remove(&name).is_some() {
                     tracing::info!(kind = self.kind, object = %qualified(&name), "{} {} decodes again", self.kind, qualified(&name));
@@ -70,6 +70,24 @@ impl Decoder {
     }
 }
 
+/// The object as `K`. Its fields are moved back into one JSON object (not
+/// serialized again as a whole: a cold list of 10k slices would copy every
+/// one).
+fn typed<K: DeserializeOwned>(obj: DynamicObject) -> serde_json::Result<K> {
+    let DynamicObject { types, metadata, data } = obj;
+    let mut fields = match data {
+        serde_json::Value::Object(fields) => fields,
+        // Not an object: nothing `K` could read; let serde say why.
+        other => return serde_json::from_value(other),
+    };
+    fields.insert("metadata".into(), serde_json::to_value(metadata)?);
+    if let Some(types) = types {
+        fields.insert("apiVersion".into(), types.api_version.into());
+        fields.insert("kind".into(), types.kind.into());
+    }
+    serde_json::from_value(serde_json::Value::Object(fields))
+}
+
 /// `namespace/name`, or `name` for cluster-scoped objects.
 fn qualified(name: &ObjectName) -> String {
     if name.0.is_empty() { name.1.clone() } else { format!("{}/{}", name.0, name.1) }
@@ -103,12 +121,12 @@ mod tests {
         let counter = Counter::default();
         let mut decoder = Decoder::new("EndpointSlice", counter.clone());
         let name = ("default".to_owned(), "bad".to_owned());
-        assert_eq!(decoder.decode::<EndpointSlice>(&bad_slice()), Err(name.clone()));
-        assert_eq!(decoder.decode::<EndpointSlice>(&bad_slice()), Err(name.clone()));
+        assert_eq!(decoder.decode::<EndpointSlice>(bad_slice()), Err(name.clone()));
+        assert_eq!(decoder.decode::<EndpointSlice>(bad_slice()), Err(name.clone()));
         assert_eq!(counter.get(), 1, "reported once while it stays the same");
 
         decoder.forget(&name);
-        assert!(decoder.decode::<EndpointSlice>(&bad_slice()).is_err());
+        assert!(decoder.decode::<EndpointSlice>(bad_slice()).is_err());
         assert_eq!(counter.get(), 2, "a new object of the same name is reported again");
     }
 
@@ -123,8 +141,8 @@ mod tests {
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": "n1", "labels": {"topology.kubernetes.io/zone": "a"}},
         }));
-        assert!(decoder.decode::<Service>(&svc).is_ok());
-        assert!(decoder.decode::<Node>(&node).is_ok());
+        assert!(decoder.decode::<Service>(svc).is_ok());
+        assert!(decoder.decode::<Node>(node).is_ok());
     }
 
     #[test]
@@ -139,8 +157,8 @@ mod tests {
             "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
             "spec": {"ports": [{"port": "eighty"}]},
         }));
-        assert_eq!(decoder.decode::<Node>(&node), Err((String::new(), "n1".to_owned())));
-        assert_eq!(decoder.decode::<Service>(&svc), Err(("default".to_owned(), "web".to_owned())));
+        assert_eq!(decoder.decode::<Node>(node), Err((String::new(), "n1".to_owned())));
+        assert_eq!(decoder.decode::<Service>(svc), Err(("default".to_owned(), "web".to_owned())));
         assert_eq!(counter.get(), 2);
     }
 
@@ -148,12 +166,12 @@ mod tests {
     fn a_listing_forgets_objects_it_no_longer_has() {
         let counter = Counter::default();
         let mut decoder = Decoder::new("EndpointSlice", counter.clone());
-        assert!(decoder.decode::<EndpointSlice>(&bad_slice()).is_err());
+        assert!(decoder.decode::<EndpointSlice>(bad_slice()).is_err());
         decoder.listed(&[]);
-        assert!(decoder.decode::<EndpointSlice>(&bad_slice()).is_err());
+        assert!(decoder.decode::<EndpointSlice>(bad_slice()).is_err());
         assert_eq!(counter.get(), 2);
         decoder.listed(&[("default".to_owned(), "bad".to_owned())]);
-        assert!(decoder.decode::<EndpointSlice>(&bad_slice()).is_err());
+        assert!(decoder.decode::<EndpointSlice>(bad_slice()).is_err());
         assert_eq!(counter.get(), 2, "still listed, still the same: not reported again");
     }
 }

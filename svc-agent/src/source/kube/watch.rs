@@ -61,7 +61,7 @@ pub(super) async fn watch_kind<K>(
                     continue;
                 }
                 Ok(Event::InitApply(obj)) => {
-                    match decoder.decode(&obj) {
+                    match decoder.decode(obj) {
                         Ok(typed) => buffer.push(typed),
                         Err(name) => kept.push(name),
                     }
@@ -81,7 +81,7 @@ pub(super) async fn watch_kind<K>(
                     }
                     Change::Replace { objects, kept }
                 }
-                Ok(Event::Apply(obj)) => match decoder.decode(&obj) {
+                Ok(Event::Apply(obj)) => match decoder.decode(obj) {
                     Ok(typed) => Change::Upsert(typed),
                     // The previous version, if any, stays in effect.
                     Err(_) => continue,
