@@ -27,7 +27,10 @@ use svc_common::{
     RevNatValue, SlotKey, SockXlat,
 };
 
-use crate::maps::{SVC_AFFINITY, SVC_BACKENDS, SVC_BE_INDEX, SVC_CONFIG, SVC_FRONTENDS, SVC_REVNAT_SK, SVC_SOCK_XLAT};
+use crate::{
+    addr::Ip4Access,
+    maps::{SVC_AFFINITY, SVC_BACKENDS, SVC_BE_INDEX, SVC_CONFIG, SVC_FRONTENDS, SVC_REVNAT_SK, SVC_SOCK_XLAT},
+};
 
 /// What a forward hook should do with the socket address.
 pub(crate) enum Verdict {
@@ -39,22 +42,11 @@ pub(crate) enum Verdict {
     Translate(Backend4),
 }
 
-/// The destination of the call as a frontend key.
+/// The destination of the call as a frontend key, if it is an IPv4 one.
 #[inline(always)]
-pub(crate) fn frontend_key(ctx: &SockAddrContext, proto: u8) -> FrontendKey4 {
-    // user_ip4 holds the address in network order: its in-memory bytes are
-    // the octets.
-    let dst = sock_addr(ctx);
-    FrontendKey4 { addr: dst.addr, port: dst.port, proto, _pad: 0 }
-}
-
-/// Rewrites the destination (forward) or source (reverse) address of the call.
-#[inline(always)]
-pub(crate) fn set_addr(ctx: &SockAddrContext, addr: [u8; 4], port: u16) {
-    // SAFETY: as above; user_ip4/user_port are writable in every hook we use.
-    let sa = unsafe { &mut *ctx.sock_addr };
-    sa.user_ip4 = u32::from_ne_bytes(addr);
-    sa.user_port = u32::from(port);
+pub(crate) fn frontend_key<A: Ip4Access>(ctx: &SockAddrContext, proto: u8) -> Option<FrontendKey4> {
+    let dst = A::read(ctx)?;
+    Some(FrontendKey4 { addr: dst.addr, port: dst.port, proto, _pad: 0 })
 }
 
 /// How a frontend lookup ended.
@@ -215,14 +207,6 @@ fn random_backend(fe: &Frontend) -> Option<Backend4> {
     unsafe { SVC_BACKENDS.get(SlotKey { set_id: fe.set_id, slot }).copied() }
 }
 
-/// The current destination (forward hooks) or peer (reverse hooks).
-#[inline(always)]
-fn sock_addr(ctx: &SockAddrContext) -> Backend4 {
-    // SAFETY: valid context.
-    let sa = unsafe { &*ctx.sock_addr };
-    Backend4 { addr: sa.user_ip4.to_ne_bytes(), port: sa.user_port as u16, _pad: 0 }
-}
-
 /// A connected socket (TCP, connected UDP) remembers its translation in its
 /// own storage, for getpeername and recvmsg.
 #[inline(always)]
@@ -276,8 +260,8 @@ pub(crate) fn remember_datagram(ctx: &SockAddrContext, frontend: &FrontendKey4, 
 /// The frontend (address, port) this socket asked for when it reached the
 /// peer it now reports, if it was translated.
 #[inline(always)]
-pub(crate) fn recall_frontend(ctx: &SockAddrContext) -> Option<([u8; 4], u16)> {
-    let peer = sock_addr(ctx);
+pub(crate) fn recall_frontend<A: Ip4Access>(ctx: &SockAddrContext) -> Option<([u8; 4], u16)> {
+    let peer = A::read(ctx)?;
     // SAFETY: the context's socket is valid for the helper; copied out at once.
     let connected = unsafe { SVC_SOCK_XLAT.get_ptr_mut(ctx).as_ref().copied() };
     if let Some(x) = connected

@@ -4,15 +4,22 @@
 //! - `connect4` (TCP, connected UDP) and `sendmsg4` (unconnected UDP)
 //!   rewrite a frontend destination to a backend;
 //! - `recvmsg4` (UDP replies) and `getpeername4` rewrite a backend address
-//!   back to the frontend the application asked for.
+//!   back to the frontend the application asked for;
+//! - `connect6`, `recvmsg6` and `getpeername6` do the same for `AF_INET6`
+//!   sockets talking to IPv4 Services through v4-mapped addresses
+//!   (`::ffff:a.b.c.d`), with the same IPv4 tables ([`addr`]). Unconnected
+//!   v4-mapped datagrams need no `sendmsg6`: the kernel sends them through
+//!   the IPv4 path, where `sendmsg4` translates them.
 #![no_std]
 #![no_main]
 // The program macros hand each entry point its context by value.
 #![expect(clippy::needless_pass_by_value, reason = "aya-ebpf's program signature")]
 
+mod addr;
 mod lb4;
 mod maps;
 
+use addr::{Inet, Ip4Access, Mapped};
 use aya_ebpf::{helpers::generated::bpf_set_retval, macros::cgroup_sock_addr, programs::SockAddrContext};
 use lb4::Verdict;
 use svc_common::{errno, proto};
@@ -24,30 +31,53 @@ const REJECT: i32 = 0;
 
 #[cgroup_sock_addr(connect4)]
 pub(crate) fn svc_connect4(ctx: SockAddrContext) -> i32 {
-    // SAFETY: valid context.
-    let protocol = unsafe { (*ctx.sock_addr).protocol };
-    match protocol {
-        p if p == u32::from(proto::TCP) => forward(&ctx, proto::TCP, Hook::Connect),
-        p if p == u32::from(proto::UDP) => forward(&ctx, proto::UDP, Hook::Connect),
-        _ => ALLOW,
-    }
+    connect::<Inet>(&ctx)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub(crate) fn svc_sendmsg4(ctx: SockAddrContext) -> i32 {
-    forward(&ctx, proto::UDP, Hook::Sendmsg)
+    forward::<Inet>(&ctx, proto::UDP, Hook::Sendmsg)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub(crate) fn svc_recvmsg4(ctx: SockAddrContext) -> i32 {
-    reverse(&ctx);
+    reverse::<Inet>(&ctx);
     ALLOW
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub(crate) fn svc_getpeer4(ctx: SockAddrContext) -> i32 {
-    reverse(&ctx);
+    reverse::<Inet>(&ctx);
     ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub(crate) fn svc_connect6(ctx: SockAddrContext) -> i32 {
+    connect::<Mapped>(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub(crate) fn svc_recvmsg6(ctx: SockAddrContext) -> i32 {
+    reverse::<Mapped>(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub(crate) fn svc_getpeer6(ctx: SockAddrContext) -> i32 {
+    reverse::<Mapped>(&ctx);
+    ALLOW
+}
+
+/// connect(): TCP and UDP sockets; other protocols are left alone.
+#[inline(always)]
+fn connect<A: Ip4Access>(ctx: &SockAddrContext) -> i32 {
+    // SAFETY: valid context.
+    let protocol = unsafe { (*ctx.sock_addr).protocol };
+    match protocol {
+        p if p == u32::from(proto::TCP) => forward::<A>(ctx, proto::TCP, Hook::Connect),
+        p if p == u32::from(proto::UDP) => forward::<A>(ctx, proto::UDP, Hook::Connect),
+        _ => ALLOW,
+    }
 }
 
 /// Which forward hook runs.
@@ -57,17 +87,15 @@ enum Hook {
     Sendmsg,
 }
 
-/// Destination rewrite shared by connect4 and sendmsg4.
+/// Destination rewrite shared by the connect and sendmsg hooks.
 #[inline(always)]
-fn forward(ctx: &SockAddrContext, protocol: u8, hook: Hook) -> i32 {
-    let key = lb4::frontend_key(ctx, protocol);
+fn forward<A: Ip4Access>(ctx: &SockAddrContext, protocol: u8, hook: Hook) -> i32 {
+    let Some(key) = lb4::frontend_key::<A>(ctx, protocol) else {
+        // Not an IPv4 peer (a native IPv6 address): nothing to translate.
+        return pass(ctx, protocol, hook);
+    };
     match lb4::select(ctx, &key) {
-        Verdict::Pass => {
-            if hook == Hook::Connect && protocol == proto::UDP {
-                lb4::forget_connected(ctx);
-            }
-            ALLOW
-        }
+        Verdict::Pass => pass(ctx, protocol, hook),
         Verdict::Refuse => {
             // kube-proxy REJECTs: the caller sees ECONNREFUSED, not EPERM.
             // SAFETY: helper available to cgroup sock_addr programs.
@@ -83,17 +111,28 @@ fn forward(ctx: &SockAddrContext, protocol: u8, hook: Hook) -> i32 {
             if protocol == proto::UDP {
                 lb4::remember_datagram(ctx, &key, backend);
             }
-            lb4::set_addr(ctx, backend.addr, backend.port);
+            A::write(ctx, backend.addr, backend.port);
             ALLOW
         }
     }
 }
 
-/// Source rewrite shared by recvmsg4 and getpeername4.
+/// The call is not to a frontend. A UDP socket connecting elsewhere drops
+/// the translation of an earlier connect, so that its new peer is never
+/// shown as a Service address.
 #[inline(always)]
-fn reverse(ctx: &SockAddrContext) {
-    if let Some((addr, port)) = lb4::recall_frontend(ctx) {
-        lb4::set_addr(ctx, addr, port);
+fn pass(ctx: &SockAddrContext, protocol: u8, hook: Hook) -> i32 {
+    if hook == Hook::Connect && protocol == proto::UDP {
+        lb4::forget_connected(ctx);
+    }
+    ALLOW
+}
+
+/// Source rewrite shared by the recvmsg and getpeername hooks.
+#[inline(always)]
+fn reverse<A: Ip4Access>(ctx: &SockAddrContext) {
+    if let Some((addr, port)) = lb4::recall_frontend::<A>(ctx) {
+        A::write(ctx, addr, port);
     }
 }
 

@@ -7,7 +7,7 @@ use std::{net::SocketAddrV4, time::Duration};
 
 use anyhow::{Context as _, Result};
 
-use crate::{Agent, Cgroup, ManifestDir, Outcome, Proto, Server, Topology, k8s::Endpoint};
+use crate::{Agent, Cgroup, Dial, ManifestDir, Outcome, Proto, Server, Topology, k8s::Endpoint};
 
 /// How long the agent may take to program its first state.
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
@@ -20,6 +20,8 @@ pub struct TestEnv {
     pub manifests: ManifestDir,
     pub topo: Topology,
     pub cgroup: Cgroup,
+    /// How [`Self::tcp`] and [`Self::udp`] dial (default: `AF_INET`).
+    pub dial: Dial,
 }
 
 impl TestEnv {
@@ -30,7 +32,7 @@ impl TestEnv {
         let topo = Topology::new(n_backends)?;
         let servers =
             (1..=n_backends).map(|i| topo.backend(i).serve(&format!("b{i}"), ports)).collect::<Result<Vec<_>>>()?;
-        Ok(Self { agent: None, servers, manifests: ManifestDir::new()?, topo, cgroup })
+        Ok(Self { agent: None, servers, manifests: ManifestDir::new()?, topo, cgroup, dial: Dial::Inet })
     }
 
     /// Starts the agent on this env's manifests and cgroup and waits for
@@ -60,13 +62,17 @@ impl TestEnv {
         backends.iter().map(|&i| Endpoint::ready(self.topo.backend(i).ip())).collect()
     }
 
-    /// TCP connects from the client namespace, inside the test cgroup.
+    /// TCP connects from the client namespace, inside the test cgroup,
+    /// dialled as [`Self::dial`] says; addresses reported as IPv4.
     pub fn tcp(&self, to: SocketAddrV4, count: u32) -> Result<Outcome> {
-        self.topo.tcp(Some(&self.cgroup), to, count).with_context(|| format!("tcp client to {to}"))
+        let out = self.topo.tcp(Some(&self.cgroup), self.dial.target(to), count);
+        self.dial.as_ipv4(out.with_context(|| format!("tcp client to {to} ({:?})", self.dial))?)
     }
 
-    /// UDP datagrams from the client namespace, inside the test cgroup.
+    /// UDP datagrams from the client namespace, inside the test cgroup,
+    /// dialled as [`Self::dial`] says; addresses reported as IPv4.
     pub fn udp(&self, to: SocketAddrV4, count: u32, connected: bool) -> Result<Outcome> {
-        self.topo.udp(Some(&self.cgroup), to, count, connected).with_context(|| format!("udp client to {to}"))
+        let out = self.topo.udp(Some(&self.cgroup), self.dial.target(to), count, connected);
+        self.dial.as_ipv4(out.with_context(|| format!("udp client to {to} ({:?})", self.dial))?)
     }
 }

@@ -27,6 +27,7 @@ mod bins;
 mod cgroup;
 mod cmd;
 pub mod deployed;
+mod dial;
 mod env;
 pub mod k8s;
 pub mod kube_env;
@@ -50,6 +51,7 @@ pub use crate::{
     agent::{AffinityEntry, Agent, Frontend, IN_SYNC},
     bins::{agent_bin, testkit_bin},
     cgroup::{Cgroup, cgroup2_mount},
+    dial::Dial,
     env::{SYNC_TIMEOUT, TestEnv},
     manifests::ManifestDir,
     names::{sweep_stale, unique_name},
@@ -116,4 +118,35 @@ pub fn poll_outcome(
         Some(o) => format!("last probe: {o}"),
         None => "no probe ran".to_owned(),
     })
+}
+
+/// `#[test]`s that run each `scenario(source()?, dial)` for every [`Dial`]:
+/// `inet::NAME` from `AF_INET` sockets and `v4_mapped::NAME` from
+/// `AF_INET6` sockets dialling `::ffff:a.b.c.d`.
+///
+/// ```ignore
+/// svc_tests::dial_tests! { svc_tests::source::manifests;
+///     svc_tests::scenarios::clusterip::named_target_ports => named_target_ports,
+/// }
+/// ```
+#[macro_export]
+macro_rules! dial_tests {
+    ($source:path; $($scenario:path => $name:ident),* $(,)?) => {
+        mod inet {
+            $(
+                #[test]
+                fn $name() -> ::anyhow::Result<()> {
+                    $scenario($source()?, $crate::Dial::Inet)
+                }
+            )*
+        }
+        mod v4_mapped {
+            $(
+                #[test]
+                fn $name() -> ::anyhow::Result<()> {
+                    $scenario($source()?, $crate::Dial::Mapped)
+                }
+            )*
+        }
+    };
 }

@@ -41,8 +41,8 @@ use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 
 use crate::{
-    Agent, Backend, Cgroup, Netns, Outcome, Proto, SERVICE_RANGE, SYNC_TIMEOUT, Server, bins, cmd, k8s::EndpointSpec,
-    names, source::Source,
+    Agent, Backend, Cgroup, Dial, Netns, Outcome, Proto, SERVICE_RANGE, SYNC_TIMEOUT, Server, bins, cmd,
+    k8s::EndpointSpec, names, source::Source,
 };
 
 /// The node's own address (on its `lo`, like a node IP on a dummy device).
@@ -169,9 +169,17 @@ pub struct Client<'a> {
     netns: &'a Netns,
     cgroup: &'a Cgroup,
     label: &'static str,
+    dial: Dial,
 }
 
 impl Client<'_> {
+    /// This client, dialling as `dial` says (addresses still reported as
+    /// IPv4, see [`Dial::as_ipv4`]).
+    #[must_use]
+    pub fn dialing(self, dial: Dial) -> Self {
+        Self { dial, ..self }
+    }
+
     /// `count` sequential TCP connects to `to`.
     pub fn tcp(&self, to: SocketAddrV4, count: u32) -> Result<Outcome> {
         Ok(self.run("tcp", to, count, &[])?.0)
@@ -194,7 +202,7 @@ impl Client<'_> {
         source_port: u16,
         reconnect: bool,
     ) -> Result<crate::session::UdpSession> {
-        let (to_s, count_s, port_s) = (to.to_string(), rounds.to_string(), source_port.to_string());
+        let (to_s, count_s, port_s) = (self.dial.target(to).to_string(), rounds.to_string(), source_port.to_string());
         let cgroup = self.cgroup.path().to_string_lossy().into_owned();
         let mut args = vec!["udp-session", "--to", &to_s, "--count", &count_s, "--interval-ms", "20"];
         args.extend(["--timeout-ms", "200", "--source-port", &port_s, "--cgroup", &cgroup]);
@@ -215,14 +223,14 @@ impl Client<'_> {
     }
 
     fn run(&self, mode: &str, to: SocketAddrV4, count: u32, extra: &[&str]) -> Result<(Outcome, u64)> {
-        let to_s = to.to_string();
+        let to_s = self.dial.target(to).to_string();
         let count_s = count.to_string();
         let cgroup = self.cgroup.path().to_string_lossy().into_owned();
         let mut args = vec![mode, "--to", &to_s, "--count", &count_s, "--timeout-ms", CLIENT_TIMEOUT_MS];
         args.extend(["--cgroup", &cgroup]);
         args.extend_from_slice(extra);
         let stdout = cmd::run(&mut self.netns.testkit(&args)?)
-            .with_context(|| format!("{mode} client in {} to {to}", self.label))?;
+            .with_context(|| format!("{mode} client in {} to {to_s}", self.label))?;
         let outcome: Outcome =
             serde_json::from_str(&stdout).with_context(|| format!("parse svc-testkit {mode} output: {stdout}"))?;
         let extra: ReportExtra =
@@ -230,7 +238,7 @@ impl Client<'_> {
         if outcome.cgroup != self.cgroup.relative() {
             bail!("{} client ran in cgroup {:?}, not {:?}", self.label, outcome.cgroup, self.cgroup.relative());
         }
-        Ok((outcome, extra.netns_cookie))
+        Ok((self.dial.as_ipv4(outcome)?, extra.netns_cookie))
     }
 }
 
@@ -313,6 +321,8 @@ pub struct NodeEnv {
     cgroups: Vec<Cgroup>,
     /// Extra agent arguments for node 0 (e.g. `--zone`), set before start.
     node_args: Vec<OsString>,
+    /// How this env's clients dial (default: `AF_INET`).
+    dial: Dial,
 }
 
 impl NodeEnv {
@@ -337,7 +347,14 @@ impl NodeEnv {
             topo,
             cgroups: vec![cgroup],
             node_args: Vec::new(),
+            dial: Dial::Inet,
         })
+    }
+
+    /// This env, its clients dialling as `dial` says.
+    #[must_use]
+    pub fn dialing(self, dial: Dial) -> Self {
+        Self { dial, ..self }
     }
 
     /// Creates or replaces the objects of `unit` (see [`Source::apply`]).
@@ -442,7 +459,7 @@ impl NodeEnv {
             At::Pod(c) => (self.topo.pod(c).netns(), "client pod"),
             At::Backend(i) => (self.topo.backend(i).netns(), "backend pod"),
         };
-        Client { netns, cgroup, label }
+        Client { netns, cgroup, label, dial: self.dial }
     }
 
     /// Client pod `c` on node 0.

@@ -14,7 +14,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     process::{Child, Stdio},
     sync::mpsc,
     thread,
@@ -93,22 +93,28 @@ impl Topology {
 
     /// `count` sequential TCP connects from the client namespace to `to`,
     /// from inside `cgroup` when given.
-    pub fn tcp(&self, cgroup: Option<&Cgroup>, to: SocketAddrV4, count: u32) -> Result<Outcome> {
-        self.run_client("tcp", cgroup, to, count, &[])
+    pub fn tcp(&self, cgroup: Option<&Cgroup>, to: impl Into<SocketAddr>, count: u32) -> Result<Outcome> {
+        self.run_client("tcp", cgroup, to.into(), count, &[])
     }
 
     /// `count` UDP datagrams from the client namespace to `to`: over one
     /// unconnected socket, or one connected socket per datagram.
-    pub fn udp(&self, cgroup: Option<&Cgroup>, to: SocketAddrV4, count: u32, connected: bool) -> Result<Outcome> {
+    pub fn udp(
+        &self,
+        cgroup: Option<&Cgroup>,
+        to: impl Into<SocketAddr>,
+        count: u32,
+        connected: bool,
+    ) -> Result<Outcome> {
         let extra: &[&str] = if connected { &["--connected"] } else { &[] };
-        self.run_client("udp", cgroup, to, count, extra)
+        self.run_client("udp", cgroup, to.into(), count, extra)
     }
 
     fn run_client(
         &self,
         mode: &str,
         cgroup: Option<&Cgroup>,
-        to: SocketAddrV4,
+        to: SocketAddr,
         count: u32,
         extra: &[&str],
     ) -> Result<Outcome> {

@@ -6,9 +6,10 @@
 use anyhow::Result;
 use svc_tests::{scenarios::affinity, source::manifests};
 
-#[test]
-fn each_client_keeps_its_own_backend() -> Result<()> {
-    affinity::each_client_keeps_its_own_backend(manifests()?)
+// Affinity from `AF_INET` and (v4-mapped) `AF_INET6` sockets.
+svc_tests::dial_tests! { svc_tests::source::manifests;
+    svc_tests::scenarios::affinity::each_client_keeps_its_own_backend => each_client_keeps_its_own_backend,
+    svc_tests::scenarios::affinity::pinned_backend_leaving_repicks_at_once => pinned_backend_leaving_repicks_at_once,
 }
 
 #[test]
@@ -19,11 +20,6 @@ fn timeout_expires_without_new_connections() -> Result<()> {
 #[test]
 fn new_connections_extend_the_timeout() -> Result<()> {
     affinity::new_connections_extend_the_timeout(manifests()?)
-}
-
-#[test]
-fn pinned_backend_leaving_repicks_at_once() -> Result<()> {
-    affinity::pinned_backend_leaving_repicks_at_once(manifests()?)
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! `--source kube`: ClusterIP translation of objects read from a real API
-//! server (the manifest-source assertions of clusterip.rs, through the API),
+//! server (the scenarios of clusterip.rs, through the API, from `AF_INET`
+//! and v4-mapped `AF_INET6` sockets), the address the server allocates,
 //! and what kube-proxy's server-side filters keep out of the dataplane.
 
 use std::{collections::BTreeSet, time::Instant};
@@ -13,76 +14,29 @@ use svc_tests::{
     scenarios::set,
 };
 
+svc_tests::dial_tests! { svc_tests::apiserver::kube_source;
+    svc_tests::scenarios::clusterip::tcp_spreads_and_shows_the_cluster_ip => tcp_spreads_and_shows_the_cluster_ip,
+    svc_tests::scenarios::clusterip::udp_replies_come_from_the_cluster_ip => udp_replies_come_from_the_cluster_ip,
+    svc_tests::scenarios::clusterip::tcp_and_udp_on_one_port_use_their_own_backends
+        => tcp_and_udp_on_one_port_use_their_own_backends,
+    svc_tests::scenarios::clusterip::named_target_ports => named_target_ports,
+    svc_tests::scenarios::clusterip::headless_and_external_name_are_not_translated
+        => headless_and_external_name_are_not_translated,
+}
+
+/// The address the API server allocates is the one programmed, beside the
+/// server's own `kubernetes` Service (no endpoints without a
+/// controller-manager: refused); outside the agent's cgroup nothing is
+/// translated.
 #[test]
-fn api_objects_are_translated() -> Result<()> {
-    // Every backend serves every port, so a wrong mapping is answered and
-    // shows in the reply.
-    let ports = [Proto::Tcp(8080), Proto::Tcp(9090), Proto::Tcp(5353), Proto::Udp(5353)];
-    let mut env = KubeEnv::new(3, &ports)?;
-    let all = env.endpoints(&[1, 2, 3]);
+fn allocated_cluster_ip_is_programmed() -> Result<()> {
+    let mut env = KubeEnv::new(2, &[Proto::Tcp(8080)])?;
     env.api.apply_yaml(&multi(&[
-        // Named targetPort, resolved through the slice's port names.
-        &service("default", "web", Some("10.96.0.10"), &[SvcPort::tcp("http", 80, "http")]),
-        &endpoint_slice("default", "web-1", "web", &[SlicePort::tcp("http", 8080)], &all),
-        &service(
-            "default",
-            "multi",
-            Some("10.96.0.21"),
-            &[SvcPort::tcp("http", 80, "http"), SvcPort::tcp("admin", 81, "admin")],
-        ),
-        &endpoint_slice(
-            "default",
-            "multi-1",
-            "multi",
-            &[SlicePort::tcp("admin", 9090), SlicePort::tcp("http", 8080)],
-            &env.endpoints(&[1, 2]),
-        ),
-        // TCP and UDP on the same port, each with its own backends.
-        &service(
-            "kube-system",
-            "dns",
-            Some("10.96.0.53"),
-            &[SvcPort::tcp("dns-tcp", 53, "5353"), SvcPort::udp("dns", 53, "5353")],
-        ),
-        &endpoint_slice("kube-system", "dns-tcp", "dns", &[SlicePort::tcp("dns-tcp", 5353)], &env.endpoints(&[1, 2])),
-        &endpoint_slice("kube-system", "dns-udp", "dns", &[SlicePort::udp("dns", 5353)], &env.endpoints(&[3])),
-        // No clusterIP: the API server allocates one.
         &service("apps", "auto", None, &[SvcPort::tcp("http", 80, "8080")]),
         &endpoint_slice("apps", "auto-1", "auto", &[SlicePort::tcp("http", 8080)], &env.endpoints(&[2])),
     ]))?;
     env.start_agent()?;
 
-    // TCP spreads uniformly; getpeername() shows the ClusterIP.
-    let vip = addr("10.96.0.10:80");
-    let n = 300;
-    let out = env.tcp(vip, n)?;
-    out.assert_fair_share(n, &["b1", "b2", "b3"]);
-    assert_eq!(out.reply_ports(), BTreeSet::from([8080]), "http -> 8080: {out}");
-    assert_eq!(out.peers.get("10.96.0.10:80"), Some(&n), "{out}");
-
-    // Multi-port: each port through its own name.
-    let out = env.tcp(addr("10.96.0.21:80"), 30)?;
-    assert_eq!(out.total_ok(), 30, "{out}");
-    assert_eq!(out.reply_ports(), BTreeSet::from([8080]), "multi:80 -> http=8080: {out}");
-    let out = env.tcp(addr("10.96.0.21:81"), 30)?;
-    assert_eq!(out.total_ok(), 30, "{out}");
-    assert_eq!(out.reply_ports(), BTreeSet::from([9090]), "multi:81 -> admin=9090: {out}");
-    assert!(out.backends().is_subset(&set(&["b1", "b2"])), "{out}");
-
-    // Same port, both protocols, own backends; UDP replies come from the
-    // ClusterIP (unconnected: recvfrom; connected: getpeername).
-    let dns = addr("10.96.0.53:53");
-    let tcp = env.tcp(dns, 100)?;
-    assert_eq!(tcp.total_ok(), 100, "{tcp}");
-    assert_eq!(tcp.backends(), set(&["b1", "b2"]), "{tcp}");
-    let udp = env.udp(dns, 30, false)?;
-    assert_eq!(udp.ok.get("b3:5353"), Some(&30), "{udp}");
-    assert_eq!(udp.sources.get("10.96.0.53:53"), Some(&30), "{udp}");
-    let udp = env.udp(dns, 10, true)?;
-    assert_eq!(udp.ok.get("b3:5353"), Some(&10), "{udp}");
-    assert_eq!(udp.peers.get("10.96.0.53:53"), Some(&10), "{udp}");
-
-    // The address the API server allocated is the one programmed.
     let auto = env.api.get("v1", "Service", Some("apps"), "auto")?;
     let ip = auto["spec"]["clusterIP"].as_str().with_context(|| format!("no clusterIP allocated: {auto}"))?;
     let auto_vip = addr(&format!("{ip}:80"));
@@ -90,8 +44,6 @@ fn api_objects_are_translated() -> Result<()> {
     assert_eq!(out.ok.get("b2:8080"), Some(&10), "allocated {auto_vip}: {out}");
     assert_eq!(out.peers.get(&auto_vip.to_string()), Some(&10), "{out}");
 
-    // Exactly these frontends (plus the server's own `kubernetes` Service,
-    // which has no endpoints without a controller-manager: refused).
     let mut frontends: Vec<String> = env
         .agent()
         .frontends()?
@@ -99,20 +51,11 @@ fn api_objects_are_translated() -> Result<()> {
         .map(|f| format!("{}/{} {} {} {}", f.namespace, f.name, f.address, f.protocol, f.backends.len()))
         .collect();
     frontends.sort();
-    let mut expected = vec![
-        "default/kubernetes 10.96.0.1:443 TCP 0".to_owned(),
-        "default/web 10.96.0.10:80 TCP 3".to_owned(),
-        "default/multi 10.96.0.21:80 TCP 2".to_owned(),
-        "default/multi 10.96.0.21:81 TCP 2".to_owned(),
-        "kube-system/dns 10.96.0.53:53 TCP 2".to_owned(),
-        "kube-system/dns 10.96.0.53:53 UDP 1".to_owned(),
-        format!("apps/auto {auto_vip} TCP 1"),
-    ];
+    let mut expected = vec!["default/kubernetes 10.96.0.1:443 TCP 0".to_owned(), format!("apps/auto {auto_vip} TCP 1")];
     expected.sort();
     assert_eq!(frontends, expected, "status frontends");
 
-    // Outside the agent's cgroup nothing is translated.
-    let out = env.topo.tcp(None, vip, 10)?;
+    let out = env.topo.tcp(None, auto_vip, 10)?;
     assert!(out.all_failed_with(UNREACHABLE), "outside the cgroup: {out}");
     Ok(())
 }

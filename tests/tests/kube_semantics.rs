@@ -11,6 +11,7 @@
 
 use anyhow::Result;
 use svc_tests::{
+    Dial,
     apiserver::kube_source,
     scenarios::{
         affinity, conditions,
@@ -21,7 +22,7 @@ use svc_tests::{
 
 #[test]
 fn affinity_each_client_keeps_its_own_backend() -> Result<()> {
-    affinity::each_client_keeps_its_own_backend(kube_source()?)
+    affinity::each_client_keeps_its_own_backend(kube_source()?, Dial::Inet)
 }
 
 #[test]
@@ -31,7 +32,7 @@ fn affinity_timeout_expires_without_new_connections() -> Result<()> {
 
 #[test]
 fn affinity_pinned_backend_leaving_repicks_at_once() -> Result<()> {
-    affinity::pinned_backend_leaving_repicks_at_once(kube_source()?)
+    affinity::pinned_backend_leaving_repicks_at_once(kube_source()?, Dial::Inet)
 }
 
 #[test]
@@ -51,7 +52,7 @@ fn conditions_terminating_fallback_and_refusal() -> Result<()> {
 
 #[test]
 fn nodeport_on_node_addresses_and_host_loopback() -> Result<()> {
-    nodeport::node_port_on_node_addresses_and_host_loopback(kube_source()?)
+    nodeport::node_port_on_node_addresses_and_host_loopback(kube_source()?, Dial::Inet)
 }
 
 #[test]
@@ -61,7 +62,7 @@ fn nodeport_follows_node_address_changes() -> Result<()> {
 
 #[test]
 fn external_and_load_balancer_ips_reach_backends() -> Result<()> {
-    nodeport::external_and_load_balancer_ips_reach_backends(kube_source()?)
+    nodeport::external_and_load_balancer_ips_reach_backends(kube_source()?, Dial::Inet)
 }
 
 #[test]

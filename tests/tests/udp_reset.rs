@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use svc_tests::{
-    Proto, TestEnv, addr,
+    Dial, Proto, TestEnv, addr,
     deployed::PodShape,
     k8s::{SlicePort, SvcPort, endpoint_slice, multi, service},
     session::{Round, UdpSession},
@@ -19,7 +19,10 @@ use svc_tests::{
 struct Session;
 
 impl Session {
+    /// A session to `to`, dialled as the env says.
     fn start(env: &TestEnv, to: &str, rounds: u32) -> Result<UdpSession> {
+        let to = env.dial.target(addr(to)).to_string();
+        let to = to.as_str();
         let cgroup = env.cgroup.path().to_string_lossy().into_owned();
         let count = rounds.to_string();
         let args = ["udp-session", "--to", to, "--count", &count, "--interval-ms", "20", "--timeout-ms", "200"];
@@ -38,7 +41,19 @@ fn dns(env: &TestEnv, backends: &[u8]) -> String {
 /// of these tests: its own mount namespace, the DaemonSet's PID setting.
 #[test]
 fn connected_udp_socket_to_removed_backend_is_reset() -> Result<()> {
+    removed_backend_resets(Dial::Inet)
+}
+
+/// The same for an `AF_INET6` socket connected to `::ffff:<ClusterIP>`
+/// (the agent lists both families' sockets).
+#[test]
+fn connected_udp_socket_to_removed_backend_is_reset_v4_mapped() -> Result<()> {
+    removed_backend_resets(Dial::Mapped)
+}
+
+fn removed_backend_resets(dial: Dial) -> Result<()> {
     let mut env = TestEnv::new(2, &[Proto::Udp(5353)])?;
+    env.dial = dial;
     let slice = dns;
     env.manifests.write("dns.yaml", &slice(&env, &[1, 2]))?;
     env.start_agent()?;

@@ -28,8 +28,10 @@ use crate::{
 /// The compiled programs, embedded at build time (see build.rs).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/svc-ebpf"));
 
-/// Program names in the object, in attach order.
-pub(crate) const PROGRAMS: [&str; 4] = ["svc_connect4", "svc_sendmsg4", "svc_recvmsg4", "svc_getpeer4"];
+/// Program names in the object, in attach order: the IPv4 hooks, then
+/// the v6 hooks that serve v4-mapped peers of `AF_INET6` sockets.
+pub(crate) const PROGRAMS: [&str; 7] =
+    ["svc_connect4", "svc_sendmsg4", "svc_recvmsg4", "svc_getpeer4", "svc_connect6", "svc_recvmsg6", "svc_getpeer6"];
 
 /// Expected (type, key size, value size) of every pinned map, checked
 /// before adopting pins left by another agent build.

@@ -6,7 +6,7 @@
 
 use std::{
     io,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
@@ -73,14 +73,25 @@ struct Request {
     body: InetDiagReqV2,
 }
 
-/// A connected IPv4 UDP socket.
+/// A connected UDP socket with an IPv4 peer: an `AF_INET` socket, or an
+/// `AF_INET6` one connected to a v4-mapped address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct UdpSocket {
-    /// Peer address.
+    /// Peer address (unmapped for an `AF_INET6` socket).
     pub peer: SocketAddrV4,
     /// `bpf_get_socket_cookie()` of the socket.
     pub cookie: u64,
+    family: u8,
     id: InetDiagSockId,
+}
+
+/// The IPv4 peer in a sock_diag id of `family`, if it has one.
+fn ipv4_peer(family: u8, id: &InetDiagSockId) -> Option<Ipv4Addr> {
+    match i32::from(family) {
+        libc::AF_INET => Some(Ipv4Addr::from(id.dst[0])),
+        libc::AF_INET6 => Ipv6Addr::from(*id.dst.as_flattened().as_array::<16>()?).to_ipv4_mapped(),
+        _ => None,
+    }
 }
 
 fn netlink_socket() -> io::Result<OwnedFd> {
@@ -106,15 +117,18 @@ fn recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
     if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
 }
 
-/// Every connected IPv4 UDP socket of the calling thread's network namespace.
+/// Every connected UDP socket with an IPv4 peer in the calling thread's
+/// network namespace, of both families.
 pub(crate) fn connected_udp_sockets() -> io::Result<Vec<UdpSocket>> {
+    let mut out = connected_udp_sockets_of(libc::AF_INET as u8)?;
+    out.extend(connected_udp_sockets_of(libc::AF_INET6 as u8)?);
+    Ok(out)
+}
+
+fn connected_udp_sockets_of(family: u8) -> io::Result<Vec<UdpSocket>> {
     let fd = netlink_socket()?;
-    let request = InetDiagReqV2 {
-        family: libc::AF_INET as u8,
-        protocol: libc::IPPROTO_UDP as u8,
-        states: 1 << TCP_ESTABLISHED,
-        ..Default::default()
-    };
+    let request =
+        InetDiagReqV2 { family, protocol: libc::IPPROTO_UDP as u8, states: 1 << TCP_ESTABLISHED, ..Default::default() };
     send(&fd, SOCK_DIAG_BY_FAMILY, (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16, request)?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -135,11 +149,14 @@ pub(crate) fn connected_udp_sockets() -> io::Result<Vec<UdpSocket>> {
                     // SAFETY: length checked; plain data.
                     let msg: InetDiagMsg =
                         unsafe { std::ptr::read_unaligned(buf[offset + size_of::<NlMsgHdr>()..].as_ptr().cast()) };
-                    out.push(UdpSocket {
-                        peer: SocketAddrV4::new(Ipv4Addr::from(msg.id.dst[0]), u16::from_be_bytes(msg.id.dport)),
-                        cookie: u64::from(msg.id.cookie[0]) | (u64::from(msg.id.cookie[1]) << 32),
-                        id: msg.id,
-                    });
+                    if let Some(ip) = ipv4_peer(family, &msg.id) {
+                        out.push(UdpSocket {
+                            peer: SocketAddrV4::new(ip, u16::from_be_bytes(msg.id.dport)),
+                            cookie: u64::from(msg.id.cookie[0]) | (u64::from(msg.id.cookie[1]) << 32),
+                            family,
+                            id: msg.id,
+                        });
+                    }
                 }
                 _ => {}
             }
@@ -152,7 +169,7 @@ pub(crate) fn connected_udp_sockets() -> io::Result<Vec<UdpSocket>> {
 pub(crate) fn destroy(socket: &UdpSocket) -> io::Result<()> {
     let fd = netlink_socket()?;
     let request = InetDiagReqV2 {
-        family: libc::AF_INET as u8,
+        family: socket.family,
         protocol: libc::IPPROTO_UDP as u8,
         states: u32::MAX,
         id: socket.id,
@@ -184,3 +201,27 @@ const _: () = {
     assert!(size_of::<InetDiagReqV2>() == 56);
     assert!(size_of::<InetDiagMsg>() == 72);
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id_with_dst(dst: [u8; 16]) -> InetDiagSockId {
+        let mut id = InetDiagSockId::default();
+        for (word, chunk) in id.dst.iter_mut().zip(dst.chunks_exact(4)) {
+            word.copy_from_slice(chunk);
+        }
+        id
+    }
+
+    #[test]
+    fn ipv4_peers_of_both_families() {
+        let v4 = id_with_dst([10, 96, 0, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(ipv4_peer(libc::AF_INET as u8, &v4), Some(Ipv4Addr::new(10, 96, 0, 10)));
+        let mapped = id_with_dst(Ipv4Addr::new(10, 244, 1, 2).to_ipv6_mapped().octets());
+        assert_eq!(ipv4_peer(libc::AF_INET6 as u8, &mapped), Some(Ipv4Addr::new(10, 244, 1, 2)));
+        // A native IPv6 peer has no IPv4 address.
+        let native = id_with_dst("fd00::1".parse::<Ipv6Addr>().unwrap().octets());
+        assert_eq!(ipv4_peer(libc::AF_INET6 as u8, &native), None);
+    }
+}

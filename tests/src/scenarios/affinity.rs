@@ -20,7 +20,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 
 use super::{only_backend, pinned_backend, wait_affinity_timeout, wait_backends, web_slice};
 use crate::{
-    AffinityEntry, NodeEnv, Proto, addr,
+    AffinityEntry, Dial, NodeEnv, Proto, addr,
     k8s::{Affinity, PortSpec, ServiceSpec},
     source::Source,
 };
@@ -55,13 +55,14 @@ fn web(affinity: Affinity) -> String {
 /// `initial`, and the agent started with `agent_args`.
 fn setup(
     source: Box<dyn Source>,
+    dial: Dial,
     backends: u8,
     pods: u8,
     affinity: Affinity,
     initial: &[u8],
     agent_args: &[&str],
 ) -> Result<NodeEnv> {
-    let mut env = NodeEnv::new(source, backends, pods, &[Proto::Tcp(8080), Proto::Udp(5353)])?;
+    let mut env = NodeEnv::new(source, backends, pods, &[Proto::Tcp(8080), Proto::Udp(5353)])?.dialing(dial);
     env.apply("web-svc", &web(affinity))?;
     env.apply("web-slice", &web_slice(&env, initial))?;
     env.start_agent(agent_args)?;
@@ -82,8 +83,8 @@ fn pin_all(env: &NodeEnv, count: u32) -> Result<BTreeMap<u8, String>> {
 /// Each client (its network namespace) keeps one backend, per service
 /// port and for TCP, connected and unconnected UDP alike; clients are
 /// pinned independently; `status` shows one entry per client.
-pub fn each_client_keeps_its_own_backend(source: Box<dyn Source>) -> Result<()> {
-    let env = setup(source, 3, PODS, Affinity::ClientIp(None), &[1, 2, 3], &[])?;
+pub fn each_client_keeps_its_own_backend(source: Box<dyn Source>, dial: Dial) -> Result<()> {
+    let env = setup(source, dial, 3, PODS, Affinity::ClientIp(None), &[1, 2, 3], &[])?;
 
     // 15 connects in a row, as the upstream affinity check: without
     // affinity all 15 land on one of 3 backends with probability 3^-14.
@@ -135,7 +136,7 @@ pub fn each_client_keeps_its_own_backend(source: Box<dyn Source>) -> Result<()> 
 /// a fresh pick (then pinned again); `status` reports the idle time.
 pub fn timeout_expires_without_new_connections(source: Box<dyn Source>) -> Result<()> {
     const TIMEOUT: u64 = 2;
-    let env = setup(source, 3, PODS, Affinity::ClientIp(Some(TIMEOUT as u32)), &[1, 2, 3], &[])?;
+    let env = setup(source, Dial::Inet, 3, PODS, Affinity::ClientIp(Some(TIMEOUT as u32)), &[1, 2, 3], &[])?;
     wait_affinity_timeout(env.agent(), &vip_tcp().to_string(), "TCP", TIMEOUT)?;
 
     let before = pin_all(&env, 3)?;
@@ -171,7 +172,7 @@ pub fn timeout_expires_without_new_connections(source: Box<dyn Source>) -> Resul
 pub fn new_connections_extend_the_timeout(source: Box<dyn Source>) -> Result<()> {
     const TIMEOUT: u64 = 3;
     const GAP: Duration = Duration::from_secs(1);
-    let env = setup(source, 3, PODS, Affinity::ClientIp(Some(TIMEOUT as u32)), &[1, 2, 3], &[])?;
+    let env = setup(source, Dial::Inet, 3, PODS, Affinity::ClientIp(Some(TIMEOUT as u32)), &[1, 2, 3], &[])?;
     wait_affinity_timeout(env.agent(), &vip_tcp().to_string(), "TCP", TIMEOUT)?;
 
     let first = Instant::now();
@@ -203,8 +204,8 @@ pub fn new_connections_extend_the_timeout(source: Box<dyn Source>) -> Result<()>
 
 /// If the pinned backend leaves, the very next connection is a fresh pick;
 /// endpoint changes that keep it leave every pin alone.
-pub fn pinned_backend_leaving_repicks_at_once(source: Box<dyn Source>) -> Result<()> {
-    let env = setup(source, 4, PODS, Affinity::ClientIp(None), &[1, 2, 3], &[])?;
+pub fn pinned_backend_leaving_repicks_at_once(source: Box<dyn Source>, dial: Dial) -> Result<()> {
+    let env = setup(source, dial, 4, PODS, Affinity::ClientIp(None), &[1, 2, 3], &[])?;
     let vip = vip_tcp().to_string();
     let agent = env.agent();
     let addrs = |backends: &[u8]| backends.iter().map(|&i| env.topo.backend(i).addr(8080)).collect::<Vec<_>>();
@@ -242,7 +243,7 @@ pub fn pinned_backend_leaving_repicks_at_once(source: Box<dyn Source>) -> Result
 /// instead of renumbering them (a new id would orphan every pin; each pod
 /// keeping its backend by chance: 3^-13).
 pub fn pins_survive_an_agent_restart(source: Box<dyn Source>) -> Result<()> {
-    let mut env = setup(source, 3, PODS, Affinity::ClientIp(None), &[1, 2, 3], &[])?;
+    let mut env = setup(source, Dial::Inet, 3, PODS, Affinity::ClientIp(None), &[1, 2, 3], &[])?;
     let pins = pin_all(&env, 5)?;
     env.agent_mut().kill()?;
     ensure!(pin_all(&env, 3)? == pins, "pins changed while the agent was down");
@@ -255,7 +256,7 @@ pub fn pins_survive_an_agent_restart(source: Box<dyn Source>) -> Result<()> {
 /// Turning affinity off spreads new connections again; turning it back on
 /// pins them again.
 pub fn switching_affinity_applies_to_new_connections(source: Box<dyn Source>) -> Result<()> {
-    let env = setup(source, 3, 1, Affinity::ClientIp(None), &[1, 2, 3], &[])?;
+    let env = setup(source, Dial::Inet, 3, 1, Affinity::ClientIp(None), &[1, 2, 3], &[])?;
     let vip = vip_tcp().to_string();
     pinned_backend(&env.pod(1), vip_tcp(), 15)?;
 
@@ -281,7 +282,7 @@ pub const DEFAULT_TIMEOUT: u32 = 10_800;
 pub fn affinity_map_is_bounded(source: Box<dyn Source>) -> Result<()> {
     const CAPACITY: u32 = 4;
     const CLIENTS: u8 = 8;
-    let env = setup(source, 3, CLIENTS, Affinity::ClientIp(None), &[1, 2, 3], &["--max-affinity", "4"])?;
+    let env = setup(source, Dial::Inet, 3, CLIENTS, Affinity::ClientIp(None), &[1, 2, 3], &["--max-affinity", "4"])?;
     for c in 1..=CLIENTS {
         let out = env.pod(c).tcp(vip_tcp(), 5)?;
         ensure!(out.total_ok() == 5, "pod {c}: {out}");

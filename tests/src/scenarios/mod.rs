@@ -14,12 +14,14 @@
 //! so that an API server with the default ranges accepts them too.
 
 pub mod affinity;
+pub mod clusterip;
 pub mod conditions;
 pub mod conformance;
 pub mod hairpin;
 pub mod nodeport;
 pub mod topology;
 pub mod traffic_policy;
+pub mod updates;
 
 use std::{collections::BTreeSet, net::SocketAddrV4, time::Duration};
 

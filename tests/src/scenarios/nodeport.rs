@@ -18,7 +18,7 @@ use anyhow::{Result, ensure};
 
 use super::{NOT_TRANSLATED, poll_tcp, set, traffic_policy::OTHER_NODE, wait_frontend};
 use crate::{
-    NODE_IP, NODE_NAME, NodeEnv, Proto, addr,
+    Dial, NODE_IP, NODE_NAME, NodeEnv, Proto, addr,
     k8s::{EndpointSpec, PortSpec, ServiceSpec, SlicePort, endpoint_slice_spec},
     source::Source,
 };
@@ -51,8 +51,8 @@ fn all_backends(out: &crate::Outcome, count: u32) -> bool {
 
 /// `nodeIP:nodePort` works from pods and the host network on every node
 /// address, `127.0.0.1:nodePort` only from the host network; TCP and UDP.
-pub fn node_port_on_node_addresses_and_host_loopback(source: Box<dyn Source>) -> Result<()> {
-    let mut env = NodeEnv::new(source, 2, 1, &[Proto::Tcp(8080), Proto::Udp(5353)])?;
+pub fn node_port_on_node_addresses_and_host_loopback(source: Box<dyn Source>, dial: Dial) -> Result<()> {
+    let mut env = NodeEnv::new(source, 2, 1, &[Proto::Tcp(8080), Proto::Udp(5353)])?.dialing(dial);
     let svc = ServiceSpec::new("default", "web")
         .type_("NodePort")
         .cluster_ip("10.96.4.10")
@@ -165,10 +165,10 @@ pub fn node_port_follows_node_address_changes(source: Box<dyn Source>) -> Result
 /// the backends for pods and the host network, whatever
 /// `externalTrafficPolicy` says; other ports of those addresses are left
 /// alone; dropping the addresses stops the translation.
-pub fn external_and_load_balancer_ips_reach_backends(source: Box<dyn Source>) -> Result<()> {
+pub fn external_and_load_balancer_ips_reach_backends(source: Box<dyn Source>, dial: Dial) -> Result<()> {
     let lb_ip = addr("203.0.113.10:80");
     let external_ip = addr("203.0.113.20:80");
-    let mut env = NodeEnv::new(source, 2, 1, &[Proto::Tcp(8080)])?;
+    let mut env = NodeEnv::new(source, 2, 1, &[Proto::Tcp(8080)])?.dialing(dial);
     let base = ServiceSpec::new("default", "web")
         .type_("LoadBalancer")
         .cluster_ip("10.96.4.30")

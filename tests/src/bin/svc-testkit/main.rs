@@ -13,7 +13,7 @@ use std::{
     collections::BTreeMap,
     fs::{File, OpenOptions},
     io::{self, BufRead as _, BufReader, Write as _},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd as _,
     path::PathBuf,
     thread,
@@ -119,8 +119,10 @@ enum Cmd {
 
 #[derive(Debug, clap::Args)]
 struct ClientArgs {
+    /// `IP:PORT`, or `[IPV6]:PORT` for an `AF_INET6` socket (including
+    /// v4-mapped `[::ffff:10.96.0.10]:80`, as a Java client dials).
     #[arg(long)]
-    to: SocketAddrV4,
+    to: SocketAddr,
     #[arg(long, default_value_t = 1)]
     count: u32,
     /// cgroup v2 directory to join before creating any socket.
@@ -193,7 +195,7 @@ fn main() -> Result<()> {
 fn udp_session(args: &ClientArgs, interval: Duration, source_port: u16, reconnect: bool) -> Result<()> {
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
     let open = || -> io::Result<UdpSocket> {
-        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, source_port))?;
+        let socket = UdpSocket::bind((unspecified(args.to), source_port))?;
         socket.set_read_timeout(Some(timeout))?;
         socket.connect(args.to)?;
         Ok(socket)
@@ -338,10 +340,19 @@ fn errno_name(err: &io::Error) -> String {
     name.to_owned()
 }
 
+/// The wildcard address of `to`'s family: a client's socket has the
+/// family of the address it dials (`AF_INET6` for a v4-mapped one).
+fn unspecified(to: SocketAddr) -> IpAddr {
+    match to {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    }
+}
+
 fn tcp_client(args: &ClientArgs) -> Report {
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
     let mut report = Report { cgroup: own_cgroup(), netns_cookie: own_netns_cookie(), ..Report::default() };
-    let to = SocketAddr::V4(args.to);
+    let to = args.to;
     for _ in 0..args.count {
         match TcpStream::connect_timeout(&to, timeout) {
             Err(e) => bump(&mut report.errors, errno_name(&e)),
@@ -387,7 +398,7 @@ fn udp_client(args: &ClientArgs, connected: bool) -> Report {
 }
 
 fn udp_unconnected(args: &ClientArgs, timeout: Duration, report: &mut Report) -> io::Result<()> {
-    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    let socket = UdpSocket::bind((unspecified(args.to), 0))?;
     socket.set_read_timeout(Some(timeout))?;
     let mut buf = [0u8; 1500];
     for i in 0..args.count {
@@ -407,8 +418,8 @@ fn udp_unconnected(args: &ClientArgs, timeout: Duration, report: &mut Report) ->
     Ok(())
 }
 
-fn udp_connected_once(to: SocketAddrV4, timeout: Duration, report: &mut Report) -> io::Result<()> {
-    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+fn udp_connected_once(to: SocketAddr, timeout: Duration, report: &mut Report) -> io::Result<()> {
+    let socket = UdpSocket::bind((unspecified(to), 0))?;
     socket.set_read_timeout(Some(timeout))?;
     socket.connect(to)?;
     bump(&mut report.peers, socket.peer_addr()?.to_string());
