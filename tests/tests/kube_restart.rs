@@ -4,7 +4,6 @@
 //! before the API server waits for it; a restarted agent reconciles.
 
 use std::{
-    net::SocketAddrV4,
     sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
@@ -229,51 +228,8 @@ fn agent_started_before_the_apiserver() -> Result<()> {
     Ok(())
 }
 
-/// The foundation's restart assertions with API objects: a SIGKILLed agent
-/// leaves the dataplane serving; changes made through the API while it is
-/// down are reconciled by the restarted agent, stale state removed.
-#[test]
-fn sigkilled_agent_restarts_and_reconciles() -> Result<()> {
-    let mut env = KubeEnv::new(3, &[Proto::Tcp(8080)])?;
-    let (web, gone, new): (SocketAddrV4, SocketAddrV4, SocketAddrV4) =
-        (addr("10.96.0.10:80"), addr("10.96.0.12:80"), addr("10.96.0.13:80"));
-    env.api.apply_yaml(&svc_with_slice("web", "10.96.0.10", &env.endpoints(&[1, 2, 3])))?;
-    env.api.apply_yaml(&svc_with_slice("gone", "10.96.0.12", &env.endpoints(&[1])))?;
-    env.start_agent()?;
-    let out = env.tcp(web, 60)?;
-    assert_eq!(out.backends(), set(&["b1", "b2", "b3"]), "web: {out}");
-
-    env.agent().kill()?;
-    let out = env.tcp(web, 60)?;
-    assert_eq!(out.total_ok(), 60, "agent down: {out}");
-    // P(a backend gets none of 60) = 3*(2/3)^60 ~ 1e-10.
-    assert_eq!(out.backends(), set(&["b1", "b2", "b3"]), "agent down: {out}");
-    assert_eq!(env.tcp(gone, 5)?.ok.get("b1:8080"), Some(&5), "agent down");
-
-    // Changes while the agent is down.
-    env.api.apply_yaml(&svc_with_slice("web", "10.96.0.10", &env.endpoints(&[1, 2])))?;
-    env.api.delete_service("default", "gone")?;
-    env.api.delete_slice("default", "gone-1")?;
-    env.api.apply_yaml(&svc_with_slice("new", "10.96.0.13", &env.endpoints(&[2])))?;
-
-    let agent = env.agent();
-    agent.restart()?;
-    agent.wait_in_sync(SYNC_TIMEOUT)?;
-    let out = env.tcp(new, 10)?;
-    assert_eq!(out.ok.get("b2:8080"), Some(&10), "new Service: {out}");
-    let out = env.tcp(gone, 10)?;
-    assert!(out.all_failed_with(UNREACHABLE), "deleted Service: {out}");
-    let out = env.tcp(web, 200)?;
-    assert_eq!(out.total_ok(), 200, "{out}");
-    assert_eq!(out.backends(), set(&["b1", "b2"]), "removed endpoint b3: {out}");
-    assert_eq!(
-        frontends(&mut env)?,
-        vec![
-            "default/kubernetes 10.96.0.1:443 []".to_owned(),
-            "default/new 10.96.0.13:80 [10.244.2.2:8080]".to_owned(),
-            "default/web 10.96.0.10:80 [10.244.1.2:8080,10.244.2.2:8080]".to_owned(),
-        ],
-        "status frontends after the restart"
-    );
-    Ok(())
+// The restart assertions of restart.rs with API objects.
+svc_tests::dial_tests! { svc_tests::apiserver::kube_source;
+    svc_tests::scenarios::restart::sigkill_keeps_serving_and_restart_reconciles
+        => sigkill_keeps_serving_and_restart_reconciles,
 }

@@ -1,5 +1,7 @@
 //! The pinned dataplane outlives the agent; a restarted agent reconciles
-//! with what changed while it was down; `cleanup` removes everything.
+//! with what changed while it was down (the scenario of
+//! `svc_tests::scenarios::restart`, also run through the Kubernetes
+//! source); adoption checks what it adopts; `cleanup` removes everything.
 
 use std::path::Path;
 
@@ -7,7 +9,6 @@ use anyhow::Result;
 use svc_tests::{
     Proto, SYNC_TIMEOUT, TestEnv, UNREACHABLE, addr,
     k8s::{Endpoint, SlicePort, SvcPort, endpoint_slice, multi, service},
-    scenarios::set,
 };
 
 /// Service NAME on CLUSTER_IP:80 -> 8080 with one slice.
@@ -32,79 +33,23 @@ fn pinned_files(dir: &Path) -> Vec<String> {
     found
 }
 
+svc_tests::dial_tests! { svc_tests::source::manifests;
+    svc_tests::scenarios::restart::sigkill_keeps_serving_and_restart_reconciles
+        => sigkill_keeps_serving_and_restart_reconciles,
+}
+
+/// `cleanup` detaches and unpins everything: stop the agent (its own link
+/// fds would keep the programs attached), then clean up. Checks first that
+/// there is something to remove, so the checks after it can fail.
 #[test]
-fn sigkill_keeps_serving_and_restart_reconciles() -> Result<()> {
-    let mut env = TestEnv::new(3, &[Proto::Tcp(8080)])?;
+fn cleanup_removes_every_pin_and_program() -> Result<()> {
+    let mut env = TestEnv::new(1, &[Proto::Tcp(8080)])?;
     let web = addr("10.96.0.10:80");
-    let gone = addr("10.96.0.12:80");
-    let new = addr("10.96.0.13:80");
-    env.manifests.write("web.yaml", &svc_with_slice("web", "10.96.0.10", &env.endpoints(&[1, 2, 3])))?;
-    env.manifests.write("gone.yaml", &svc_with_slice("gone", "10.96.0.12", &env.endpoints(&[1])))?;
+    env.manifests.write("web.yaml", &svc_with_slice("web", "10.96.0.10", &env.endpoints(&[1])))?;
     env.start_agent()?;
-    let out = env.tcp(web, 60)?;
-    assert_eq!(out.backends(), set(&["b1", "b2", "b3"]), "web: {out}");
-    let out = env.tcp(gone, 5)?;
-    assert_eq!(out.ok.get("b1:8080"), Some(&5), "gone: {out}");
+    let out = env.tcp(web, 5)?;
+    assert_eq!(out.ok.get("b1:8080"), Some(&5), "before cleanup: {out}");
 
-    // The dataplane keeps serving the pinned state without the agent.
-    env.agent().kill()?;
-    let out = env.tcp(web, 60)?;
-    assert_eq!(out.total_ok(), 60, "agent down: {out}");
-    // P(a backend gets none of 60) = 3*(2/3)^60 ~ 1e-10.
-    assert_eq!(out.backends(), set(&["b1", "b2", "b3"]), "agent down: {out}");
-    assert_eq!(out.peers.get("10.96.0.10:80"), Some(&60), "agent down: {out}");
-
-    // Changes while the agent is down.
-    env.manifests.write("web.yaml", &svc_with_slice("web", "10.96.0.10", &env.endpoints(&[1, 2])))?;
-    env.manifests.remove("gone.yaml")?;
-    env.manifests.write("new.yaml", &svc_with_slice("new", "10.96.0.13", &env.endpoints(&[2])))?;
-
-    let agent = env.agent();
-    agent.restart()?;
-    agent.wait_in_sync(SYNC_TIMEOUT)?;
-
-    let out = env.tcp(new, 10)?;
-    assert_eq!(out.ok.get("b2:8080"), Some(&10), "new Service: {out}");
-    let out = env.tcp(gone, 10)?;
-    assert!(out.all_failed_with(UNREACHABLE), "deleted Service: {out}");
-    let out = env.tcp(web, 200)?;
-    assert_eq!(out.total_ok(), 200, "{out}");
-    assert_eq!(out.backends(), set(&["b1", "b2"]), "removed endpoint b3: {out}");
-
-    // Exactly the expected frontends: nothing stale survived the restart.
-    let mut frontends: Vec<_> = env
-        .agent()
-        .frontends()?
-        .into_iter()
-        .map(|f| {
-            let mut backends = f.backends.clone();
-            backends.sort();
-            (f.namespace, f.name, f.kind, f.address, f.protocol, backends)
-        })
-        .collect();
-    frontends.sort();
-    let expected = |name: &str, address: &str, backends: &[&str]| {
-        (
-            "default".to_owned(),
-            name.to_owned(),
-            "ClusterIP".to_owned(),
-            address.to_owned(),
-            "TCP".to_owned(),
-            backends.iter().map(|&b| b.to_owned()).collect::<Vec<_>>(),
-        )
-    };
-    assert_eq!(
-        frontends,
-        vec![
-            expected("new", "10.96.0.13:80", &["10.244.2.2:8080"]),
-            expected("web", "10.96.0.10:80", &["10.244.1.2:8080", "10.244.2.2:8080"]),
-        ],
-        "status frontends after the restart"
-    );
-
-    // cleanup: stop the agent (its own link fds would keep the programs
-    // attached), then detach and unpin. Check first that there is something
-    // to remove, so the checks after it can fail.
     let pin_dir = env.agent().pin_dir().to_owned();
     assert!(!pinned_files(&pin_dir).is_empty(), "nothing pinned in {}", pin_dir.display());
     assert!(!env.cgroup.attached_programs()?.is_empty(), "no programs attached to {}", env.cgroup.path().display());

@@ -19,6 +19,7 @@ pub mod conditions;
 pub mod conformance;
 pub mod hairpin;
 pub mod nodeport;
+pub mod restart;
 pub mod topology;
 pub mod traffic_policy;
 pub mod updates;
