@@ -26,8 +26,35 @@ pub mod names {
     pub const GRACE: &str = "SVC_GRACE";
     /// The inner map stored in [`GRACE`].
     pub const GRACE_INNER: &str = "SVC_GRACE_IN";
+    /// IPv6 frontend -> [`super::Frontend6`].
+    pub const FRONTENDS6: &str = "SVC_FRONTENDS6";
+    /// (backend set, slot) -> [`super::Backend6`].
+    pub const BACKENDS6: &str = "SVC_BACKENDS6";
+    /// (backend set, IPv6 backend) -> slot.
+    pub const BACKEND_INDEX6: &str = "SVC_BE_INDEX6";
+    /// (client netns, service port) -> pinned IPv6 backend.
+    pub const AFFINITY6: &str = "SVC_AFFINITY6";
+    /// (socket, IPv6 backend) -> frontend.
+    pub const REV_NAT6: &str = "SVC_REVNAT6";
+    /// Per-socket storage: the translation of a connected IPv6 socket.
+    pub const SOCK_XLAT6: &str = "SVC_SOCK_XLAT6";
     /// All pinned maps, in the order `cleanup` and `status` walk them.
-    pub const ALL: [&str; 8] = [FRONTENDS, BACKENDS, BACKEND_INDEX, AFFINITY, REV_NAT, META, CONFIG, SOCK_XLAT];
+    pub const ALL: [&str; 14] = [
+        FRONTENDS,
+        BACKENDS,
+        BACKEND_INDEX,
+        AFFINITY,
+        REV_NAT,
+        META,
+        CONFIG,
+        SOCK_XLAT,
+        FRONTENDS6,
+        BACKENDS6,
+        BACKEND_INDEX6,
+        AFFINITY6,
+        REV_NAT6,
+        SOCK_XLAT6,
+    ];
 }
 
 /// Default capacities. All are overridable on the agent's command line;
@@ -70,17 +97,22 @@ pub struct FrontendKey4 {
     pub _pad: u8,
 }
 
-/// Backend sets up to this size live inside the [`Frontend`] value itself:
-/// a connect then costs one hash lookup, and changing the set is one map
-/// update. Larger sets live in `SVC_BACKENDS`.
+/// IPv4 backend sets up to this size live inside the [`Frontend`] value
+/// itself: a connect then costs one hash lookup, and changing the set is
+/// one map update. Larger sets live in `SVC_BACKENDS`.
 pub const INLINE_BACKENDS: usize = 16;
 
-/// What a frontend resolves to. Replaced as a whole by one map update, which
-/// is what makes a backend-set change atomic for a racing `connect()` (the
-/// programs read a validated copy; docs/maps.md, readers and element reuse).
+/// The same for IPv6 ([`Frontend6`]): fewer, because the programs copy a
+/// frontend onto their 512-byte stack and an IPv6 backend takes 20 bytes.
+pub const INLINE_BACKENDS6: usize = 8;
+
+/// What a frontend resolves to, for backends of type `B` with up to `N`
+/// inline. Replaced as a whole by one map update, which is what makes a
+/// backend-set change atomic for a racing `connect()` (the programs read a
+/// validated copy; docs/maps.md, readers and element reuse).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct Frontend {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FrontendOf<B, const N: usize> {
     /// Service-port id: shared by every frontend of one Service port and
     /// protocol (ClusterIP, NodePort, external IPs); keys [`ServiceMeta`]
     /// and [`AffinityKey`].
@@ -96,21 +128,38 @@ pub struct Frontend {
     pub flags: u32,
     /// Always zero.
     pub _pad: u32,
-    /// The backends themselves when `count <= INLINE_BACKENDS` (unused
-    /// entries zero); otherwise unused.
-    pub inline: [Backend4; INLINE_BACKENDS],
+    /// The backends themselves when `count <= N` (unused entries zero);
+    /// otherwise unused.
+    pub inline: [B; N],
 }
 
-/// The flag predicates are the one place where [`Frontend::flags`] is
+/// An IPv4 frontend (`SVC_FRONTENDS`).
+pub type Frontend = FrontendOf<Backend4, INLINE_BACKENDS>;
+/// An IPv6 frontend (`SVC_FRONTENDS6`).
+pub type Frontend6 = FrontendOf<Backend6, INLINE_BACKENDS6>;
+
+impl<B: Pod, const N: usize> Default for FrontendOf<B, N>
+where
+    Self: Pod,
+{
+    fn default() -> Self {
+        Zeroable::zeroed()
+    }
+}
+
+/// The flag predicates are the one place where [`FrontendOf::flags`] is
 /// decoded (as Cilium's `lb4_svc_is_*` helpers), for the programs, the
 /// writer, adoption and `status` alike.
-impl Frontend {
-    /// Whether the backends are in [`Frontend::inline`] rather than in
-    /// `SVC_BACKENDS`.
+impl<B, const N: usize> FrontendOf<B, N> {
+    /// How many backends fit inline.
+    pub const INLINE: usize = N;
+
+    /// Whether the backends are in [`FrontendOf::inline`] rather than in
+    /// the slots map.
     #[inline(always)]
     #[must_use]
     pub const fn is_inline(&self) -> bool {
-        self.count as usize <= INLINE_BACKENDS
+        self.count as usize <= N
     }
 
     /// A ClusterIP address.
@@ -148,13 +197,25 @@ impl Frontend {
         self.flags & fe_flags::HOST_NS_ONLY != 0
     }
 
-    /// Its set in slots has membership entries in `SVC_BE_INDEX`.
+    /// Its set in slots has membership entries in the index map.
     #[inline(always)]
     #[must_use]
     pub const fn is_indexed(&self) -> bool {
         self.flags & fe_flags::INDEXED != 0
     }
 }
+
+// SAFETY: #[repr(C)]; six u32 then an array of a Pod type whose size is a
+// multiple of 4 (both backends: 8 and 20 bytes, alignment <= 4), so there
+// is no padding anywhere (the size asserts below check it), and every bit
+// pattern is valid.
+unsafe impl Zeroable for Frontend {}
+// SAFETY: as above.
+unsafe impl Pod for Frontend {}
+// SAFETY: as above.
+unsafe impl Zeroable for Frontend6 {}
+// SAFETY: as above.
+unsafe impl Pod for Frontend6 {}
 
 /// Bits of [`Frontend::flags`].
 pub mod fe_flags {
@@ -266,6 +327,77 @@ pub struct RevNatValue {
     pub _pad: u16,
 }
 
+/// An IPv6 frontend key (`SVC_FRONTENDS6`): [`FrontendKey4`] with a
+/// 16-byte address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct FrontendKey6 {
+    /// Destination IPv6 address, as octets (network order).
+    pub addr: [u8; 16],
+    /// Destination port (network byte order).
+    pub port: u16,
+    /// IANA protocol number ([`crate::proto`]).
+    pub proto: u8,
+    /// Always zero.
+    pub _pad: u8,
+}
+
+/// An IPv6 backend address (network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct Backend6 {
+    /// IPv6 address, as octets.
+    pub addr: [u8; 16],
+    /// Port (network byte order).
+    pub port: u16,
+    /// Always zero.
+    pub _pad: u16,
+}
+
+/// [`BackendIndexKey`] for IPv6 sets (`SVC_BE_INDEX6`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct BackendIndexKey6 {
+    /// Backend set id.
+    pub set_id: u32,
+    /// The member.
+    pub backend: Backend6,
+}
+
+/// [`AffinityValue`] for IPv6 (`SVC_AFFINITY6`, keyed by [`AffinityKey`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct AffinityValue6 {
+    /// The pinned backend (checked for membership on every use).
+    pub backend: Backend6,
+    /// Always zero.
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` of the last connection (CLOCK_MONOTONIC).
+    pub last_used_ns: u64,
+}
+
+/// [`SockXlat`] of an IPv6 socket with a native IPv6 peer (`SVC_SOCK_XLAT6`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct SockXlat6 {
+    /// The frontend the application connected to.
+    pub frontend: Backend6,
+    /// The backend it was translated to.
+    pub backend: Backend6,
+}
+
+/// [`RevNatKey`] for IPv6 (`SVC_REVNAT6`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct RevNatKey6 {
+    /// `bpf_get_socket_cookie()`.
+    pub cookie: u64,
+    /// The backend the socket was sent to.
+    pub backend: Backend6,
+    /// Always zero.
+    pub _pad: u32,
+}
+
 /// Longest namespace or Service name Kubernetes accepts, plus a NUL.
 pub const NAME_LEN: usize = 64;
 /// Longest port name Kubernetes accepts (IANA service name), plus a NUL.
@@ -307,7 +439,8 @@ pub struct Config {
 /// Bump when any key or value above changes shape or meaning.
 /// 4: `SockXlat` and `RevNatValue` lost their unread `svc_id`,
 /// `AffinityValue` its unread `set_id`.
-pub const LAYOUT_VERSION: u32 = 4;
+/// 5: the IPv6 maps (`*6`).
+pub const LAYOUT_VERSION: u32 = 5;
 
 const _: () = {
     assert!(size_of::<FrontendKey4>() == 8);
@@ -322,6 +455,13 @@ const _: () = {
     assert!(size_of::<ServiceMeta>() == 152);
     assert!(size_of::<Config>() == 16);
     assert!(size_of::<SockXlat>() == 16);
+    assert!(size_of::<FrontendKey6>() == 20);
+    assert!(size_of::<Backend6>() == 20);
+    assert!(size_of::<Frontend6>() == 24 + 20 * INLINE_BACKENDS6);
+    assert!(size_of::<BackendIndexKey6>() == 24);
+    assert!(size_of::<AffinityValue6>() == 32);
+    assert!(size_of::<SockXlat6>() == 40);
+    assert!(size_of::<RevNatKey6>() == 32);
 };
 
 #[cfg(feature = "user")]
@@ -340,4 +480,11 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceMeta {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::SockXlat {}
+    unsafe impl aya::Pod for super::FrontendKey6 {}
+    unsafe impl aya::Pod for super::Frontend6 {}
+    unsafe impl aya::Pod for super::Backend6 {}
+    unsafe impl aya::Pod for super::BackendIndexKey6 {}
+    unsafe impl aya::Pod for super::AffinityValue6 {}
+    unsafe impl aya::Pod for super::SockXlat6 {}
+    unsafe impl aya::Pod for super::RevNatKey6 {}
 }

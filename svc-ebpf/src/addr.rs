@@ -1,31 +1,35 @@
-//! Where the IPv4 address of a call lives in `struct bpf_sock_addr`.
+//! Where the address of a call lives in `struct bpf_sock_addr`, and which
+//! family's maps serve it.
 //!
-//! An `AF_INET` socket has it in `user_ip4`. An `AF_INET6` socket that
-//! talks to an IPv4 peer uses the v4-mapped form `::ffff:a.b.c.d` (Java's
-//! default, .NET dual-mode sockets), which the v6 hooks see in `user_ip6`.
-//! Both are served from the same IPv4 tables; only the access differs, so
-//! the helpers in `lb4` are generic over [`Ip4Access`] and each hook picks
-//! its implementation. (The verifier rejects any access to `user_ip4` from
-//! a v6 hook and to `user_ip6` from a v4 one: monomorphising keeps each
-//! program to its own fields.)
+//! An `AF_INET` socket has it in `user_ip4` ([`Inet`]). An `AF_INET6`
+//! socket that talks to an IPv4 peer uses the v4-mapped form
+//! `::ffff:a.b.c.d` (Java's default, .NET dual-mode sockets), which the v6
+//! hooks see in `user_ip6` ([`Mapped`]): served from the IPv4 maps, like
+//! `Inet`. Any other IPv6 address is native ([`Native`]), served from the
+//! IPv6 maps. The helpers in `lb` are generic over [`Access`], and each
+//! hook tries the accesses that apply to it. (The verifier rejects any
+//! access to `user_ip4` from a v6 hook and to `user_ip6` from a v4 one:
+//! monomorphising keeps each program to its own fields.)
 
 use aya_ebpf::programs::SockAddrContext;
-use svc_common::Backend4;
+use svc_common::{Backend4, Backend6};
 
-/// Reads and writes the IPv4 address and port of a call.
-pub(crate) trait Ip4Access {
+use crate::family::{Family, V4, V6};
+
+/// Reads and writes the address and port of a call, for family `F`.
+pub(crate) trait Access<F: Family> {
     /// The destination (forward hooks) or peer (reverse hooks), or `None`
-    /// when the call is not addressed to an IPv4 peer.
-    fn read(ctx: &SockAddrContext) -> Option<Backend4>;
+    /// when the call's address is not of this kind.
+    fn read(ctx: &SockAddrContext) -> Option<F::Backend>;
 
     /// Rewrites the address and port (both in network order).
-    fn write(ctx: &SockAddrContext, addr: [u8; 4], port: u16);
+    fn write(ctx: &SockAddrContext, to: &F::Backend);
 }
 
 /// An `AF_INET` socket: `user_ip4`.
 pub(crate) struct Inet;
 
-impl Ip4Access for Inet {
+impl Access<V4> for Inet {
     #[inline(always)]
     fn read(ctx: &SockAddrContext) -> Option<Backend4> {
         // SAFETY: valid context. user_ip4 holds the address in network
@@ -35,11 +39,11 @@ impl Ip4Access for Inet {
     }
 
     #[inline(always)]
-    fn write(ctx: &SockAddrContext, addr: [u8; 4], port: u16) {
+    fn write(ctx: &SockAddrContext, to: &Backend4) {
         // SAFETY: as above; user_ip4/user_port are writable in every v4 hook we use.
         let sa = unsafe { &mut *ctx.sock_addr };
-        sa.user_ip4 = u32::from_ne_bytes(addr);
-        sa.user_port = u32::from(port);
+        sa.user_ip4 = u32::from_ne_bytes(to.addr);
+        sa.user_port = u32::from(to.port);
     }
 }
 
@@ -50,25 +54,75 @@ pub(crate) struct Mapped;
 /// The third word of a v4-mapped address, as it sits in memory.
 const MAPPED_PREFIX_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
-impl Ip4Access for Mapped {
+/// The four words of `user_ip6`, one 4-byte load each (the only access
+/// the context allows there).
+#[inline(always)]
+fn ip6_words(ctx: &SockAddrContext) -> [u32; 4] {
+    // SAFETY: valid context; user_ip6 is readable in every v6 hook.
+    let sa = unsafe { &*ctx.sock_addr };
+    [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]]
+}
+
+#[inline(always)]
+fn is_mapped(w: &[u32; 4]) -> bool {
+    w[0] == 0 && w[1] == 0 && w[2] == MAPPED_PREFIX_WORD
+}
+
+#[inline(always)]
+fn port(ctx: &SockAddrContext) -> u16 {
+    // SAFETY: valid context.
+    unsafe { (*ctx.sock_addr).user_port as u16 }
+}
+
+impl Access<V4> for Mapped {
     #[inline(always)]
     fn read(ctx: &SockAddrContext) -> Option<Backend4> {
-        // SAFETY: valid context; user_ip6 is readable in every v6 hook.
-        let sa = unsafe { &*ctx.sock_addr };
-        // One load per word: the context only allows 4-byte accesses here.
-        let (w0, w1, w2, w3) = (sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]);
-        if w0 != 0 || w1 != 0 || w2 != MAPPED_PREFIX_WORD {
+        let w = ip6_words(ctx);
+        if !is_mapped(&w) {
             return None;
         }
-        Some(Backend4 { addr: w3.to_ne_bytes(), port: sa.user_port as u16, _pad: 0 })
+        Some(Backend4 { addr: w[3].to_ne_bytes(), port: port(ctx), _pad: 0 })
     }
 
     #[inline(always)]
-    fn write(ctx: &SockAddrContext, addr: [u8; 4], port: u16) {
+    fn write(ctx: &SockAddrContext, to: &Backend4) {
         // SAFETY: as above; the prefix words already hold the mapped prefix
         // (read() checked them), so only the IPv4 word changes.
         let sa = unsafe { &mut *ctx.sock_addr };
-        sa.user_ip6[3] = u32::from_ne_bytes(addr);
-        sa.user_port = u32::from(port);
+        sa.user_ip6[3] = u32::from_ne_bytes(to.addr);
+        sa.user_port = u32::from(to.port);
+    }
+}
+
+/// An `AF_INET6` socket with a native IPv6 peer: all of `user_ip6`.
+pub(crate) struct Native;
+
+impl Access<V6> for Native {
+    #[inline(always)]
+    fn read(ctx: &SockAddrContext) -> Option<Backend6> {
+        let w = ip6_words(ctx);
+        if is_mapped(&w) {
+            return None;
+        }
+        let mut addr = [0u8; 16];
+        for (i, word) in w.iter().enumerate() {
+            let bytes = word.to_ne_bytes();
+            addr[i * 4] = bytes[0];
+            addr[i * 4 + 1] = bytes[1];
+            addr[i * 4 + 2] = bytes[2];
+            addr[i * 4 + 3] = bytes[3];
+        }
+        Some(Backend6 { addr, port: port(ctx), _pad: 0 })
+    }
+
+    #[inline(always)]
+    fn write(ctx: &SockAddrContext, to: &Backend6) {
+        // SAFETY: as above; user_ip6/user_port are writable in every v6 hook we use.
+        let sa = unsafe { &mut *ctx.sock_addr };
+        for i in 0..4 {
+            let b = &to.addr[i * 4..i * 4 + 4];
+            sa.user_ip6[i] = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        sa.user_port = u32::from(to.port);
     }
 }

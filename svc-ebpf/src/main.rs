@@ -1,27 +1,29 @@
 //! cgroup/sock_addr programs that implement Kubernetes Services at the
-//! socket: one short function per hook over the helpers in `lb4`.
+//! socket: one short function per hook over the helpers in `lb`.
 //!
 //! - `connect4` (TCP, connected UDP) and `sendmsg4` (unconnected UDP)
 //!   rewrite a frontend destination to a backend;
 //! - `recvmsg4` (UDP replies) and `getpeername4` rewrite a backend address
 //!   back to the frontend the application asked for;
-//! - `connect6`, `recvmsg6` and `getpeername6` do the same for `AF_INET6`
-//!   sockets talking to IPv4 Services through v4-mapped addresses
-//!   (`::ffff:a.b.c.d`), with the same IPv4 tables ([`addr`]). Unconnected
-//!   v4-mapped datagrams need no `sendmsg6`: the kernel sends them through
-//!   the IPv4 path, where `sendmsg4` translates them.
+//! - `connect6`, `sendmsg6`, `recvmsg6` and `getpeername6` do the same for
+//!   `AF_INET6` sockets: a v4-mapped peer (`::ffff:a.b.c.d`) with the IPv4
+//!   maps, any other with the IPv6 maps ([`addr`], [`family`]). A v4-mapped
+//!   unconnected datagram never reaches `sendmsg6`: the kernel sends it
+//!   through its IPv4 path, where `sendmsg4` translates it.
 #![no_std]
 #![no_main]
 // The program macros hand each entry point its context by value.
 #![expect(clippy::needless_pass_by_value, reason = "aya-ebpf's program signature")]
 
 mod addr;
-mod lb4;
+mod family;
+mod lb;
 mod maps;
 
-use addr::{Inet, Ip4Access, Mapped};
+use addr::{Access, Inet, Mapped, Native};
 use aya_ebpf::{helpers::generated::bpf_set_retval, macros::cgroup_sock_addr, programs::SockAddrContext};
-use lb4::Verdict;
+use family::{Family, V4, V6};
+use lb::Verdict;
 use svc_common::{errno, proto};
 
 /// Return value that lets the syscall proceed.
@@ -31,52 +33,65 @@ const REJECT: i32 = 0;
 
 #[cgroup_sock_addr(connect4)]
 pub(crate) fn svc_connect4(ctx: SockAddrContext) -> i32 {
-    connect::<Inet>(&ctx)
+    match protocol(&ctx) {
+        Some(p) => forward::<V4, Inet>(&ctx, p, Hook::Connect),
+        None => ALLOW,
+    }
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub(crate) fn svc_sendmsg4(ctx: SockAddrContext) -> i32 {
-    forward::<Inet>(&ctx, proto::UDP, Hook::Sendmsg)
+    forward::<V4, Inet>(&ctx, proto::UDP, Hook::Sendmsg)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub(crate) fn svc_recvmsg4(ctx: SockAddrContext) -> i32 {
-    reverse::<Inet>(&ctx);
+    reverse::<V4, Inet>(&ctx);
     ALLOW
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub(crate) fn svc_getpeer4(ctx: SockAddrContext) -> i32 {
-    reverse::<Inet>(&ctx);
+    reverse::<V4, Inet>(&ctx);
     ALLOW
 }
 
 #[cgroup_sock_addr(connect6)]
 pub(crate) fn svc_connect6(ctx: SockAddrContext) -> i32 {
-    connect::<Mapped>(&ctx)
+    let Some(p) = protocol(&ctx) else { return ALLOW };
+    if <Mapped as Access<V4>>::read(&ctx).is_some() {
+        forward::<V4, Mapped>(&ctx, p, Hook::Connect)
+    } else {
+        forward::<V6, Native>(&ctx, p, Hook::Connect)
+    }
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub(crate) fn svc_sendmsg6(ctx: SockAddrContext) -> i32 {
+    forward::<V6, Native>(&ctx, proto::UDP, Hook::Sendmsg)
 }
 
 #[cgroup_sock_addr(recvmsg6)]
 pub(crate) fn svc_recvmsg6(ctx: SockAddrContext) -> i32 {
-    reverse::<Mapped>(&ctx);
+    reverse6(&ctx);
     ALLOW
 }
 
 #[cgroup_sock_addr(getpeername6)]
 pub(crate) fn svc_getpeer6(ctx: SockAddrContext) -> i32 {
-    reverse::<Mapped>(&ctx);
+    reverse6(&ctx);
     ALLOW
 }
 
-/// connect(): TCP and UDP sockets; other protocols are left alone.
+/// The socket's protocol, if it is one the hooks translate.
 #[inline(always)]
-fn connect<A: Ip4Access>(ctx: &SockAddrContext) -> i32 {
+fn protocol(ctx: &SockAddrContext) -> Option<u8> {
     // SAFETY: valid context.
     let protocol = unsafe { (*ctx.sock_addr).protocol };
     match protocol {
-        p if p == u32::from(proto::TCP) => forward::<A>(ctx, proto::TCP, Hook::Connect),
-        p if p == u32::from(proto::UDP) => forward::<A>(ctx, proto::UDP, Hook::Connect),
-        _ => ALLOW,
+        p if p == u32::from(proto::TCP) => Some(proto::TCP),
+        p if p == u32::from(proto::UDP) => Some(proto::UDP),
+        _ => None,
     }
 }
 
@@ -89,13 +104,24 @@ enum Hook {
 
 /// Destination rewrite shared by the connect and sendmsg hooks.
 #[inline(always)]
-fn forward<A: Ip4Access>(ctx: &SockAddrContext, protocol: u8, hook: Hook) -> i32 {
-    let Some(key) = lb4::frontend_key::<A>(ctx, protocol) else {
-        // Not an IPv4 peer (a native IPv6 address): nothing to translate.
-        return pass(ctx, protocol, hook);
+fn forward<F: Family, A: Access<F>>(ctx: &SockAddrContext, protocol: u8, hook: Hook) -> i32 {
+    let Some(dst) = A::read(ctx) else {
+        // Not an address of this kind: nothing to translate.
+        return ALLOW;
     };
-    match lb4::select(ctx, &key) {
-        Verdict::Pass => pass(ctx, protocol, hook),
+    let key = F::key(dst, protocol);
+    match lb::select::<F>(ctx, &key) {
+        Verdict::Pass => {
+            // A UDP socket connecting elsewhere drops the translation of an
+            // earlier connect, so that its new peer is never shown as a
+            // Service address. (Each family's storage is consulted only for
+            // peers of that family, and every connect to one either
+            // overwrites or drops it.)
+            if hook == Hook::Connect && protocol == proto::UDP {
+                F::forget_connected(ctx);
+            }
+            ALLOW
+        }
         Verdict::Refuse => {
             // kube-proxy REJECTs: the caller sees ECONNREFUSED, not EPERM.
             // SAFETY: helper available to cgroup sock_addr programs.
@@ -104,35 +130,35 @@ fn forward<A: Ip4Access>(ctx: &SockAddrContext, protocol: u8, hook: Hook) -> i32
         }
         Verdict::Translate(backend) => {
             if hook == Hook::Connect {
-                lb4::remember_connected(ctx, &key, backend);
+                F::remember_connected(ctx, dst, backend);
             }
             // Datagrams are remembered per (socket, backend); connected UDP
             // too, so that the agent can find sockets of a removed backend.
             if protocol == proto::UDP {
-                lb4::remember_datagram(ctx, &key, backend);
+                F::remember_datagram(ctx, backend, dst);
             }
-            A::write(ctx, backend.addr, backend.port);
+            A::write(ctx, &backend);
             ALLOW
         }
     }
 }
 
-/// The call is not to a frontend. A UDP socket connecting elsewhere drops
-/// the translation of an earlier connect, so that its new peer is never
-/// shown as a Service address.
-#[inline(always)]
-fn pass(ctx: &SockAddrContext, protocol: u8, hook: Hook) -> i32 {
-    if hook == Hook::Connect && protocol == proto::UDP {
-        lb4::forget_connected(ctx);
-    }
-    ALLOW
-}
-
 /// Source rewrite shared by the recvmsg and getpeername hooks.
 #[inline(always)]
-fn reverse<A: Ip4Access>(ctx: &SockAddrContext) {
-    if let Some((addr, port)) = lb4::recall_frontend::<A>(ctx) {
-        A::write(ctx, addr, port);
+fn reverse<F: Family, A: Access<F>>(ctx: &SockAddrContext) {
+    if let Some(frontend) = lb::recall_frontend::<F, A>(ctx) {
+        A::write(ctx, &frontend);
+    }
+}
+
+/// The v6 reverse hooks: a v4-mapped peer through the IPv4 maps, any other
+/// through the IPv6 ones.
+#[inline(always)]
+fn reverse6(ctx: &SockAddrContext) {
+    if <Mapped as Access<V4>>::read(ctx).is_some() {
+        reverse::<V4, Mapped>(ctx);
+    } else {
+        reverse::<V6, Native>(ctx);
     }
 }
 

@@ -9,8 +9,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use svc_common::{
-    AffinityKey, AffinityValue, Backend4, BackendIndexKey, Config, Frontend, FrontendKey4, RevNatKey, RevNatValue,
-    ServiceMeta, SlotKey, SockXlat, capacity,
+    AffinityKey, AffinityValue, AffinityValue6, Backend4, Backend6, BackendIndexKey, BackendIndexKey6, Config,
+    Frontend, Frontend6, FrontendKey4, FrontendKey6, RevNatKey, RevNatKey6, RevNatValue, ServiceMeta, SlotKey,
+    SockXlat, SockXlat6, capacity,
 };
 
 /// No preallocation: unused capacity costs nothing. (Freed elements are
@@ -50,6 +51,31 @@ pub(crate) static SVC_CONFIG: Array<Config, 1> = Array::new();
 /// socket, and it goes away with the socket (no LRU to fill).
 #[btf_map]
 pub(crate) static SVC_SOCK_XLAT: SkStorage<SockXlat> = SkStorage::new();
+
+// IPv6: the same maps with 16-byte addresses, sized by the same flags.
+
+#[btf_map]
+pub(crate) static SVC_FRONTENDS6: HashMap<FrontendKey6, Frontend6, { capacity::FRONTENDS as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+#[btf_map]
+pub(crate) static SVC_BACKENDS6: HashMap<SlotKey, Backend6, { capacity::BACKENDS as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+#[btf_map]
+pub(crate) static SVC_BE_INDEX6: HashMap<BackendIndexKey6, u32, { capacity::BACKEND_INDEX as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+#[btf_map]
+pub(crate) static SVC_AFFINITY6: LruHashMap<AffinityKey, AffinityValue6, { capacity::AFFINITY as usize }> =
+    LruHashMap::new();
+
+/// (socket, backend) -> the frontend address and port it stands for.
+#[btf_map]
+pub(crate) static SVC_REVNAT6: LruHashMap<RevNatKey6, Backend6, { capacity::REV_NAT as usize }> = LruHashMap::new();
+
+#[btf_map]
+pub(crate) static SVC_SOCK_XLAT6: SkStorage<SockXlat6> = SkStorage::new();
 
 /// Never read by the programs. The agent updates entry 0 (with
 /// `SVC_GRACE_IN`) to wait for an RCU grace period: the kernel waits for

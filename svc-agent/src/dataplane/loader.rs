@@ -15,8 +15,9 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
 };
 use svc_common::{
-    AffinityKey, AffinityValue, Backend4, BackendIndexKey, Config, Frontend, FrontendKey4, LAYOUT_VERSION, RevNatKey,
-    RevNatValue, ServiceMeta, SlotKey, SockXlat, names,
+    AffinityKey, AffinityValue, AffinityValue6, Backend4, Backend6, BackendIndexKey, BackendIndexKey6, Config,
+    Frontend, Frontend6, FrontendKey4, FrontendKey6, LAYOUT_VERSION, RevNatKey, RevNatKey6, RevNatValue, ServiceMeta,
+    SlotKey, SockXlat, SockXlat6, names,
 };
 
 use super::{maps::BpfMaps, pins::PinLayout};
@@ -29,9 +30,18 @@ use crate::{
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/svc-ebpf"));
 
 /// Program names in the object, in attach order: the IPv4 hooks, then
-/// the v6 hooks that serve v4-mapped peers of `AF_INET6` sockets.
-pub(crate) const PROGRAMS: [&str; 7] =
-    ["svc_connect4", "svc_sendmsg4", "svc_recvmsg4", "svc_getpeer4", "svc_connect6", "svc_recvmsg6", "svc_getpeer6"];
+/// the v6 hooks (native IPv6 peers, and v4-mapped ones of `AF_INET6`
+/// sockets).
+pub(crate) const PROGRAMS: [&str; 8] = [
+    "svc_connect4",
+    "svc_sendmsg4",
+    "svc_recvmsg4",
+    "svc_getpeer4",
+    "svc_connect6",
+    "svc_sendmsg6",
+    "svc_recvmsg6",
+    "svc_getpeer6",
+];
 
 /// Expected (type, key size, value size) of every pinned map, checked
 /// before adopting pins left by another agent build.
@@ -46,22 +56,29 @@ fn expected_layout(name: &str) -> Option<(MapType, usize, usize)> {
         names::CONFIG => (MapType::Array, size_of::<u32>(), size_of::<Config>()),
         // Keyed by socket fd from userspace.
         names::SOCK_XLAT => (MapType::SkStorage, size_of::<i32>(), size_of::<SockXlat>()),
+        names::FRONTENDS6 => (MapType::Hash, size_of::<FrontendKey6>(), size_of::<Frontend6>()),
+        names::BACKENDS6 => (MapType::Hash, size_of::<SlotKey>(), size_of::<Backend6>()),
+        names::BACKEND_INDEX6 => (MapType::Hash, size_of::<BackendIndexKey6>(), size_of::<u32>()),
+        names::AFFINITY6 => (MapType::LruHash, size_of::<AffinityKey>(), size_of::<AffinityValue6>()),
+        names::REV_NAT6 => (MapType::LruHash, size_of::<RevNatKey6>(), size_of::<Backend6>()),
+        names::SOCK_XLAT6 => (MapType::SkStorage, size_of::<i32>(), size_of::<SockXlat6>()),
         _ => return None,
     })
 }
 
 /// `max_entries` of every map the agent creates (pinned maps keep theirs).
+/// Each flag sizes the IPv4 map and its IPv6 twin alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct MapSizes {
-    /// SVC_FRONTENDS.
+    /// SVC_FRONTENDS, SVC_FRONTENDS6.
     pub(crate) frontends: u32,
-    /// SVC_BACKENDS.
+    /// SVC_BACKENDS, SVC_BACKENDS6.
     pub(crate) backends: u32,
-    /// SVC_BE_INDEX.
+    /// SVC_BE_INDEX, SVC_BE_INDEX6.
     pub(crate) backend_index: u32,
-    /// SVC_AFFINITY.
+    /// SVC_AFFINITY, SVC_AFFINITY6.
     pub(crate) affinity: u32,
-    /// SVC_REVNAT_SK.
+    /// SVC_REVNAT_SK, SVC_REVNAT6.
     pub(crate) revnat: u32,
     /// SVC_META.
     pub(crate) services: u32,
@@ -69,7 +86,7 @@ pub(crate) struct MapSizes {
 
 impl MapSizes {
     /// Each map with the flag that sizes it.
-    fn each(&self) -> [(&'static str, &'static str, u32); 6] {
+    fn each(&self) -> [(&'static str, &'static str, u32); 11] {
         [
             (names::FRONTENDS, "--max-frontends", self.frontends),
             (names::BACKENDS, "--max-backends", self.backends),
@@ -77,6 +94,11 @@ impl MapSizes {
             (names::AFFINITY, "--max-affinity", self.affinity),
             (names::REV_NAT, "--max-revnat", self.revnat),
             (names::META, "--max-services", self.services),
+            (names::FRONTENDS6, "--max-frontends", self.frontends),
+            (names::BACKENDS6, "--max-backends", self.backends),
+            (names::BACKEND_INDEX6, "--max-backend-index", self.backend_index),
+            (names::AFFINITY6, "--max-affinity", self.affinity),
+            (names::REV_NAT6, "--max-revnat", self.revnat),
         ]
     }
 }

@@ -1,0 +1,207 @@
+//! Lookup helpers shared by every socket hook and both families: frontend
+//! lookup, backend selection (random or by session affinity) and reverse
+//! translation. Generic over [`Family`] (which maps) and [`Access`] (where
+//! the call's address is).
+//!
+//! Reading map values safely (docs/maps.md, "Readers and element reuse"):
+//! since kernel 6.1 a hash element that an update or delete frees can be
+//! handed to the very next insert on that CPU, while a program on another
+//! CPU still reads it. So:
+//! - a frontend is *copied* and kept only if a second lookup of its key
+//!   returns the same element ([`lookup_frontend`]); the agent never writes
+//!   one key twice within an RCU grace period, which makes the copy a
+//!   complete version and bounds the retries;
+//! - backend slots are read in place: the agent deletes a retired set only
+//!   after a grace period, so a set reached through a frontend copy stays
+//!   intact while this program runs;
+//! - LRU entries (written by the programs themselves) are copied out at
+//!   once, and an affinity entry's backend is used only after checking that
+//!   it is a member of the frontend's current set.
+
+use core::mem::MaybeUninit;
+
+use aya_ebpf::{
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_ktime_get_ns},
+    programs::SockAddrContext,
+};
+use svc_common::AffinityKey;
+
+use crate::{
+    addr::Access,
+    family::{Family, FrontendView},
+    maps::SVC_CONFIG,
+};
+
+/// What a forward hook should do with the socket address.
+pub(crate) enum Verdict<B> {
+    /// Not a frontend (or not for this client): leave the call alone.
+    Pass,
+    /// A frontend without a usable backend: fail the call.
+    Refuse,
+    /// Rewrite the destination to this backend.
+    Translate(B),
+}
+
+/// How a frontend lookup ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// No frontend at this key.
+    Missing,
+    /// `out` holds a consistent copy of the frontend.
+    Found,
+    /// The element changed under every attempt (the agent's grace periods
+    /// rule this out; refused rather than trusting a torn copy).
+    Unstable,
+}
+
+/// Attempts at a stable frontend copy. One write of the key can overlap a
+/// program run (the agent waits a grace period before writing it again),
+/// so the second attempt always sees a settled element.
+const FRONTEND_ATTEMPTS: usize = 2;
+
+/// Copies the frontend at `key` into `out`, as one complete version of it.
+/// (An out-parameter: a frontend value moved through return values would
+/// be copied on the stack more than once, past the 512-byte limit.)
+#[inline(always)]
+fn lookup_frontend<F: Family>(key: &F::Key, out: &mut MaybeUninit<F::Frontend>) -> Lookup {
+    for _ in 0..FRONTEND_ATTEMPTS {
+        let Some(element) = F::frontend_ptr(key) else {
+            return Lookup::Missing;
+        };
+        // SAFETY: the pointer is valid for the program's run (RCU); its
+        // contents may be rewritten if the element is reused, which the
+        // second lookup detects. The copy writes every byte of `out`.
+        unsafe { core::ptr::copy_nonoverlapping(element, out.as_mut_ptr(), 1) };
+        // The element still holds `key` now, and held it at the first
+        // lookup: it was not freed in between (that would take two writes
+        // of `key` within one grace period), so the copy is intact. (This
+        // relies on the copy's loads completing before the second lookup's,
+        // as x86's TSO order gives; a weakly ordered CPU would need a read
+        // barrier here, like a seqlock's.)
+        if F::frontend_ptr(key) == Some(element) {
+            return Lookup::Found;
+        }
+    }
+    Lookup::Unstable
+}
+
+/// Frontends marked host-netns-only (`127.0.0.1:nodePort`) only apply to
+/// sockets of the host network namespace.
+#[inline(always)]
+fn applies_to<B>(ctx: &SockAddrContext, fe: &impl FrontendView<B>) -> bool {
+    if !fe.host_ns_only() {
+        return true;
+    }
+    // SAFETY: plain helper call on our context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+    let host = SVC_CONFIG.get(0).map(|c| c.host_netns_cookie);
+    host == Some(netns)
+}
+
+/// Decides the fate of a `connect()`/`sendmsg()` to `key`.
+#[inline(always)]
+pub(crate) fn select<F: Family>(ctx: &SockAddrContext, key: &F::Key) -> Verdict<F::Backend> {
+    let mut copy = MaybeUninit::<F::Frontend>::uninit();
+    match lookup_frontend::<F>(key, &mut copy) {
+        Lookup::Missing => return Verdict::Pass,
+        Lookup::Unstable => return Verdict::Refuse,
+        Lookup::Found => {}
+    }
+    // SAFETY: `Found` means every byte was written.
+    let fe = unsafe { copy.assume_init_ref() };
+    if !applies_to(ctx, fe) {
+        return Verdict::Pass;
+    }
+    if fe.count() == 0 {
+        return Verdict::Refuse;
+    }
+    // The set of a frontend copy is complete for the whole run (the agent
+    // deletes retired sets only after a grace period): a missing slot is a
+    // broken invariant, refused rather than guessed around.
+    match pick::<F>(ctx, fe) {
+        Some(b) => Verdict::Translate(b),
+        None => Verdict::Refuse,
+    }
+}
+
+#[inline(always)]
+fn pick<F: Family>(ctx: &SockAddrContext, fe: &F::Frontend) -> Option<F::Backend> {
+    if fe.affinity_timeout() == 0 {
+        return random_backend::<F>(fe);
+    }
+    // SAFETY: plain helper calls on our context.
+    let (netns_cookie, now) = unsafe { (bpf_get_netns_cookie(ctx.sock_addr.cast()), bpf_ktime_get_ns()) };
+    let key = AffinityKey { netns_cookie, svc_id: fe.svc_id(), _pad: 0 };
+    let backend = match affine_backend::<F>(&key, fe, now) {
+        Some(b) => b,
+        None => random_backend::<F>(fe)?,
+    };
+    F::pin(key, backend, now);
+    Some(backend)
+}
+
+/// The backend this client is pinned to, if the pin is fresh and the backend
+/// is still in the frontend's current set. Membership is always checked,
+/// even when the entry names the current set: LRU elements are reused at
+/// once, so a copy can mix two entries, and only a member of this
+/// Service's set may come out of it.
+#[inline(always)]
+fn affine_backend<F: Family>(key: &AffinityKey, fe: &F::Frontend, now: u64) -> Option<F::Backend> {
+    let (backend, last_used_ns) = F::affinity(key)?;
+    let timeout_ns = u64::from(fe.affinity_timeout()) * 1_000_000_000;
+    if now.wrapping_sub(last_used_ns) > timeout_ns {
+        return None;
+    }
+    if !is_member::<F>(fe, backend) {
+        return None;
+    }
+    Some(backend)
+}
+
+/// Whether `backend` is in the frontend's current set: a scan of the inline
+/// backends, or the membership map for a large set.
+#[inline(always)]
+fn is_member<F: Family>(fe: &F::Frontend, backend: F::Backend) -> bool {
+    if fe.inline_sized() {
+        let count = fe.count() as usize;
+        for i in 0..<F::Frontend as FrontendView<F::Backend>>::INLINE {
+            if i >= count {
+                return false;
+            }
+            if fe.inline_at(i) == Some(backend) {
+                return true;
+            }
+        }
+        return false;
+    }
+    F::indexed(fe.set_id(), backend)
+}
+
+#[inline(always)]
+fn random_backend<F: Family>(fe: &F::Frontend) -> Option<F::Backend> {
+    // One read of the count, checked: a panicking path (division by zero)
+    // would not pass the verifier.
+    let count = fe.count();
+    // SAFETY: plain helper call.
+    let slot = unsafe { bpf_get_prandom_u32() }.checked_rem(count)?;
+    // The same `count` decides inline or not (one read: the verifier then
+    // sees slot < count <= INLINE).
+    if count as usize <= <F::Frontend as FrontendView<F::Backend>>::INLINE {
+        return fe.inline_at(slot as usize);
+    }
+    F::slot(fe.set_id(), slot)
+}
+
+/// The frontend (address and port) this socket asked for when it reached
+/// the peer it now reports, if it was translated: its own storage for a
+/// connected socket, else the datagram map.
+#[inline(always)]
+pub(crate) fn recall_frontend<F: Family, A: Access<F>>(ctx: &SockAddrContext) -> Option<F::Backend> {
+    let peer = A::read(ctx)?;
+    if let Some((frontend, backend)) = F::connected(ctx)
+        && backend == peer
+    {
+        return Some(frontend);
+    }
+    F::datagram_frontend(ctx, peer)
+}
