@@ -110,7 +110,15 @@ async fn until_stopped(
 /// keeps every Service's cluster IP and node ports.
 fn previous_allocations<T: crate::dataplane::Table>(writer: &Writer<T>) -> manifest::ipam::Sticky {
     manifest::ipam::Sticky {
-        cluster_ips: writer.programmed_cluster_ips().into_iter().collect(),
+        // The manifest source allocates IPv4 addresses only (for now).
+        cluster_ips: writer
+            .programmed_cluster_ips()
+            .into_iter()
+            .filter_map(|(key, ip)| match ip {
+                std::net::IpAddr::V4(v4) => Some((key, v4)),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .collect(),
         node_ports: writer.programmed_node_ports().into_iter().map(|(key, name, port)| ((key, name), port)).collect(),
     }
 }

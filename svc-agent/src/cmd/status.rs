@@ -8,13 +8,14 @@ use std::{
 
 use aya::maps::MapInfo;
 use serde::Serialize;
-use svc_common::{Backend4, Frontend, ServiceMeta, SlotKey, names};
+use svc_common::{ServiceMeta, SlotKey, names};
 
 use crate::{
     cli::{Output, StatusArgs},
-    dataplane::encode::socket_addr,
+    dataplane::encode::{socket_addr, socket_addr6},
     dataplane::{
         Table as _,
+        family::{Backend, Family, FrontendValue, SlotRef},
         maps::{BpfMaps, ProgramMaps},
         pins::PinLayout,
         writer::name_str,
@@ -89,20 +90,20 @@ fn read_status(layout: &PinLayout) -> Result<Status> {
     let maps = BpfMaps::open_pinned(layout)?;
     let dump = maps.dump().map_err(|e| Error::Environment(e.to_string()))?;
     let meta: HashMap<u32, ServiceMeta> = dump.meta.iter().copied().collect();
-    let slots: BTreeMap<SlotKey, Backend4> = dump.slots.iter().copied().collect();
+    let slots: BTreeMap<SlotRef, Backend> = dump.slots.iter().copied().collect();
 
     let mut frontends: Vec<FrontendRow> = dump
         .frontends
         .iter()
         .map(|(key, fe)| {
-            let names = meta.get(&fe.svc_id);
+            let names = meta.get(&fe.svc_id());
             let backends = if fe.is_inline() {
-                fe.inline[..fe.count as usize].iter().map(|b| socket_addr(b.addr, b.port).to_string()).collect()
+                fe.inline_backends().iter().map(|b| b.socket_addr().to_string()).collect()
             } else {
-                (0..fe.count)
-                    .map(|slot| match slots.get(&SlotKey { set_id: fe.set_id, slot }) {
-                        Some(b) => socket_addr(b.addr, b.port).to_string(),
-                        None => "<missing>".to_owned(),
+                (0..fe.count())
+                    .map(|slot| {
+                        let slot = SlotRef { family: key.family(), key: SlotKey { set_id: fe.set_id(), slot } };
+                        slots.get(&slot).map_or_else(|| "<missing>".to_owned(), |b| b.socket_addr().to_string())
                     })
                     .collect()
             };
@@ -111,11 +112,11 @@ fn read_status(layout: &PinLayout) -> Result<Status> {
                 name: names.map(|m| name_str(&m.name)).unwrap_or_default(),
                 port_name: names.map(|m| name_str(&m.port_name)).unwrap_or_default(),
                 kind: kind_name(fe),
-                address: socket_addr(key.addr, key.port).to_string(),
-                protocol: Proto::from_number(key.proto).map_or("?", Proto::as_str),
-                svc_id: fe.svc_id,
-                set_id: fe.set_id,
-                affinity_timeout_seconds: fe.affinity_timeout,
+                address: key.socket_addr().to_string(),
+                protocol: Proto::from_number(key.proto()).map_or("?", Proto::as_str),
+                svc_id: fe.svc_id(),
+                set_id: fe.set_id(),
+                affinity_timeout_seconds: fe.affinity_timeout(),
                 backends,
             }
         })
@@ -133,8 +134,17 @@ fn read_status(layout: &PinLayout) -> Result<Status> {
     let program_maps = ProgramMaps::open_pinned(layout)?;
     let now = sys::monotonic_ns();
     let mut affinity = Vec::new();
+    let mut pins = Vec::new();
     for entry in &program_maps.affinity {
         let (key, value) = entry.map_err(|e| Error::map(names::AFFINITY, e))?;
+        pins.push((key, socket_addr(value.backend.addr, value.backend.port).to_string(), value.last_used_ns));
+    }
+    let v4_pins = pins.len();
+    for entry in &program_maps.affinity6 {
+        let (key, value) = entry.map_err(|e| Error::map(names::AFFINITY6, e))?;
+        pins.push((key, socket_addr6(value.backend.addr, value.backend.port).to_string(), value.last_used_ns));
+    }
+    for (key, backend, last_used_ns) in pins {
         let names = meta.get(&key.svc_id);
         affinity.push(AffinityRow {
             netns_cookie: key.netns_cookie,
@@ -142,20 +152,26 @@ fn read_status(layout: &PinLayout) -> Result<Status> {
             namespace: names.map(|m| name_str(&m.namespace)).unwrap_or_default(),
             name: names.map(|m| name_str(&m.name)).unwrap_or_default(),
             port_name: names.map(|m| name_str(&m.port_name)).unwrap_or_default(),
-            backend: socket_addr(value.backend.addr, value.backend.port).to_string(),
-            idle_seconds: now.saturating_sub(value.last_used_ns) as f64 / 1e9,
+            backend,
+            idle_seconds: now.saturating_sub(last_used_ns) as f64 / 1e9,
         });
     }
-    let revnat_entries = program_maps.revnat.keys().count();
-
+    let v6_frontends = dump.frontends.iter().filter(|(k, _)| k.family() == Family::V6).count();
+    let v6_slots = dump.slots.iter().filter(|(k, _)| k.family == Family::V6).count();
+    let v6_index = dump.index.iter().filter(|(k, _)| k.backend.family() == Family::V6).count();
     let counts = [
-        (names::FRONTENDS, dump.frontends.len()),
-        (names::BACKENDS, dump.slots.len()),
-        (names::BACKEND_INDEX, dump.index.len()),
-        (names::AFFINITY, affinity.len()),
-        (names::REV_NAT, revnat_entries),
+        (names::FRONTENDS, dump.frontends.len() - v6_frontends),
+        (names::BACKENDS, dump.slots.len() - v6_slots),
+        (names::BACKEND_INDEX, dump.index.len() - v6_index),
+        (names::AFFINITY, v4_pins),
+        (names::REV_NAT, program_maps.revnat.keys().count()),
         (names::META, dump.meta.len()),
         (names::CONFIG, 1),
+        (names::FRONTENDS6, v6_frontends),
+        (names::BACKENDS6, v6_slots),
+        (names::BACKEND_INDEX6, v6_index),
+        (names::AFFINITY6, affinity.len() - v4_pins),
+        (names::REV_NAT6, program_maps.revnat6.keys().count()),
     ];
     let mut maps_rows = Vec::new();
     for (name, entries) in counts {
@@ -165,7 +181,7 @@ fn read_status(layout: &PinLayout) -> Result<Status> {
     Ok(Status { frontends, affinity, maps: maps_rows })
 }
 
-fn kind_name(fe: &Frontend) -> &'static str {
+fn kind_name(fe: &FrontendValue) -> &'static str {
     if fe.is_node_port() {
         "NodePort"
     } else if fe.is_external_ip() {

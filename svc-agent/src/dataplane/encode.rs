@@ -1,28 +1,29 @@
 //! The kernel encoding of the model's addresses: map keys and values are
-//! octets and big-endian ports (`svc_common`), the model speaks
-//! `SocketAddrV4`. Only the dataplane (and `status`, which reads it)
-//! converts.
+//! octets and big-endian ports (`svc_common`, through the family-neutral
+//! types of [`super::family`]); the model speaks socket addresses. Only
+//! the dataplane (and `status`, which reads it) converts.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
+use super::family::{Backend, FrontendKey};
 use crate::model::Proto;
 
 /// A frontend's map key.
-pub(crate) fn frontend_key(addr: SocketAddrV4, proto: Proto) -> svc_common::FrontendKey4 {
-    svc_common::FrontendKey4 {
-        addr: addr.ip().octets(),
-        port: svc_common::port_be(addr.port()),
-        proto: proto.number(),
-        _pad: 0,
-    }
+pub(crate) fn frontend_key(addr: impl Into<SocketAddr>, proto: Proto) -> FrontendKey {
+    FrontendKey::new(addr.into(), proto)
 }
 
 /// A backend's map value.
-pub(crate) fn backend_value(addr: SocketAddrV4) -> svc_common::Backend4 {
-    svc_common::Backend4 { addr: addr.ip().octets(), port: svc_common::port_be(addr.port()), _pad: 0 }
+pub(crate) fn backend_value(addr: impl Into<SocketAddr>) -> Backend {
+    Backend::new(addr.into())
 }
 
-/// A map address back as a socket address.
+/// An IPv4 map address back as a socket address.
 pub(crate) fn socket_addr(addr: [u8; 4], port_be: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::from(addr), svc_common::port_host(port_be))
+}
+
+/// An IPv6 map address back as a socket address.
+pub(crate) fn socket_addr6(addr: [u8; 16], port_be: u16) -> SocketAddrV6 {
+    SocketAddrV6::new(Ipv6Addr::from(addr), svc_common::port_host(port_be), 0, 0)
 }

@@ -8,11 +8,12 @@ use aya::{
     maps::{ArrayOfMaps, HashMap, IterableMap as _, Map, MapData, MapError},
 };
 use svc_common::{
-    AffinityKey, AffinityValue, Backend4, BackendIndexKey, Frontend, FrontendKey4, RevNatKey, RevNatValue, ServiceMeta,
-    SlotKey, names,
+    AffinityKey, AffinityValue, AffinityValue6, Backend4, Backend6, BackendIndexKey, BackendIndexKey6, Frontend,
+    Frontend6, FrontendKey4, FrontendKey6, RevNatKey, RevNatKey6, RevNatValue, ServiceMeta, SlotKey, names,
 };
 
 use super::{
+    family::{Backend, Family, FrontendKey, FrontendValue, IndexKey, SlotRef},
     pins::PinLayout,
     table::{Capacity, Table, TableDump, TableError},
 };
@@ -24,6 +25,9 @@ pub(crate) struct BpfMaps {
     frontends: HashMap<MapData, FrontendKey4, Frontend>,
     slots: HashMap<MapData, SlotKey, Backend4>,
     index: HashMap<MapData, BackendIndexKey, u32>,
+    frontends6: HashMap<MapData, FrontendKey6, Frontend6>,
+    slots6: HashMap<MapData, SlotKey, Backend6>,
+    index6: HashMap<MapData, BackendIndexKey6, u32>,
     meta: HashMap<MapData, u32, ServiceMeta>,
     capacity: Capacity,
     /// SVC_GRACE and the map stored in it (only a writer has them).
@@ -47,38 +51,33 @@ impl BpfMaps {
         let Map::Array(inner) = take(names::GRACE_INNER)? else {
             return Err(Error::MissingInObject(format!("array map {}", names::GRACE_INNER)));
         };
-        let mut maps = Self::from_maps(
-            take(names::FRONTENDS)?,
-            take(names::BACKENDS)?,
-            take(names::BACKEND_INDEX)?,
-            take(names::META)?,
-        )?;
+        let mut maps = Self::from_maps(&mut take)?;
         maps.grace = Some((outer, inner));
         Ok(maps)
     }
 
     /// Opens the pinned maps (agent not necessarily running).
     pub(crate) fn open_pinned(layout: &PinLayout) -> Result<Self> {
-        Self::from_maps(
-            open_pinned_map(layout, names::FRONTENDS)?,
-            open_pinned_map(layout, names::BACKENDS)?,
-            open_pinned_map(layout, names::BACKEND_INDEX)?,
-            open_pinned_map(layout, names::META)?,
-        )
+        Self::from_maps(&mut |name| open_pinned_map(layout, name))
     }
 
-    fn from_maps(frontends: Map, slots: Map, index: Map, meta: Map) -> Result<Self> {
-        let frontends = typed(frontends, names::FRONTENDS)?;
-        let slots = typed(slots, names::BACKENDS)?;
-        let index = typed(index, names::BACKEND_INDEX)?;
-        let meta = typed(meta, names::META)?;
+    fn from_maps(take: &mut impl FnMut(&str) -> Result<Map>) -> Result<Self> {
+        let frontends = typed(take(names::FRONTENDS)?, names::FRONTENDS)?;
+        let slots = typed(take(names::BACKENDS)?, names::BACKENDS)?;
+        let index = typed(take(names::BACKEND_INDEX)?, names::BACKEND_INDEX)?;
+        let frontends6 = typed(take(names::FRONTENDS6)?, names::FRONTENDS6)?;
+        let slots6 = typed(take(names::BACKENDS6)?, names::BACKENDS6)?;
+        let index6 = typed(take(names::BACKEND_INDEX6)?, names::BACKEND_INDEX6)?;
+        let meta = typed(take(names::META)?, names::META)?;
+        // Both families' maps are created with the same sizes; the smaller
+        // one bounds them (pins from an older agent may differ).
         let capacity = Capacity {
-            frontends: max_entries(&frontends, names::FRONTENDS)?,
-            slots: max_entries(&slots, names::BACKENDS)?,
-            index: max_entries(&index, names::BACKEND_INDEX)?,
+            frontends: max_entries(&frontends, names::FRONTENDS)?.min(max_entries(&frontends6, names::FRONTENDS6)?),
+            slots: max_entries(&slots, names::BACKENDS)?.min(max_entries(&slots6, names::BACKENDS6)?),
+            index: max_entries(&index, names::BACKEND_INDEX)?.min(max_entries(&index6, names::BACKEND_INDEX6)?),
             meta: max_entries(&meta, names::META)?,
         };
-        Ok(Self { frontends, slots, index, meta, capacity, grace: None })
+        Ok(Self { frontends, slots, index, frontends6, slots6, index6, meta, capacity, grace: None })
     }
 }
 
@@ -99,6 +98,10 @@ pub(crate) struct ProgramMaps {
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     /// SVC_REVNAT_SK.
     pub revnat: HashMap<MapData, RevNatKey, RevNatValue>,
+    /// SVC_AFFINITY6.
+    pub affinity6: HashMap<MapData, AffinityKey, AffinityValue6>,
+    /// SVC_REVNAT6.
+    pub revnat6: HashMap<MapData, RevNatKey6, Backend6>,
 }
 
 impl ProgramMaps {
@@ -107,6 +110,8 @@ impl ProgramMaps {
         Ok(Self {
             affinity: typed(open_pinned_map(layout, names::AFFINITY)?, names::AFFINITY)?,
             revnat: typed(open_pinned_map(layout, names::REV_NAT)?, names::REV_NAT)?,
+            affinity6: typed(open_pinned_map(layout, names::AFFINITY6)?, names::AFFINITY6)?,
+            revnat6: typed(open_pinned_map(layout, names::REV_NAT6)?, names::REV_NAT6)?,
         })
     }
 }
@@ -139,39 +144,114 @@ fn dump_map<K: aya::Pod, V: aya::Pod>(
     map.iter().collect::<Result<Vec<_>, _>>().map_err(|e| table_error(name, "iterate", &e))
 }
 
+/// The `(set_id, backend)` index key in its family's map.
+fn index_keys(key: &IndexKey) -> std::result::Result<BackendIndexKey, BackendIndexKey6> {
+    match key.backend {
+        Backend::V4(backend) => Ok(BackendIndexKey { set_id: key.set_id, backend }),
+        Backend::V6(backend) => Err(BackendIndexKey6 { set_id: key.set_id, backend }),
+    }
+}
+
+/// A slot write whose backend is not of the slot's family: the writer
+/// never does this.
+fn mixed_families(map: &'static str) -> TableError {
+    TableError { map, op: "insert", detail: "backend of the other address family".into(), full: false }
+}
+
+/// One BPF_MAP_UPDATE_BATCH syscall for many entries.
+fn update_batch<K, V>(
+    map: &HashMap<MapData, K, V>,
+    name: &'static str,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), TableError>
+where
+    K: aya::Pod + bytemuck::Pod,
+    V: aya::Pod + bytemuck::Pod,
+{
+    use std::os::fd::AsFd as _;
+    let fd = map.map().fd().as_fd();
+    crate::sys::map_update_batch(fd, bytemuck::cast_slice(keys), bytemuck::cast_slice(values), keys.len() as u32)
+        .map_err(|(_, e)| TableError {
+            map: name,
+            op: "insert",
+            full: matches!(e.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC | libc::ENOMEM)),
+            detail: e.to_string(),
+        })
+}
+
 impl Table for BpfMaps {
-    fn put_frontend(&mut self, key: &FrontendKey4, value: &Frontend) -> Result<(), TableError> {
-        self.frontends.insert(key, value, 0).map_err(|e| table_error(names::FRONTENDS, "insert", &e))
+    fn put_frontend(&mut self, key: &FrontendKey, value: &FrontendValue) -> Result<(), TableError> {
+        match (key, value) {
+            (FrontendKey::V4(k), FrontendValue::V4(v)) => {
+                self.frontends.insert(k, v, 0).map_err(|e| table_error(names::FRONTENDS, "insert", &e))
+            }
+            (FrontendKey::V6(k), FrontendValue::V6(v)) => {
+                self.frontends6.insert(k, v, 0).map_err(|e| table_error(names::FRONTENDS6, "insert", &e))
+            }
+            _ => Err(mixed_families(names::FRONTENDS)),
+        }
     }
-    fn delete_frontend(&mut self, key: &FrontendKey4) -> Result<(), TableError> {
-        ignore_missing(self.frontends.remove(key), names::FRONTENDS)
+    fn delete_frontend(&mut self, key: &FrontendKey) -> Result<(), TableError> {
+        match key {
+            FrontendKey::V4(k) => ignore_missing(self.frontends.remove(k), names::FRONTENDS),
+            FrontendKey::V6(k) => ignore_missing(self.frontends6.remove(k), names::FRONTENDS6),
+        }
     }
-    fn put_slot(&mut self, key: &SlotKey, backend: &Backend4) -> Result<(), TableError> {
-        self.slots.insert(key, backend, 0).map_err(|e| table_error(names::BACKENDS, "insert", &e))
+    fn put_slot(&mut self, key: &SlotRef, backend: &Backend) -> Result<(), TableError> {
+        match (key.family, backend) {
+            (Family::V4, Backend::V4(b)) => {
+                self.slots.insert(key.key, b, 0).map_err(|e| table_error(names::BACKENDS, "insert", &e))
+            }
+            (Family::V6, Backend::V6(b)) => {
+                self.slots6.insert(key.key, b, 0).map_err(|e| table_error(names::BACKENDS6, "insert", &e))
+            }
+            _ => Err(mixed_families(names::BACKENDS)),
+        }
     }
-    fn delete_slot(&mut self, key: &SlotKey) -> Result<(), TableError> {
-        ignore_missing(self.slots.remove(key), names::BACKENDS)
+    fn delete_slot(&mut self, key: &SlotRef) -> Result<(), TableError> {
+        match key.family {
+            Family::V4 => ignore_missing(self.slots.remove(&key.key), names::BACKENDS),
+            Family::V6 => ignore_missing(self.slots6.remove(&key.key), names::BACKENDS6),
+        }
     }
     /// One BPF_MAP_UPDATE_BATCH syscall per set instead of one per slot:
     /// cold programming writes hundreds of thousands of slots.
-    fn put_slots(&mut self, slots: &[(SlotKey, Backend4)]) -> Result<(), TableError> {
-        use std::os::fd::AsFd as _;
-        let keys: Vec<SlotKey> = slots.iter().map(|(k, _)| *k).collect();
-        let values: Vec<Backend4> = slots.iter().map(|(_, v)| *v).collect();
-        let fd = self.slots.map().fd().as_fd();
-        crate::sys::map_update_batch(fd, bytemuck::cast_slice(&keys), bytemuck::cast_slice(&values), slots.len() as u32)
-            .map_err(|(_, e)| TableError {
-                map: names::BACKENDS,
-                op: "insert",
-                full: matches!(e.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC | libc::ENOMEM)),
-                detail: e.to_string(),
+    fn put_slots(&mut self, slots: &[(SlotRef, Backend)]) -> Result<(), TableError> {
+        let keys: Vec<SlotKey> = slots.iter().map(|(k, _)| k.key).collect();
+        let v4: Option<Vec<Backend4>> = slots
+            .iter()
+            .map(|(k, b)| match (k.family, b) {
+                (Family::V4, Backend::V4(b)) => Some(*b),
+                _ => None,
             })
+            .collect();
+        if let Some(values) = v4 {
+            return update_batch(&self.slots, names::BACKENDS, &keys, &values);
+        }
+        let v6: Option<Vec<Backend6>> = slots
+            .iter()
+            .map(|(k, b)| match (k.family, b) {
+                (Family::V6, Backend::V6(b)) => Some(*b),
+                _ => None,
+            })
+            .collect();
+        match v6 {
+            Some(values) => update_batch(&self.slots6, names::BACKENDS6, &keys, &values),
+            None => Err(mixed_families(names::BACKENDS)),
+        }
     }
-    fn put_index(&mut self, key: &BackendIndexKey, slot: u32) -> Result<(), TableError> {
-        self.index.insert(key, slot, 0).map_err(|e| table_error(names::BACKEND_INDEX, "insert", &e))
+    fn put_index(&mut self, key: &IndexKey, slot: u32) -> Result<(), TableError> {
+        match index_keys(key) {
+            Ok(k) => self.index.insert(k, slot, 0).map_err(|e| table_error(names::BACKEND_INDEX, "insert", &e)),
+            Err(k) => self.index6.insert(k, slot, 0).map_err(|e| table_error(names::BACKEND_INDEX6, "insert", &e)),
+        }
     }
-    fn delete_index(&mut self, key: &BackendIndexKey) -> Result<(), TableError> {
-        ignore_missing(self.index.remove(key), names::BACKEND_INDEX)
+    fn delete_index(&mut self, key: &IndexKey) -> Result<(), TableError> {
+        match index_keys(key) {
+            Ok(k) => ignore_missing(self.index.remove(&k), names::BACKEND_INDEX),
+            Err(k) => ignore_missing(self.index6.remove(&k), names::BACKEND_INDEX6),
+        }
     }
     fn put_meta(&mut self, svc_id: u32, meta: &ServiceMeta) -> Result<(), TableError> {
         self.meta.insert(svc_id, meta, 0).map_err(|e| table_error(names::META, "insert", &e))
@@ -193,12 +273,34 @@ impl Table for BpfMaps {
         outer.set(0, inner, 0).map_err(|e| table_error(names::GRACE, "update", &e))
     }
     fn dump(&self) -> Result<TableDump, TableError> {
-        Ok(TableDump {
-            frontends: dump_map(&self.frontends, names::FRONTENDS)?,
-            slots: dump_map(&self.slots, names::BACKENDS)?,
-            index: dump_map(&self.index, names::BACKEND_INDEX)?,
-            meta: dump_map(&self.meta, names::META)?,
-        })
+        let mut frontends: Vec<(FrontendKey, FrontendValue)> = dump_map(&self.frontends, names::FRONTENDS)?
+            .into_iter()
+            .map(|(k, v)| (FrontendKey::V4(k), FrontendValue::V4(v)))
+            .collect();
+        frontends.extend(
+            dump_map(&self.frontends6, names::FRONTENDS6)?
+                .into_iter()
+                .map(|(k, v)| (FrontendKey::V6(k), FrontendValue::V6(v))),
+        );
+        let mut slots: Vec<(SlotRef, Backend)> = dump_map(&self.slots, names::BACKENDS)?
+            .into_iter()
+            .map(|(key, b)| (SlotRef { family: Family::V4, key }, Backend::V4(b)))
+            .collect();
+        slots.extend(
+            dump_map(&self.slots6, names::BACKENDS6)?
+                .into_iter()
+                .map(|(key, b)| (SlotRef { family: Family::V6, key }, Backend::V6(b))),
+        );
+        let mut index: Vec<(IndexKey, u32)> = dump_map(&self.index, names::BACKEND_INDEX)?
+            .into_iter()
+            .map(|(k, slot)| (IndexKey { set_id: k.set_id, backend: Backend::V4(k.backend) }, slot))
+            .collect();
+        index.extend(
+            dump_map(&self.index6, names::BACKEND_INDEX6)?
+                .into_iter()
+                .map(|(k, slot)| (IndexKey { set_id: k.set_id, backend: Backend::V6(k.backend) }, slot)),
+        );
+        Ok(TableDump { frontends, slots, index, meta: dump_map(&self.meta, names::META)? })
     }
     fn capacity(&self) -> Capacity {
         self.capacity

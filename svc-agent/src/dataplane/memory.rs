@@ -4,25 +4,28 @@
 
 use std::collections::BTreeMap;
 
-use svc_common::{Backend4, BackendIndexKey, Frontend, FrontendKey4, ServiceMeta, SlotKey};
+use svc_common::ServiceMeta;
 
-use super::table::{Capacity, Table, TableDump, TableError};
+use super::{
+    family::{Backend, Family, FrontendKey, FrontendValue, IndexKey, SlotRef},
+    table::{Capacity, Table, TableDump, TableError},
+};
 
 /// Every operation, in order, so tests can check the update protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Op {
     /// put_frontend.
-    PutFrontend(FrontendKey4, Frontend),
+    PutFrontend(FrontendKey, FrontendValue),
     /// delete_frontend.
-    DeleteFrontend(FrontendKey4),
+    DeleteFrontend(FrontendKey),
     /// put_slot.
-    PutSlot(SlotKey, Backend4),
+    PutSlot(SlotRef, Backend),
     /// delete_slot.
-    DeleteSlot(SlotKey),
+    DeleteSlot(SlotRef),
     /// put_index.
-    PutIndex(BackendIndexKey),
+    PutIndex(IndexKey),
     /// delete_index.
-    DeleteIndex(BackendIndexKey),
+    DeleteIndex(IndexKey),
     /// put_meta.
     PutMeta(u32),
     /// delete_meta.
@@ -31,15 +34,17 @@ pub(crate) enum Op {
     Grace,
 }
 
-/// Maps held in `BTreeMap`s.
+/// Maps held in `BTreeMap`s, both families in one (each family's map has
+/// the capacity; a family's entries count against it alone, as in the
+/// kernel).
 #[derive(Debug, Clone)]
 pub(crate) struct MemoryTable {
-    /// SVC_FRONTENDS.
-    pub frontends: BTreeMap<FrontendKey4, Frontend>,
-    /// SVC_BACKENDS.
-    pub slots: BTreeMap<SlotKey, Backend4>,
-    /// SVC_BE_INDEX.
-    pub index: BTreeMap<BackendIndexKey, u32>,
+    /// SVC_FRONTENDS and SVC_FRONTENDS6.
+    pub frontends: BTreeMap<FrontendKey, FrontendValue>,
+    /// SVC_BACKENDS and SVC_BACKENDS6.
+    pub slots: BTreeMap<SlotRef, Backend>,
+    /// SVC_BE_INDEX and SVC_BE_INDEX6.
+    pub index: BTreeMap<IndexKey, u32>,
     /// SVC_META.
     pub meta: BTreeMap<u32, ServiceMeta>,
     /// Capacities.
@@ -68,8 +73,7 @@ impl MemoryTable {
 
 fn put<K: Ord, V>(
     map: &mut BTreeMap<K, V>,
-    cap: u32,
-    name: &'static str,
+    (cap, name, family): (u32, &'static str, fn(&K) -> Family),
     failing: Option<&'static str>,
     k: K,
     v: V,
@@ -77,7 +81,8 @@ fn put<K: Ord, V>(
     if failing == Some(name) {
         return Err(TableError { map: name, op: "insert", detail: "injected failure (ENOMEM)".into(), full: false });
     }
-    if !map.contains_key(&k) && map.len() >= cap as usize {
+    let used = map.keys().filter(|key| family(key) == family(&k)).count();
+    if !map.contains_key(&k) && used >= cap as usize {
         return Err(TableError { map: name, op: "insert", detail: "map full (E2BIG)".into(), full: true });
     }
     map.insert(k, v);
@@ -85,38 +90,42 @@ fn put<K: Ord, V>(
 }
 
 impl Table for MemoryTable {
-    fn put_frontend(&mut self, key: &FrontendKey4, value: &Frontend) -> Result<(), TableError> {
-        put(&mut self.frontends, self.capacity.frontends, "SVC_FRONTENDS", self.failing_map, *key, *value)?;
+    fn put_frontend(&mut self, key: &FrontendKey, value: &FrontendValue) -> Result<(), TableError> {
+        let map = (self.capacity.frontends, "SVC_FRONTENDS", FrontendKey::family as fn(&FrontendKey) -> Family);
+        put(&mut self.frontends, map, self.failing_map, *key, *value)?;
         self.ops.push(Op::PutFrontend(*key, *value));
         Ok(())
     }
-    fn delete_frontend(&mut self, key: &FrontendKey4) -> Result<(), TableError> {
+    fn delete_frontend(&mut self, key: &FrontendKey) -> Result<(), TableError> {
         self.frontends.remove(key);
         self.ops.push(Op::DeleteFrontend(*key));
         Ok(())
     }
-    fn put_slot(&mut self, key: &SlotKey, backend: &Backend4) -> Result<(), TableError> {
-        put(&mut self.slots, self.capacity.slots, "SVC_BACKENDS", self.failing_map, *key, *backend)?;
+    fn put_slot(&mut self, key: &SlotRef, backend: &Backend) -> Result<(), TableError> {
+        let map = (self.capacity.slots, "SVC_BACKENDS", (|k: &SlotRef| k.family) as fn(&SlotRef) -> Family);
+        put(&mut self.slots, map, self.failing_map, *key, *backend)?;
         self.ops.push(Op::PutSlot(*key, *backend));
         Ok(())
     }
-    fn delete_slot(&mut self, key: &SlotKey) -> Result<(), TableError> {
+    fn delete_slot(&mut self, key: &SlotRef) -> Result<(), TableError> {
         self.slots.remove(key);
         self.ops.push(Op::DeleteSlot(*key));
         Ok(())
     }
-    fn put_index(&mut self, key: &BackendIndexKey, slot: u32) -> Result<(), TableError> {
-        put(&mut self.index, self.capacity.index, "SVC_BE_INDEX", self.failing_map, *key, slot)?;
+    fn put_index(&mut self, key: &IndexKey, slot: u32) -> Result<(), TableError> {
+        let map = (self.capacity.index, "SVC_BE_INDEX", (|k: &IndexKey| k.backend.family()) as fn(&IndexKey) -> Family);
+        put(&mut self.index, map, self.failing_map, *key, slot)?;
         self.ops.push(Op::PutIndex(*key));
         Ok(())
     }
-    fn delete_index(&mut self, key: &BackendIndexKey) -> Result<(), TableError> {
+    fn delete_index(&mut self, key: &IndexKey) -> Result<(), TableError> {
         self.index.remove(key);
         self.ops.push(Op::DeleteIndex(*key));
         Ok(())
     }
     fn put_meta(&mut self, svc_id: u32, meta: &ServiceMeta) -> Result<(), TableError> {
-        put(&mut self.meta, self.capacity.meta, "SVC_META", self.failing_map, svc_id, *meta)?;
+        let map = (self.capacity.meta, "SVC_META", (|_: &u32| Family::V4) as fn(&u32) -> Family);
+        put(&mut self.meta, map, self.failing_map, svc_id, *meta)?;
         self.ops.push(Op::PutMeta(svc_id));
         Ok(())
     }

@@ -11,6 +11,7 @@
 
 pub(crate) mod cleanup;
 pub(crate) mod encode;
+pub(crate) mod family;
 pub(crate) mod loader;
 pub(crate) mod maps;
 #[cfg(test)]

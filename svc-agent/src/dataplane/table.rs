@@ -1,8 +1,12 @@
-//! The writer's view of the maps: a handful of typed put/delete operations.
-//! The real implementation is [`super::maps::BpfMaps`]; unit tests use
-//! [`super::memory::MemoryTable`], which enforces the same capacities.
+//! The writer's view of the maps: a handful of typed put/delete operations
+//! on family-neutral types ([`super::family`]); each entry goes to its
+//! family's map. The real implementation is [`super::maps::BpfMaps`]; unit
+//! tests use [`super::memory::MemoryTable`], which enforces the same
+//! capacities.
 
-use svc_common::{Backend4, BackendIndexKey, Frontend, FrontendKey4, ServiceMeta, SlotKey};
+use svc_common::ServiceMeta;
+
+use super::family::{Backend, FrontendKey, FrontendValue, IndexKey, SlotRef};
 
 /// A failed map operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,17 +25,19 @@ pub(crate) struct TableError {
 /// Everything in the writer-owned maps, for adopting pinned state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct TableDump {
-    /// SVC_FRONTENDS.
-    pub frontends: Vec<(FrontendKey4, Frontend)>,
-    /// SVC_BACKENDS.
-    pub slots: Vec<(SlotKey, Backend4)>,
-    /// SVC_BE_INDEX.
-    pub index: Vec<(BackendIndexKey, u32)>,
+    /// SVC_FRONTENDS and SVC_FRONTENDS6.
+    pub frontends: Vec<(FrontendKey, FrontendValue)>,
+    /// SVC_BACKENDS and SVC_BACKENDS6.
+    pub slots: Vec<(SlotRef, Backend)>,
+    /// SVC_BE_INDEX and SVC_BE_INDEX6.
+    pub index: Vec<(IndexKey, u32)>,
     /// SVC_META.
     pub meta: Vec<(u32, ServiceMeta)>,
 }
 
-/// Capacities of the writer-owned maps.
+/// Capacities of the writer-owned maps. The writer counts both families
+/// against one capacity (each family's map is created with it: one flag
+/// bounds them together).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Capacity {
     /// SVC_FRONTENDS max_entries.
@@ -48,21 +54,22 @@ pub(crate) struct Capacity {
 /// succeeds (deletes are idempotent).
 pub(crate) trait Table {
     /// Inserts or replaces a frontend (one atomic map update).
-    fn put_frontend(&mut self, key: &FrontendKey4, value: &Frontend) -> Result<(), TableError>;
+    fn put_frontend(&mut self, key: &FrontendKey, value: &FrontendValue) -> Result<(), TableError>;
     /// Removes a frontend.
-    fn delete_frontend(&mut self, key: &FrontendKey4) -> Result<(), TableError>;
-    /// Writes one backend slot.
-    fn put_slot(&mut self, key: &SlotKey, backend: &Backend4) -> Result<(), TableError>;
+    fn delete_frontend(&mut self, key: &FrontendKey) -> Result<(), TableError>;
+    /// Writes one backend slot (`backend` of the slot's family).
+    fn put_slot(&mut self, key: &SlotRef, backend: &Backend) -> Result<(), TableError>;
     /// Removes one backend slot.
-    fn delete_slot(&mut self, key: &SlotKey) -> Result<(), TableError>;
-    /// Writes the slots of a new set (one batch where the kernel allows).
-    fn put_slots(&mut self, slots: &[(SlotKey, Backend4)]) -> Result<(), TableError> {
+    fn delete_slot(&mut self, key: &SlotRef) -> Result<(), TableError>;
+    /// Writes the slots of a new set, all of one family (one batch where
+    /// the kernel allows).
+    fn put_slots(&mut self, slots: &[(SlotRef, Backend)]) -> Result<(), TableError> {
         slots.iter().try_for_each(|(key, backend)| self.put_slot(key, backend))
     }
     /// Writes one membership entry.
-    fn put_index(&mut self, key: &BackendIndexKey, slot: u32) -> Result<(), TableError>;
+    fn put_index(&mut self, key: &IndexKey, slot: u32) -> Result<(), TableError>;
     /// Removes one membership entry.
-    fn delete_index(&mut self, key: &BackendIndexKey) -> Result<(), TableError>;
+    fn delete_index(&mut self, key: &IndexKey) -> Result<(), TableError>;
     /// Writes a service port's names.
     fn put_meta(&mut self, svc_id: u32, meta: &ServiceMeta) -> Result<(), TableError>;
     /// Removes a service port's names.

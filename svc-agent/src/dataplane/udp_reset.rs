@@ -21,9 +21,13 @@ use std::{
 };
 
 use aya::maps::{HashMap, MapData};
-use svc_common::{Backend4, FrontendKey4, RevNatKey, RevNatValue, names};
+use svc_common::{Backend6, RevNatKey, RevNatKey6, RevNatValue, names};
 
-use super::{maps::open_pinned_map, pins::PinLayout};
+use super::{
+    family::{Backend, FrontendKey},
+    maps::open_pinned_map,
+    pins::PinLayout,
+};
 use crate::{
     error::{Error, Result},
     metrics::Metrics,
@@ -31,7 +35,30 @@ use crate::{
 };
 
 /// A UDP frontend and the backends it stopped using.
-pub(crate) type Removed = (FrontendKey4, Vec<Backend4>);
+pub(crate) type Removed = (FrontendKey, Vec<Backend>);
+
+/// Both families' reverse-translation maps: which frontend a (socket,
+/// backend) pair stands for.
+struct RevNat {
+    v4: HashMap<MapData, RevNatKey, RevNatValue>,
+    v6: HashMap<MapData, RevNatKey6, Backend6>,
+}
+
+impl RevNat {
+    /// The frontend address socket `cookie` reached `backend` through.
+    fn frontend(&self, cookie: u64, backend: Backend) -> Option<std::net::SocketAddr> {
+        match backend {
+            Backend::V4(backend) => {
+                let v = self.v4.get(&RevNatKey { cookie, backend }, 0).ok()?;
+                Some(super::encode::socket_addr(v.addr, v.port).into())
+            }
+            Backend::V6(backend) => {
+                let v = self.v6.get(&RevNatKey6 { cookie, backend, _pad: 0 }, 0).ok()?;
+                Some(super::encode::socket_addr6(v.addr, v.port).into())
+            }
+        }
+    }
+}
 
 /// What one reset round did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -52,8 +79,10 @@ pub(crate) struct Outcome {
 /// every client network namespace), so it never delays map updates.
 /// Failures are logged at warn level and counted in `metrics`.
 pub(crate) fn spawn(layout: &PinLayout, cgroup: PathBuf, metrics: Arc<Metrics>) -> Result<mpsc::Sender<Vec<Removed>>> {
-    let revnat: HashMap<MapData, RevNatKey, RevNatValue> =
-        HashMap::try_from(open_pinned_map(layout, names::REV_NAT)?).map_err(|e| Error::map(names::REV_NAT, e))?;
+    let revnat = RevNat {
+        v4: HashMap::try_from(open_pinned_map(layout, names::REV_NAT)?).map_err(|e| Error::map(names::REV_NAT, e))?,
+        v6: HashMap::try_from(open_pinned_map(layout, names::REV_NAT6)?).map_err(|e| Error::map(names::REV_NAT6, e))?,
+    };
     let (tx, rx) = mpsc::channel::<Vec<Removed>>();
     std::thread::Builder::new()
         .name("udp-reset".into())
@@ -103,9 +132,9 @@ fn report(outcome: &Outcome, metrics: &Metrics) {
 }
 
 /// Destroys the qualifying sockets in every client netns.
-fn reset(cgroup: &Path, revnat: &HashMap<MapData, RevNatKey, RevNatValue>, removed: &[Removed]) -> io::Result<Outcome> {
+fn reset(cgroup: &Path, revnat: &RevNat, removed: &[Removed]) -> io::Result<Outcome> {
     // backend -> the frontends that stopped using it
-    let mut wanted: BTreeMap<Backend4, Vec<FrontendKey4>> = BTreeMap::new();
+    let mut wanted: BTreeMap<Backend, Vec<FrontendKey>> = BTreeMap::new();
     for (frontend, backends) in removed {
         for b in backends {
             wanted.entry(*b).or_default().push(*frontend);
@@ -130,9 +159,7 @@ fn reset(cgroup: &Path, revnat: &HashMap<MapData, RevNatKey, RevNatValue>, remov
             .filter(|s| {
                 let backend = super::encode::backend_value(s.peer);
                 let Some(frontends) = wanted.get(&backend) else { return false };
-                revnat
-                    .get(&RevNatKey { cookie: s.cookie, backend }, 0)
-                    .is_ok_and(|rev| frontends.iter().any(|f| f.addr == rev.addr && f.port == rev.port))
+                revnat.frontend(s.cookie, backend).is_some_and(|rev| frontends.iter().any(|f| f.socket_addr() == rev))
             })
             .collect();
         if doomed.is_empty() {
@@ -153,7 +180,7 @@ fn reset(cgroup: &Path, revnat: &HashMap<MapData, RevNatKey, RevNatValue>, remov
             }
         }
     }
-    tracing::debug!(backends = ?wanted.keys().map(|b| super::encode::socket_addr(b.addr, b.port)).collect::<Vec<_>>(), ?outcome, "udp reset");
+    tracing::debug!(backends = ?wanted.keys().map(Backend::socket_addr).collect::<Vec<_>>(), ?outcome, "udp reset");
     Ok(outcome)
 }
 

@@ -6,7 +6,7 @@
 
 use std::{
     io,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
@@ -73,23 +73,23 @@ struct Request {
     body: InetDiagReqV2,
 }
 
-/// A connected UDP socket with an IPv4 peer: an `AF_INET` socket, or an
-/// `AF_INET6` one connected to a v4-mapped address.
+/// A connected UDP socket of either family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct UdpSocket {
-    /// Peer address (unmapped for an `AF_INET6` socket).
-    pub peer: SocketAddrV4,
+    /// Peer address; a v4-mapped peer of an `AF_INET6` socket as IPv4
+    /// (the dataplane serves it with the IPv4 maps).
+    pub peer: SocketAddr,
     /// `bpf_get_socket_cookie()` of the socket.
     pub cookie: u64,
     family: u8,
     id: InetDiagSockId,
 }
 
-/// The IPv4 peer in a sock_diag id of `family`, if it has one.
-fn ipv4_peer(family: u8, id: &InetDiagSockId) -> Option<Ipv4Addr> {
+/// The peer in a sock_diag id of `family`, v4-mapped ones unmapped.
+fn peer(family: u8, id: &InetDiagSockId) -> Option<IpAddr> {
     match i32::from(family) {
-        libc::AF_INET => Some(Ipv4Addr::from(id.dst[0])),
-        libc::AF_INET6 => Ipv6Addr::from(*id.dst.as_flattened().as_array::<16>()?).to_ipv4_mapped(),
+        libc::AF_INET => Some(Ipv4Addr::from(id.dst[0]).into()),
+        libc::AF_INET6 => Some(Ipv6Addr::from(*id.dst.as_flattened().as_array::<16>()?).to_canonical()),
         _ => None,
     }
 }
@@ -117,8 +117,8 @@ fn recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
     if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
 }
 
-/// Every connected UDP socket with an IPv4 peer in the calling thread's
-/// network namespace, of both families.
+/// Every connected UDP socket in the calling thread's network namespace,
+/// of both families.
 pub(crate) fn connected_udp_sockets() -> io::Result<Vec<UdpSocket>> {
     let mut out = connected_udp_sockets_of(libc::AF_INET as u8)?;
     out.extend(connected_udp_sockets_of(libc::AF_INET6 as u8)?);
@@ -149,9 +149,9 @@ fn connected_udp_sockets_of(family: u8) -> io::Result<Vec<UdpSocket>> {
                     // SAFETY: length checked; plain data.
                     let msg: InetDiagMsg =
                         unsafe { std::ptr::read_unaligned(buf[offset + size_of::<NlMsgHdr>()..].as_ptr().cast()) };
-                    if let Some(ip) = ipv4_peer(family, &msg.id) {
+                    if let Some(ip) = peer(family, &msg.id) {
                         out.push(UdpSocket {
-                            peer: SocketAddrV4::new(ip, u16::from_be_bytes(msg.id.dport)),
+                            peer: SocketAddr::new(ip, u16::from_be_bytes(msg.id.dport)),
                             cookie: u64::from(msg.id.cookie[0]) | (u64::from(msg.id.cookie[1]) << 32),
                             family,
                             id: msg.id,
@@ -215,13 +215,13 @@ mod tests {
     }
 
     #[test]
-    fn ipv4_peers_of_both_families() {
+    fn peers_of_both_families() {
         let v4 = id_with_dst([10, 96, 0, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(ipv4_peer(libc::AF_INET as u8, &v4), Some(Ipv4Addr::new(10, 96, 0, 10)));
+        assert_eq!(peer(libc::AF_INET as u8, &v4), Some(Ipv4Addr::new(10, 96, 0, 10).into()));
+        // A v4-mapped peer is served by the IPv4 maps: reported as IPv4.
         let mapped = id_with_dst(Ipv4Addr::new(10, 244, 1, 2).to_ipv6_mapped().octets());
-        assert_eq!(ipv4_peer(libc::AF_INET6 as u8, &mapped), Some(Ipv4Addr::new(10, 244, 1, 2)));
-        // A native IPv6 peer has no IPv4 address.
-        let native = id_with_dst("fd00::1".parse::<Ipv6Addr>().unwrap().octets());
-        assert_eq!(ipv4_peer(libc::AF_INET6 as u8, &native), None);
+        assert_eq!(peer(libc::AF_INET6 as u8, &mapped), Some(Ipv4Addr::new(10, 244, 1, 2).into()));
+        let native: Ipv6Addr = "fd00::1".parse().unwrap();
+        assert_eq!(peer(libc::AF_INET6 as u8, &id_with_dst(native.octets())), Some(native.into()));
     }
 }

@@ -4,11 +4,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use svc_common::BackendIndexKey;
-
 use super::{BackendSet, Handover, IdAllocator, Orphans, PortEntry, ServiceState, Writer, name_str};
 use crate::{
-    dataplane::table::{Table, TableError},
+    dataplane::{
+        family::{Backend, Family, IndexKey},
+        table::{Table, TableError},
+    },
     model::{Proto, ServiceKey, ServicePortKey},
 };
 
@@ -28,9 +29,9 @@ pub(super) fn adopt<T: Table>(table: T) -> Result<Writer<T>, TableError> {
         ports.insert(port, PortEntry { id: *id, meta: *meta });
     }
 
-    let mut slots: BTreeMap<u32, Vec<(u32, svc_common::Backend4)>> = BTreeMap::new();
-    for (key, backend) in &dump.slots {
-        slots.entry(key.set_id).or_default().push((key.slot, *backend));
+    let mut slots: BTreeMap<(u32, Family), Vec<(u32, Backend)>> = BTreeMap::new();
+    for (slot, backend) in &dump.slots {
+        slots.entry((slot.key.set_id, slot.family)).or_default().push((slot.key.slot, *backend));
     }
 
     let mut services: HashMap<ServiceKey, ServiceState> = HashMap::new();
@@ -41,42 +42,45 @@ pub(super) fn adopt<T: Table>(table: T) -> Result<Writer<T>, TableError> {
         // file it under a name no source produces so the first sync
         // removes it.
         let owner = port_by_id
-            .get(&fe.svc_id)
-            .map_or_else(|| ServiceKey::new("", format!("unnamed-svc-id-{}", fe.svc_id)), |p| p.service.clone());
+            .get(&fe.svc_id())
+            .map_or_else(|| ServiceKey::new("", format!("unnamed-svc-id-{}", fe.svc_id())), |p| p.service.clone());
         let state = services.entry(owner.clone()).or_default();
         state.frontends.insert(*fk, *fe);
-        if let Some(port) = port_by_id.get(&fe.svc_id) {
+        if let Some(port) = port_by_id.get(&fe.svc_id()) {
             state.ports.insert(port.clone(), ());
         }
-        if fe.set_id != 0 {
-            sets.entry(fe.set_id).or_insert_with(|| {
+        if fe.set_id() != 0 {
+            let family = fk.family();
+            sets.entry(fe.set_id()).or_insert_with(|| {
                 let backends = if fe.is_inline() {
-                    fe.inline[..fe.count as usize].to_vec()
+                    fe.inline_backends()
                 } else {
-                    let mut members = slots.get(&fe.set_id).cloned().unwrap_or_default();
+                    let mut members = slots.get(&(fe.set_id(), family)).cloned().unwrap_or_default();
                     members.sort_unstable();
                     members.into_iter().map(|(_, b)| b).collect()
                 };
-                BackendSet { backends, indexed: fe.is_indexed() }
+                BackendSet { family, backends, indexed: fe.is_indexed() }
             });
         }
         owners.insert(*fk, owner);
     }
 
-    let set_ids = IdAllocator::with_used(slots.keys().chain(sets.keys()).copied());
-    let referenced_ports: std::collections::HashSet<u32> = dump.frontends.iter().map(|(_, fe)| fe.svc_id).collect();
+    let set_ids = IdAllocator::with_used(slots.keys().map(|(id, _)| *id).chain(sets.keys().copied()));
+    let referenced_ports: std::collections::HashSet<u32> = dump.frontends.iter().map(|(_, fe)| fe.svc_id()).collect();
     let orphans = Orphans {
+        // Slots of a set no frontend points at, or of the other family
+        // than the frontends that use that set id.
         slots: dump
             .slots
             .iter()
             .map(|(k, _)| *k)
-            .filter(|k| sets.get(&k.set_id).is_none_or(BackendSet::is_inline))
+            .filter(|k| sets.get(&k.key.set_id).is_none_or(|s| s.is_inline() || s.family != k.family))
             .collect(),
         index: dump
             .index
             .iter()
             .map(|(k, _)| *k)
-            .filter(|k: &BackendIndexKey| sets.get(&k.set_id).is_none_or(|s| !s.indexed))
+            .filter(|k: &IndexKey| sets.get(&k.set_id).is_none_or(|s| !s.indexed || s.family != k.backend.family()))
             .collect(),
         meta: dump.meta.iter().map(|(id, _)| *id).filter(|id| !referenced_ports.contains(id)).collect(),
     };

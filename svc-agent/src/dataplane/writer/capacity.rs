@@ -2,11 +2,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use svc_common::{Backend4, FrontendKey4, INLINE_BACKENDS};
-
-use super::{Refusal, ServiceState, Writer, backend_values, sets::needs_index};
+use super::{
+    Refusal, ServiceState, Writer, backend_values,
+    sets::{in_slots, needs_index},
+};
 use crate::{
-    dataplane::table::Table,
+    dataplane::{
+        family::{Backend, FrontendKey},
+        table::Table,
+    },
     model::{DesiredFrontend, ServiceKey},
 };
 
@@ -18,7 +22,7 @@ impl<T: Table> Writer<T> {
     pub(super) fn check_capacity(
         &mut self,
         key: &ServiceKey,
-        wanted: &BTreeMap<FrontendKey4, &DesiredFrontend>,
+        wanted: &BTreeMap<FrontendKey, &DesiredFrontend>,
     ) -> Result<(), Refusal> {
         match self.capacity_shortfall(key, wanted) {
             Err(_) if !self.retired.is_empty() => {
@@ -32,7 +36,7 @@ impl<T: Table> Writer<T> {
     fn capacity_shortfall(
         &self,
         key: &ServiceKey,
-        wanted: &BTreeMap<FrontendKey4, &DesiredFrontend>,
+        wanted: &BTreeMap<FrontendKey, &DesiredFrontend>,
     ) -> Result<(), Refusal> {
         let cap = self.table.capacity();
         let current = self.services.get(key);
@@ -46,7 +50,7 @@ impl<T: Table> Writer<T> {
             }
         };
         full("SVC_FRONTENDS", "entries", self.owners.len() as u64, cap.frontends, new_frontends)?;
-        let exists = |backends: &[Backend4], indexed: bool| {
+        let exists = |backends: &[Backend], indexed: bool| {
             current
                 .into_iter()
                 .flat_map(ServiceState::set_ids)
@@ -55,7 +59,7 @@ impl<T: Table> Writer<T> {
         };
         let mut seen = BTreeSet::new();
         let (mut slots, mut index) = (0u64, 0u64);
-        for fe in wanted.values().filter(|fe| fe.backends.len() > INLINE_BACKENDS) {
+        for fe in wanted.values().filter(|fe| in_slots(fe)) {
             let backends = backend_values(fe);
             let indexed = needs_index(fe);
             if !exists(&backends, indexed) && seen.insert((backends, indexed)) {

@@ -1,8 +1,7 @@
 //! Undo information for one Service's update, and the rollback.
 
-use svc_common::{Frontend, FrontendKey4};
-
 use super::{PortEntry, Writer, log_delete};
+use crate::dataplane::family::{FrontendKey, FrontendValue};
 use crate::{dataplane::table::Table, model::ServicePortKey};
 
 /// What one Service's update wrote, to undo it if a later write fails.
@@ -11,7 +10,7 @@ pub(super) struct Journal {
     pub(super) new_sets: Vec<u32>,
     pub(super) new_ports: Vec<ServicePortKey>,
     pub(super) old_meta: Vec<(ServicePortKey, PortEntry)>,
-    pub(super) frontends: Vec<(FrontendKey4, Option<Frontend>)>,
+    pub(super) frontends: Vec<(FrontendKey, Option<FrontendValue>)>,
 }
 
 impl<T: Table> Writer<T> {

@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use litemap::LiteMap;
 
-use svc_common::{Backend4, BackendIndexKey, Frontend, FrontendKey4, ServiceMeta, SlotKey, fe_flags};
+use svc_common::{ServiceMeta, fe_flags};
 
 pub(crate) use self::refusal::{Conflict, Refusal};
 use self::{
@@ -43,6 +43,7 @@ use self::{
 };
 use super::{
     encode::{backend_value, frontend_key},
+    family::{Backend, FrontendKey, FrontendValue, Header, IndexKey, SlotRef},
     table::{Table, TableError},
 };
 use crate::model::{DesiredFrontend, DesiredService, FrontendKind, ServiceKey, ServicePortKey};
@@ -53,7 +54,7 @@ use crate::model::{DesiredFrontend, DesiredService, FrontendKind, ServiceKey, Se
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct ServiceState {
     /// Exactly as written to SVC_FRONTENDS.
-    frontends: LiteMap<FrontendKey4, Frontend>,
+    frontends: LiteMap<FrontendKey, FrontendValue>,
     /// Service ports (SVC_META entries) it owns.
     ports: LiteMap<ServicePortKey, ()>,
 }
@@ -62,7 +63,7 @@ impl ServiceState {
     /// The backend sets it owns: exactly those its frontends point at (an
     /// update releases the others when it commits).
     fn set_ids(&self) -> impl Iterator<Item = u32> + '_ {
-        self.frontends.values().map(|f| f.set_id).filter(|&id| id != 0)
+        self.frontends.values().map(FrontendValue::set_id).filter(|&id| id != 0)
     }
 }
 
@@ -84,8 +85,8 @@ struct Pending {
 /// steps of the protocol); removed once the first full sync is applied.
 #[derive(Debug, Default)]
 struct Orphans {
-    slots: Vec<SlotKey>,
-    index: Vec<BackendIndexKey>,
+    slots: Vec<SlotRef>,
+    index: Vec<IndexKey>,
     meta: Vec<u32>,
 }
 
@@ -96,15 +97,15 @@ struct Orphans {
 struct Handover {
     /// Addresses a Service of this batch gives up (removed, or no longer
     /// among its frontends), with that Service.
-    releasing: HashMap<FrontendKey4, ServiceKey>,
+    releasing: HashMap<FrontendKey, ServiceKey>,
     /// Addresses wanted by a Service of this batch (or one waiting for a
     /// retry), with that Service.
-    claimed: HashMap<FrontendKey4, ServiceKey>,
+    claimed: HashMap<FrontendKey, ServiceKey>,
     /// Addresses left in the map for their new owner, with the set their
     /// value still points at (kept until the new owner's write replaces
     /// it, even by a mid-batch grace period); deleted at the end of
     /// the batch if no one took them.
-    left: Vec<(FrontendKey4, u32)>,
+    left: Vec<(FrontendKey, u32)>,
 }
 
 /// What to do with one Service: decided once, by the controller.
@@ -127,7 +128,7 @@ pub(crate) struct BatchReport {
     pub refused: Vec<(ServiceKey, Refusal)>,
     /// UDP frontends and the backends they no longer use: connected UDP
     /// sockets aimed at those must be reset (kube-proxy flushes conntrack).
-    pub udp_removed: Vec<(FrontendKey4, Vec<Backend4>)>,
+    pub udp_removed: Vec<(FrontendKey, Vec<Backend>)>,
 }
 
 /// Programmed state and the maps it lives in.
@@ -135,7 +136,7 @@ pub(crate) struct BatchReport {
 pub(crate) struct Writer<T: Table> {
     table: T,
     services: HashMap<ServiceKey, ServiceState>,
-    owners: HashMap<FrontendKey4, ServiceKey>,
+    owners: HashMap<FrontendKey, ServiceKey>,
     sets: HashMap<u32, BackendSet>,
     ports: HashMap<ServicePortKey, PortEntry>,
     set_ids: IdAllocator,
@@ -150,11 +151,11 @@ pub(crate) struct Writer<T: Table> {
     /// Frontend keys written since the last grace period: writing one again
     /// first waits for a grace period (docs/maps.md, readers and element
     /// reuse).
-    written: HashSet<FrontendKey4>,
+    written: HashSet<FrontendKey>,
     /// The current batch's address hand-overs.
     handover: Handover,
     /// Collected during a batch, handed out in its report.
-    udp_removed: Vec<(FrontendKey4, Vec<Backend4>)>,
+    udp_removed: Vec<(FrontendKey, Vec<Backend>)>,
 }
 
 impl<T: Table> Writer<T> {
@@ -182,11 +183,14 @@ impl<T: Table> Writer<T> {
 
     /// The ClusterIP address of every programmed Service (for a source
     /// that allocates addresses to keep them across restarts).
-    pub(crate) fn programmed_cluster_ips(&self) -> Vec<(ServiceKey, std::net::Ipv4Addr)> {
+    pub(crate) fn programmed_cluster_ips(&self) -> Vec<(ServiceKey, std::net::IpAddr)> {
         let mut out = Vec::new();
         for (key, state) in &self.services {
-            if let Some((fk, _)) = state.frontends.iter().find(|(_, fe)| fe.is_cluster_ip()) {
-                out.push((key.clone(), std::net::Ipv4Addr::from(fk.addr)));
+            for (fk, _) in state.frontends.iter().filter(|(_, fe)| fe.is_cluster_ip()) {
+                let entry = (key.clone(), fk.socket_addr().ip());
+                if !out.contains(&entry) {
+                    out.push(entry);
+                }
             }
         }
         out
@@ -198,8 +202,8 @@ impl<T: Table> Writer<T> {
         let mut out: Vec<(ServiceKey, String, u16)> = Vec::new();
         for (key, state) in &self.services {
             for (fk, fe) in state.frontends.iter().filter(|(_, fe)| fe.is_node_port()) {
-                let Some(port) = names.get(&fe.svc_id) else { continue };
-                let entry = (key.clone(), port.port_name.clone(), u16::from_be(fk.port));
+                let Some(port) = names.get(&fe.svc_id()) else { continue };
+                let entry = (key.clone(), port.port_name.clone(), fk.socket_addr().port());
                 if !out.contains(&entry) {
                     out.push(entry);
                 }
@@ -296,7 +300,7 @@ impl<T: Table> Writer<T> {
         let changing = upserts.iter().map(|(k, d)| (k, Some(d))).chain(removals.iter().map(|k| (k, None)));
         for (key, desired) in changing {
             let Some(state) = self.services.get(key) else { continue };
-            let keeps: HashSet<FrontendKey4> =
+            let keeps: HashSet<FrontendKey> =
                 desired.into_iter().flat_map(|d| &d.frontends).map(|fe| frontend_key(fe.addr, fe.proto)).collect();
             for fk in state.frontends.keys().filter(|fk| !keeps.contains(*fk)) {
                 plan.releasing.insert(*fk, key.clone());
@@ -321,7 +325,7 @@ impl<T: Table> Writer<T> {
         let mut set_ids = BTreeSet::new();
         for slot in orphans.slots {
             log_delete(self.table.delete_slot(&slot));
-            set_ids.insert(slot.set_id);
+            set_ids.insert(slot.key.set_id);
         }
         for id in set_ids {
             self.set_ids.release(id);
@@ -363,7 +367,7 @@ impl<T: Table> Writer<T> {
     fn upsert(&mut self, key: &ServiceKey, desired: &DesiredService) -> Result<UpsertOutcome, Refusal> {
         let mut conflicts = Vec::new();
         let mut taken = Vec::new();
-        let mut wanted: BTreeMap<FrontendKey4, &DesiredFrontend> = BTreeMap::new();
+        let mut wanted: BTreeMap<FrontendKey, &DesiredFrontend> = BTreeMap::new();
         for fe in &desired.frontends {
             let fk = frontend_key(fe.addr, fe.proto);
             match self.owners.get(&fk) {
@@ -402,18 +406,18 @@ impl<T: Table> Writer<T> {
     /// `owner` hands address `fk` over to another Service of this batch:
     /// it leaves `owner`'s state without being deleted from the map (the
     /// new owner's write replaces it), and the sets only it used retire.
-    fn give_up(&mut self, owner: &ServiceKey, fk: &FrontendKey4) {
+    fn give_up(&mut self, owner: &ServiceKey, fk: &FrontendKey) {
         let Some(state) = self.services.get_mut(owner) else { return };
         let Some(old) = state.frontends.remove(fk) else { return };
-        let still_used = state.set_ids().any(|id| id == old.set_id);
+        let still_used = state.set_ids().any(|id| id == old.set_id());
         let empty = state.frontends.is_empty();
         self.owners.remove(fk);
         // Until the taker's write lands (or if it fails), the address is
         // nobody's: the end of the batch deletes it unless it was taken.
-        self.handover.left.push((*fk, old.set_id));
-        self.note_udp_removed(fk, old.set_id, 0);
-        if old.set_id != 0 && !still_used {
-            self.retire_set(old.set_id);
+        self.handover.left.push((*fk, old.set_id()));
+        self.note_udp_removed(fk, old.set_id(), 0);
+        if old.set_id() != 0 && !still_used {
+            self.retire_set(old.set_id());
         }
         if empty && let Some(mut state) = self.services.remove(owner) {
             self.release_unused(&mut state, &BTreeSet::new(), &BTreeSet::new(), &BTreeSet::new());
@@ -424,9 +428,9 @@ impl<T: Table> Writer<T> {
     fn write_frontends(
         &mut self,
         key: &ServiceKey,
-        wanted: &BTreeMap<FrontendKey4, &DesiredFrontend>,
+        wanted: &BTreeMap<FrontendKey, &DesiredFrontend>,
         journal: &mut Journal,
-    ) -> Result<LiteMap<FrontendKey4, Frontend>, TableError> {
+    ) -> Result<LiteMap<FrontendKey, FrontendValue>, TableError> {
         let current = self.services.get(key).cloned().unwrap_or_default();
         let mut values = LiteMap::with_capacity(wanted.len());
         for (fk, fe) in wanted {
@@ -435,20 +439,16 @@ impl<T: Table> Writer<T> {
             let set_id = if backends.is_empty() {
                 0
             } else {
-                self.find_or_create_set(&current, backends.as_slice(), needs_index(fe), journal)?
+                self.find_or_create_set(&current, fk.family(), backends.as_slice(), needs_index(fe), journal)?
             };
-            let mut value = Frontend {
+            let header = Header {
                 svc_id,
                 set_id,
                 count: fe.backends.len() as u32,
                 affinity_timeout: fe.affinity_timeout,
                 flags: flags(fe),
-                _pad: 0,
-                inline: Default::default(),
             };
-            if value.is_inline() {
-                value.inline[..backends.len()].copy_from_slice(&backends);
-            }
+            let value = FrontendValue::new(fk.family(), header, &backends);
             let old = current.frontends.get(fk).copied();
             if old != Some(value) {
                 self.write_frontend(fk, Some(&value))?;
@@ -463,7 +463,7 @@ impl<T: Table> Writer<T> {
     /// the last grace period waits for one first: a program may still hold
     /// the element the last write freed, and the kernel may hand that
     /// element to this write.
-    fn write_frontend(&mut self, fk: &FrontendKey4, value: Option<&Frontend>) -> Result<(), TableError> {
+    fn write_frontend(&mut self, fk: &FrontendKey, value: Option<&FrontendValue>) -> Result<(), TableError> {
         if self.written.contains(fk) {
             self.grace_period()?;
         }
@@ -501,14 +501,14 @@ impl<T: Table> Writer<T> {
     /// Step 3 for a successful update: record the new frontends, delete the
     /// ones no longer wanted (unless another Service of this batch takes
     /// them over), then retire sets and names nothing points at.
-    fn commit(&mut self, key: &ServiceKey, values: LiteMap<FrontendKey4, Frontend>, journal: Journal) {
+    fn commit(&mut self, key: &ServiceKey, values: LiteMap<FrontendKey, FrontendValue>, journal: Journal) {
         let mut state = self.services.remove(key).unwrap_or_default();
         for (fk, old) in &state.frontends {
-            let now = values.get(fk).map_or(0, |v| v.set_id);
-            self.note_udp_removed(fk, old.set_id, now);
+            let now = values.get(fk).map_or(0, FrontendValue::set_id);
+            self.note_udp_removed(fk, old.set_id(), now);
         }
-        let dropped: Vec<(FrontendKey4, u32)> =
-            state.frontends.iter().filter(|(k, _)| !values.contains_key(*k)).map(|(k, v)| (*k, v.set_id)).collect();
+        let dropped: Vec<(FrontendKey, u32)> =
+            state.frontends.iter().filter(|(k, _)| !values.contains_key(*k)).map(|(k, v)| (*k, v.set_id())).collect();
         for (fk, set_id) in dropped {
             self.drop_frontend(key, &fk, set_id);
         }
@@ -517,8 +517,8 @@ impl<T: Table> Writer<T> {
         }
         let owned_sets: BTreeSet<u32> = state.set_ids().chain(journal.new_sets).collect();
         state.ports.extend(journal.new_ports.into_iter().map(|p| (p, ())));
-        let live_sets: BTreeSet<u32> = values.values().map(|v| v.set_id).collect();
-        let live_ports: BTreeSet<u32> = values.values().map(|v| v.svc_id).collect();
+        let live_sets: BTreeSet<u32> = values.values().map(FrontendValue::set_id).collect();
+        let live_ports: BTreeSet<u32> = values.values().map(FrontendValue::svc_id).collect();
         state.frontends = values;
         self.release_unused(&mut state, &owned_sets, &live_sets, &live_ports);
         if !state.frontends.is_empty() {
@@ -528,7 +528,7 @@ impl<T: Table> Writer<T> {
 
     /// `key` no longer has frontend `fk`: delete it, or leave it in place
     /// when another Service of this batch claims it.
-    fn drop_frontend(&mut self, key: &ServiceKey, fk: &FrontendKey4, set_id: u32) {
+    fn drop_frontend(&mut self, key: &ServiceKey, fk: &FrontendKey, set_id: u32) {
         self.owners.remove(fk);
         match self.handover.claimed.get(fk) {
             Some(claimant) if claimant != key => self.handover.left.push((*fk, set_id)),
@@ -541,7 +541,7 @@ impl<T: Table> Writer<T> {
         let Some(mut state) = self.services.remove(key) else {
             return false;
         };
-        let frontends: Vec<(FrontendKey4, u32)> = state.frontends.iter().map(|(k, v)| (*k, v.set_id)).collect();
+        let frontends: Vec<(FrontendKey, u32)> = state.frontends.iter().map(|(k, v)| (*k, v.set_id())).collect();
         for (fk, set_id) in frontends {
             self.drop_frontend(key, &fk, set_id);
             self.note_udp_removed(&fk, set_id, 0);
@@ -580,13 +580,13 @@ impl<T: Table> Writer<T> {
     }
 
     /// Records the backends a UDP frontend stopped using (set 0: none).
-    fn note_udp_removed(&mut self, fk: &FrontendKey4, before: u32, after: u32) {
-        if fk.proto != svc_common::proto::UDP || before == after {
+    fn note_udp_removed(&mut self, fk: &FrontendKey, before: u32, after: u32) {
+        if fk.proto() != svc_common::proto::UDP || before == after {
             return;
         }
         let backends = |id: u32| self.sets.get(&id).map_or(&[][..], |s| s.backends.as_slice());
         let (before, after) = (backends(before), backends(after));
-        let gone: Vec<Backend4> = before.iter().filter(|b| !after.contains(b)).copied().collect();
+        let gone: Vec<Backend> = before.iter().filter(|b| !after.contains(b)).copied().collect();
         if !gone.is_empty() {
             self.udp_removed.push((*fk, gone));
         }
@@ -594,7 +594,7 @@ impl<T: Table> Writer<T> {
 }
 
 /// The kernel encoding of a frontend's backends.
-fn backend_values(fe: &DesiredFrontend) -> Vec<Backend4> {
+fn backend_values(fe: &DesiredFrontend) -> Vec<Backend> {
     fe.backends.iter().map(|b| backend_value(*b)).collect()
 }
 

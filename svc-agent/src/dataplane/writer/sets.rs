@@ -2,35 +2,55 @@
 //! one Service that have identical backends, and deleted only after an RCU
 //! grace period once nothing points at them (docs/maps.md).
 
-use svc_common::{Backend4, BackendIndexKey, INLINE_BACKENDS, SlotKey};
+use svc_common::SlotKey;
 
 use super::{Journal, ServiceState, Writer, log_delete};
 use crate::{
-    dataplane::table::{Table, TableError},
+    dataplane::{
+        family::{Backend, Family, IndexKey, SlotRef},
+        table::{Table, TableError},
+    },
     model::DesiredFrontend,
 };
 
-/// A backend set under one set id: up to `INLINE_BACKENDS` backends live
-/// in the frontend values themselves, larger sets in `backends.len()`
-/// slots of SVC_BACKENDS. Sets belong to one Service (never shared), so a
-/// Service's update only ever touches its own sets.
+/// A backend set under one set id, of one family: up to that family's
+/// inline limit the backends live in the frontend values themselves,
+/// larger sets in `backends.len()` slots of its slots map. Sets belong to
+/// one Service (never shared), so a Service's update only ever touches
+/// its own sets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct BackendSet {
-    pub(super) backends: Vec<Backend4>,
+    pub(super) family: Family,
+    pub(super) backends: Vec<Backend>,
     pub(super) indexed: bool,
 }
 
 impl BackendSet {
     /// Whether the set lives in frontend values rather than in slots.
     pub(super) fn is_inline(&self) -> bool {
-        self.backends.len() <= INLINE_BACKENDS
+        self.backends.len() <= self.family.inline_backends()
     }
+
+    /// Slot `slot` of this set (id `id`).
+    fn slot(&self, id: u32, slot: usize) -> SlotRef {
+        SlotRef { family: self.family, key: SlotKey { set_id: id, slot: slot as u32 } }
+    }
+}
+
+/// The family of a frontend (and so of its backends).
+pub(super) fn family(fe: &DesiredFrontend) -> Family {
+    Family::of(std::net::SocketAddr::from(fe.addr).ip())
+}
+
+/// Whether a frontend's backends go to slots rather than inline.
+pub(super) fn in_slots(fe: &DesiredFrontend) -> bool {
+    fe.backends.len() > family(fe).inline_backends()
 }
 
 /// Affinity membership entries are only needed for sets in slots; inline
 /// sets are scanned by the programs.
 pub(super) fn needs_index(fe: &DesiredFrontend) -> bool {
-    fe.affinity_timeout != 0 && fe.backends.len() > INLINE_BACKENDS
+    fe.affinity_timeout != 0 && in_slots(fe)
 }
 
 impl<T: Table> Writer<T> {
@@ -39,7 +59,8 @@ impl<T: Table> Writer<T> {
     pub(super) fn find_or_create_set(
         &mut self,
         current: &ServiceState,
-        backends: &[Backend4],
+        family: Family,
+        backends: &[Backend],
         indexed: bool,
         journal: &mut Journal,
     ) -> Result<u32, TableError> {
@@ -54,7 +75,7 @@ impl<T: Table> Writer<T> {
         }
         let id = self.set_ids.allocate().ok_or_else(|| super::exhausted("backend set ids"))?;
         // Registered before writing so a partial write is rolled back too.
-        let set = BackendSet { backends: backends.to_vec(), indexed };
+        let set = BackendSet { family, backends: backends.to_vec(), indexed };
         let inline = set.is_inline();
         self.sets.insert(id, set);
         journal.new_sets.push(id);
@@ -66,12 +87,15 @@ impl<T: Table> Writer<T> {
         if indexed {
             self.used_index += backends.len() as u64;
         }
-        let slots: Vec<(SlotKey, Backend4)> =
-            backends.iter().enumerate().map(|(slot, b)| (SlotKey { set_id: id, slot: slot as u32 }, *b)).collect();
+        let slots: Vec<(SlotRef, Backend)> = backends
+            .iter()
+            .enumerate()
+            .map(|(slot, b)| (SlotRef { family, key: SlotKey { set_id: id, slot: slot as u32 } }, *b))
+            .collect();
         self.table.put_slots(&slots)?;
         if indexed {
             for (key, backend) in &slots {
-                self.table.put_index(&BackendIndexKey { set_id: id, backend: *backend }, key.slot)?;
+                self.table.put_index(&IndexKey { set_id: id, backend: *backend }, key.key.slot)?;
             }
         }
         Ok(id)
@@ -133,14 +157,15 @@ impl<T: Table> Writer<T> {
     }
 
     fn delete_set(&mut self, id: u32) {
-        let (backends, indexed) = match self.sets.remove(&id) {
-            Some(set) if !set.is_inline() => (set.backends, set.indexed),
-            _ => (Vec::new(), false),
+        let Some(set) = self.sets.remove(&id).filter(|s| !s.is_inline()) else {
+            self.set_ids.release(id);
+            return;
         };
+        let (backends, indexed) = (&set.backends, set.indexed);
         for (slot, backend) in backends.iter().enumerate() {
-            log_delete(self.table.delete_slot(&SlotKey { set_id: id, slot: slot as u32 }));
+            log_delete(self.table.delete_slot(&set.slot(id, slot)));
             if indexed {
-                log_delete(self.table.delete_index(&BackendIndexKey { set_id: id, backend: *backend }));
+                log_delete(self.table.delete_index(&IndexKey { set_id: id, backend: *backend }));
             }
         }
         self.used_slots -= backends.len() as u64;

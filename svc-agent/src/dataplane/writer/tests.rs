@@ -4,12 +4,13 @@
 
 use std::net::SocketAddrV4;
 
-use svc_common::{BackendIndexKey, FrontendKey4, INLINE_BACKENDS, SlotKey};
+use svc_common::{INLINE_BACKENDS, SlotKey};
 
 use super::{ServiceUpdate, Writer};
 use crate::{
     dataplane::{
-        encode::{backend_value, frontend_key, socket_addr},
+        encode::{backend_value, frontend_key},
+        family::{Family, FrontendKey, FrontendValue, IndexKey, SlotRef},
         memory::{MemoryTable, Op},
         table::Capacity,
     },
@@ -54,7 +55,7 @@ fn service(frontends: Vec<DesiredFrontend>) -> ServiceUpdate {
     ServiceUpdate::Program(DesiredService { frontends, ..DesiredService::default() })
 }
 
-fn fk(fe: &str) -> FrontendKey4 {
+fn fk(fe: &str) -> FrontendKey {
     frontend_key(addr(fe), Proto::Tcp)
 }
 
@@ -62,18 +63,26 @@ fn fk(fe: &str) -> FrontendKey4 {
 /// programs do: the frontend value, then its inline backends or its slots.
 fn resolve(table: &MemoryTable, fe: &str) -> Option<Vec<SocketAddrV4>> {
     let value = table.frontends.get(&fk(fe))?;
+    let v4 = |a: std::net::SocketAddr| match a {
+        std::net::SocketAddr::V4(a) => a,
+        std::net::SocketAddr::V6(a) => panic!("IPv6 backend {a} behind an IPv4 frontend"),
+    };
     if value.is_inline() {
-        return Some(value.inline[..value.count as usize].iter().map(|b| socket_addr(b.addr, b.port)).collect());
+        return Some(value.inline_backends().iter().map(|b| v4(b.socket_addr())).collect());
     }
     Some(
-        (0..value.count)
+        (0..value.count())
             .map(|slot| {
-                let b =
-                    table.slots.get(&SlotKey { set_id: value.set_id, slot }).expect("every slot below count exists");
-                socket_addr(b.addr, b.port)
+                let b = table.slots.get(&slot_ref(value.set_id(), slot)).expect("every slot below count exists");
+                v4(b.socket_addr())
             })
             .collect(),
     )
+}
+
+/// An IPv4 slot key.
+fn slot_ref(set_id: u32, slot: u32) -> SlotRef {
+    SlotRef { family: Family::V4, key: SlotKey { set_id, slot } }
 }
 
 fn writer() -> Writer<MemoryTable> {
@@ -111,7 +120,7 @@ fn unchanged_desired_state_writes_nothing() {
 fn inline_backend_change_is_one_frontend_write() {
     let mut w = writer();
     w.apply(vec![(key("web"), service(vec![frontend("web", "10.96.0.10:80", &["10.0.0.1:80", "10.0.0.2:80"])]))]);
-    let old_version = w.table().frontends[&fk("10.96.0.10:80")].set_id;
+    let old_version = w.table().frontends[&fk("10.96.0.10:80")].set_id();
     w.table.ops.clear();
     w.apply(vec![(key("web"), service(vec![frontend("web", "10.96.0.10:80", &["10.0.0.2:80", "10.0.0.3:80"])]))]);
     let ops = &w.table().ops;
@@ -119,7 +128,7 @@ fn inline_backend_change_is_one_frontend_write() {
     assert!(matches!(ops[0], Op::PutFrontend(k, _) if k == fk("10.96.0.10:80")));
     assert_eq!(ops[1], Op::Grace);
     let value = w.table().frontends[&fk("10.96.0.10:80")];
-    assert_ne!(value.set_id, old_version, "a changed set gets a new version (affinity relies on it)");
+    assert_ne!(value.set_id(), old_version, "a changed set gets a new version (affinity relies on it)");
     assert_eq!(resolve(w.table(), "10.96.0.10:80").unwrap(), vec![addr("10.0.0.2:80"), addr("10.0.0.3:80")]);
 }
 
@@ -127,19 +136,19 @@ fn inline_backend_change_is_one_frontend_write() {
 fn slot_set_change_writes_new_set_before_switching_and_deletes_old_after() {
     let mut w = writer();
     w.apply(vec![(key("web"), service(vec![frontend_of("web", "10.96.0.10:80", &backends(1, LARGE))]))]);
-    let old_set = w.table().frontends[&fk("10.96.0.10:80")].set_id;
+    let old_set = w.table().frontends[&fk("10.96.0.10:80")].set_id();
     w.table.ops.clear();
 
     w.apply(vec![(key("web"), service(vec![frontend_of("web", "10.96.0.10:80", &backends(2, LARGE))]))]);
     let ops = &w.table().ops;
     let switch = ops.iter().position(|op| matches!(op, Op::PutFrontend(..))).expect("frontend switched");
-    let new_set = w.table().frontends[&fk("10.96.0.10:80")].set_id;
+    let new_set = w.table().frontends[&fk("10.96.0.10:80")].set_id();
     assert_ne!(new_set, old_set, "a changed set gets a fresh id");
     // Every slot of the new set is written before the switch...
     let new_slots: Vec<usize> = ops
         .iter()
         .enumerate()
-        .filter(|(_, op)| matches!(op, Op::PutSlot(k, _) if k.set_id == new_set))
+        .filter(|(_, op)| matches!(op, Op::PutSlot(k, _) if k.key.set_id == new_set))
         .map(|(i, _)| i)
         .collect();
     assert_eq!(new_slots.len(), LARGE);
@@ -148,12 +157,12 @@ fn slot_set_change_writes_new_set_before_switching_and_deletes_old_after() {
     let old_deletes: Vec<usize> = ops
         .iter()
         .enumerate()
-        .filter(|(_, op)| matches!(op, Op::DeleteSlot(k) if k.set_id == old_set))
+        .filter(|(_, op)| matches!(op, Op::DeleteSlot(k) if k.key.set_id == old_set))
         .map(|(i, _)| i)
         .collect();
     assert_eq!(old_deletes.len(), LARGE);
     assert!(old_deletes.iter().all(|i| *i > switch));
-    assert!(!w.table().slots.keys().any(|k| k.set_id == old_set), "old set fully removed");
+    assert!(!w.table().slots.keys().any(|k| k.key.set_id == old_set), "old set fully removed");
 }
 
 #[test]
@@ -176,7 +185,7 @@ fn empty_backends_refuse_without_a_set() {
     let mut w = writer();
     w.apply(vec![(key("web"), service(vec![frontend("web", "10.96.0.10:80", &[])]))]);
     let value = w.table().frontends[&fk("10.96.0.10:80")];
-    assert_eq!((value.count, value.set_id), (0, 0));
+    assert_eq!((value.count(), value.set_id()), (0, 0));
     assert!(w.table().slots.is_empty());
 }
 
@@ -189,7 +198,7 @@ fn frontends_with_equal_backends_share_one_set() {
         service(vec![frontend_of("web", "10.96.0.10:80", &many), frontend_of("web", "192.0.2.1:80", &many)]),
     )]);
     let t = w.table();
-    assert_eq!(t.frontends[&fk("10.96.0.10:80")].set_id, t.frontends[&fk("192.0.2.1:80")].set_id);
+    assert_eq!(t.frontends[&fk("10.96.0.10:80")].set_id(), t.frontends[&fk("192.0.2.1:80")].set_id());
     assert_eq!(t.slots.len(), LARGE, "one set of slots for both");
 }
 
@@ -201,9 +210,9 @@ fn affinity_on_slot_sets_carries_membership_entries() {
     fe.affinity_timeout = 10_800;
     w.apply(vec![(key("web"), service(vec![fe]))]);
     let value = w.table().frontends[&fk("10.96.0.10:80")];
-    assert_eq!(value.affinity_timeout, 10_800);
+    assert_eq!(value.affinity_timeout(), 10_800);
     assert!(value.is_indexed());
-    let member = BackendIndexKey { set_id: value.set_id, backend: backend_value(many[1]) };
+    let member = IndexKey { set_id: value.set_id(), backend: backend_value(many[1]) };
     assert_eq!(w.table().index.get(&member), Some(&1));
 
     // Inline sets need none: the program scans the inline backends.
@@ -245,7 +254,7 @@ fn kernel_insert_failure_rolls_back_partial_writes() {
     // by someone else), the table then fails mid-way: nothing may remain.
     let table = MemoryTable::new(Capacity { frontends: 100, slots: LARGE as u32, index: 100, meta: 100 });
     let mut w = Writer::adopt(table).unwrap();
-    w.table.slots.insert(SlotKey { set_id: 999, slot: 0 }, svc_common::Backend4::default());
+    w.table.slots.insert(slot_ref(999, 0), backend_value(addr("10.0.0.1:80")));
     let report = w.apply(vec![(key("web"), service(vec![frontend_of("web", "10.96.0.10:80", &backends(1, LARGE))]))]);
     assert_eq!(report.refused.len(), 1, "{report:?}");
     let t = w.table();
@@ -276,7 +285,7 @@ fn adoption_recovers_state_and_removes_stale_only_when_told() {
     ]);
     let mut table = w.table.clone();
     // A crash between writing a set and switching to it leaves an orphan.
-    table.slots.insert(SlotKey { set_id: 4242, slot: 0 }, svc_common::Backend4::default());
+    table.slots.insert(slot_ref(4242, 0), backend_value(addr("10.0.0.1:80")));
     table.ops.clear();
 
     let mut adopted = Writer::adopt(table).unwrap();
@@ -293,7 +302,7 @@ fn adoption_recovers_state_and_removes_stale_only_when_told() {
     ]);
     assert_eq!((report.changed, report.removed), (0, 1));
     assert!(!adopted.table().ops.iter().any(|op| matches!(op, Op::PutFrontend(..) | Op::PutSlot(..))));
-    assert!(adopted.table().slots.contains_key(&SlotKey { set_id: 4242, slot: 0 }), "orphans wait for remove_orphans");
+    assert!(adopted.table().slots.contains_key(&slot_ref(4242, 0)), "orphans wait for remove_orphans");
     adopted.remove_orphans();
     assert_eq!(adopted.table().slots.len(), LARGE);
     assert_eq!(resolve(adopted.table(), "10.96.0.1:80").unwrap(), vec![addr("10.0.0.1:80")]);
@@ -301,7 +310,7 @@ fn adoption_recovers_state_and_removes_stale_only_when_told() {
 
     // New sets never reuse an id still present in the adopted maps.
     adopted.apply(vec![(key("new"), service(vec![frontend("new", "10.96.0.3:80", &["10.0.0.3:80"])]))]);
-    let mut ids: Vec<u32> = adopted.table().frontends.values().map(|v| v.set_id).collect();
+    let mut ids: Vec<u32> = adopted.table().frontends.values().map(FrontendValue::set_id).collect();
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), 3);
@@ -463,7 +472,7 @@ fn a_handed_over_address_never_points_at_a_deleted_set() {
     // that set may not go while the address still points at it.
     let mut w = Writer::adopt(MemoryTable::new(Capacity { slots: LARGE as u32, ..ROOMY })).unwrap();
     w.apply(vec![(key("old"), service(vec![frontend_of("old", "192.0.2.1:80", &backends(1, LARGE))]))]);
-    let old_set = w.table().frontends[&fk("192.0.2.1:80")].set_id;
+    let old_set = w.table().frontends[&fk("192.0.2.1:80")].set_id();
     w.table.ops.clear();
     w.apply(vec![
         (key("old"), ServiceUpdate::Remove),
@@ -473,7 +482,7 @@ fn a_handed_over_address_never_points_at_a_deleted_set() {
     let first_write = ops
         .iter()
         .position(|op| matches!(op, Op::PutFrontend(k, _) | Op::DeleteFrontend(k) if *k == fk("192.0.2.1:80")));
-    let first_delete = ops.iter().position(|op| matches!(op, Op::DeleteSlot(s) if s.set_id == old_set));
+    let first_delete = ops.iter().position(|op| matches!(op, Op::DeleteSlot(s) if s.key.set_id == old_set));
     let (first_write, first_delete) =
         (first_write.expect("the address is written"), first_delete.expect("old set deleted"));
     assert!(first_write < first_delete, "a slot of the set the address points at was deleted first: {ops:?}");
