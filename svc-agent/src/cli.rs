@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use svc_common::capacity;
 
-use crate::model::Ipv4Cidr;
+use crate::model::ServiceCidrs;
 
 /// Default pin directory.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/svc";
@@ -55,9 +55,12 @@ pub struct RunArgs {
     /// bpffs directory for pins.
     #[arg(long, default_value = DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
-    /// Range for Services without `spec.clusterIP` (`--source DIR` only).
+    /// Ranges for Services without `spec.clusterIP` (`--source DIR` only):
+    /// one CIDR per family, comma-separated, the first the primary family
+    /// (as kube-apiserver's `--service-cluster-ip-range`), e.g.
+    /// `10.96.0.0/16,fd00:96::/108`.
     #[arg(long, default_value = "10.96.0.0/16")]
-    pub service_cidr: Ipv4Cidr,
+    pub service_cidr: ServiceCidrs,
     /// Range for NodePort ports without `nodePort` (`--source DIR` only).
     #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
     pub service_node_port_range: std::ops::RangeInclusive<u16>,

@@ -229,7 +229,8 @@ mod tests {
     const ROOMY: Capacity = Capacity { frontends: 100, slots: 1000, index: 1000, meta: 100 };
 
     fn controller() -> Controller<MemoryTable> {
-        let node = NodeContext { name: "node-a".into(), zone: None, addresses: vec![Ipv4Addr::new(192, 0, 2, 10)] };
+        let node =
+            NodeContext { name: "node-a".into(), zone: None, addresses: vec![Ipv4Addr::new(192, 0, 2, 10).into()] };
         Controller::new(Writer::adopt(MemoryTable::new(ROOMY)).unwrap(), node)
     }
 

@@ -65,7 +65,7 @@ pub(super) fn run(args: &RunArgs) -> Result<()> {
                 events_tx.send(SourceEvent::NodeZone(args.zone.clone()));
             }
             let allocation = manifest::Allocation {
-                service_cidr: args.service_cidr,
+                service_cidr: args.service_cidr.clone(),
                 node_ports: args.service_node_port_range.clone(),
                 previous: previous_allocations(&writer),
             };
@@ -110,14 +110,10 @@ async fn until_stopped(
 /// keeps every Service's cluster IP and node ports.
 fn previous_allocations<T: crate::dataplane::Table>(writer: &Writer<T>) -> manifest::ipam::Sticky {
     manifest::ipam::Sticky {
-        // The manifest source allocates IPv4 addresses only (for now).
         cluster_ips: writer
             .programmed_cluster_ips()
             .into_iter()
-            .filter_map(|(key, ip)| match ip {
-                std::net::IpAddr::V4(v4) => Some((key, v4)),
-                std::net::IpAddr::V6(_) => None,
-            })
+            .map(|(key, ip)| ((key, crate::model::IpFamily::of(ip)), ip))
             .collect(),
         node_ports: writer.programmed_node_ports().into_iter().map(|(key, name, port)| ((key, name), port)).collect(),
     }

@@ -5,17 +5,17 @@
 //! this node (`PreferSameNode`), else zone preference when every endpoint
 //! carries a zone hint and one names this zone.
 
-use std::{collections::BTreeMap, net::SocketAddrV4};
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use super::{
     NodeContext, Proto,
-    objects::{SliceObj, SlicePortObj},
+    objects::{IpFamily, SliceObj, SlicePortObj},
 };
 
 /// One endpoint of one Service port, with the facts the rules look at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Endpoint<'a> {
-    pub(crate) addr: SocketAddrV4,
+    pub(crate) addr: SocketAddr,
     pub(crate) ready: bool,
     pub(crate) serving: bool,
     pub(crate) terminating: bool,
@@ -50,7 +50,9 @@ impl Distribution {
 }
 
 /// Endpoints of the Service port named `port_name` with protocol `proto`,
-/// from every IPv4 slice. The backend port is the slice's port with the
+/// from every slice of address family `family` (each family of a
+/// dual-stack Service uses only its own slices, as kube-proxy's
+/// per-family proxiers do). The backend port is the slice's port with the
 /// Service port's name: that is how a named `targetPort` resolves.
 ///
 /// With a `distribution` preference, an endpoint without hints is treated
@@ -62,14 +64,15 @@ pub(crate) fn collect<'a>(
     port_name: &str,
     proto: Proto,
     distribution: Distribution,
+    family: IpFamily,
 ) -> Vec<Endpoint<'a>> {
     let zone_from_endpoint = distribution != Distribution::Any;
     let node_from_endpoint = distribution == Distribution::SameNode;
     // Keyed by address so an endpoint listed by two slices (a slice being
     // replaced) counts once; a ready copy wins over a not-ready one.
-    let mut by_addr: BTreeMap<SocketAddrV4, Endpoint<'a>> = BTreeMap::new();
+    let mut by_addr: BTreeMap<SocketAddr, Endpoint<'a>> = BTreeMap::new();
     for slice in slices {
-        if !slice.ipv4 {
+        if slice.family != Some(family) {
             continue;
         }
         let Some(port) = slice_port(&slice.ports, port_name, proto) else {
@@ -95,9 +98,11 @@ pub(crate) fn collect<'a>(
                 .filter(|nodes| !nodes.is_empty());
             let nodes = hinted_nodes
                 .or_else(|| if node_from_endpoint { ep.node_name.as_deref().map(|n| vec![n]) } else { None });
-            if let Some(ip) = &ep.address {
+            // An address of the other family in this slice is malformed:
+            // not used.
+            if let Some(ip) = ep.address.filter(|ip| IpFamily::of(*ip) == family) {
                 let endpoint = Endpoint {
-                    addr: SocketAddrV4::new(*ip, port),
+                    addr: SocketAddr::new(ip, port),
                     ready,
                     serving,
                     terminating,
@@ -133,9 +138,9 @@ fn slice_port(ports: &[SlicePortObj], name: &str, proto: Proto) -> Option<u16> {
 pub(crate) struct Categorized {
     /// For `Cluster` traffic policy (and in-cluster clients of external
     /// addresses): usable endpoints, zone-filtered when hints allow.
-    pub(crate) cluster: Vec<SocketAddrV4>,
+    pub(crate) cluster: Vec<SocketAddr>,
     /// For `internalTrafficPolicy: Local`: usable endpoints on this node.
-    pub(crate) local: Vec<SocketAddrV4>,
+    pub(crate) local: Vec<SocketAddr>,
 }
 
 /// Applies the readiness fallback, locality and topology rules.
@@ -159,7 +164,7 @@ fn usable(
     endpoints: &[Endpoint<'_>],
     ready_filter: impl Fn(&Endpoint<'_>) -> bool,
     fallback_filter: impl Fn(&Endpoint<'_>) -> bool,
-) -> Vec<SocketAddrV4> {
+) -> Vec<SocketAddr> {
     let ready: Vec<_> = endpoints.iter().filter(|ep| ep.ready && ready_filter(ep)).map(|ep| ep.addr).collect();
     if !ready.is_empty() {
         return ready;

@@ -10,11 +10,11 @@ pub(crate) mod objects;
 mod service;
 mod store;
 
-use std::{fmt, net::SocketAddrV4, sync::Arc};
+use std::{fmt, net::SocketAddr, sync::Arc};
 
-pub(crate) use cidr::Ipv4Cidr;
+pub(crate) use cidr::{IpCidr, ServiceCidrs};
 pub(crate) use node::NodeContext;
-pub(crate) use objects::{ServiceObj, SliceObj};
+pub(crate) use objects::{IpFamily, ServiceObj, SliceObj};
 pub(crate) use service::{LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, desired_service};
 pub(crate) use store::{Dirty, LABEL_SERVICE_NAME, Store};
 
@@ -117,7 +117,7 @@ pub(crate) enum FrontendKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DesiredFrontend {
     /// Frontend address.
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     /// Protocol.
     pub proto: Proto,
     /// Address kind.
@@ -129,7 +129,7 @@ pub(crate) struct DesiredFrontend {
     /// `spec.ports[].port`, kept for display.
     pub service_port: u16,
     /// Backends, sorted and without duplicates; empty refuses.
-    pub backends: Arc<[SocketAddrV4]>,
+    pub backends: Arc<[SocketAddr]>,
     /// Session affinity timeout in seconds; 0 when affinity is off.
     pub affinity_timeout: u32,
 }

@@ -1,6 +1,6 @@
 //! What the model needs to know about the node it runs on.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// This node, as far as Service translation cares.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -9,6 +9,6 @@ pub(crate) struct NodeContext {
     pub name: String,
     /// Zone (matches `endpoints[].hints.forZones[].name`), if known.
     pub zone: Option<String>,
-    /// Local IPv4 addresses, for `nodeIP:nodePort` frontends.
-    pub addresses: Vec<Ipv4Addr>,
+    /// Local addresses of both families, for `nodeIP:nodePort` frontends.
+    pub addresses: Vec<IpAddr>,
 }

@@ -8,7 +8,7 @@
 //! the model validates them (addresses, port numbers), so every rule and
 //! every error message stays in the model.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
@@ -30,6 +30,12 @@ pub(crate) struct ServiceObj {
     pub cluster_ip: Option<Box<str>>,
     /// `spec.clusterIPs`.
     pub cluster_ips: Vec<Box<str>>,
+    /// `spec.ipFamilies` (`IPv4`, `IPv6`), for a source that allocates
+    /// cluster IPs.
+    pub ip_families: Vec<Box<str>>,
+    /// `spec.ipFamilyPolicy` (`SingleStack`, `PreferDualStack`,
+    /// `RequireDualStack`), likewise.
+    pub ip_family_policy: Option<Box<str>>,
     /// `spec.externalIPs`.
     pub external_ips: Vec<Box<str>>,
     /// `status.loadBalancer.ingress[]`: (ip, `ipMode: Proxy`).
@@ -72,8 +78,8 @@ pub(crate) struct SliceObj {
     pub name: Box<str>,
     /// The `kubernetes.io/service-name` label.
     pub service: Option<Box<str>>,
-    /// `addressType` is IPv4 (other slices are not used yet).
-    pub ipv4: bool,
+    /// `addressType`: `IPv4` or `IPv6`; `None` for `FQDN` (never used).
+    pub family: Option<IpFamily>,
     /// `ports`.
     pub ports: Vec<SlicePortObj>,
     /// `endpoints`.
@@ -94,11 +100,11 @@ pub(crate) struct SlicePortObj {
 /// One `endpoints[]` entry of a slice.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct EndpointObj {
-    /// `addresses[0]`, if an IPv4 address. The API defines the addresses
-    /// as fungible ("clients may choose to only use the first element")
-    /// and kube-proxy uses only the first; one inline address instead of a
+    /// `addresses[0]`, if an address. The API defines the addresses as
+    /// fungible ("clients may choose to only use the first element") and
+    /// kube-proxy uses only the first; one inline address instead of a
     /// list saves a heap block per endpoint.
-    pub address: Option<Ipv4Addr>,
+    pub address: Option<IpAddr>,
     /// `conditions.ready`.
     pub ready: Option<bool>,
     /// `conditions.serving`.
@@ -113,6 +119,34 @@ pub(crate) struct EndpointObj {
     pub hint_zones: Option<Vec<Box<str>>>,
     /// `hints.forNodes[].name` (None: no hints).
     pub hint_nodes: Option<Vec<Box<str>>>,
+}
+
+/// An IP family, as Services and EndpointSlices name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum IpFamily {
+    /// `IPv4`.
+    V4,
+    /// `IPv6`.
+    V6,
+}
+
+impl IpFamily {
+    /// From `IPv4`/`IPv6`.
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        match s {
+            "IPv4" => Some(Self::V4),
+            "IPv6" => Some(Self::V6),
+            _ => None,
+        }
+    }
+
+    /// The family of an address.
+    pub(crate) fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => Self::V4,
+            IpAddr::V6(_) => Self::V6,
+        }
+    }
 }
 
 fn boxed(s: &str) -> Box<str> {
@@ -141,6 +175,8 @@ impl From<&Service> for ServiceObj {
             type_: opt(spec.and_then(|s| s.type_.as_ref())),
             cluster_ip: opt(spec.and_then(|s| s.cluster_ip.as_ref())),
             cluster_ips: strings(spec.and_then(|s| s.cluster_ips.as_ref())),
+            ip_families: strings(spec.and_then(|s| s.ip_families.as_ref())),
+            ip_family_policy: opt(spec.and_then(|s| s.ip_family_policy.as_ref())),
             external_ips: strings(spec.and_then(|s| s.external_ips.as_ref())),
             lb_ingress: ingress
                 .into_iter()
@@ -178,7 +214,7 @@ impl From<&EndpointSlice> for SliceObj {
             namespace: boxed(meta.namespace.as_deref().unwrap_or("default")),
             name: boxed(meta.name.as_deref().unwrap_or("")),
             service: opt(meta.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_NAME))),
-            ipv4: slice.address_type == "IPv4",
+            family: IpFamily::parse(&slice.address_type),
             ports: slice
                 .ports
                 .iter()

@@ -1,13 +1,13 @@
 //! A Service and its EndpointSlices -> the frontends to program.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
 };
 
 use super::{
     DesiredFrontend, DesiredService, FrontendKind, NodeContext, Proto, ServicePortKey, endpoints,
-    objects::{ServiceObj, SliceObj},
+    objects::{IpFamily, ServiceObj, SliceObj},
 };
 
 /// Labels that hand a Service to another proxy, or mark it headless; such
@@ -79,9 +79,15 @@ pub(crate) fn desired_service(
     if cluster_ips.is_headless {
         return Ok(DesiredService::default());
     }
-    if cluster_ips.v4.is_empty() && !cluster_ips.any {
+    if cluster_ips.ips.is_empty() {
         return Err(ModelError::MissingClusterIp);
     }
+    // The Service's families are those of its cluster IPs (kube-proxy runs
+    // one proxier per family, and each takes the Services with a cluster
+    // IP of its family). Its other addresses count only in those families.
+    let mut families: Vec<IpFamily> = cluster_ips.ips.iter().map(|ip| IpFamily::of(*ip)).collect();
+    families.sort_unstable();
+    families.dedup();
     let external_ips = parse_ips(svc.external_ips.iter().map(AsRef::as_ref), "spec.externalIPs")?;
     let lb_ips = if svc_type == "LoadBalancer" { load_balancer_ips(svc)? } else { Vec::new() };
     let node_ports = matches!(svc_type, "NodePort" | "LoadBalancer");
@@ -104,42 +110,53 @@ pub(crate) fn desired_service(
             }
         };
         let service_port = port_number(&name, "port", port.port)?;
-        let eps = endpoints::collect(slices, &name, proto, distribution);
-        let categorized = endpoints::categorize(&eps, node);
-        let internal: Arc<[SocketAddrV4]> =
-            if internal_local { categorized.local.into() } else { categorized.cluster.clone().into() };
-        // In-cluster clients of external addresses go to cluster-wide
-        // endpoints whatever externalTrafficPolicy says (kube-proxy
-        // short-circuits pod traffic to the cluster chain).
-        let external: Arc<[SocketAddrV4]> = categorized.cluster.into();
+        let node_port =
+            port.node_port.filter(|p| node_ports && *p != 0).map(|p| port_number(&name, "nodePort", p)).transpose()?;
         let port_key = ServicePortKey { service: svc.key.clone(), port_name: name.clone(), proto };
-        let mut add = |addr: Ipv4Addr, fe_port: u16, kind, host_ns_only, backends: &Arc<[SocketAddrV4]>| {
-            frontends.push(DesiredFrontend {
-                addr: SocketAddrV4::new(addr, fe_port),
-                proto,
-                kind,
-                host_ns_only,
-                port: port_key.clone(),
-                service_port,
-                backends: Arc::clone(backends),
-                affinity_timeout,
-            });
-        };
-        for ip in &cluster_ips.v4 {
-            add(*ip, service_port, FrontendKind::ClusterIp, false, &internal);
-        }
-        for ip in &external_ips {
-            add(*ip, service_port, FrontendKind::ExternalIp, false, &external);
-        }
-        for ip in &lb_ips {
-            add(*ip, service_port, FrontendKind::LoadBalancer, false, &external);
-        }
-        if node_ports && let Some(node_port) = port.node_port.filter(|p| *p != 0) {
-            let node_port = port_number(&name, "nodePort", node_port)?;
-            for ip in &node.addresses {
-                add(*ip, node_port, FrontendKind::NodePort, false, &external);
+        for &family in &families {
+            let eps = endpoints::collect(slices, &name, proto, distribution, family);
+            let categorized = endpoints::categorize(&eps, node);
+            let internal: Arc<[SocketAddr]> =
+                if internal_local { categorized.local.into() } else { categorized.cluster.clone().into() };
+            // In-cluster clients of external addresses go to cluster-wide
+            // endpoints whatever externalTrafficPolicy says (kube-proxy
+            // short-circuits pod traffic to the cluster chain).
+            let external: Arc<[SocketAddr]> = categorized.cluster.into();
+            let mut add = |addr: IpAddr, fe_port: u16, kind, host_ns_only, backends: &Arc<[SocketAddr]>| {
+                frontends.push(DesiredFrontend {
+                    addr: SocketAddr::new(addr, fe_port),
+                    proto,
+                    kind,
+                    host_ns_only,
+                    port: port_key.clone(),
+                    service_port,
+                    backends: Arc::clone(backends),
+                    affinity_timeout,
+                });
+            };
+            let of_family = |ips: &[IpAddr]| ips.iter().copied().filter(|ip| IpFamily::of(*ip) == family).collect();
+            let (cluster, external_ips, lb_ips): (Vec<_>, Vec<_>, Vec<_>) =
+                (of_family(&cluster_ips.ips), of_family(&external_ips), of_family(&lb_ips));
+            for ip in cluster {
+                add(ip, service_port, FrontendKind::ClusterIp, false, &internal);
             }
-            add(Ipv4Addr::LOCALHOST, node_port, FrontendKind::NodePort, true, &external);
+            for ip in external_ips {
+                add(ip, service_port, FrontendKind::ExternalIp, false, &external);
+            }
+            for ip in lb_ips {
+                add(ip, service_port, FrontendKind::LoadBalancer, false, &external);
+            }
+            if let Some(node_port) = node_port {
+                let node_addresses: Vec<IpAddr> = of_family(&node.addresses);
+                for ip in node_addresses {
+                    add(ip, node_port, FrontendKind::NodePort, false, &external);
+                }
+                let loopback = match family {
+                    IpFamily::V4 => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    IpFamily::V6 => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                };
+                add(loopback, node_port, FrontendKind::NodePort, true, &external);
+            }
         }
     }
     frontends.sort_by_key(|f| (f.addr, f.proto));
@@ -148,9 +165,8 @@ pub(crate) fn desired_service(
 }
 
 struct ClusterIps {
-    v4: Vec<Ipv4Addr>,
-    /// Any cluster IP at all (IPv6-only Services have no v4 frontends yet).
-    any: bool,
+    /// At most one per family (the API server's rule; extra ones ignored).
+    ips: Vec<IpAddr>,
     is_headless: bool,
 }
 
@@ -163,34 +179,29 @@ fn cluster_ips(svc: &ServiceObj) -> Result<ClusterIps, ModelError> {
     }
     let raw: Vec<&str> = raw.into_iter().filter(|ip| !ip.is_empty()).collect();
     if raw.contains(&"None") {
-        return Ok(ClusterIps { v4: Vec::new(), any: true, is_headless: true });
+        return Ok(ClusterIps { ips: Vec::new(), is_headless: true });
     }
-    let mut v4 = Vec::new();
+    let mut ips: Vec<IpAddr> = Vec::new();
     for ip in &raw {
-        match ip.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V4(ip)) => v4.push(ip),
-            Ok(std::net::IpAddr::V6(_)) => {}
-            Err(_) => return Err(ModelError::InvalidClusterIp((*ip).to_owned())),
+        let Ok(ip) = ip.parse::<IpAddr>() else {
+            return Err(ModelError::InvalidClusterIp((*ip).to_owned()));
+        };
+        if !ips.iter().any(|have| IpFamily::of(*have) == IpFamily::of(ip)) {
+            ips.push(ip);
         }
     }
-    Ok(ClusterIps { v4, any: !raw.is_empty(), is_headless: false })
+    Ok(ClusterIps { ips, is_headless: false })
 }
 
-fn parse_ips<'a>(values: impl Iterator<Item = &'a str>, field: &'static str) -> Result<Vec<Ipv4Addr>, ModelError> {
-    let mut out = Vec::new();
-    for value in values {
-        match value.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V4(ip)) => out.push(ip),
-            Ok(std::net::IpAddr::V6(_)) => {}
-            Err(_) => return Err(ModelError::InvalidIp { field, value: value.to_owned() }),
-        }
-    }
-    Ok(out)
+fn parse_ips<'a>(values: impl Iterator<Item = &'a str>, field: &'static str) -> Result<Vec<IpAddr>, ModelError> {
+    values
+        .map(|value| value.parse::<IpAddr>().map_err(|_| ModelError::InvalidIp { field, value: value.to_owned() }))
+        .collect()
 }
 
 /// Ingress IPs, except those with `ipMode: Proxy` (KEP-1860: traffic must
 /// really go through the load balancer).
-fn load_balancer_ips(svc: &ServiceObj) -> Result<Vec<Ipv4Addr>, ModelError> {
+fn load_balancer_ips(svc: &ServiceObj) -> Result<Vec<IpAddr>, ModelError> {
     let ips = svc.lb_ingress.iter().filter(|(_, proxy_mode)| !proxy_mode).map(|(ip, _)| ip.as_ref());
     parse_ips(ips, "status.loadBalancer.ingress[].ip")
 }

@@ -1,6 +1,6 @@
 //! Model rules, each from YAML as a user would write it.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 
 use std::sync::Arc;
 
@@ -19,7 +19,11 @@ fn slice(yaml: &str) -> SliceObj {
 }
 
 fn node() -> NodeContext {
-    NodeContext { name: "node-a".into(), zone: Some("zone-a".into()), addresses: vec![Ipv4Addr::new(192, 0, 2, 10)] }
+    NodeContext {
+        name: "node-a".into(),
+        zone: Some("zone-a".into()),
+        addresses: vec![Ipv4Addr::new(192, 0, 2, 10).into()],
+    }
 }
 
 fn desired(svc: &ServiceObj, slices: &[SliceObj]) -> DesiredService {
@@ -27,7 +31,7 @@ fn desired(svc: &ServiceObj, slices: &[SliceObj]) -> DesiredService {
     desired_service(svc, &refs, &node()).expect("model accepts the Service")
 }
 
-fn a(s: &str) -> SocketAddrV4 {
+fn a(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
@@ -413,4 +417,70 @@ fn a_listing_keeps_what_it_could_not_decode() {
     assert!(store.replace_slices(vec![], &[(ns, name)]).is_empty());
     assert_eq!(store.service_count(), 1);
     assert_eq!(store.slices_of(&web).len(), 1);
+}
+
+const DUAL: &str = "
+metadata: {name: web, namespace: default}
+spec:
+  type: NodePort
+  ipFamilyPolicy: RequireDualStack
+  clusterIPs: [10.96.0.10, 'fd00:96::10']
+  externalIPs: [203.0.113.7, '2001:db8::7']
+  ports: [{name: http, port: 80, targetPort: http, nodePort: 30080}]
+";
+
+const WEB_SLICE6: &str = "
+metadata: {name: web-v6, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv6
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- addresses: ['fd00:244:1::2']
+- addresses: ['10.244.9.9']
+";
+
+fn dual_node() -> NodeContext {
+    NodeContext {
+        name: "node-a".into(),
+        zone: None,
+        addresses: vec![Ipv4Addr::new(192, 0, 2, 10).into(), "2001:db8:1::10".parse().unwrap()],
+    }
+}
+
+#[test]
+fn a_dual_stack_service_has_each_family_with_its_own_slices() {
+    let refs = [slice(WEB_SLICE), slice(WEB_SLICE6)];
+    let refs: Vec<&SliceObj> = refs.iter().collect();
+    let d = desired_service(&svc(DUAL), &refs, &dual_node()).unwrap();
+    let v4 = vec!["10.244.1.2:8080".to_owned(), "10.244.2.2:8080".to_owned()];
+    // An IPv4 address listed in an IPv6 slice is malformed: never used.
+    let v6 = vec!["[fd00:244:1::2]:8080".to_owned()];
+    let want: Vec<(String, Proto, Vec<String>)> = [
+        ("10.96.0.10:80", &v4),
+        ("127.0.0.1:30080", &v4),
+        ("192.0.2.10:30080", &v4),
+        ("203.0.113.7:80", &v4),
+        ("[::1]:30080", &v6),
+        ("[2001:db8::7]:80", &v6),
+        ("[2001:db8:1::10]:30080", &v6),
+        ("[fd00:96::10]:80", &v6),
+    ]
+    .into_iter()
+    .map(|(fe, backends)| (fe.to_owned(), Proto::Tcp, backends.clone()))
+    .collect();
+    assert_eq!(summary(&d), want);
+    let loopbacks: Vec<bool> = d.frontends.iter().map(|f| f.host_ns_only).collect();
+    assert_eq!(loopbacks, [false, true, false, false, true, false, false, false]);
+}
+
+#[test]
+fn a_single_stack_service_ignores_addresses_of_the_other_family() {
+    let single = DUAL
+        .replace("ipFamilyPolicy: RequireDualStack", "ipFamilyPolicy: SingleStack")
+        .replace("clusterIPs: [10.96.0.10, 'fd00:96::10']", "clusterIPs: ['fd00:96::10']");
+    let refs = [slice(WEB_SLICE), slice(WEB_SLICE6)];
+    let refs: Vec<&SliceObj> = refs.iter().collect();
+    let d = desired_service(&svc(&single), &refs, &dual_node()).unwrap();
+    assert!(d.frontends.iter().all(|f| f.addr.is_ipv6()), "{:?}", summary(&d));
+    assert!(d.frontends.iter().all(|f| f.backends.iter().all(SocketAddr::is_ipv6)));
+    assert_eq!(d.frontends.len(), 4, "ClusterIP, external IP, node address, ::1: {:?}", summary(&d));
 }

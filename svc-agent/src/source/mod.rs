@@ -7,7 +7,7 @@ pub(crate) mod kube;
 pub(crate) mod manifest;
 pub(crate) mod node;
 
-use std::{net::Ipv4Addr, sync::Arc, time::Instant};
+use std::{net::IpAddr, sync::Arc, time::Instant};
 
 use crate::{
     health::Health,
@@ -63,7 +63,7 @@ pub(crate) enum SourceEvent {
     /// This node's zone (from its Node object, or `--zone`).
     NodeZone(Option<String>),
     /// This node's local IPv4 addresses changed (NodePort frontends).
-    NodeAddresses(Vec<Ipv4Addr>),
+    NodeAddresses(Vec<IpAddr>),
     /// Everything the source knows has been delivered at least once: the
     /// controller may now program, and remove what is stale.
     Synced,

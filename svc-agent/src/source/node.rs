@@ -11,10 +11,10 @@
 //! dummy devices would otherwise turn Service or unrelated addresses into
 //! node ports and fill the frontend map.
 
-use std::{fmt, net::Ipv4Addr, str::FromStr, time::Duration};
+use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
 
 use super::{EventSender, SourceEvent};
-use crate::{model::Ipv4Cidr, sys};
+use crate::{model::IpCidr, sys};
 
 /// How often the interface addresses are re-read. getifaddrs costs a few
 /// microseconds; a second is well inside what NodePort users notice.
@@ -29,7 +29,7 @@ pub enum NodePortAddresses {
     /// The default-route interfaces' addresses (else every interface's).
     Primary,
     /// Local addresses inside these ranges.
-    Cidrs(Vec<Ipv4Cidr>),
+    Cidrs(Vec<IpCidr>),
 }
 
 impl FromStr for NodePortAddresses {
@@ -41,7 +41,7 @@ impl FromStr for NodePortAddresses {
         }
         let cidrs = s
             .split(',')
-            .map(|c| c.trim().parse::<Ipv4Cidr>().map_err(|e| format!("{c:?}: {e}")))
+            .map(|c| c.trim().parse::<IpCidr>().map_err(|e| format!("{c:?}: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
         if cidrs.is_empty() {
             return Err("want `primary` or comma-separated CIDRs".into());
@@ -70,16 +70,16 @@ pub(crate) struct LocalAddress {
     /// Its driver (`dummy` for dummy devices), if known.
     pub driver: Option<String>,
     /// The address.
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
 }
 
 /// The node addresses among `local`, given the interfaces holding a
 /// default route. Pure: unit-tested below.
-pub(crate) fn select(rule: &NodePortAddresses, local: &[LocalAddress], default_route: &[String]) -> Vec<Ipv4Addr> {
+pub(crate) fn select(rule: &NodePortAddresses, local: &[LocalAddress], default_route: &[String]) -> Vec<IpAddr> {
     let eligible = |a: &&LocalAddress| a.interface != IPVS_DEVICE && a.driver.as_deref() != Some("dummy");
-    let mut out: Vec<Ipv4Addr> = match rule {
+    let mut out: Vec<IpAddr> = match rule {
         NodePortAddresses::Primary => {
-            let on_default: Vec<Ipv4Addr> =
+            let on_default: Vec<IpAddr> =
                 local.iter().filter(eligible).filter(|a| default_route.contains(&a.interface)).map(|a| a.ip).collect();
             if on_default.is_empty() { local.iter().filter(eligible).map(|a| a.ip).collect() } else { on_default }
         }
@@ -93,11 +93,11 @@ pub(crate) fn select(rule: &NodePortAddresses, local: &[LocalAddress], default_r
 }
 
 /// Current node addresses (logged, not fatal, on error).
-pub(crate) fn current_addresses(rule: &NodePortAddresses) -> Vec<Ipv4Addr> {
-    let local = match sys::local_ipv4_addresses() {
+pub(crate) fn current_addresses(rule: &NodePortAddresses) -> Vec<IpAddr> {
+    let local = match sys::local_addresses() {
         Ok(local) => local,
         Err(e) => {
-            tracing::warn!("cannot list local addresses, NodePort frontends limited to 127.0.0.1: {e}");
+            tracing::warn!("cannot list local addresses, NodePort frontends limited to 127.0.0.1 and ::1: {e}");
             return Vec::new();
         }
     };
@@ -113,11 +113,7 @@ pub(crate) fn current_addresses(rule: &NodePortAddresses) -> Vec<Ipv4Addr> {
 }
 
 /// Polls the addresses and reports changes until the controller is gone.
-pub(crate) fn spawn(
-    rule: NodePortAddresses,
-    initial: Vec<Ipv4Addr>,
-    events: EventSender,
-) -> tokio::task::JoinHandle<()> {
+pub(crate) fn spawn(rule: NodePortAddresses, initial: Vec<IpAddr>, events: EventSender) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut last = initial;
         loop {
@@ -155,7 +151,7 @@ mod tests {
         ]
     }
 
-    fn ips(list: &[&str]) -> Vec<Ipv4Addr> {
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
         list.iter().map(|s| s.parse().unwrap()).collect()
     }
 

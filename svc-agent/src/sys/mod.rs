@@ -120,9 +120,11 @@ pub(crate) fn detach_pinned_link(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// IPv4 addresses configured on this network namespace's interfaces,
-/// except loopback ones (127/8), with the interface each is on.
-pub(crate) fn local_ipv4_addresses() -> io::Result<Vec<(String, std::net::Ipv4Addr)>> {
+/// Addresses of both families configured on this network namespace's
+/// interfaces, with the interface each is on; except loopback ones (127/8,
+/// ::1) and IPv6 link-local ones (fe80::/10: not reachable as
+/// `nodeIP:nodePort` without a zone).
+pub(crate) fn local_addresses() -> io::Result<Vec<(String, std::net::IpAddr)>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs allocates a list we free below.
     if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
@@ -136,13 +138,24 @@ pub(crate) fn local_ipv4_addresses() -> io::Result<Vec<(String, std::net::Ipv4Ad
         if !ifa.ifa_addr.is_null() {
             // SAFETY: ifa_addr points at a sockaddr of at least sa_family.
             let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
-            if family == libc::AF_INET {
-                // SAFETY: AF_INET addresses are sockaddr_in.
-                let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
-                let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            let ip: Option<std::net::IpAddr> = match family {
+                libc::AF_INET => {
+                    // SAFETY: AF_INET addresses are sockaddr_in.
+                    let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+                    Some(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).into())
+                }
+                libc::AF_INET6 => {
+                    // SAFETY: AF_INET6 addresses are sockaddr_in6.
+                    let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
+                    let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                    (!ip.is_unicast_link_local()).then_some(ip.into())
+                }
+                _ => None,
+            };
+            if let Some(ip) = ip.filter(|ip| !ip.is_loopback()) {
                 // SAFETY: ifa_name is a NUL-terminated interface name.
                 let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned();
-                if !ip.is_loopback() && !out.contains(&(name.clone(), ip)) {
+                if !out.contains(&(name.clone(), ip)) {
                     out.push((name, ip));
                 }
             }
@@ -216,10 +229,39 @@ pub(crate) fn interface_driver(name: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
 
-/// Interfaces that hold an IPv4 default route in this network namespace
-/// (`/proc/net/route`, destination and mask 0).
+/// Interfaces that hold a default route of either family in this network
+/// namespace (`/proc/net/route`, destination and mask 0;
+/// `/proc/net/ipv6_route`, `::/0` on a device other than `lo`, where the
+/// kernel keeps unreachable defaults).
 pub(crate) fn default_route_interfaces() -> io::Result<Vec<String>> {
-    Ok(default_route_interfaces_in(&fs::read_to_string("/proc/net/route")?))
+    let mut out = default_route_interfaces_in(&fs::read_to_string("/proc/net/route")?);
+    // A kernel without IPv6 has no such file: IPv4 only.
+    if let Ok(table) = fs::read_to_string("/proc/net/ipv6_route") {
+        for iface in default_route6_interfaces_in(&table) {
+            if !out.contains(&iface) {
+                out.push(iface);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The IPv6 default-route interfaces of a `/proc/net/ipv6_route` table.
+fn default_route6_interfaces_in(table: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in table.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if let [dest, prefix, .., iface] = fields[..]
+            && fields.len() == 10
+            && dest.bytes().all(|b| b == b'0')
+            && prefix == "00"
+            && iface != "lo"
+            && !out.iter().any(|o| o == iface)
+        {
+            out.push(iface.to_owned());
+        }
+    }
+    out
 }
 
 /// [`default_route_interfaces`] of a `/proc/net/route` table.
@@ -278,6 +320,16 @@ pub(crate) fn map_update_batch(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ipv6_default_routes_skip_lo() {
+        let table = "\
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd000000000000000000000000000001 00000400 00000001 00000000 00000003     eth0
+fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo
+";
+        assert_eq!(super::default_route6_interfaces_in(table), vec!["eth0".to_owned()]);
+    }
+
     #[test]
     fn default_route_interfaces_come_from_the_route_table() {
         let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\

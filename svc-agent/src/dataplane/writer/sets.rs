@@ -39,7 +39,7 @@ impl BackendSet {
 
 /// The family of a frontend (and so of its backends).
 pub(super) fn family(fe: &DesiredFrontend) -> Family {
-    Family::of(std::net::SocketAddr::from(fe.addr).ip())
+    Family::of(fe.addr.ip())
 }
 
 /// Whether a frontend's backends go to slots rather than inline.

@@ -36,13 +36,13 @@ fn key(name: &str) -> ServiceKey {
 
 fn frontend_of(svc: &str, fe: &str, backends: &[SocketAddrV4]) -> DesiredFrontend {
     DesiredFrontend {
-        addr: addr(fe),
+        addr: addr(fe).into(),
         proto: Proto::Tcp,
         kind: FrontendKind::ClusterIp,
         host_ns_only: false,
         port: ServicePortKey { service: key(svc), port_name: "http".into(), proto: Proto::Tcp },
         service_port: addr(fe).port(),
-        backends: backends.to_vec().into(),
+        backends: backends.iter().map(|b| std::net::SocketAddr::V4(*b)).collect(),
         affinity_timeout: 0,
     }
 }
@@ -405,7 +405,7 @@ fn no_frontend_is_written_twice_without_a_grace_period_between() {
     w.table.ops.clear();
     sticky.affinity_timeout = 10;
     let mut fe2 = sticky.clone();
-    fe2.addr = addr("10.96.0.11:80");
+    fe2.addr = addr("10.96.0.11:80").into();
     let first = frontend("web", "10.96.0.10:80", &["10.0.0.2:80"]);
     let report = w.apply(vec![(key("web"), service(vec![first, fe2]))]);
     assert_eq!(report.refused.len(), 1, "{report:?}");

@@ -7,7 +7,7 @@ use std::{collections::HashMap, sync::Arc};
 use k8s_openapi::api::core::v1::{EndpointAddress, Endpoints};
 
 use crate::model::{
-    ServiceKey, ServiceObj, SliceObj,
+    IpFamily, ServiceKey, ServiceObj, SliceObj,
     objects::{EndpointObj, SlicePortObj},
 };
 
@@ -38,34 +38,41 @@ pub(super) fn mirror_endpoints<'a>(
     out
 }
 
-/// One slice per subset (a subset is one set of ports).
+/// One slice per subset and address family (a subset is one set of
+/// ports; a slice holds one family, as the mirroring controller writes).
 fn mirror_one(key: &ServiceKey, ep: &Endpoints) -> Vec<Arc<SliceObj>> {
-    ep.subsets
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, subset)| {
-            let ready = subset.addresses.iter().flatten().map(|a| endpoint(a, true));
-            let not_ready = subset.not_ready_addresses.iter().flatten().map(|a| endpoint(a, false));
-            Arc::new(SliceObj {
-                namespace: key.namespace.as_str().into(),
-                name: format!("{}-mirror-{i}", key.name).into(),
-                service: Some(key.name.as_str().into()),
-                ipv4: true,
-                ports: subset
-                    .ports
-                    .iter()
-                    .flatten()
-                    .map(|p| SlicePortObj {
-                        name: p.name.as_deref().unwrap_or("").into(),
-                        protocol: p.protocol.as_deref().unwrap_or("TCP").into(),
-                        port: Some(p.port),
-                    })
-                    .collect(),
-                endpoints: ready.chain(not_ready).filter(|e| e.address.is_some()).collect(),
+    let mut out = Vec::new();
+    for (i, subset) in ep.subsets.iter().flatten().enumerate() {
+        let ready = subset.addresses.iter().flatten().map(|a| endpoint(a, true));
+        let not_ready = subset.not_ready_addresses.iter().flatten().map(|a| endpoint(a, false));
+        let endpoints: Vec<EndpointObj> = ready.chain(not_ready).filter(|e| e.address.is_some()).collect();
+        let ports: Vec<SlicePortObj> = subset
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| SlicePortObj {
+                name: p.name.as_deref().unwrap_or("").into(),
+                protocol: p.protocol.as_deref().unwrap_or("TCP").into(),
+                port: Some(p.port),
             })
-        })
-        .collect()
+            .collect();
+        for (family, suffix) in [(IpFamily::V4, ""), (IpFamily::V6, "-v6")] {
+            let of_family: Vec<EndpointObj> =
+                endpoints.iter().filter(|e| e.address.is_some_and(|ip| IpFamily::of(ip) == family)).cloned().collect();
+            if of_family.is_empty() && (family == IpFamily::V6 || !endpoints.is_empty()) {
+                continue;
+            }
+            out.push(Arc::new(SliceObj {
+                namespace: key.namespace.as_str().into(),
+                name: format!("{}-mirror-{i}{suffix}", key.name).into(),
+                service: Some(key.name.as_str().into()),
+                family: Some(family),
+                ports: ports.clone(),
+                endpoints: of_family,
+            }));
+        }
+    }
+    out
 }
 
 fn endpoint(addr: &EndpointAddress, ready: bool) -> EndpointObj {

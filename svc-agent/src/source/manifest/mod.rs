@@ -27,13 +27,13 @@ use k8s_openapi::api::core::v1::Endpoints;
 pub(crate) use parse::{ParseError, ParsedFile, parse_manifest};
 pub(crate) use watch::spawn;
 
-use crate::model::{Ipv4Cidr, ServiceKey, ServiceObj, SliceObj};
+use crate::model::{ServiceCidrs, ServiceKey, ServiceObj, SliceObj};
 
 /// What the manifest source allocates, standing in for the API server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Allocation {
     /// `--service-cidr`: cluster IPs for Services without one.
-    pub service_cidr: Ipv4Cidr,
+    pub service_cidr: ServiceCidrs,
     /// `--service-node-port-range`: node ports for NodePort/LoadBalancer
     /// ports without one.
     pub node_ports: RangeInclusive<u16>,
@@ -151,7 +151,7 @@ impl ManifestDir {
         // Shared with the file cache: only Services that get an address or
         // a node port allocated are copied.
         let mut services: Vec<Arc<ServiceObj>> = services.into_values().collect();
-        ipam::assign_cluster_ips(&mut services, self.allocation.service_cidr, &mut self.sticky);
+        ipam::assign_cluster_ips(&mut services, &self.allocation.service_cidr, &mut self.sticky);
         ipam::assign_node_ports(&mut services, &self.allocation.node_ports, &mut self.sticky);
         let mut slices: Vec<Arc<SliceObj>> = slices.into_values().collect();
         slices.extend(mirror::mirror_endpoints(&services, endpoints.into_values()));
