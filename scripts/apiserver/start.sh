@@ -205,7 +205,8 @@ for attempt in 1 2 3; do
         --service-account-issuer=https://kubernetes.default.svc.cluster.local \
         --service-account-key-file="$CERTS/sa.pub" \
         --service-account-signing-key-file="$CERTS/sa.key" \
-        --service-cluster-ip-range=10.96.0.0/16 \
+        --service-cluster-ip-range=10.96.0.0/16,fd00:96::/108 \
+        --feature-gates=IPv6DualStack=true \
         --endpoint-reconciler-type=none \
         --enable-priority-and-fairness=false \
         --runtime-config=discovery.k8s.io/v1beta1=false \

@@ -32,6 +32,15 @@ impl Dial {
         }
     }
 
+    /// [`Self::target`] for any destination: an IPv6 one is dialled as it
+    /// is, whatever the dial.
+    pub fn target_any(self, to: SocketAddr) -> SocketAddr {
+        match to {
+            SocketAddr::V4(v4) => self.target(v4),
+            SocketAddr::V6(_) => to,
+        }
+    }
+
     /// `out` with its getpeername() and recvfrom() addresses written as
     /// IPv4 (`10.96.0.10:80`), so that one assertion serves both families.
     /// For [`Dial::Mapped`] every such address must be v4-mapped: an

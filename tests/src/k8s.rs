@@ -4,7 +4,7 @@
 //! [`ServiceSpec::yaml`] and [`endpoint_slice_spec`]; [`service`] and
 //! [`endpoint_slice`] are shorthands over them for the common cases.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// One entry of a Service's `spec.ports`.
 #[derive(Debug, Clone, Copy)]
@@ -168,6 +168,12 @@ pub struct ServiceSpec {
     pub type_: Option<String>,
     /// `spec.clusterIP`; `None` leaves it out, `"None"` is headless.
     pub cluster_ip: Option<String>,
+    /// `spec.clusterIPs` (empty: left out).
+    pub cluster_ips: Vec<String>,
+    /// `spec.ipFamilyPolicy`.
+    pub ip_family_policy: Option<String>,
+    /// `spec.ipFamilies` (empty: left out).
+    pub ip_families: Vec<String>,
     pub labels: Vec<(String, String)>,
     pub ports: Vec<PortSpec>,
     pub affinity: Affinity,
@@ -188,6 +194,9 @@ impl ServiceSpec {
             name: name.to_owned(),
             type_: None,
             cluster_ip: None,
+            cluster_ips: Vec::new(),
+            ip_family_policy: None,
+            ip_families: Vec::new(),
             labels: Vec::new(),
             ports: Vec::new(),
             affinity: Affinity::Unset,
@@ -209,6 +218,23 @@ impl ServiceSpec {
     #[must_use]
     pub fn cluster_ip(mut self, ip: &str) -> Self {
         self.cluster_ip = Some(ip.to_owned());
+        self
+    }
+
+    /// `spec.clusterIPs` (and `spec.clusterIP`, the first), one per
+    /// family: a dual-stack Service.
+    #[must_use]
+    pub fn cluster_ips(mut self, ips: &[&str]) -> Self {
+        self.cluster_ip = ips.first().map(|ip| (*ip).to_owned());
+        self.cluster_ips = ips.iter().map(|ip| (*ip).to_owned()).collect();
+        self
+    }
+
+    /// `spec.ipFamilyPolicy` and `spec.ipFamilies`.
+    #[must_use]
+    pub fn ip_families(mut self, policy: &str, families: &[&str]) -> Self {
+        self.ip_family_policy = Some(policy.to_owned());
+        self.ip_families = families.iter().map(|f| (*f).to_owned()).collect();
         self
     }
 
@@ -287,7 +313,17 @@ impl ServiceSpec {
             y.push_str(&format!("  type: {t}\n"));
         }
         if let Some(ip) = &self.cluster_ip {
-            y.push_str(&format!("  clusterIP: {ip}\n"));
+            y.push_str(&format!("  clusterIP: \"{ip}\"\n"));
+        }
+        if !self.cluster_ips.is_empty() {
+            let ips: Vec<String> = self.cluster_ips.iter().map(|ip| format!("\"{ip}\"")).collect();
+            y.push_str(&format!("  clusterIPs: [{}]\n", ips.join(", ")));
+        }
+        if let Some(policy) = &self.ip_family_policy {
+            y.push_str(&format!("  ipFamilyPolicy: {policy}\n"));
+        }
+        if !self.ip_families.is_empty() {
+            y.push_str(&format!("  ipFamilies: [{}]\n", self.ip_families.join(", ")));
         }
         if let Some(name) = &self.external_name {
             y.push_str(&format!("  externalName: {name}\n"));
@@ -316,7 +352,7 @@ impl ServiceSpec {
         if !self.external_ips.is_empty() {
             y.push_str("  externalIPs:\n");
             for ip in &self.external_ips {
-                y.push_str(&format!("  - {ip}\n"));
+                y.push_str(&format!("  - \"{ip}\"\n"));
             }
         }
         if !self.ports.is_empty() {
@@ -338,7 +374,7 @@ impl ServiceSpec {
         if !self.lb_ingress.is_empty() {
             y.push_str("status:\n  loadBalancer:\n    ingress:\n");
             for (ip, mode) in &self.lb_ingress {
-                y.push_str(&format!("    - ip: {ip}\n"));
+                y.push_str(&format!("    - ip: \"{ip}\"\n"));
                 if let Some(mode) = mode {
                     y.push_str(&format!("      ipMode: {mode}\n"));
                 }
@@ -352,7 +388,8 @@ impl ServiceSpec {
 /// reads; a condition left `None` is left out of the YAML.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointSpec {
-    pub ip: Ipv4Addr,
+    /// IPv4 or IPv6 (a slice holds one family: [`endpoint_slice_spec`]).
+    pub ip: IpAddr,
     pub ready: Option<bool>,
     pub serving: Option<bool>,
     pub terminating: Option<bool>,
@@ -364,8 +401,8 @@ pub struct EndpointSpec {
 
 impl EndpointSpec {
     /// No conditions at all (counts as ready).
-    pub fn new(ip: Ipv4Addr) -> Self {
-        Self { ip, ready: None, serving: None, terminating: None, node_name: None, zone: None, hints: None }
+    pub fn new(ip: impl Into<IpAddr>) -> Self {
+        Self { ip: ip.into(), ready: None, serving: None, terminating: None, node_name: None, zone: None, hints: None }
     }
 
     #[must_use]
@@ -412,7 +449,8 @@ impl EndpointSpec {
     }
 }
 
-/// An IPv4 EndpointSlice, as [`endpoint_slice`], from [`EndpointSpec`]s.
+/// An EndpointSlice, as [`endpoint_slice`], from [`EndpointSpec`]s: of
+/// `addressType: IPv6` when its first endpoint is IPv6, else IPv4.
 pub fn endpoint_slice_spec(
     namespace: &str,
     slice_name: &str,
@@ -421,7 +459,8 @@ pub fn endpoint_slice_spec(
     endpoints: &[EndpointSpec],
 ) -> String {
     let mut y = format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {slice_name}\n  namespace: {namespace}\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\n"
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {slice_name}\n  namespace: {namespace}\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: {}\n",
+        if endpoints.first().is_some_and(|e| e.ip.is_ipv6()) { "IPv6" } else { "IPv4" }
     );
     if ports.is_empty() {
         y.push_str("ports: []\n");

@@ -56,9 +56,9 @@ pub use crate::{
     manifests::ManifestDir,
     names::{sweep_stale, unique_name},
     netns::{Netns, netns_names},
-    nodens::{At, Client, NODE_IP, NODE_NAME, NodeEnv, NodeTopology},
+    nodens::{At, Client, NODE_IP, NODE_IP6, NODE_NAME, NodeEnv, NodeTopology},
     outcome::{Outcome, UNREACHABLE},
-    topology::{Backend, Proto, SERVICE_RANGE, Server, Topology},
+    topology::{Backend, Proto, SERVICE_RANGE, SERVICE_RANGE6, Server, Topology},
 };
 
 /// Panics unless running as root: these tests need namespaces, cgroups and

@@ -28,7 +28,7 @@
 use std::{
     ffi::OsString,
     io::{BufRead as _, BufReader},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -41,12 +41,15 @@ use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 
 use crate::{
-    Agent, Backend, Cgroup, Dial, Netns, Outcome, Proto, SERVICE_RANGE, SYNC_TIMEOUT, Server, bins, cmd,
-    k8s::EndpointSpec, names, source::Source,
+    Agent, Backend, Cgroup, Dial, Netns, Outcome, Proto, SERVICE_RANGE, SERVICE_RANGE6, SYNC_TIMEOUT, Server, bins,
+    cmd, k8s::EndpointSpec, names, source::Source,
 };
 
 /// The node's own address (on its `lo`, like a node IP on a dummy device).
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 10);
+
+/// The node's own IPv6 address (on its `lo`).
+pub const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, 0x10);
 
 /// `--node-name` of the agent in [`NodeEnv`]; endpoints with this
 /// `nodeName` are local.
@@ -65,51 +68,83 @@ pub struct NodeTopology {
 }
 
 impl NodeTopology {
-    /// A node with `n_backends` backend pods (10.244.i.2) and `n_pods`
-    /// client pods (10.245.c.2).
+    /// A dual-stack node with `n_backends` backend pods (10.244.i.2,
+    /// fd00:244:i::2) and `n_pods` client pods (10.245.c.2, fd00:245:c::2).
     pub fn new(n_backends: u8, n_pods: u8) -> Result<Self> {
         if n_backends > 200 || n_pods > 200 {
             bail!("NodeTopology::new: at most 200 backends and 200 pods");
         }
-        let node = Backend::from_parts(Netns::new()?, NODE_IP);
+        let node = Backend::dual_stack(Netns::new()?, NODE_IP, NODE_IP6);
+        // Pods reach each other through the node, as through a CNI bridge
+        // (routing on before any link exists: switching IPv6 forwarding on
+        // later resets the links' neighbour state). The node's ICMP errors
+        // (a pod's untranslated connect to an address nobody routes) are
+        // not rate limited, so they fail fast every time instead of timing
+        // out after a burst.
+        cmd::run(&mut node.netns().exec(&[
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.icmp_ratemask=0",
+            "net.ipv6.conf.all.forwarding=1",
+            "net.ipv6.icmp.ratelimit=0",
+        ]))?;
         // Each namespace is configured with one `ip -batch` (an `ip`
-        // process per command made a 16-pod node take seconds).
-        let mut node_cmds =
-            vec![format!("addr add {NODE_IP}/32 dev lo"), format!("route add unreachable {SERVICE_RANGE}")];
-        let mut pods: Vec<(Netns, Ipv4Addr, String)> = Vec::new();
-        for (second, count, prefix) in [(244, n_backends, "vb"), (245, n_pods, "vc")] {
+        // process per command made a 16-pod node take seconds). IPv6
+        // addresses skip duplicate address detection (`nodad`): usable at
+        // once, and no other host can hold them.
+        let mut node_cmds = vec![
+            format!("addr add {NODE_IP}/32 dev lo"),
+            format!("route add unreachable {SERVICE_RANGE}"),
+            format!("addr add {NODE_IP6}/128 dev lo nodad"),
+            format!("route add unreachable {SERVICE_RANGE6}"),
+        ];
+        let mut pods: Vec<(Netns, Ipv4Addr, Ipv6Addr, String, String, String)> = Vec::new();
+        for (second, count, prefix) in [(244u8, n_backends, "vb"), (245, n_pods, "vc")] {
+            // fd00:244:i::/64 and fd00:245:c::/64, mirroring 10.244/10.245.
+            let second6 = u16::from_str_radix(&second.to_string(), 16).unwrap_or_default();
             for i in 1..=count {
                 let netns = Netns::new()?;
                 let (link, gateway) = (format!("{prefix}{i}"), format!("10.{second}.{i}.1"));
+                let gateway6 = Ipv6Addr::new(0xfd00, second6, u16::from(i), 0, 0, 0, 0, 1);
+                let ip6 = Ipv6Addr::new(0xfd00, second6, u16::from(i), 0, 0, 0, 0, 2);
                 // Created in the node namespace with the peer moved straight
                 // into the pod: nothing ever exists in the root namespace.
-                node_cmds.push(format!("link add {link} type veth peer name eth0 netns {}", netns.name()));
+                // Fixed MACs and permanent IPv6 neighbour entries on both
+                // ends: a first connect through a fresh veth otherwise lost
+                // its SYN to neighbour discovery now and then.
+                let (node_mac, pod_mac) = (mac(second, i, 1), mac(second, i, 2));
+                node_cmds.push(format!(
+                    "link add {link} address {node_mac} type veth peer name eth0 address {pod_mac} netns {}",
+                    netns.name()
+                ));
                 node_cmds.push(format!("addr add {gateway}/24 dev {link}"));
+                node_cmds.push(format!("addr add {gateway6}/64 dev {link} nodad"));
                 node_cmds.push(format!("link set {link} up"));
-                pods.push((netns, Ipv4Addr::new(10, second, i, 2), gateway));
+                node_cmds.push(format!("neigh replace {ip6} lladdr {pod_mac} dev {link} nud permanent"));
+                pods.push((netns, Ipv4Addr::new(10, second, i, 2), ip6, gateway, format!("{gateway6}"), node_mac));
             }
         }
         batch(node.netns(), &node_cmds)?;
-        for (netns, ip, gateway) in &pods {
+        for (netns, ip, ip6, gateway, gateway6, node_mac) in &pods {
             batch(
                 netns,
                 &[
                     format!("addr add {ip}/24 dev eth0"),
+                    format!("addr add {ip6}/64 dev eth0 nodad"),
                     "link set eth0 up".to_owned(),
+                    format!("neigh replace {gateway6} lladdr {node_mac} dev eth0 nud permanent"),
                     format!("route add unreachable {SERVICE_RANGE}"),
                     format!("route add 10.0.0.0/8 via {gateway}"),
+                    format!("route add unreachable {SERVICE_RANGE6}"),
+                    format!("route add fd00::/8 via {gateway6}"),
                 ],
             )?;
         }
-        let mut pods: Vec<Backend> = pods.into_iter().map(|(netns, ip, _)| Backend::from_parts(netns, ip)).collect();
+        let mut pods: Vec<Backend> =
+            pods.into_iter().map(|(netns, ip, ip6, ..)| Backend::dual_stack(netns, ip, ip6)).collect();
         let client_pods = pods.split_off(usize::from(n_backends));
-        let topo = Self { backends: pods, pods: client_pods, node };
-        // Pods reach each other through the node, as through a CNI bridge;
-        // the node's ICMP errors (a pod's untranslated connect to an
-        // address nobody routes) are not rate limited, so they fail fast
-        // every time instead of timing out after a burst.
-        cmd::run(&mut topo.node.netns().exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.icmp_ratemask=0"]))?;
-        Ok(topo)
+        Ok(Self { backends: pods, pods: client_pods, node })
     }
 
     /// The node namespace (its `ip()` is [`NODE_IP`]); `serve` runs a
@@ -137,6 +172,11 @@ impl NodeTopology {
     pub fn remove_node_address(&self, ip: Ipv4Addr) -> Result<()> {
         self.node.netns().ip(&["addr", "del", &format!("{ip}/32"), "dev", "lo"]).map(drop)
     }
+}
+
+/// A locally administered MAC for end `end` of pod `i`'s veth in 10.`net`.
+fn mac(net: u8, i: u8, end: u8) -> String {
+    format!("02:00:0a:{net:02x}:{i:02x}:{end:02x}")
 }
 
 fn nth<'a>(list: &'a [Backend], i: u8, what: &str) -> &'a Backend {
@@ -181,15 +221,15 @@ impl Client<'_> {
     }
 
     /// `count` sequential TCP connects to `to`.
-    pub fn tcp(&self, to: SocketAddrV4, count: u32) -> Result<Outcome> {
-        Ok(self.run("tcp", to, count, &[])?.0)
+    pub fn tcp(&self, to: impl Into<SocketAddr>, count: u32) -> Result<Outcome> {
+        Ok(self.run("tcp", to.into(), count, &[])?.0)
     }
 
     /// `count` UDP datagrams to `to`: over one unconnected socket, or one
     /// connected socket per datagram.
-    pub fn udp(&self, to: SocketAddrV4, count: u32, connected: bool) -> Result<Outcome> {
+    pub fn udp(&self, to: impl Into<SocketAddr>, count: u32, connected: bool) -> Result<Outcome> {
         let extra: &[&str] = if connected { &["--connected"] } else { &[] };
-        Ok(self.run("udp", to, count, extra)?.0)
+        Ok(self.run("udp", to.into(), count, extra)?.0)
     }
 
     /// A UDP session to `to` from this client: one connected socket bound
@@ -197,12 +237,13 @@ impl Client<'_> {
     /// new socket (same port) after an error when `reconnect`.
     pub fn udp_session(
         &self,
-        to: SocketAddrV4,
+        to: impl Into<SocketAddr>,
         rounds: u32,
         source_port: u16,
         reconnect: bool,
     ) -> Result<crate::session::UdpSession> {
-        let (to_s, count_s, port_s) = (self.dial.target(to).to_string(), rounds.to_string(), source_port.to_string());
+        let (to_s, count_s, port_s) =
+            (self.dial.target_any(to.into()).to_string(), rounds.to_string(), source_port.to_string());
         let cgroup = self.cgroup.path().to_string_lossy().into_owned();
         let mut args = vec!["udp-session", "--to", &to_s, "--count", &count_s, "--interval-ms", "20"];
         args.extend(["--timeout-ms", "200", "--source-port", &port_s, "--cgroup", &cgroup]);
@@ -212,18 +253,28 @@ impl Client<'_> {
         crate::session::UdpSession::spawn(self.netns.testkit(&args)?)
     }
 
+    /// Runs `program` with `args` as this client (its network namespace
+    /// and cgroup), e.g. `dig` or `curl`; returns what it printed, or an
+    /// error with its output if it failed.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
+        let cgroup = self.cgroup.path().to_string_lossy().into_owned();
+        let mut argv = vec!["exec", "--cgroup", &cgroup, "--", program];
+        argv.extend_from_slice(args);
+        cmd::run(&mut self.netns.testkit(&argv)?).with_context(|| format!("{program} in {}", self.label))
+    }
+
     /// The client's network namespace cookie: its identity for session
     /// affinity, as `status` shows it.
     pub fn netns_cookie(&self) -> Result<u64> {
-        let cookie = self.run("tcp", SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9), 0, &[])?.1;
+        let cookie = self.run("tcp", SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9).into(), 0, &[])?.1;
         if cookie == 0 {
             bail!("{}: svc-testkit could not read its netns cookie", self.label);
         }
         Ok(cookie)
     }
 
-    fn run(&self, mode: &str, to: SocketAddrV4, count: u32, extra: &[&str]) -> Result<(Outcome, u64)> {
-        let to_s = self.dial.target(to).to_string();
+    fn run(&self, mode: &str, to: SocketAddr, count: u32, extra: &[&str]) -> Result<(Outcome, u64)> {
+        let to_s = self.dial.target_any(to).to_string();
         let count_s = count.to_string();
         let cgroup = self.cgroup.path().to_string_lossy().into_owned();
         let mut args = vec![mode, "--to", &to_s, "--count", &count_s, "--timeout-ms", CLIENT_TIMEOUT_MS];
@@ -238,7 +289,9 @@ impl Client<'_> {
         if outcome.cgroup != self.cgroup.relative() {
             bail!("{} client ran in cgroup {:?}, not {:?}", self.label, outcome.cgroup, self.cgroup.relative());
         }
-        Ok((self.dial.as_ipv4(outcome)?, extra.netns_cookie))
+        // An IPv6 destination is dialled as it is, and reported as it is.
+        let outcome = if to.is_ipv4() { self.dial.as_ipv4(outcome)? } else { outcome };
+        Ok((outcome, extra.netns_cookie))
     }
 }
 
@@ -475,5 +528,11 @@ impl NodeEnv {
     /// Endpoints (no conditions: ready) for the given backends.
     pub fn endpoints(&self, backends: &[u8]) -> Vec<EndpointSpec> {
         backends.iter().map(|&i| EndpointSpec::new(self.topo.backend(i).ip())).collect()
+    }
+
+    /// IPv6 endpoints (no conditions: ready) for the given backends, for
+    /// an `addressType: IPv6` slice.
+    pub fn endpoints6(&self, backends: &[u8]) -> Vec<EndpointSpec> {
+        backends.iter().map(|&i| EndpointSpec::new(self.topo.backend(i).ip6())).collect()
     }
 }

@@ -49,7 +49,7 @@ impl Source for ManifestDir {
     }
 
     fn agent_args(&self) -> Vec<OsString> {
-        vec!["--source".into(), self.path().into(), "--service-cidr".into(), "10.96.0.0/16".into()]
+        vec!["--source".into(), self.path().into(), "--service-cidr".into(), "10.96.0.0/16,fd00:96::/108".into()]
     }
 
     fn node_zone(&self, _node_name: &str, zone: &str) -> Result<Vec<OsString>> {

@@ -14,7 +14,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     process::{Child, Stdio},
     sync::mpsc,
     thread,
@@ -27,6 +27,10 @@ use crate::{Cgroup, Netns, Outcome, cmd};
 
 /// The service range the client cannot reach without translation.
 pub const SERVICE_RANGE: &str = "10.96.0.0/12";
+
+/// The IPv6 service range of the node topology (`--service-cidr`'s IPv6
+/// half in the tests): every untranslated address in it is unreachable.
+pub const SERVICE_RANGE6: &str = "fd00:96::/108";
 
 /// How long a backend server may take to bind its ports.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,6 +56,8 @@ pub struct Topology {
 pub struct Backend {
     netns: Netns,
     ip: Ipv4Addr,
+    /// Its IPv6 address, in a dual-stack topology.
+    ip6: Option<Ipv6Addr>,
 }
 
 /// A running `svc-testkit serve`; killed on Drop.
@@ -144,18 +150,33 @@ impl Backend {
         client.ip(&["link", "set", &veth, "up"])?;
         netns.ip(&["addr", "add", &format!("10.244.{i}.2/24"), "dev", "eth0"])?;
         netns.ip(&["link", "set", "eth0", "up"])?;
-        Ok(Self { netns, ip: Ipv4Addr::new(10, 244, i, 2) })
+        Ok(Self { netns, ip: Ipv4Addr::new(10, 244, i, 2), ip6: None })
     }
 
     /// A namespace whose links and addresses were set up elsewhere (e.g. a
     /// pod attached to a node namespace, or the node itself), with `ip` its
     /// address; it owns the namespace (removed on Drop) and can `serve`.
     pub(crate) fn from_parts(netns: Netns, ip: Ipv4Addr) -> Self {
-        Self { netns, ip }
+        Self { netns, ip, ip6: None }
+    }
+
+    /// As [`Self::from_parts`], with an IPv6 address too.
+    pub(crate) fn dual_stack(netns: Netns, ip: Ipv4Addr, ip6: Ipv6Addr) -> Self {
+        Self { netns, ip, ip6: Some(ip6) }
     }
 
     pub fn ip(&self) -> Ipv4Addr {
         self.ip
+    }
+
+    /// Its IPv6 address (dual-stack topologies only).
+    pub fn ip6(&self) -> Ipv6Addr {
+        self.ip6.unwrap_or_else(|| panic!("{} has no IPv6 address", self.netns.name()))
+    }
+
+    /// `[ip6]:port` of this backend.
+    pub fn addr6(&self, port: u16) -> SocketAddrV6 {
+        SocketAddrV6::new(self.ip6(), port, 0, 0)
     }
 
     /// `ip:port` of this backend.
@@ -171,6 +192,18 @@ impl Backend {
     /// once every port is bound.
     pub fn serve(&self, name: &str, ports: &[Proto]) -> Result<Server> {
         self.spawn_server(name, ports, &[])
+    }
+
+    /// A DNS server on UDP and TCP `port` whose every answer is one TXT
+    /// record `name` (for `dig`).
+    pub fn serve_dns(&self, name: &str, port: u16) -> Result<Server> {
+        self.spawn_server(name, &[Proto::Tcp(port), Proto::Udp(port)], &["--dns"])
+    }
+
+    /// An HTTP/1.0 server on TCP `port` answering every request with
+    /// `name:PORT` (for `curl`).
+    pub fn serve_http(&self, name: &str, port: u16) -> Result<Server> {
+        self.spawn_server(name, &[Proto::Tcp(port)], &["--http"])
     }
 
     /// As [`Self::serve`], with `--echo-peer`: TCP replies are

@@ -16,7 +16,7 @@ use svc_tests::{
     scenarios::{
         affinity, conditions,
         conformance::{self as c, TypeChange, Via},
-        hairpin, nodeport, topology,
+        dual_stack, hairpin, nodeport, topology,
     },
 };
 
@@ -103,4 +103,32 @@ fn conformance_type_external_name_to_cluster_ip() -> Result<()> {
 #[test]
 fn conformance_type_node_port_to_external_name() -> Result<()> {
     c::changes_service_type(kube_source()?, TypeChange::NodePortToExternalName)
+}
+
+// IPv6 and dual-stack (the API server runs with IPv6DualStack and a
+// service range per family).
+
+#[test]
+fn dual_stack_ipv6_cluster_ip() -> Result<()> {
+    dual_stack::ipv6_cluster_ip(kube_source()?)
+}
+
+#[test]
+fn dual_stack_families_use_their_own_slices() -> Result<()> {
+    dual_stack::dual_stack_families_use_their_own_slices(kube_source()?)
+}
+
+#[test]
+fn dual_stack_ipv6_node_port_external_and_load_balancer_ips() -> Result<()> {
+    dual_stack::ipv6_node_port_external_and_load_balancer_ips(kube_source()?)
+}
+
+#[test]
+fn dual_stack_ipv6_affinity() -> Result<()> {
+    dual_stack::ipv6_affinity(kube_source()?)
+}
+
+#[test]
+fn dual_stack_real_clients_reach_ipv6_services() -> Result<()> {
+    dual_stack::real_clients_reach_ipv6_services(kube_source()?)
 }

@@ -35,6 +35,10 @@ const PACKAGES: &[&str] = &[
     // Tests: network namespaces, veth, inspecting programs and maps.
     "iproute2",
     "bpftool",
+    // Real clients in the tests: dig (UDP and TCP DNS, checks the reply's
+    // source address) and curl.
+    "bind9-dnsutils",
+    "curl",
     // Bench: kube-proxy's iptables and nftables layouts as baselines, and
     // profiles of where time goes (software cpu-clock events; this machine
     // has no hardware counters).

@@ -17,6 +17,7 @@ pub mod affinity;
 pub mod clusterip;
 pub mod conditions;
 pub mod conformance;
+pub mod dual_stack;
 pub mod hairpin;
 pub mod nodeport;
 pub mod restart;
@@ -24,7 +25,7 @@ pub mod topology;
 pub mod traffic_policy;
 pub mod updates;
 
-use std::{collections::BTreeSet, net::SocketAddrV4, time::Duration};
+use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -74,20 +75,27 @@ pub fn only_backend(out: &Outcome) -> Option<String> {
 
 /// `count` TCP connects from `client` that must all succeed and reach one
 /// backend; returns it.
-pub fn pinned_backend(client: &Client<'_>, to: SocketAddrV4, count: u32) -> Result<String> {
+pub fn pinned_backend(client: &Client<'_>, to: impl Into<SocketAddr>, count: u32) -> Result<String> {
+    let to = to.into();
     let out = client.tcp(to, count)?;
     only_backend(&out).with_context(|| format!("{count} connects to {to} did not all reach one backend: {out}"))
 }
 
 /// Polls `client`'s TCP connects to `to` (in probes of `probe` connects)
 /// until `done` holds for one probe.
-pub fn poll_tcp(client: &Client<'_>, to: SocketAddrV4, probe: u32, done: impl Fn(&Outcome) -> bool) -> Result<()> {
+pub fn poll_tcp(
+    client: &Client<'_>,
+    to: impl Into<SocketAddr>,
+    probe: u32,
+    done: impl Fn(&Outcome) -> bool,
+) -> Result<()> {
+    let to = to.into();
     poll_outcome(SETTLE, || client.tcp(to, probe), done).map(drop)
 }
 
 /// Waits until `status` shows `address` (`ip:port`, protocol `proto`) with
 /// exactly `backends` (as `ip:port` strings, any order).
-pub fn wait_backends(agent: &Agent, address: &str, proto: &str, backends: &[SocketAddrV4]) -> Result<()> {
+pub fn wait_backends<A: ToString>(agent: &Agent, address: &str, proto: &str, backends: &[A]) -> Result<()> {
     let want: BTreeSet<String> = backends.iter().map(ToString::to_string).collect();
     let mut last = None;
     poll_until(SETTLE, || {

@@ -75,7 +75,7 @@ pub fn local_policy_uses_only_this_nodes_endpoints(source: Box<dyn Source>) -> R
 
     // No local endpoint left: ClusterIP refuses here, NodePort still works.
     env.apply("web-slice", &slice(&[ep(&env, 2, OTHER_NODE)]))?;
-    wait_backends(env.agent(), VIP, "TCP", &[])?;
+    wait_backends::<SocketAddrV4>(env.agent(), VIP, "TCP", &[])?;
     assert_refused(&env.pod(1).tcp(vip(), 10)?, "ClusterIP with no local endpoint")?;
     assert_refused(&env.host().tcp(vip(), 10)?, "ClusterIP with no local endpoint, host network")?;
     let out = env.pod(1).tcp(node_port(), 10)?;
@@ -98,7 +98,7 @@ pub fn local_policy_falls_back_to_local_terminating(source: Box<dyn Source>) -> 
         "web-slice",
         &slice(&[ep(&env, 1, NODE_NAME).ready(false).serving(false).terminating(true), ep(&env, 2, OTHER_NODE)]),
     )?;
-    wait_backends(env.agent(), VIP, "TCP", &[])?;
+    wait_backends::<SocketAddrV4>(env.agent(), VIP, "TCP", &[])?;
     assert_refused(&env.pod(1).tcp(vip(), 10)?, "local endpoint terminating and not serving")?;
     Ok(())
 }

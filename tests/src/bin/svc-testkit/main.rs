@@ -21,6 +21,7 @@ use std::{
 };
 
 mod churn;
+mod dns;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
@@ -46,8 +47,9 @@ enum Cmd {
         tcp: Vec<u16>,
         #[arg(long)]
         udp: Vec<u16>,
-        #[arg(long, default_value = "0.0.0.0")]
-        bind: Ipv4Addr,
+        /// Address to bind; the default `::` serves both families.
+        #[arg(long, default_value = "::")]
+        bind: IpAddr,
         /// Append the client's address to TCP replies (`NAME:PORT IP`), to
         /// check that the source address is preserved.
         #[arg(long)]
@@ -56,6 +58,14 @@ enum Cmd {
         /// a server on a whole local range (`ip route add local ...`).
         #[arg(long, conflicts_with = "echo_peer")]
         reply_local: bool,
+        /// Be a DNS server on every port: each query gets one TXT record
+        /// holding NAME (for `dig`).
+        #[arg(long, conflicts_with_all = ["echo_peer", "reply_local"])]
+        dns: bool,
+        /// Be an HTTP/1.0 server on the TCP ports: every request gets
+        /// `NAME:PORT` (for `curl`).
+        #[arg(long, conflicts_with_all = ["echo_peer", "reply_local", "dns"])]
+        http: bool,
     },
     /// Connects from `--threads` threads, round-robin over the targets,
     /// until standard input closes; each answer (a `serve --reply-local`
@@ -103,6 +113,16 @@ enum Cmd {
         /// source port), as a client that retries does.
         #[arg(long)]
         reconnect: bool,
+    },
+    /// Runs a program (`dig`, `curl`) as a client: joins `--cgroup`, enters
+    /// the namespace, then replaces itself with the program.
+    Exec {
+        /// cgroup v2 directory to join first.
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        /// The program and its arguments.
+        #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
+        argv: Vec<String>,
     },
     /// Forward TCP from `127.0.0.1:PORT` inside `--listen-netns` to
     /// `127.0.0.1:PORT` of this process's own namespace (e.g. an agent in a
@@ -160,7 +180,7 @@ fn main() -> Result<()> {
     let cgroup = match &cli.cmd {
         Cmd::Serve { .. } | Cmd::Relay { .. } => None,
         Cmd::Tcp { client } | Cmd::Udp { client, .. } | Cmd::UdpSession { client, .. } => client.cgroup.as_ref(),
-        Cmd::Churn { cgroup, .. } => cgroup.as_ref(),
+        Cmd::Churn { cgroup, .. } | Cmd::Exec { cgroup, .. } => cgroup.as_ref(),
     };
     if let Some(dir) = cgroup {
         join_cgroup(dir)?;
@@ -169,8 +189,12 @@ fn main() -> Result<()> {
         enter_netns(netns)?;
     }
     match cli.cmd {
-        Cmd::Serve { name, tcp, udp, bind, echo_peer, reply_local } => {
-            let reply = if reply_local {
+        Cmd::Serve { name, tcp, udp, bind, echo_peer, reply_local, dns, http } => {
+            let reply = if dns {
+                Reply::Dns
+            } else if http {
+                Reply::Http
+            } else if reply_local {
                 Reply::LocalAddr
             } else if echo_peer {
                 Reply::NameAndPeer
@@ -185,6 +209,11 @@ fn main() -> Result<()> {
         Cmd::Tcp { client } => print_report(&tcp_client(&client)),
         Cmd::Udp { client, connected } => print_report(&udp_client(&client, connected)),
         Cmd::Relay { listen_netns, port } => relay(&listen_netns, port),
+        Cmd::Exec { argv, .. } => {
+            use std::os::unix::process::CommandExt as _;
+            let err = std::process::Command::new(&argv[0]).args(&argv[1..]).exec();
+            bail!("exec {}: {err}", argv[0])
+        }
         Cmd::UdpSession { client, interval_ms, source_port, reconnect } => {
             udp_session(&client, Duration::from_millis(interval_ms), source_port, reconnect)
         }
@@ -440,9 +469,13 @@ enum Reply {
     NameAndPeer,
     /// The local address the client reached.
     LocalAddr,
+    /// DNS, over UDP and TCP.
+    Dns,
+    /// HTTP/1.0 with body `NAME:PORT`.
+    Http,
 }
 
-fn serve(name: &str, tcp: &[u16], udp: &[u16], bind: Ipv4Addr, reply: Reply) -> Result<()> {
+fn serve(name: &str, tcp: &[u16], udp: &[u16], bind: IpAddr, reply: Reply) -> Result<()> {
     if tcp.is_empty() && udp.is_empty() {
         bail!("serve: give at least one --tcp or --udp port");
     }
@@ -459,11 +492,18 @@ fn serve(name: &str, tcp: &[u16], udp: &[u16], bind: Ipv4Addr, reply: Reply) -> 
     let mut threads = Vec::new();
     for listener in listeners {
         let name = name.to_owned();
-        threads.push(thread::spawn(move || serve_tcp(&name, &listener, reply)));
+        threads.push(thread::spawn(move || match reply {
+            Reply::Dns => dns::serve_tcp(&name, &listener),
+            Reply::Http => serve_http(&name, &listener),
+            _ => serve_tcp(&name, &listener, reply),
+        }));
     }
     for socket in sockets {
         let name = name.to_owned();
-        threads.push(thread::spawn(move || serve_udp(&name, &socket)));
+        threads.push(thread::spawn(move || match reply {
+            Reply::Dns => dns::serve_udp(&name, &socket),
+            _ => serve_udp(&name, &socket),
+        }));
     }
     {
         let mut out = io::stdout().lock();
@@ -489,12 +529,39 @@ fn serve_tcp(name: &str, listener: &TcpListener, reply: Reply) {
         let port = local.map_or(0, |a| a.port());
         let answer = match reply {
             Reply::Name => format!("{name}:{port}\n"),
-            Reply::NameAndPeer => format!("{name}:{port} {}\n", peer.ip()),
-            Reply::LocalAddr => format!("{}\n", local.map_or_else(String::new, |a| a.ip().to_string())),
+            // A dual-stack socket sees IPv4 peers as v4-mapped: shown as IPv4.
+            Reply::NameAndPeer => format!("{name}:{port} {}\n", peer.ip().to_canonical()),
+            Reply::LocalAddr => format!("{}\n", local.map_or_else(String::new, |a| a.ip().to_canonical().to_string())),
+            Reply::Dns | Reply::Http => return,
         };
         // A client that hangs up first is its own business.
         drop(stream.write_all(answer.as_bytes()));
     }
+}
+
+/// One thread per connection: read the request head, answer, close.
+fn serve_http(name: &str, listener: &TcpListener) {
+    let port = listener.local_addr().map_or(0, |a| a.port());
+    loop {
+        let Ok((stream, _)) = listener.accept() else { continue };
+        let body = format!("{name}:{port}\n");
+        thread::spawn(move || {
+            // A client that hangs up first is its own business.
+            drop(http_exchange(&stream, &body));
+        });
+    }
+}
+
+fn http_exchange(stream: &TcpStream, body: &str) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    while reader.read_line(&mut line)? > 0 && line != "\r\n" && line != "\n" {
+        line.clear();
+    }
+    let mut writer = stream;
+    write!(writer, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+    writer.flush()
 }
 
 fn serve_udp(name: &str, socket: &UdpSocket) {
