@@ -51,7 +51,7 @@ pub use crate::{
     agent::{AffinityEntry, Agent, Frontend, IN_SYNC},
     bins::{agent_bin, testkit_bin},
     cgroup::{Cgroup, cgroup2_mount},
-    dial::Dial,
+    dial::{Dial, service_ip6},
     env::{SYNC_TIMEOUT, TestEnv},
     manifests::ManifestDir,
     names::{sweep_stale, unique_name},
@@ -120,8 +120,26 @@ pub fn poll_outcome(
     })
 }
 
-/// `#[test]`s that run each `scenario(source()?, dial)` for every [`Dial`]:
-/// `inet::NAME` from `AF_INET` sockets and `v4_mapped::NAME` from
+/// As [`dial_tests!`], plus `ipv6::NAME`: the scenario with IPv6 Services
+/// ([`Dial::Ipv6`]), for scenarios that take their Service addresses from
+/// `NodeEnv::service_ip` and their endpoints from `NodeEnv::endpoints`.
+#[macro_export]
+macro_rules! family_tests {
+    ($source:path; $($scenario:path => $name:ident),* $(,)?) => {
+        $crate::dial_tests! { $source; $($scenario => $name),* }
+        mod ipv6 {
+            $(
+                #[test]
+                fn $name() -> ::anyhow::Result<()> {
+                    $scenario($source()?, $crate::Dial::Ipv6)
+                }
+            )*
+        }
+    };
+}
+
+/// `#[test]`s that run each `scenario(source()?, dial)` for both IPv4
+/// dials: `inet::NAME` from `AF_INET` sockets and `v4_mapped::NAME` from
 /// `AF_INET6` sockets dialling `::ffff:a.b.c.d`.
 ///
 /// ```ignore

@@ -525,9 +525,19 @@ impl NodeEnv {
         self.client(At::Host)
     }
 
-    /// Endpoints (no conditions: ready) for the given backends.
+    /// Endpoints (no conditions: ready) for the given backends: their
+    /// IPv6 addresses when this env dials [`Dial::Ipv6`].
     pub fn endpoints(&self, backends: &[u8]) -> Vec<EndpointSpec> {
+        if self.dial == Dial::Ipv6 {
+            return self.endpoints6(backends);
+        }
         backends.iter().map(|&i| EndpointSpec::new(self.topo.backend(i).ip())).collect()
+    }
+
+    /// A Service address of the scenario as this env's Services have it
+    /// ([`Dial::service_ip`]).
+    pub fn service_ip(&self, ip: &str) -> String {
+        self.dial.service_ip(ip)
     }
 
     /// IPv6 endpoints (no conditions: ready) for the given backends, for

@@ -1,5 +1,6 @@
 //! ClusterIP translation through the manifest source, from `AF_INET` and
-//! (v4-mapped) `AF_INET6` sockets: the scenarios of
+//! (v4-mapped) `AF_INET6` sockets, and the same with IPv6 Services: the
+//! scenarios of
 //! `svc_tests::scenarios::clusterip` (also run through the Kubernetes
 //! source), plus what only the manifest source does: mirroring
 //! hand-written Endpoints and allocating stable addresses.
@@ -11,7 +12,7 @@ use svc_tests::{
     scenarios::set,
 };
 
-svc_tests::dial_tests! { svc_tests::source::manifests;
+svc_tests::family_tests! { svc_tests::source::manifests;
     svc_tests::scenarios::clusterip::tcp_spreads_and_shows_the_cluster_ip => tcp_spreads_and_shows_the_cluster_ip,
     svc_tests::scenarios::clusterip::udp_replies_come_from_the_cluster_ip => udp_replies_come_from_the_cluster_ip,
     svc_tests::scenarios::clusterip::tcp_and_udp_on_one_port_use_their_own_backends

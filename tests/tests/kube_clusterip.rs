@@ -14,7 +14,7 @@ use svc_tests::{
     scenarios::set,
 };
 
-svc_tests::dial_tests! { svc_tests::apiserver::kube_source;
+svc_tests::family_tests! { svc_tests::apiserver::kube_source;
     svc_tests::scenarios::clusterip::tcp_spreads_and_shows_the_cluster_ip => tcp_spreads_and_shows_the_cluster_ip,
     svc_tests::scenarios::clusterip::udp_replies_come_from_the_cluster_ip => udp_replies_come_from_the_cluster_ip,
     svc_tests::scenarios::clusterip::tcp_and_udp_on_one_port_use_their_own_backends

@@ -12,7 +12,7 @@ use svc_tests::{
     poll_outcome, poll_until,
 };
 
-svc_tests::dial_tests! { svc_tests::apiserver::kube_source;
+svc_tests::family_tests! { svc_tests::apiserver::kube_source;
     svc_tests::scenarios::updates::endpoint_changes_apply_within_1s => endpoint_changes_apply_within_1s,
     svc_tests::scenarios::updates::service_changes_apply_within_1s => service_changes_apply_within_1s,
     svc_tests::scenarios::updates::no_ready_endpoints_refuse => no_ready_endpoints_refuse,

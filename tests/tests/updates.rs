@@ -1,7 +1,7 @@
 //! Changes to the manifests reach the dataplane within 1 s, and refusing
 //! (the scenarios of `svc_tests::scenarios::updates`, also run through the
-//! Kubernetes source), from `AF_INET` and (v4-mapped) `AF_INET6` sockets;
-//! and cgroup scoping.
+//! Kubernetes source), from `AF_INET` and (v4-mapped) `AF_INET6` sockets
+//! and with IPv6 Services; and cgroup scoping.
 
 use anyhow::Result;
 use svc_tests::{
@@ -9,7 +9,7 @@ use svc_tests::{
     k8s::{SlicePort, SvcPort, endpoint_slice, multi, service},
 };
 
-svc_tests::dial_tests! { svc_tests::source::manifests;
+svc_tests::family_tests! { svc_tests::source::manifests;
     svc_tests::scenarios::updates::endpoint_changes_apply_within_1s => endpoint_changes_apply_within_1s,
     svc_tests::scenarios::updates::service_changes_apply_within_1s => service_changes_apply_within_1s,
     svc_tests::scenarios::updates::no_ready_endpoints_refuse => no_ready_endpoints_refuse,

@@ -1,8 +1,10 @@
 //! ClusterIP translation seen from a client pod: spreading, the addresses
 //! getpeername() and recvfrom() show, per-protocol backends on one port,
 //! named target ports, and the Services that are not translated. Each
-//! scenario runs through either source and for either [`Dial`]: an
-//! `AF_INET` client, or an `AF_INET6` one dialling `::ffff:<ClusterIP>`.
+//! scenario runs through either source and for every [`Dial`]: an
+//! `AF_INET` client, an `AF_INET6` one dialling `::ffff:<ClusterIP>`, or
+//! the same Services as IPv6 Services (`fd00:96::a:b` for `10.96.a.b`,
+//! IPv6 endpoints).
 //!
 //! Every backend serves every port a scenario uses, so a wrong backend or
 //! port mapping is answered (and shows in the reply) instead of failing.
@@ -22,7 +24,9 @@ use crate::{
 /// shows the ClusterIP, never the backend.
 pub fn tcp_spreads_and_shows_the_cluster_ip(source: Box<dyn Source>, dial: Dial) -> Result<()> {
     let mut env = NodeEnv::new(source, 3, 1, &[Proto::Tcp(8080)])?.dialing(dial);
-    let svc = ServiceSpec::new("default", "web").cluster_ip("10.96.0.10").port(PortSpec::tcp("", 80, "8080"));
+    let svc = ServiceSpec::new("default", "web")
+        .cluster_ip(&env.service_ip("10.96.0.10"))
+        .port(PortSpec::tcp("", 80, "8080"));
     let slice = endpoint_slice_spec("default", "web-1", "web", &[SlicePort::tcp("", 8080)], &env.endpoints(&[1, 2, 3]));
     env.apply("web", &multi(&[&svc.yaml(), &slice]))?;
     env.start_agent(&[])?;
@@ -41,7 +45,9 @@ pub fn tcp_spreads_and_shows_the_cluster_ip(source: Box<dyn Source>, dial: Dial)
 /// unconnected socket (translated per datagram) and connected ones.
 pub fn udp_replies_come_from_the_cluster_ip(source: Box<dyn Source>, dial: Dial) -> Result<()> {
     let mut env = NodeEnv::new(source, 3, 1, &[Proto::Udp(5353)])?.dialing(dial);
-    let svc = ServiceSpec::new("default", "dns").cluster_ip("10.96.0.11").port(PortSpec::udp("dns", 53, "5353"));
+    let svc = ServiceSpec::new("default", "dns")
+        .cluster_ip(&env.service_ip("10.96.0.11"))
+        .port(PortSpec::udp("dns", 53, "5353"));
     let slice =
         endpoint_slice_spec("default", "dns-1", "dns", &[SlicePort::udp("dns", 5353)], &env.endpoints(&[1, 2, 3]));
     env.apply("dns", &multi(&[&svc.yaml(), &slice]))?;
@@ -70,7 +76,7 @@ pub fn udp_replies_come_from_the_cluster_ip(source: Box<dyn Source>, dial: Dial)
 pub fn tcp_and_udp_on_one_port_use_their_own_backends(source: Box<dyn Source>, dial: Dial) -> Result<()> {
     let mut env = NodeEnv::new(source, 3, 1, &[Proto::Tcp(5353), Proto::Udp(5353)])?.dialing(dial);
     let svc = ServiceSpec::new("kube-system", "dns")
-        .cluster_ip("10.96.0.53")
+        .cluster_ip(&env.service_ip("10.96.0.53"))
         .port(PortSpec::tcp("dns-tcp", 53, "5353"))
         .port(PortSpec::udp("dns", 53, "5353"));
     let tcp_slice = endpoint_slice_spec(
@@ -102,11 +108,13 @@ pub fn tcp_and_udp_on_one_port_use_their_own_backends(source: Box<dyn Source>, d
 /// a Service whose ports map to different container ports.
 pub fn named_target_ports(source: Box<dyn Source>, dial: Dial) -> Result<()> {
     let mut env = NodeEnv::new(source, 3, 1, &[Proto::Tcp(8080), Proto::Tcp(9090)])?.dialing(dial);
-    let web = ServiceSpec::new("default", "web").cluster_ip("10.96.0.10").port(PortSpec::tcp("http", 80, "http"));
+    let web = ServiceSpec::new("default", "web")
+        .cluster_ip(&env.service_ip("10.96.0.10"))
+        .port(PortSpec::tcp("http", 80, "http"));
     let web_slice =
         endpoint_slice_spec("default", "web-1", "web", &[SlicePort::tcp("http", 8080)], &env.endpoints(&[1, 2, 3]));
     let two = ServiceSpec::new("default", "multi")
-        .cluster_ip("10.96.0.21")
+        .cluster_ip(&env.service_ip("10.96.0.21"))
         .port(PortSpec::tcp("http", 80, "http"))
         .port(PortSpec::tcp("admin", 81, "admin"));
     let two_slice = endpoint_slice_spec(
@@ -151,7 +159,7 @@ pub fn headless_and_external_name_are_not_translated(source: Box<dyn Source>, di
     let port = || PortSpec::tcp("http", 80, "8080");
     let headless = ServiceSpec::new("default", "headless").cluster_ip("None").port(port());
     let external = ServiceSpec::new("default", "external").external_name("db.example.com").port(port());
-    let web = ServiceSpec::new("default", "web").cluster_ip("10.96.0.10").port(port());
+    let web = ServiceSpec::new("default", "web").cluster_ip(&env.service_ip("10.96.0.10")).port(port());
     for (unit, spec) in [("headless", &headless), ("external", &external), ("web", &web)] {
         env.apply(unit, &multi(&[&spec.yaml(), &slice(&spec.name)]))?;
     }

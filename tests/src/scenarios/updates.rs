@@ -1,5 +1,6 @@
 //! Changes reach the dataplane within 1 s, through either source and for
-//! either [`Dial`]; a frontend without usable endpoints refuses.
+//! every [`Dial`] (IPv4 Services from both socket families, and the same
+//! Services as IPv6 Services); a frontend without usable endpoints refuses.
 //!
 //! Each change is timed from just before its write until a client pod
 //! observes it (short probes, polled); a larger run then confirms the new
@@ -57,7 +58,9 @@ fn poll_atomic(pod: &Client<'_>, vip: SocketAddrV4, count: u32, done: impl Fn(&O
 /// slices, and deleted; the Service keeps its frontend throughout.
 pub fn endpoint_changes_apply_within_1s(source: Box<dyn Source>, dial: Dial) -> Result<()> {
     let mut env = NodeEnv::new(source, 4, 1, &[Proto::Tcp(8080)])?.dialing(dial);
-    let svc = ServiceSpec::new("default", "web").cluster_ip("10.96.0.10").port(PortSpec::tcp("http", 80, "http"));
+    let svc = ServiceSpec::new("default", "web")
+        .cluster_ip(&env.service_ip("10.96.0.10"))
+        .port(PortSpec::tcp("http", 80, "http"));
     env.apply("web-svc", &svc.yaml())?;
     env.apply("web-1", &web_slice("web-1", &env.endpoints(&[1, 2, 3])))?;
     env.start_agent(&[])?;
@@ -131,7 +134,7 @@ pub fn service_changes_apply_within_1s(source: Box<dyn Source>, dial: Dial) -> R
     let out = pod.tcp(vip, 5)?;
     ensure!(out.all_failed_with(NOT_TRANSLATED), "before the create: {out}");
 
-    let web = ServiceSpec::new("default", "web").cluster_ip("10.96.0.10");
+    let web = ServiceSpec::new("default", "web").cluster_ip(&env.service_ip("10.96.0.10"));
     let start = Instant::now();
     env.apply("web-svc", &web.clone().port(PortSpec::tcp("http", 80, "8080")).yaml())?;
     env.apply("web-1", &web_slice("web-1", &env.endpoints(&[1, 2])))?;
@@ -195,7 +198,7 @@ pub fn no_ready_endpoints_refuse(source: Box<dyn Source>, dial: Dial) -> Result<
     let mut env = NodeEnv::new(source, 2, 1, &[Proto::Tcp(8080), Proto::Udp(5353)])?.dialing(dial);
     let not_ready: Vec<EndpointSpec> = env.endpoints(&[1, 2]).into_iter().map(|e| e.ready(false)).collect();
     let svc = ServiceSpec::new("default", "web")
-        .cluster_ip("10.96.0.10")
+        .cluster_ip(&env.service_ip("10.96.0.10"))
         .port(PortSpec::tcp("http", 80, "8080"))
         .port(PortSpec::udp("dns", 53, "5353"));
     let slice = endpoint_slice_spec(
