@@ -6,7 +6,11 @@
 //! (`Synced`), so a restarted agent keeps serving the pinned state
 //! untouched until it can reconcile all of it at once.
 
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
 
 use crate::{
     dataplane::{
@@ -34,6 +38,28 @@ pub(crate) struct Controller<T: Table> {
     model_errors: HashMap<ServiceKey, String>,
     /// Untranslated (SCTP) ports per Service, to log them once.
     untranslated: HashMap<ServiceKey, Vec<String>>,
+    /// Changes received since the last [`Self::take_changes`].
+    changes: Changes,
+}
+
+/// The changes a batch carried, counted as kube-proxy's change trackers
+/// count them (one per object in an event; a listing counts each object).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Changes {
+    /// Service objects received.
+    pub services: u64,
+    /// EndpointSlice objects received.
+    pub endpoints: u64,
+    /// `last-change-trigger-time` of every updated slice (watch events
+    /// only: a listing's annotations are of changes programmed long ago).
+    pub trigger_times: Vec<SystemTime>,
+}
+
+fn count<T>(change: &Change<T>) -> u64 {
+    match change {
+        Change::Replace { objects, .. } => objects.len() as u64,
+        Change::Upsert(_) | Change::Delete { .. } => 1,
+    }
 }
 
 impl<T: Table> Controller<T> {
@@ -46,7 +72,19 @@ impl<T: Table> Controller<T> {
             synced: false,
             model_errors: HashMap::new(),
             untranslated: HashMap::new(),
+            changes: Changes::default(),
         }
+    }
+
+    /// The changes received since the last call (also those still waiting
+    /// for the first sync).
+    pub(crate) fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Changes received and not yet programmed (before the first sync).
+    pub(crate) fn pending_changes(&self) -> &Changes {
+        &self.changes
     }
 
     /// Folds a batch of events into the store and programs what changed.
@@ -56,8 +94,19 @@ impl<T: Table> Controller<T> {
         let mut first_sync = false;
         for event in events {
             match event {
-                SourceEvent::Services(change) => dirty.extend(self.apply_services(change)),
-                SourceEvent::Slices(change) => dirty.extend(self.apply_slices(change)),
+                SourceEvent::Services(change) => {
+                    self.changes.services += count(&change);
+                    dirty.extend(self.apply_services(change));
+                }
+                SourceEvent::Slices(change) => {
+                    self.changes.endpoints += count(&change);
+                    if let Change::Upsert(slice) = &change
+                        && let Some(at) = slice.trigger_time
+                    {
+                        self.changes.trigger_times.push(at);
+                    }
+                    dirty.extend(self.apply_slices(change));
+                }
                 SourceEvent::NodeZone(zone) => {
                     if self.node.zone != zone {
                         tracing::info!(?zone, "node zone changed");
@@ -177,12 +226,17 @@ pub(crate) fn run_blocking<T: Table>(
         let received: Vec<Instant> = batch.iter().map(|e| e.received).collect();
         health.batch_started(received.iter().min().copied().unwrap_or(started));
         metrics.events.inc_by(batch.len() as u64);
+        // When the newest of these events was queued, on the wall clock.
+        let newest = received.iter().max().map_or(started, |t| *t);
+        metrics.set_last_queued(SystemTime::now().checked_sub(started.duration_since(newest)));
         let handled = controller.handle(batch.into_iter().map(|e| e.event).collect());
         health.batch_done();
         let Some(report) = handled else {
+            metrics.set_pending_changes(controller.pending_changes());
             continue;
         };
         let done = Instant::now();
+        metrics.synced(&controller.take_changes(), done.duration_since(started), SystemTime::now());
         if !report.udp_removed.is_empty() {
             // The reset thread only ends with the process.
             drop(udp_reset.send(report.udp_removed.clone()));

@@ -8,8 +8,9 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use http_body_util::Full;
@@ -52,6 +53,36 @@ pub(crate) struct Metrics {
     pub udp_resets: Counter,
     /// What a UDP socket reset could not do, by reason.
     udp_reset_failures: Family<ReasonLabel, Counter>,
+    /// kube-proxy's families (docs/metrics.md), so its dashboards and
+    /// alerts work: trigger time of a slice change -> programmed.
+    network_programming: Histogram,
+    /// One batch, computed and written (kube-proxy's "sync").
+    sync_duration: Histogram,
+    /// Unix time of the last completed sync.
+    sync_last: Gauge<f64, AtomicU64>,
+    /// Unix time a change was last queued.
+    sync_last_queued: Gauge<f64, AtomicU64>,
+    /// EndpointSlice changes received, and not yet programmed.
+    endpoint_changes_total: Counter,
+    endpoint_changes_pending: Gauge,
+    /// Service changes received, and not yet programmed.
+    service_changes_total: Counter,
+    service_changes_pending: Gauge,
+}
+
+/// kube-proxy's `network_programming_duration_seconds` buckets: 0.25 s
+/// steps to 1 s, 1 s steps to 59 s, then 5 s to 115 s, then 30 s to 300 s.
+fn network_programming_buckets() -> Vec<f64> {
+    let mut b = vec![0.25, 0.5];
+    b.extend((1..=59).map(f64::from));
+    b.extend((0..12).map(|i| 60.0 + 5.0 * f64::from(i)));
+    b.extend((0..7).map(|i| 120.0 + 30.0 * f64::from(i)));
+    b
+}
+
+/// Seconds since the Unix epoch.
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Reasons of `svc_agent_udp_reset_failures_total`.
@@ -93,6 +124,15 @@ impl Metrics {
             undecodable: Family::default(),
             udp_resets: Counter::default(),
             udp_reset_failures: Family::default(),
+            network_programming: Histogram::new(network_programming_buckets()),
+            // kube-proxy's: 1 ms doubling, 15 buckets.
+            sync_duration: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15)),
+            sync_last: Gauge::default(),
+            sync_last_queued: Gauge::default(),
+            endpoint_changes_total: Counter::default(),
+            endpoint_changes_pending: Gauge::default(),
+            service_changes_total: Counter::default(),
+            service_changes_pending: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -130,7 +170,76 @@ impl Metrics {
             "Objects from the Kubernetes API that could not be decoded and were skipped, by kind",
             m.undecodable.clone(),
         );
+        registry.register(
+            "network_programming_duration_seconds",
+            "kube-proxy's: time from an EndpointSlice change (its endpoints.kubernetes.io/last-change-trigger-time \
+             annotation) until the maps carry it",
+            m.network_programming.clone(),
+        );
+        registry.register(
+            "sync_proxy_rules_duration_seconds",
+            "kube-proxy's: time to compute and write one batch of changes",
+            m.sync_duration.clone(),
+        );
+        registry.register(
+            "sync_proxy_rules_last_timestamp_seconds",
+            "kube-proxy's: Unix time the last batch was programmed",
+            m.sync_last.clone(),
+        );
+        registry.register(
+            "sync_proxy_rules_last_queued_timestamp_seconds",
+            "kube-proxy's: Unix time a change was last received",
+            m.sync_last_queued.clone(),
+        );
+        registry.register(
+            "sync_proxy_rules_endpoint_changes",
+            "kube-proxy's: EndpointSlice changes received",
+            m.endpoint_changes_total.clone(),
+        );
+        registry.register(
+            "sync_proxy_rules_endpoint_changes_pending",
+            "kube-proxy's: EndpointSlice changes received and not yet programmed",
+            m.endpoint_changes_pending.clone(),
+        );
+        registry.register(
+            "sync_proxy_rules_service_changes",
+            "kube-proxy's: Service changes received",
+            m.service_changes_total.clone(),
+        );
+        registry.register(
+            "sync_proxy_rules_service_changes_pending",
+            "kube-proxy's: Service changes received and not yet programmed",
+            m.service_changes_pending.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// A batch was programmed at `now`, `took` after it started, carrying
+    /// `changes`.
+    pub(crate) fn synced(&self, changes: &crate::controller::Changes, took: Duration, now: SystemTime) {
+        self.sync_duration.observe(took.as_secs_f64());
+        self.sync_last.set(unix_seconds(now));
+        self.endpoint_changes_total.inc_by(changes.endpoints);
+        self.service_changes_total.inc_by(changes.services);
+        self.endpoint_changes_pending.set(0);
+        self.service_changes_pending.set(0);
+        for at in &changes.trigger_times {
+            // A trigger time ahead of this clock (skew) counts as zero.
+            self.network_programming.observe(now.duration_since(*at).map_or(0.0, |d| d.as_secs_f64()));
+        }
+    }
+
+    /// Changes received that wait (for the first sync).
+    pub(crate) fn set_pending_changes(&self, changes: &crate::controller::Changes) {
+        self.endpoint_changes_pending.set(changes.endpoints as i64);
+        self.service_changes_pending.set(changes.services as i64);
+    }
+
+    /// A change was queued at `at` (wall clock).
+    pub(crate) fn set_last_queued(&self, at: Option<SystemTime>) {
+        if let Some(at) = at {
+            self.sync_last_queued.set(unix_seconds(at));
+        }
     }
 
     /// The counter of undecodable objects of one kind (created at zero, so
@@ -189,7 +298,7 @@ pub(crate) async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, health: Arc<H
                 Err(e) => {
                     // E.g. EMFILE: retrying at once would spin.
                     tracing::debug!("metrics listener: accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
@@ -227,4 +336,48 @@ async fn respond(
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::Changes;
+
+    /// The kube-proxy families exist under the agent's prefix with
+    /// kube-proxy's types, and a change observed `d` after its trigger time
+    /// lands in the bucket of `d`.
+    #[test]
+    fn kube_proxy_families_and_buckets() {
+        let m = Metrics::new();
+        let text = m.encode();
+        for (name, kind) in [
+            ("svc_agent_network_programming_duration_seconds", "histogram"),
+            ("svc_agent_sync_proxy_rules_duration_seconds", "histogram"),
+            ("svc_agent_sync_proxy_rules_last_timestamp_seconds", "gauge"),
+            ("svc_agent_sync_proxy_rules_last_queued_timestamp_seconds", "gauge"),
+            ("svc_agent_sync_proxy_rules_endpoint_changes", "counter"),
+            ("svc_agent_sync_proxy_rules_endpoint_changes_pending", "gauge"),
+            ("svc_agent_sync_proxy_rules_service_changes", "counter"),
+            ("svc_agent_sync_proxy_rules_service_changes_pending", "gauge"),
+            ("svc_agent_refused_services", "gauge"),
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "{name} {kind} missing:\n{text}");
+        }
+        let now = SystemTime::now();
+        let changes = Changes {
+            services: 1,
+            endpoints: 2,
+            trigger_times: vec![now - Duration::from_millis(3_400), now + Duration::from_secs(5)],
+        };
+        m.synced(&changes, Duration::from_millis(3), now);
+        let text = m.encode();
+        let bucket = |le: &str| {
+            let line = format!("svc_agent_network_programming_duration_seconds_bucket{{le=\"{le}\"}} ");
+            text.lines().find_map(|l| l.strip_prefix(&line)).map(|v| v.parse::<u64>().unwrap())
+        };
+        // 3.4 s: above le=3, within le=4; the skewed one counts as 0 s.
+        assert_eq!((bucket("0.25"), bucket("3.0"), bucket("4.0")), (Some(1), Some(1), Some(2)), "{text}");
+        assert!(text.contains("svc_agent_sync_proxy_rules_endpoint_changes_total 2\n"), "{text}");
+        assert!(text.contains("svc_agent_sync_proxy_rules_service_changes_total 1\n"), "{text}");
+    }
 }

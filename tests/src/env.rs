@@ -52,6 +52,13 @@ impl TestEnv {
         Ok(agent)
     }
 
+    /// Where this env keeps its agent, for one started with other
+    /// arguments ([`Agent::start_with_args`]): dropped with the env, before
+    /// the network and the cgroup.
+    pub fn agent_slot(&mut self) -> &mut Option<Agent> {
+        &mut self.agent
+    }
+
     /// The agent started by [`Self::start_agent`].
     pub fn agent(&mut self) -> &mut Agent {
         self.agent.as_mut().expect("TestEnv::agent() before start_agent()")

@@ -84,6 +84,19 @@ pub(crate) struct SliceObj {
     pub ports: Vec<SlicePortObj>,
     /// `endpoints`.
     pub endpoints: Vec<EndpointObj>,
+    /// The `endpoints.kubernetes.io/last-change-trigger-time` annotation:
+    /// when the change this version carries happened (the EndpointSlice
+    /// controller sets it), for kube-proxy's network programming latency.
+    pub trigger_time: Option<std::time::SystemTime>,
+}
+
+/// The EndpointSlice controller's annotation of when a change was triggered.
+pub(crate) const ANNOTATION_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// An RFC 3339 timestamp (the annotation's format), if it is one.
+pub(crate) fn parse_trigger_time(value: &str) -> Option<std::time::SystemTime> {
+    let ts: k8s_openapi::jiff::Timestamp = value.parse().ok()?;
+    Some(std::time::SystemTime::from(ts))
 }
 
 /// One `ports[]` entry of a slice.
@@ -215,6 +228,11 @@ impl From<&EndpointSlice> for SliceObj {
             name: boxed(meta.name.as_deref().unwrap_or("")),
             service: opt(meta.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_NAME))),
             family: IpFamily::parse(&slice.address_type),
+            trigger_time: meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ANNOTATION_TRIGGER_TIME))
+                .and_then(|t| parse_trigger_time(t)),
             ports: slice
                 .ports
                 .iter()

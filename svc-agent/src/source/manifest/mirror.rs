@@ -69,6 +69,12 @@ fn mirror_one(key: &ServiceKey, ep: &Endpoints) -> Vec<Arc<SliceObj>> {
                 family: Some(family),
                 ports: ports.clone(),
                 endpoints: of_family,
+                trigger_time: ep
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(crate::model::objects::ANNOTATION_TRIGGER_TIME))
+                    .and_then(|t| crate::model::objects::parse_trigger_time(t)),
             }));
         }
     }
