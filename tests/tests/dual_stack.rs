@@ -29,3 +29,8 @@ fn ipv6_affinity() -> Result<()> {
 fn real_clients_reach_ipv6_services() -> Result<()> {
     d::real_clients_reach_ipv6_services(manifests()?)
 }
+
+#[test]
+fn ipv6_udp_socket_to_removed_backend_is_reset() -> Result<()> {
+    d::ipv6_udp_socket_to_removed_backend_is_reset(manifests()?)
+}

@@ -132,3 +132,8 @@ fn dual_stack_ipv6_affinity() -> Result<()> {
 fn dual_stack_real_clients_reach_ipv6_services() -> Result<()> {
     dual_stack::real_clients_reach_ipv6_services(kube_source()?)
 }
+
+#[test]
+fn dual_stack_ipv6_udp_socket_to_removed_backend_is_reset() -> Result<()> {
+    dual_stack::ipv6_udp_socket_to_removed_backend_is_reset(kube_source()?)
+}

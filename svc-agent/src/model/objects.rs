@@ -250,7 +250,13 @@ impl From<&EndpointSlice> for SliceObj {
                 .map(|ep| {
                     let cond = ep.conditions.as_ref();
                     EndpointObj {
-                        address: ep.addresses.first().and_then(|a| a.parse().ok()),
+                        // A v4-mapped address is the IPv4 address it maps
+                        // (so it counts as IPv4, never as a native IPv6 one).
+                        address: ep
+                            .addresses
+                            .first()
+                            .and_then(|a| a.parse::<IpAddr>().ok())
+                            .map(|ip| ip.to_canonical()),
                         ready: cond.and_then(|c| c.ready),
                         serving: cond.and_then(|c| c.serving),
                         terminating: cond.and_then(|c| c.terminating),

@@ -183,7 +183,7 @@ fn cluster_ips(svc: &ServiceObj) -> Result<ClusterIps, ModelError> {
     }
     let mut ips: Vec<IpAddr> = Vec::new();
     for ip in &raw {
-        let Ok(ip) = ip.parse::<IpAddr>() else {
+        let Ok(ip) = ip.parse::<IpAddr>().map(|ip| ip.to_canonical()) else {
             return Err(ModelError::InvalidClusterIp((*ip).to_owned()));
         };
         if !ips.iter().any(|have| IpFamily::of(*have) == IpFamily::of(ip)) {
@@ -195,7 +195,13 @@ fn cluster_ips(svc: &ServiceObj) -> Result<ClusterIps, ModelError> {
 
 fn parse_ips<'a>(values: impl Iterator<Item = &'a str>, field: &'static str) -> Result<Vec<IpAddr>, ModelError> {
     values
-        .map(|value| value.parse::<IpAddr>().map_err(|_| ModelError::InvalidIp { field, value: value.to_owned() }))
+        .map(|value| {
+            // v4-mapped addresses are the IPv4 addresses they map.
+            value
+                .parse::<IpAddr>()
+                .map(|ip| ip.to_canonical())
+                .map_err(|_| ModelError::InvalidIp { field, value: value.to_owned() })
+        })
         .collect()
 }
 

@@ -484,3 +484,29 @@ fn a_single_stack_service_ignores_addresses_of_the_other_family() {
     assert!(d.frontends.iter().all(|f| f.backends.iter().all(SocketAddr::is_ipv6)));
     assert_eq!(d.frontends.len(), 4, "ClusterIP, external IP, node address, ::1: {:?}", summary(&d));
 }
+
+#[test]
+fn v4_mapped_addresses_are_ipv4() {
+    // In an IPv6 slice, a v4-mapped address is an IPv4 one: not used by
+    // the IPv6 frontend (it would be rewritten to an address sendmsg6
+    // cannot reach); a v4-mapped external IP is the IPv4 external IP.
+    let s = svc("
+metadata: {name: web, namespace: default}
+spec:
+  clusterIPs: ['fd00:96::10']
+  externalIPs: ['::ffff:203.0.113.9']
+  ports: [{name: http, port: 80, targetPort: http}]
+");
+    let mapped = slice(
+        "
+metadata: {name: web-v6, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv6
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- addresses: ['::ffff:10.244.1.2']
+- addresses: ['fd00:244:1::2']
+",
+    );
+    let d = desired(&s, &[mapped]);
+    assert_eq!(summary(&d), vec![("[fd00:96::10]:80".into(), Proto::Tcp, vec!["[fd00:244:1::2]:8080".into()])]);
+}

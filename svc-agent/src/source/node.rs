@@ -14,7 +14,10 @@
 use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
 
 use super::{EventSender, SourceEvent};
-use crate::{model::IpCidr, sys};
+use crate::{
+    model::IpCidr,
+    sys::{self, DefaultRoutes},
+};
 
 /// How often the interface addresses are re-read. getifaddrs costs a few
 /// microseconds; a second is well inside what NodePort users notice.
@@ -74,14 +77,22 @@ pub(crate) struct LocalAddress {
 }
 
 /// The node addresses among `local`, given the interfaces holding a
-/// default route. Pure: unit-tested below.
-pub(crate) fn select(rule: &NodePortAddresses, local: &[LocalAddress], default_route: &[String]) -> Vec<IpAddr> {
+/// default route. `primary` is decided per family: the IPv4 addresses of
+/// the interfaces with an IPv4 default route (all IPv4 addresses when there
+/// is none), and likewise for IPv6. Pure: unit-tested below.
+pub(crate) fn select(rule: &NodePortAddresses, local: &[LocalAddress], default_route: &DefaultRoutes) -> Vec<IpAddr> {
     let eligible = |a: &&LocalAddress| a.interface != IPVS_DEVICE && a.driver.as_deref() != Some("dummy");
     let mut out: Vec<IpAddr> = match rule {
         NodePortAddresses::Primary => {
-            let on_default: Vec<IpAddr> =
-                local.iter().filter(eligible).filter(|a| default_route.contains(&a.interface)).map(|a| a.ip).collect();
-            if on_default.is_empty() { local.iter().filter(eligible).map(|a| a.ip).collect() } else { on_default }
+            let mut out = Vec::new();
+            for (v6, routes) in [(false, &default_route.v4), (true, &default_route.v6)] {
+                let of_family: Vec<&LocalAddress> =
+                    local.iter().filter(eligible).filter(|a| a.ip.is_ipv6() == v6).collect();
+                let on_default: Vec<IpAddr> =
+                    of_family.iter().filter(|a| routes.contains(&a.interface)).map(|a| a.ip).collect();
+                out.extend(if on_default.is_empty() { of_family.iter().map(|a| a.ip).collect() } else { on_default });
+            }
+            out
         }
         NodePortAddresses::Cidrs(cidrs) => {
             local.iter().filter(eligible).filter(|a| cidrs.iter().any(|c| c.contains(a.ip))).map(|a| a.ip).collect()
@@ -107,7 +118,7 @@ pub(crate) fn current_addresses(rule: &NodePortAddresses) -> Vec<IpAddr> {
         .collect();
     let default_route = sys::default_route_interfaces().unwrap_or_else(|e| {
         tracing::debug!("reading the default route: {e}");
-        Vec::new()
+        DefaultRoutes::default()
     });
     select(rule, &local, &default_route)
 }
@@ -155,23 +166,41 @@ mod tests {
         list.iter().map(|s| s.parse().unwrap()).collect()
     }
 
+    fn routes(v4: &[&str], v6: &[&str]) -> DefaultRoutes {
+        let names = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect();
+        DefaultRoutes { v4: names(v4), v6: names(v6) }
+    }
+
     #[test]
     fn primary_is_the_default_route_interfaces_and_never_dummies() {
-        let got = select(&NodePortAddresses::Primary, &node(), &["eth0".to_owned()]);
+        let got = select(&NodePortAddresses::Primary, &node(), &routes(&["eth0"], &[]));
         assert_eq!(got, ips(&["192.0.2.10"]));
         // No default route: every interface but the dummies.
-        let got = select(&NodePortAddresses::Primary, &node(), &[]);
+        let got = select(&NodePortAddresses::Primary, &node(), &routes(&[], &[]));
         assert_eq!(got, ips(&["10.244.0.1", "192.0.2.10", "198.51.100.7"]));
         // IPVS's device is excluded by name too (a driver we cannot read).
         let mut odd = node();
         odd[2].driver = None;
-        assert!(!select(&NodePortAddresses::Primary, &odd, &[]).contains(&"10.96.0.10".parse().unwrap()));
+        assert!(!select(&NodePortAddresses::Primary, &odd, &routes(&[], &[])).contains(&"10.96.0.10".parse().unwrap()));
+    }
+
+    #[test]
+    fn primary_is_decided_per_family() {
+        let mut local = node();
+        local.push(addr("eth0", Some("virtio_net"), "2001:db8::10"));
+        local.push(addr("eth1", Some("virtio_net"), "2001:db8:1::7"));
+        // IPv4 default via eth0, IPv6 default via eth1: each family its own.
+        let got = select(&NodePortAddresses::Primary, &local, &routes(&["eth0"], &["eth1"]));
+        assert_eq!(got, ips(&["192.0.2.10", "2001:db8:1::7"]));
+        // Only an IPv6 default route: every IPv4 address still counts.
+        let got = select(&NodePortAddresses::Primary, &local, &routes(&[], &["eth0"]));
+        assert_eq!(got, ips(&["10.244.0.1", "192.0.2.10", "198.51.100.7", "2001:db8::10"]));
     }
 
     #[test]
     fn cidrs_pick_local_addresses_inside_them() {
         let rule: NodePortAddresses = "198.51.100.0/24, 10.0.0.0/8".parse().unwrap();
-        assert_eq!(select(&rule, &node(), &["eth0".to_owned()]), ips(&["10.244.0.1", "198.51.100.7"]));
+        assert_eq!(select(&rule, &node(), &routes(&["eth0"], &[])), ips(&["10.244.0.1", "198.51.100.7"]));
         assert_eq!(rule.to_string(), "198.51.100.0/24,10.0.0.0/8");
         assert_eq!("primary".parse::<NodePortAddresses>(), Ok(NodePortAddresses::Primary));
         assert!("nonsense".parse::<NodePortAddresses>().is_err());

@@ -229,21 +229,24 @@ pub(crate) fn interface_driver(name: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
 
-/// Interfaces that hold a default route of either family in this network
-/// namespace (`/proc/net/route`, destination and mask 0;
-/// `/proc/net/ipv6_route`, `::/0` on a device other than `lo`, where the
-/// kernel keeps unreachable defaults).
-pub(crate) fn default_route_interfaces() -> io::Result<Vec<String>> {
-    let mut out = default_route_interfaces_in(&fs::read_to_string("/proc/net/route")?);
-    // A kernel without IPv6 has no such file: IPv4 only.
-    if let Ok(table) = fs::read_to_string("/proc/net/ipv6_route") {
-        for iface in default_route6_interfaces_in(&table) {
-            if !out.contains(&iface) {
-                out.push(iface);
-            }
-        }
-    }
-    Ok(out)
+/// The interfaces that hold an IPv4 and those that hold an IPv6 default
+/// route in this network namespace (`/proc/net/route`, destination and
+/// mask 0; `/proc/net/ipv6_route`, `::/0` on a device other than `lo`,
+/// where the kernel keeps unreachable defaults).
+pub(crate) fn default_route_interfaces() -> io::Result<DefaultRoutes> {
+    let v4 = default_route_interfaces_in(&fs::read_to_string("/proc/net/route")?);
+    // A kernel without IPv6 has no such file: no IPv6 default route.
+    let v6 = fs::read_to_string("/proc/net/ipv6_route").map(|t| default_route6_interfaces_in(&t)).unwrap_or_default();
+    Ok(DefaultRoutes { v4, v6 })
+}
+
+/// Interfaces holding a default route, per family.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct DefaultRoutes {
+    /// IPv4 default route.
+    pub v4: Vec<String>,
+    /// IPv6 default route.
+    pub v6: Vec<String>,
 }
 
 /// The IPv6 default-route interfaces of a `/proc/net/ipv6_route` table.

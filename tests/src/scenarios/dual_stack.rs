@@ -158,22 +158,25 @@ pub fn ipv6_node_port_external_and_load_balancer_ips(source: Box<dyn Source>) ->
     Ok(())
 }
 
-/// `sessionAffinity: ClientIP` on an IPv6 Service: each client pod keeps
-/// its backend, and a pinned backend that leaves is replaced at once.
+/// `sessionAffinity: ClientIP` on an IPv6 Service of 10 backends (more
+/// than an IPv6 frontend holds inline: slots and membership entries in the
+/// IPv6 maps): each client pod keeps its backend, and a pinned backend
+/// that leaves is replaced at once.
 pub fn ipv6_affinity(source: Box<dyn Source>) -> Result<()> {
-    let mut env = node_env(source, 3)?;
+    let mut env = node_env(source, 10)?;
+    let all: Vec<u8> = (1..=10).collect();
     let svc = web().cluster_ip("fd00:96::40").ip_families("SingleStack", &["IPv6"]).affinity(Affinity::ClientIp(None));
-    env.apply("web", &multi(&[&svc.yaml(), &slice("web", "web-v6", &env.endpoints6(&[1, 2, 3]))]))?;
+    env.apply("web", &multi(&[&svc.yaml(), &slice("web", "web-v6", &env.endpoints6(&all))]))?;
     env.start_agent(&[])?;
     let vip = v6("[fd00:96::40]:80");
-    // Without affinity 15 connects all land on one of 3 backends with
-    // probability 3^-14.
+    // Without affinity 15 connects all land on one of 10 backends with
+    // probability 10^-14.
     let first = pinned_backend(&env.pod(1), vip, 15)?;
     pinned_backend(&env.pod(2), vip, 15)?;
     let entries = env.agent().affinity()?;
     ensure!(entries.len() >= 2, "status shows the IPv6 pins: {entries:?}");
     let index = |name: &str| name.trim_start_matches('b').parse::<u8>().unwrap_or(0);
-    let rest: Vec<u8> = [1, 2, 3].into_iter().filter(|i| *i != index(&first)).collect();
+    let rest: Vec<u8> = all.iter().copied().filter(|i| *i != index(&first)).collect();
     env.apply("web", &multi(&[&svc.yaml(), &slice("web", "web-v6", &env.endpoints6(&rest))]))?;
     poll_tcp(&env.pod(1), vip, 5, |o| o.total_ok() == 5 && o.count_backend(&first) == 0)?;
     let moved = pinned_backend(&env.pod(1), vip, 15)?;
@@ -232,5 +235,42 @@ pub fn real_clients_reach_ipv6_services(source: Box<dyn Source>) -> Result<()> {
         ensure!(answer == "dns1" || answer == "dns2", "dig {transport}: {answer:?}");
     }
     drop(servers);
+    Ok(())
+}
+
+/// A connected UDP socket to an IPv6 Service is reset when its backend
+/// leaves (the agent finds it through `SVC_REVNAT6` and destroys it over
+/// `AF_INET6` sock_diag); one connected to that backend directly is not.
+pub fn ipv6_udp_socket_to_removed_backend_is_reset(source: Box<dyn Source>) -> Result<()> {
+    let mut env = node_env(source, 2)?;
+    let svc = web().cluster_ip("fd00:96::60").ip_families("SingleStack", &["IPv6"]);
+    env.apply("web", &multi(&[&svc.yaml(), &slice("web", "web-v6", &env.endpoints6(&[1, 2]))]))?;
+    env.start_agent(&[])?;
+    let pod = env.pod(1);
+    let via_service = pod.udp_session(v6("[fd00:96::60]:53"), 150, 0, false)?;
+    let first = via_service.next()?;
+    let Some(reply) = first.ok else { anyhow::bail!("first round through the Service failed: {first:?}") };
+    let (pinned, other) = if reply.starts_with("b1:") { (1u8, 2u8) } else { (2, 1) };
+    let direct = pod.udp_session(SocketAddr::from(env.topo.backend(pinned).addr6(5353)), 150, 0, false)?;
+    ensure!(direct.next()?.ok.is_some(), "direct session works");
+
+    // The pinned backend leaves; its server keeps answering, so a socket
+    // that is not reset would keep getting replies from it.
+    env.apply("web", &multi(&[&svc.yaml(), &slice("web", "web-v6", &env.endpoints6(&[other]))]))?;
+    let removed_at = std::time::Instant::now();
+    let rounds = via_service.rest();
+    let pinned_name = format!("b{pinned}:5353");
+    let late = rounds
+        .iter()
+        .filter(|r| r.ok.as_deref() == Some(&pinned_name) && r.seen > removed_at + std::time::Duration::from_secs(1))
+        .count();
+    ensure!(late == 0, "the socket kept talking to the removed backend: {late} late replies");
+    let reset = rounds.iter().find(|r| r.seen > removed_at && r.error.is_some());
+    ensure!(
+        reset.is_some_and(|r| matches!(r.error.as_deref(), Some("ECONNABORTED" | "EDESTADDRREQ"))),
+        "the socket was never reset: {reset:?}"
+    );
+    let direct_rounds = direct.rest();
+    ensure!(direct_rounds.iter().all(|r| r.error.is_none()), "the direct socket was reset: {direct_rounds:?}");
     Ok(())
 }

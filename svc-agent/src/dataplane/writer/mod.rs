@@ -327,7 +327,9 @@ impl<T: Table> Writer<T> {
             log_delete(self.table.delete_slot(&slot));
             set_ids.insert(slot.key.set_id);
         }
-        for id in set_ids {
+        // An orphan slot can carry the id of a live set (an inline set, or
+        // one of the other family): that id stays taken.
+        for id in set_ids.into_iter().filter(|id| !self.sets.contains_key(id)) {
             self.set_ids.release(id);
         }
         for key in orphans.index {

@@ -506,3 +506,49 @@ fn an_address_taken_by_an_update_that_fails_is_deleted() {
     assert!(resolve(w.table(), "192.0.2.9:80").is_none(), "nobody's address left behind");
     assert_eq!(w.frontend_count(), 0);
 }
+
+/// A dual-stack Service is one unit: its IPv6 frontend (10 backends with
+/// affinity: past the IPv6 inline limit of 8, so slots and membership
+/// entries in the IPv6 maps) and its IPv4 one (inline) are written
+/// together, read back the way the programs read them, adopted after a
+/// restart without a write, and removed together.
+#[test]
+fn a_dual_stack_service_in_both_families_maps() {
+    let v6_backends: Vec<std::net::SocketAddr> =
+        (1..=10u16).map(|i| std::net::SocketAddr::new("fd00:244::1".parse().unwrap(), 8000 + i)).collect();
+    let mut fe6 = frontend("web", "10.96.0.10:80", &[]);
+    fe6.addr = "[fd00:96::10]:80".parse().unwrap();
+    fe6.backends = v6_backends.clone().into();
+    fe6.affinity_timeout = 30;
+    let fe4 = frontend("web", "10.96.0.10:80", &["10.244.1.2:8080", "10.244.2.2:8080"]);
+    let desired = service(vec![fe4, fe6]);
+    let mut w = writer();
+    let report = w.apply(vec![(key("web"), desired.clone())]);
+    assert_eq!((report.changed, report.refused.len()), (1, 0));
+
+    let t = w.table();
+    let fk6 = frontend_key("[fd00:96::10]:80".parse::<std::net::SocketAddr>().unwrap(), Proto::Tcp);
+    let value = t.frontends[&fk6];
+    assert!(!value.is_inline() && value.is_indexed(), "10 IPv6 backends live in slots, indexed for affinity");
+    let slots: Vec<std::net::SocketAddr> = (0..value.count())
+        .map(|slot| {
+            t.slots[&SlotRef { family: Family::V6, key: SlotKey { set_id: value.set_id(), slot } }].socket_addr()
+        })
+        .collect();
+    assert_eq!(slots, v6_backends);
+    assert_eq!(t.index.keys().filter(|k| k.backend.family() == Family::V6).count(), 10);
+    assert!(t.slots.keys().all(|k| k.family == Family::V6), "the IPv4 set is inline: no IPv4 slots");
+    assert_eq!(resolve(t, "10.96.0.10:80").unwrap(), vec![addr("10.244.1.2:8080"), addr("10.244.2.2:8080")]);
+    assert_eq!(t.meta.len(), 1, "one service port for both families");
+
+    // A restarted agent adopts both families and writes nothing.
+    let mut adopted = Writer::adopt(w.table().clone()).unwrap();
+    let ops = adopted.table().ops.len();
+    let report = adopted.apply(vec![(key("web"), desired)]);
+    assert_eq!(report.changed, 0);
+    assert_eq!(adopted.table().ops.len(), ops, "nothing rewritten after adoption");
+
+    adopted.apply(vec![(key("web"), ServiceUpdate::Remove)]);
+    let t = adopted.table();
+    assert!(t.frontends.is_empty() && t.slots.is_empty() && t.index.is_empty() && t.meta.is_empty(), "{t:?}");
+}

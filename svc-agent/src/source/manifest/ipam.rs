@@ -39,40 +39,42 @@ fn families(svc: &ServiceObj, cidrs: &ServiceCidrs) -> Result<Option<Vec<IpFamil
     if raw.any(|ip| !ip.is_empty() && ip.parse::<IpAddr>().is_err()) {
         return Ok(None);
     }
-    let mut requested = Vec::new();
+    let given: Vec<IpFamily> = explicit(svc).unwrap_or_default().iter().map(|ip| IpFamily::of(*ip)).collect();
+    if given.len() > 2 || (given.len() == 2 && given[0] == given[1]) {
+        return Err("clusterIPs must be one address, or one per family".into());
+    }
+    let mut requested: Vec<IpFamily> = Vec::new();
     for name in &svc.ip_families {
         let family = IpFamily::parse(name).ok_or_else(|| format!("unknown ipFamilies entry {name:?}"))?;
-        if !requested.contains(&family) {
-            requested.push(family);
+        if requested.contains(&family) {
+            return Err(format!("ipFamilies lists {name} twice"));
         }
+        requested.push(family);
     }
-    // Explicit addresses count as requests of their family, in order.
-    for ip in explicit(svc).unwrap_or_default() {
-        let family = IpFamily::of(ip);
-        if !requested.contains(&family) {
-            requested.push(family);
-        }
+    // ipFamilies and clusterIPs agree position by position.
+    if let Some(i) = (0..given.len().min(requested.len())).find(|&i| given[i] != requested[i]) {
+        return Err(format!("ipFamilies[{i}] is {:?} but clusterIPs[{i}] is {:?}", requested[i], given[i]));
     }
+    let mut order = given.clone();
+    order.extend(requested.iter().copied().filter(|f| !given.contains(f)));
     let configured = |f: &IpFamily| cidrs.of(*f).is_some();
     let other = |f: IpFamily| if f == IpFamily::V4 { IpFamily::V6 } else { IpFamily::V4 };
-    let primary = requested.first().copied().unwrap_or(cidrs.primary());
+    let primary = order.first().copied().unwrap_or(cidrs.primary());
     let dual = [primary, other(primary)];
-    let given_both =
-        explicit(svc).unwrap_or_default().iter().map(|ip| IpFamily::of(*ip)).collect::<HashSet<_>>().len() == 2;
     let wanted: Vec<IpFamily> = match svc.ip_family_policy.as_deref() {
         // Two given addresses and no policy: the API server defaults the
         // policy to RequireDualStack.
-        None if given_both => dual.to_vec(),
+        None if given.len() == 2 => dual.to_vec(),
+        None | Some("SingleStack") if order.len() == 2 => {
+            return Err("SingleStack with two families (ipFamilies or clusterIPs)".into());
+        }
         None | Some("SingleStack") => vec![primary],
-        Some("PreferDualStack") => dual.into_iter().filter(configured).collect(),
-        Some("RequireDualStack") => dual.to_vec(),
+        Some("PreferDualStack") if configured(&primary) => dual.into_iter().filter(configured).collect(),
+        Some("PreferDualStack" | "RequireDualStack") => dual.to_vec(),
         Some(other) => return Err(format!("unknown ipFamilyPolicy {other:?}")),
     };
     if let Some(missing) = wanted.iter().find(|f| !configured(f)) {
         return Err(format!("no --service-cidr for {missing:?}"));
-    }
-    if wanted.is_empty() {
-        return Err("no --service-cidr for the requested families".into());
     }
     Ok(Some(wanted))
 }
@@ -89,7 +91,7 @@ fn explicit(svc: &ServiceObj) -> Option<Vec<IpAddr>> {
     if raw.contains(&"None") {
         return None;
     }
-    Some(raw.into_iter().filter_map(|ip| ip.parse().ok()).collect())
+    Some(raw.into_iter().filter_map(|ip| ip.parse::<IpAddr>().ok()).map(|ip| ip.to_canonical()).collect())
 }
 
 /// Gives every Service the cluster IPs its families need, from `cidrs`,
@@ -481,5 +483,34 @@ mod tests {
         assign_cluster_ips(&mut single, &both, &mut sticky);
         assert_eq!(sticky.cluster_ips.len(), 1);
         assert_eq!(single[0].cluster_ips, first[0].cluster_ips[..1].to_vec());
+    }
+
+    #[test]
+    fn what_the_api_server_rejects_is_skipped_not_rewritten() {
+        let v4_only = cidrs("10.96.0.0/16");
+        let both = cidrs("10.96.0.0/16,fd00:96::/108");
+        for (cidrs, svc) in [
+            // A given IPv6 address without an IPv6 range.
+            (&v4_only, dual("prefer6", Some("PreferDualStack"), &[], &["fd00::10"])),
+            // ipFamilies disagrees with the given address.
+            (&both, dual("mismatch", Some("SingleStack"), &["IPv6"], &["10.96.0.5"])),
+            // SingleStack with two addresses.
+            (&both, dual("two", Some("SingleStack"), &[], &["10.96.0.5", "fd00:96::5"])),
+            // Two addresses of one family.
+            (&both, dual("same", None, &[], &["10.96.0.5", "10.96.0.6"])),
+        ] {
+            let mut services = vec![svc.clone()];
+            assign_cluster_ips(&mut services, cidrs, &mut Sticky::default());
+            assert!(
+                services.is_empty(),
+                "{} must be skipped, got {:?}",
+                svc.key,
+                services.first().map(|s| &s.cluster_ips)
+            );
+        }
+        // Given addresses of both families keep their order and values.
+        let mut services = vec![dual("both", Some("RequireDualStack"), &[], &["fd00:96::5", "10.96.0.5"])];
+        assign_cluster_ips(&mut services, &both, &mut Sticky::default());
+        assert_eq!(services[0].cluster_ips, vec![Box::from("fd00:96::5"), Box::from("10.96.0.5")]);
     }
 }

@@ -83,7 +83,7 @@ fn mirror_one(key: &ServiceKey, ep: &Endpoints) -> Vec<Arc<SliceObj>> {
 
 fn endpoint(addr: &EndpointAddress, ready: bool) -> EndpointObj {
     EndpointObj {
-        address: addr.ip.parse().ok(),
+        address: addr.ip.parse::<std::net::IpAddr>().ok().map(|ip| ip.to_canonical()),
         ready: Some(ready),
         serving: Some(ready),
         terminating: None,
