@@ -143,7 +143,17 @@ impl Agent {
             .open(&self.log_path)
             .with_context(|| format!("open {}", self.log_path.display()))?;
         self.start_offset = usize::try_from(log.metadata()?.len())?;
-        let mut command = Command::new(&self.bin);
+        // A launcher script runs through /bin/sh rather than being exec'd:
+        // a script written moments ago can still be open for writing in a
+        // child another test thread is forking (its fd lives until that
+        // child's exec), and exec'ing it then fails with ETXTBSY.
+        let mut command = if is_sh_script(&self.bin) {
+            let mut sh = Command::new("/bin/sh");
+            sh.arg(&self.bin);
+            sh
+        } else {
+            Command::new(&self.bin)
+        };
         command
             .args(&self.args)
             .env("RUST_LOG", "info,svc_agent=debug")
@@ -157,6 +167,7 @@ impl Agent {
         Ok(())
     }
 
+    /// The pins of this agent.
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
     }
@@ -319,4 +330,11 @@ pub(crate) fn destroy_pins(dir: &Path) {
     {
         eprintln!("svc-tests: removing {}: {e}", dir.display());
     }
+}
+
+/// Whether `path` is a `#!/bin/sh` script (the harness's launchers).
+fn is_sh_script(path: &Path) -> bool {
+    use std::io::Read as _;
+    let mut head = [0u8; 9];
+    File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && &head == b"#!/bin/sh"
 }

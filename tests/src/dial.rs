@@ -61,6 +61,15 @@ impl Dial {
         }
     }
 
+    /// A Service address of the scenario as this dial's Service has it
+    /// (what `status` shows): the IPv6 one for [`Dial::Ipv6`], else as is.
+    pub fn service_addr(self, to: SocketAddrV4) -> SocketAddr {
+        match self {
+            Self::Ipv6 => self.target(to),
+            Self::Inet | Self::Mapped => to.into(),
+        }
+    }
+
     /// A Service address of the scenario (`10.96.0.10`) as this dial's
     /// Service has it, for the YAML; other values (`None`) unchanged.
     pub fn service_ip(self, ip: &str) -> String {

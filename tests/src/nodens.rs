@@ -534,6 +534,19 @@ impl NodeEnv {
         backends.iter().map(|&i| EndpointSpec::new(self.topo.backend(i).ip())).collect()
     }
 
+    /// A Service address of the scenario as `status` shows it for this
+    /// env ([`Dial::service_addr`]).
+    pub fn dialing_service_addr(&self, to: SocketAddrV4) -> SocketAddr {
+        self.dial.service_addr(to)
+    }
+
+    /// Backend `i`'s address on `port` in this env's Services: IPv6 when
+    /// it dials [`Dial::Ipv6`].
+    pub fn backend_addr(&self, i: u8, port: u16) -> SocketAddr {
+        let backend = self.topo.backend(i);
+        if self.dial == Dial::Ipv6 { backend.addr6(port).into() } else { backend.addr(port).into() }
+    }
+
     /// A Service address of the scenario as this env's Services have it
     /// ([`Dial::service_ip`]).
     pub fn service_ip(&self, ip: &str) -> String {

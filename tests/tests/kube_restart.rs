@@ -229,7 +229,7 @@ fn agent_started_before_the_apiserver() -> Result<()> {
 }
 
 // The restart assertions of restart.rs with API objects.
-svc_tests::dial_tests! { svc_tests::apiserver::kube_source;
+svc_tests::family_tests! { svc_tests::apiserver::kube_source;
     svc_tests::scenarios::restart::sigkill_keeps_serving_and_restart_reconciles
         => sigkill_keeps_serving_and_restart_reconciles,
 }

@@ -33,7 +33,7 @@ fn pinned_files(dir: &Path) -> Vec<String> {
     found
 }
 
-svc_tests::dial_tests! { svc_tests::source::manifests;
+svc_tests::family_tests! { svc_tests::source::manifests;
     svc_tests::scenarios::restart::sigkill_keeps_serving_and_restart_reconciles
         => sigkill_keeps_serving_and_restart_reconciles,
 }
