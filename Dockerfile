@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The svc-agent image that deploy/30-daemonset.yaml runs. Build it from the
+# The svc-agent image that deploy/base/30-daemonset.yaml runs. Build it from the
 # repository root on any machine with Docker/BuildKit and network access
 # (these development machines have no container engine):
 #

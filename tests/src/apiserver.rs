@@ -57,9 +57,15 @@ pub fn scripts_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/apiserver")
 }
 
-/// `deploy/` in this workspace (the manifests operators apply).
+/// `deploy/base/` in this workspace: the kustomize base operators apply
+/// (`kubectl apply -k`), or an overlay over it.
 pub fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base")
+}
+
+/// `deploy/overlays/example/`: the example kustomize overlay.
+pub fn example_overlay_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/overlays/example")
 }
 
 /// Runs `build.sh` once per process: 0.2 s when the binary is cached, about

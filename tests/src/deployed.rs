@@ -1,4 +1,4 @@
-//! The agent as the DaemonSet runs it (`deploy/30-daemonset.yaml`): its
+//! The agent as the DaemonSet runs it (`deploy/base/30-daemonset.yaml`): its
 //! own mount namespace whose root holds nothing but the image's files (the
 //! host's /usr, read-only, stands in for them), a fresh /proc and /sys, and
 //! exactly the DaemonSet's hostPath volumes at their mount paths; the host
@@ -31,7 +31,7 @@ pub struct PodShape {
 }
 
 impl PodShape {
-    /// Read from `deploy/30-daemonset.yaml`.
+    /// Read from `deploy/base/30-daemonset.yaml`.
     pub fn from_daemonset() -> Result<Self> {
         let path = deploy_dir().join("30-daemonset.yaml");
         let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;

@@ -14,11 +14,11 @@ use serde::Deserialize as _;
 use serde_json::{Value, json};
 use svc_tests::{
     agent_bin,
-    apiserver::{ApiServer, deploy_dir},
+    apiserver::{ApiServer, deploy_dir, example_overlay_dir},
 };
 
-/// Every `*.yaml` under deploy/, in the order `kubectl apply -f deploy/`
-/// reads them (file name order).
+/// Every manifest of the kustomize base (deploy/base/, without its
+/// kustomization.yaml), in file name order.
 fn manifest_files() -> Result<Vec<PathBuf>> {
     let dir = deploy_dir();
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -27,6 +27,7 @@ fn manifest_files() -> Result<Vec<PathBuf>> {
         .collect::<Result<Vec<_>>>()?
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json"))
+        .filter(|p| p.file_name().is_some_and(|n| n != "kustomization.yaml"))
         .collect();
     files.sort();
     ensure!(!files.is_empty(), "no manifests in {}", dir.display());
@@ -70,7 +71,7 @@ fn manifests_pass_kubectl_dry_run() -> Result<()> {
     // also stay valid for older clusters.
     let api = ApiServer::new()?;
     let out =
-        api.kubectl(&["apply", "--dry-run=client", "--validate=strict", "-f", &deploy_dir().display().to_string()])?;
+        api.kubectl(&["apply", "--dry-run=client", "--validate=strict", "-k", &deploy_dir().display().to_string()])?;
     let objects = objects()?;
     for object in &objects {
         // `daemonset.apps/svc-agent created (dry run)`
@@ -175,7 +176,7 @@ fn daemonset_wires_the_agent_to_the_host() -> Result<()> {
     let args = &argv[1..];
 
     // The image's binary (Dockerfile) and only flags the agent knows.
-    let dockerfile = std::fs::read_to_string(deploy_dir().join("../Dockerfile")).context("read Dockerfile")?;
+    let dockerfile = std::fs::read_to_string(deploy_dir().join("../../Dockerfile")).context("read Dockerfile")?;
     ensure!(
         dockerfile.contains(&format!("ENTRYPOINT [\"{}\"]", argv[0])),
         "the DaemonSet runs {}, which the Dockerfile does not install as its entrypoint",
@@ -229,5 +230,41 @@ fn daemonset_wires_the_agent_to_the_host() -> Result<()> {
         tolerations.iter().any(|t| t["operator"] == "Exists" && t.get("key").is_none() && t.get("effect").is_none()),
         "the DaemonSet does not tolerate every taint: {tolerations:?}"
     );
+    Ok(())
+}
+
+/// The example overlay renders (`kubectl kustomize`) to the base with its
+/// changes, and that rendering is accepted by a real API server (client
+/// dry run): the image, the extra agent flags (which the agent parses),
+/// the log level.
+#[test]
+fn example_overlay_renders_and_passes_kubectl_dry_run() -> Result<()> {
+    let overlay = example_overlay_dir().display().to_string();
+    let out = Command::new("kubectl").args(["kustomize", &overlay]).output()?;
+    ensure!(out.status.success(), "kubectl kustomize {overlay}: {}", String::from_utf8_lossy(&out.stderr));
+    let rendered = String::from_utf8(out.stdout)?;
+    let daemonset = serde_yaml::Deserializer::from_str(&rendered)
+        .map(Value::deserialize)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .find(|o| o["kind"] == "DaemonSet")
+        .context("no DaemonSet in the overlay's output")?;
+    let container = &daemonset["spec"]["template"]["spec"]["containers"][0];
+    ensure!(container["image"] == "registry.example.com/svc-agent:0.1.0", "image: {}", container["image"]);
+    let args = strings(&container["args"]);
+    for flag in ["--nodeport-addresses=10.0.0.0/8", "--service-cidr=10.96.0.0/16,fd00:96::/108"] {
+        ensure!(args.iter().any(|a| a == flag), "{flag} not in {args:?}");
+    }
+    let log = container["env"].as_array().into_iter().flatten().find(|e| e["name"] == "RUST_LOG");
+    ensure!(log.is_some_and(|e| e["value"] == "info,svc_agent=debug"), "RUST_LOG: {log:?}");
+    // The agent accepts every flag the overlay sets.
+    let mut run = Command::new(agent_bin()?);
+    run.args(&args).arg("--help");
+    let help = run.output()?;
+    ensure!(help.status.success(), "svc-agent {args:?}: {}", String::from_utf8_lossy(&help.stderr));
+
+    let api = ApiServer::new()?;
+    let applied = api.kubectl(&["apply", "--dry-run=client", "--validate=strict", "-k", &overlay])?;
+    ensure!(applied.contains("daemonset.apps/svc-agent created (dry run)"), "{applied}");
     Ok(())
 }

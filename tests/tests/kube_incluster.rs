@@ -39,7 +39,7 @@ fn in_cluster_config_with_the_deploy_rbac() -> Result<()> {
     let api = ApiServer::with_authz(Authz::Rbac)?;
     // What an operator applies, for real: the server validates every object
     // (nothing runs the DaemonSet: there is no controller-manager).
-    let applied = api.kubectl(&["apply", "-f", &deploy_dir().display().to_string()])?;
+    let applied = api.kubectl(&["apply", "-k", &deploy_dir().display().to_string()])?;
     for object in [
         "namespace/svc-dataplane",
         "serviceaccount/svc-agent",
