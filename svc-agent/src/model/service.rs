@@ -116,12 +116,14 @@ pub(crate) fn desired_service(
         for &family in &families {
             let eps = endpoints::collect(slices, &name, proto, distribution, family);
             let categorized = endpoints::categorize(&eps, node);
-            let internal: Arc<[SocketAddr]> =
-                if internal_local { categorized.local.into() } else { categorized.cluster.clone().into() };
             // In-cluster clients of external addresses go to cluster-wide
             // endpoints whatever externalTrafficPolicy says (kube-proxy
             // short-circuits pod traffic to the cluster chain).
             let external: Arc<[SocketAddr]> = categorized.cluster.into();
+            // One list for both unless internalTrafficPolicy differs: the
+            // first sync holds every Service's lists at once.
+            let internal: Arc<[SocketAddr]> =
+                if internal_local { categorized.local.into() } else { Arc::clone(&external) };
             let mut add = |addr: IpAddr, fe_port: u16, kind, host_ns_only, backends: &Arc<[SocketAddr]>| {
                 frontends.push(DesiredFrontend {
                     addr: SocketAddr::new(addr, fe_port),
