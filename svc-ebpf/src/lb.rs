@@ -1,7 +1,7 @@
 //! Lookup helpers shared by every socket hook and both families: frontend
 //! lookup, backend selection (random or by session affinity) and reverse
-//! translation. Generic over [`Family`] (which maps) and [`Access`] (where
-//! the call's address is).
+//! translation. Generic over [`Family`] (which maps); the hooks read the
+//! call's address (`crate::addr`) and pass it in.
 //!
 //! Reading map values safely (docs/maps.md, "Readers and element reuse"):
 //! since kernel 6.1 a hash element that an update or delete frees can be
@@ -27,7 +27,6 @@ use aya_ebpf::{
 use svc_common::AffinityKey;
 
 use crate::{
-    addr::Access,
     family::{Family, FrontendView},
     maps::SVC_CONFIG,
 };
@@ -196,8 +195,7 @@ fn random_backend<F: Family>(fe: &F::Frontend) -> Option<F::Backend> {
 /// the peer it now reports, if it was translated: its own storage for a
 /// connected socket, else the datagram map.
 #[inline(always)]
-pub(crate) fn recall_frontend<F: Family, A: Access<F>>(ctx: &SockAddrContext) -> Option<F::Backend> {
-    let peer = A::read(ctx)?;
+pub(crate) fn recall_frontend<F: Family>(ctx: &SockAddrContext, peer: F::Backend) -> Option<F::Backend> {
     if let Some((frontend, backend)) = F::connected(ctx)
         && backend == peer
     {

@@ -34,41 +34,41 @@ const REJECT: i32 = 0;
 #[cgroup_sock_addr(connect4)]
 pub(crate) fn svc_connect4(ctx: SockAddrContext) -> i32 {
     match protocol(&ctx) {
-        Some(p) => forward::<V4, Inet>(&ctx, p, Hook::Connect),
+        Some(p) => forward::<V4, Inet>(&ctx, <Inet as Access<V4>>::read(&ctx), p, Hook::Connect),
         None => ALLOW,
     }
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub(crate) fn svc_sendmsg4(ctx: SockAddrContext) -> i32 {
-    forward::<V4, Inet>(&ctx, proto::UDP, Hook::Sendmsg)
+    forward::<V4, Inet>(&ctx, <Inet as Access<V4>>::read(&ctx), proto::UDP, Hook::Sendmsg)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub(crate) fn svc_recvmsg4(ctx: SockAddrContext) -> i32 {
-    reverse::<V4, Inet>(&ctx);
+    reverse::<V4, Inet>(&ctx, <Inet as Access<V4>>::read(&ctx));
     ALLOW
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub(crate) fn svc_getpeer4(ctx: SockAddrContext) -> i32 {
-    reverse::<V4, Inet>(&ctx);
+    reverse::<V4, Inet>(&ctx, <Inet as Access<V4>>::read(&ctx));
     ALLOW
 }
 
 #[cgroup_sock_addr(connect6)]
 pub(crate) fn svc_connect6(ctx: SockAddrContext) -> i32 {
     let Some(p) = protocol(&ctx) else { return ALLOW };
-    if <Mapped as Access<V4>>::read(&ctx).is_some() {
-        forward::<V4, Mapped>(&ctx, p, Hook::Connect)
-    } else {
-        forward::<V6, Native>(&ctx, p, Hook::Connect)
+    // One read decides the family (and is the destination for v4-mapped).
+    match <Mapped as Access<V4>>::read(&ctx) {
+        Some(dst) => forward::<V4, Mapped>(&ctx, Some(dst), p, Hook::Connect),
+        None => forward::<V6, Native>(&ctx, <Native as Access<V6>>::read(&ctx), p, Hook::Connect),
     }
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub(crate) fn svc_sendmsg6(ctx: SockAddrContext) -> i32 {
-    forward::<V6, Native>(&ctx, proto::UDP, Hook::Sendmsg)
+    forward::<V6, Native>(&ctx, <Native as Access<V6>>::read(&ctx), proto::UDP, Hook::Sendmsg)
 }
 
 #[cgroup_sock_addr(recvmsg6)]
@@ -102,10 +102,11 @@ enum Hook {
     Sendmsg,
 }
 
-/// Destination rewrite shared by the connect and sendmsg hooks.
+/// Destination rewrite shared by the connect and sendmsg hooks; `dst` is
+/// the call's destination as read through `A` (the caller reads it once).
 #[inline(always)]
-fn forward<F: Family, A: Access<F>>(ctx: &SockAddrContext, protocol: u8, hook: Hook) -> i32 {
-    let Some(dst) = A::read(ctx) else {
+fn forward<F: Family, A: Access<F>>(ctx: &SockAddrContext, dst: Option<F::Backend>, protocol: u8, hook: Hook) -> i32 {
+    let Some(dst) = dst else {
         // Not an address of this kind: nothing to translate.
         return ALLOW;
     };
@@ -143,22 +144,22 @@ fn forward<F: Family, A: Access<F>>(ctx: &SockAddrContext, protocol: u8, hook: H
     }
 }
 
-/// Source rewrite shared by the recvmsg and getpeername hooks.
+/// Source rewrite shared by the recvmsg and getpeername hooks; `peer` is
+/// the address the call reports, as read through `A`.
 #[inline(always)]
-fn reverse<F: Family, A: Access<F>>(ctx: &SockAddrContext) {
-    if let Some(frontend) = lb::recall_frontend::<F, A>(ctx) {
+fn reverse<F: Family, A: Access<F>>(ctx: &SockAddrContext, peer: Option<F::Backend>) {
+    if let Some(frontend) = peer.and_then(|peer| lb::recall_frontend::<F>(ctx, peer)) {
         A::write(ctx, &frontend);
     }
 }
 
 /// The v6 reverse hooks: a v4-mapped peer through the IPv4 maps, any other
-/// through the IPv6 ones.
+/// through the IPv6 ones (one read decides).
 #[inline(always)]
 fn reverse6(ctx: &SockAddrContext) {
-    if <Mapped as Access<V4>>::read(ctx).is_some() {
-        reverse::<V4, Mapped>(ctx);
-    } else {
-        reverse::<V6, Native>(ctx);
+    match <Mapped as Access<V4>>::read(ctx) {
+        Some(peer) => reverse::<V4, Mapped>(ctx, Some(peer)),
+        None => reverse::<V6, Native>(ctx, <Native as Access<V6>>::read(ctx)),
     }
 }
 

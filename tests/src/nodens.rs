@@ -534,10 +534,9 @@ impl NodeEnv {
         backends.iter().map(|&i| EndpointSpec::new(self.topo.backend(i).ip())).collect()
     }
 
-    /// A Service address of the scenario as `status` shows it for this
-    /// env ([`Dial::service_addr`]).
-    pub fn dialing_service_addr(&self, to: SocketAddrV4) -> SocketAddr {
-        self.dial.service_addr(to)
+    /// How this env's clients dial.
+    pub fn dial(&self) -> Dial {
+        self.dial
     }
 
     /// Backend `i`'s address on `port` in this env's Services: IPv6 when

@@ -14,30 +14,14 @@ use svc_common::{
 
 use crate::model::Proto;
 
-/// An address family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) enum Family {
-    /// IPv4 (also what v4-mapped `AF_INET6` peers use).
-    V4,
-    /// IPv6.
-    V6,
-}
+/// An address family: the model's (one enum for the concept).
+pub(crate) use crate::model::IpFamily as Family;
 
-impl Family {
-    /// The family of an address.
-    pub(crate) fn of(ip: IpAddr) -> Self {
-        match ip {
-            IpAddr::V4(_) => Self::V4,
-            IpAddr::V6(_) => Self::V6,
-        }
-    }
-
-    /// How many backends a frontend value holds inline.
-    pub(crate) const fn inline_backends(self) -> usize {
-        match self {
-            Self::V4 => INLINE_BACKENDS,
-            Self::V6 => INLINE_BACKENDS6,
-        }
+/// How many backends a frontend value of `family` holds inline.
+pub(crate) const fn inline_limit(family: Family) -> usize {
+    match family {
+        Family::V4 => INLINE_BACKENDS,
+        Family::V6 => INLINE_BACKENDS6,
     }
 }
 

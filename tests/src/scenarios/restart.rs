@@ -76,7 +76,7 @@ pub fn sigkill_keeps_serving_and_restart_reconciles(source: Box<dyn Source>, dia
     let (b1, b2) = (env.backend_addr(1, 8080), env.backend_addr(2, 8080));
     let mut web_backends = [b1.to_string(), b2.to_string()];
     web_backends.sort();
-    let service = |a: &str| env.dialing_service_addr(addr(a)).to_string();
+    let service = |a: &str| env.dial().service_addr(addr(a)).to_string();
     let want = [
         format!("default/new ClusterIP {} TCP [{b2}]", service("10.96.0.13:80")),
         format!("default/web ClusterIP {} TCP [{}]", service("10.96.0.10:80"), web_backends.join(",")),

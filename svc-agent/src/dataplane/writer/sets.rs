@@ -7,7 +7,7 @@ use svc_common::SlotKey;
 use super::{Journal, ServiceState, Writer, log_delete};
 use crate::{
     dataplane::{
-        family::{Backend, Family, IndexKey, SlotRef},
+        family::{Backend, Family, IndexKey, SlotRef, inline_limit},
         table::{Table, TableError},
     },
     model::DesiredFrontend,
@@ -28,7 +28,7 @@ pub(super) struct BackendSet {
 impl BackendSet {
     /// Whether the set lives in frontend values rather than in slots.
     pub(super) fn is_inline(&self) -> bool {
-        self.backends.len() <= self.family.inline_backends()
+        self.backends.len() <= inline_limit(self.family)
     }
 
     /// Slot `slot` of this set (id `id`).
@@ -44,7 +44,7 @@ pub(super) fn family(fe: &DesiredFrontend) -> Family {
 
 /// Whether a frontend's backends go to slots rather than inline.
 pub(super) fn in_slots(fe: &DesiredFrontend) -> bool {
-    fe.backends.len() > family(fe).inline_backends()
+    fe.backends.len() > inline_limit(family(fe))
 }
 
 /// Affinity membership entries are only needed for sets in slots; inline
