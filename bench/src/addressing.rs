@@ -11,20 +11,31 @@
 //! 10.127.255.1   the client's own address (on lo, inside the cluster CIDR,
 //!                as a pod's would be, so no connection is masqueraded)
 //! ```
+//!
+//! IPv6 mirrors it: every IPv4 address a.b.c.d above has the twin
+//! `fd00::a.b.c.d` (the IPv4 bits in the last 32 bits), so the same index
+//! gives the same Service in either family and the v6 ranges are the v4
+//! ones with 96 more prefix bits (`fd00::a60:0/108` for 10.96.0.0/12).
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
 use serde::{Deserialize, Serialize};
 
 /// Range the VIPs come from (the agent's `--service-cidr`).
 pub(crate) const SERVICE_CIDR: &str = "10.96.0.0/12";
+/// The IPv6 twin of [`SERVICE_CIDR`].
+pub(crate) const SERVICE_CIDR6: &str = "fd00::a60:0/108";
 /// Routed (not local) via lo in the bench netns: an untranslated connect
 /// goes nowhere, and netfilter's OUTPUT hook sees a routable packet to DNAT.
 pub(crate) const SERVICE_ROUTE: &str = "10.96.0.0/12";
 /// Made local (AnyIP) in the bench netns: every endpoint address accepts.
 pub(crate) const BACKEND_ROUTE: &str = "10.64.0.0/12";
+/// The IPv6 twin of [`BACKEND_ROUTE`].
+pub(crate) const BACKEND_ROUTE6: &str = "fd00::a40:0/108";
 /// kube-proxy's `--cluster-cidr` in the generated layouts.
 pub(crate) const CLUSTER_CIDR: &str = "10.64.0.0/10";
+/// The IPv6 twin of [`CLUSTER_CIDR`].
+pub(crate) const CLUSTER_CIDR6: &str = "fd00::a40:0/106";
 /// The client's address (a "pod" address).
 pub(crate) const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 127, 255, 1);
 /// Namespace of every bench Service.
@@ -70,6 +81,55 @@ pub(crate) fn backend(i: u32, j: u32, per: u32) -> Ipv4Addr {
 /// Address of the endpoint added by change number `k`.
 pub(crate) fn churn_backend(k: u32) -> Ipv4Addr {
     Ipv4Addr::from(CHURN_BASE + k)
+}
+
+/// The IPv6 twin of an IPv4 bench address: `fd00::a.b.c.d`.
+pub(crate) fn twin6(v4: Ipv4Addr) -> Ipv6Addr {
+    Ipv6Addr::from((0xfd00u128 << 112) | u128::from(u32::from(v4)))
+}
+
+/// The socket family a client connects with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Family {
+    /// AF_INET to an IPv4 Service.
+    #[default]
+    Inet,
+    /// AF_INET6 to an IPv4 Service (`::ffff:a.b.c.d`, Java's default).
+    Mapped,
+    /// AF_INET6 to an IPv6 Service (the IPv6 twin of the same Service).
+    Ipv6,
+}
+
+impl Family {
+    pub(crate) const ALL: [Self; 3] = [Self::Inet, Self::Mapped, Self::Ipv6];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Inet => "IPv4 (AF_INET)",
+            Self::Mapped => "IPv4 from AF_INET6 (v4-mapped)",
+            Self::Ipv6 => "IPv6",
+        }
+    }
+
+    /// What a client of this family dials for the IPv4 bench address `v4`.
+    pub(crate) fn dial(self, v4: SocketAddrV4) -> SocketAddr {
+        let ip = match self {
+            Self::Inet => IpAddr::V4(*v4.ip()),
+            Self::Mapped => IpAddr::V6(v4.ip().to_ipv6_mapped()),
+            Self::Ipv6 => IpAddr::V6(twin6(*v4.ip())),
+        };
+        SocketAddr::new(ip, v4.port())
+    }
+
+    /// The address a backend sees accepting a connection this family
+    /// dialled to the IPv4 bench address `v4`: a v4-mapped connection is
+    /// IPv4 on the wire, so the backend's AF_INET listener takes it.
+    pub(crate) fn accepted(self, v4: SocketAddrV4) -> SocketAddr {
+        match self {
+            Self::Inet | Self::Mapped => SocketAddr::V4(v4),
+            Self::Ipv6 => SocketAddr::new(IpAddr::V6(twin6(*v4.ip())), v4.port()),
+        }
+    }
 }
 
 /// Name of service `i`.
@@ -190,5 +250,14 @@ mod tests {
         assert!(u32::from(vip(99_999)) < u32::from(Ipv4Addr::new(10, 112, 0, 0)));
         assert_ne!(vip(0), BULK_VIP);
         assert!(u32::from(UNUSED_VIP) > u32::from(vip(99_999)));
+    }
+
+    #[test]
+    fn ipv6_twins_keep_the_ipv4_bits() {
+        assert_eq!(twin6(Ipv4Addr::new(10, 96, 1, 0)), "fd00::a60:100".parse::<Ipv6Addr>().unwrap());
+        let v4 = SocketAddrV4::new(vip(3), SERVICE_PORT);
+        assert_eq!(Family::Mapped.dial(v4).to_string(), "[::ffff:10.96.1.3]:80");
+        assert_eq!(Family::Mapped.accepted(v4), SocketAddr::V4(v4));
+        assert_eq!(Family::Ipv6.dial(v4).to_string(), "[fd00::a60:103]:80");
     }
 }

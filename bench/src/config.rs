@@ -3,13 +3,32 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::modes::Mode;
+use crate::{addressing::Family, modes::Mode};
 
-/// One datapath size and the modes measured at it.
+/// One datapath size, the modes measured at it, and the client socket
+/// families (with IPv6 the Services are dual-stack for the modes that
+/// serve IPv6, see [`Mode::serves`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct DatapathSize {
     pub(crate) services: u32,
     pub(crate) modes: Vec<Mode>,
+    #[serde(default = "inet")]
+    pub(crate) families: Vec<Family>,
+}
+
+impl DatapathSize {
+    fn v4(services: u32, modes: Vec<Mode>) -> Self {
+        Self { services, modes, families: inet() }
+    }
+
+    fn all_families(services: u32, modes: Vec<Mode>) -> Self {
+        Self { services, modes, families: Family::ALL.to_vec() }
+    }
+
+    /// Whether the Services are dual-stack at this size.
+    pub(crate) fn ipv6(&self) -> bool {
+        self.families.contains(&Family::Ipv6)
+    }
 }
 
 /// Everything that shapes a run; recorded in the results.
@@ -51,9 +70,10 @@ impl Config {
         Self {
             quick: false,
             datapath_sizes: vec![
-                DatapathSize { services: 1_000, modes: Mode::ALL.to_vec() },
-                DatapathSize { services: 10_000, modes: Mode::ALL.to_vec() },
-                DatapathSize { services: 100_000, modes: vec![Mode::Direct, Mode::Ours] },
+                DatapathSize::v4(1_000, Mode::ALL.to_vec()),
+                // The IPv6 and v4-mapped measurement is at 10k.
+                DatapathSize::all_families(10_000, Mode::ALL.to_vec()),
+                DatapathSize::v4(100_000, vec![Mode::Direct, Mode::Ours]),
             ],
             datapath_endpoints: 3,
             rounds: 15,
@@ -81,8 +101,8 @@ impl Config {
         Self {
             quick: true,
             datapath_sizes: vec![
-                DatapathSize { services: 100, modes: Mode::ALL.to_vec() },
-                DatapathSize { services: 1_000, modes: vec![Mode::Direct, Mode::Ours] },
+                DatapathSize::all_families(100, Mode::ALL.to_vec()),
+                DatapathSize::v4(1_000, vec![Mode::Direct, Mode::Ours]),
             ],
             rounds: 3,
             connects: 1_000,
@@ -106,4 +126,8 @@ impl Config {
 /// Default of fields added after the first results were written.
 fn one() -> u32 {
     1
+}
+
+fn inet() -> Vec<Family> {
+    vec![Family::Inet]
 }

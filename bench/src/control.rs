@@ -82,8 +82,8 @@ fn ours(
     reps: u32,
 ) -> Result<(ColdResult, Option<ChurnResult>)> {
     let source = ctx.dir("cp-manifests")?;
-    let bytes = manifests::write_all(&source, topo)?;
-    let flags = agent_capacity_flags(topo);
+    let bytes = manifests::write_all(&source, topo, false)?;
+    let flags = agent_capacity_flags(topo, false);
     let mut runs = Vec::new();
     let mut agent_runs = Vec::new();
     let mut churn = None;
@@ -251,7 +251,7 @@ fn baseline(
         }
     }
     let file = ctx.dir("cp-rules")?.join("rules");
-    let text = loader.ruleset(services);
+    let text = loader.ruleset(services, false);
     result.input_bytes = text.len() as u64;
     std::fs::write(&file, text).context("writing rules")?;
     for rep in 0..reps {

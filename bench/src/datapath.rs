@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng, seq::SliceRandom as _};
 
 use crate::{
-    addressing::{BULK_VIP, SERVICE_PORT, Topology, UDP_PORT, UDP_VIP},
+    addressing::{BULK_VIP, Family, SERVICE_PORT, Topology, UDP_PORT, UDP_VIP},
     bpf,
     config::{Config, DatapathSize},
     modes::{Ctx, Mode, ModeEnv},
@@ -28,36 +28,51 @@ pub(crate) fn run(cfg: &Config, size: &DatapathSize, ctx: &Ctx, profile: bool) -
     let mut envs = Vec::new();
     for &mode in &size.modes {
         eprintln!("bench: datapath {} services: setting up {}", topo.services, mode.label());
-        let mut env = ModeEnv::setup(mode, &topo, ctx)?;
-        env.verify(&topo)?;
+        let mut env = ModeEnv::setup(mode, &topo, ctx, size.ipv6())?;
+        for &family in size.families.iter().filter(|f| mode.serves(**f)) {
+            env.verify(&topo, family)?;
+        }
         eprintln!("bench:   programmed in {:.2} s, verified", env.setup_secs);
         envs.push(env);
     }
     let setup_secs = envs.iter().map(|e| (e.mode, e.setup_secs)).collect();
 
-    // Each round measures every (mode, target) cell with `chunks` short
-    // bursts, the modes interleaved in a fresh shuffled order for every
-    // burst: slow drifts in the machine's load (other work on a shared
-    // machine) hit every mode alike instead of whichever cell ran then.
-    let mut rounds: Vec<Vec<ConnectStats>> = vec![Vec::new(); envs.len() * TARGETS.len()];
+    // The cells: every (mode, family, target) the size measures.
+    let keys: Vec<(usize, Family, Target)> = envs
+        .iter()
+        .enumerate()
+        .flat_map(|(m, env)| {
+            size.families
+                .iter()
+                .filter(|f| env.mode.serves(**f))
+                .flat_map(move |&f| TARGETS.iter().map(move |&t| (m, f, t)))
+        })
+        .collect();
+    // Each round measures every cell with `chunks` short bursts, the modes
+    // interleaved in a fresh shuffled order for every burst: slow drifts in
+    // the machine's load (other work on a shared machine) hit every mode
+    // alike instead of whichever cell ran then.
+    let mut rounds: Vec<Vec<ConnectStats>> = vec![Vec::new(); keys.len()];
     let mut conntrack_peak = vec![0u64; envs.len()];
     let mut rng = StdRng::seed_from_u64(0x5eed_0000 + u64::from(topo.services));
     let chunks = cfg.chunks.max(1);
     for round in 0..cfg.rounds {
-        let mut merged: Vec<ConnectStats> = vec![ConnectStats::default(); rounds.len()];
-        let mut targets = TARGETS;
-        targets.shuffle(&mut rng);
-        for target in targets {
-            let t = TARGETS.iter().position(|x| *x == target).unwrap_or(0);
+        let mut merged: Vec<ConnectStats> = vec![ConnectStats::default(); keys.len()];
+        let mut groups: Vec<(Family, Target)> =
+            size.families.iter().flat_map(|&f| TARGETS.iter().map(move |&t| (f, t))).collect();
+        groups.shuffle(&mut rng);
+        for (family, target) in groups {
             for _ in 0..chunks {
                 let seed: u64 = rng.random();
-                let mut order: Vec<usize> = (0..envs.len()).collect();
+                let mut order: Vec<usize> =
+                    (0..keys.len()).filter(|&k| keys[k].1 == family && keys[k].2 == target).collect();
                 order.shuffle(&mut rng);
-                for m in order {
-                    let env = &mut envs[m];
+                for k in order {
+                    let env = &mut envs[keys[k].0];
                     let plan = ConnectPlan {
                         topology: topo,
                         target,
+                        family,
                         direct: env.mode == Mode::Direct,
                         seed,
                         count: cfg.connects / chunks,
@@ -66,16 +81,17 @@ pub(crate) fn run(cfg: &Config, size: &DatapathSize, ctx: &Ctx, profile: bool) -
                         getpeername: false,
                         raw: true,
                     };
-                    merge(&mut merged[m * TARGETS.len() + t], connect(env, plan)?);
+                    merge(&mut merged[k], connect(env, plan)?);
                 }
             }
         }
-        for (cell, mut stats) in merged.into_iter().enumerate() {
-            let (env, target) = (&envs[cell / TARGETS.len()], TARGETS[cell % TARGETS.len()]);
+        for (k, mut stats) in merged.into_iter().enumerate() {
+            let (env, family, target) = (&envs[keys[k].0], keys[k].1, keys[k].2);
             if u64::from(stats.errors) * 1000 > u64::from(stats.samples + stats.errors) {
                 bail!(
-                    "{} ({}): {} of {} connects failed, first: {}",
+                    "{} ({}, {}): {} of {} connects failed, first: {}",
                     env.mode.label(),
+                    family.label(),
                     target.label(),
                     stats.errors,
                     stats.samples + stats.errors,
@@ -86,7 +102,7 @@ pub(crate) fn run(cfg: &Config, size: &DatapathSize, ctx: &Ctx, profile: bool) -
             stats.cycle = Summary::of(&mut stats.raw_cycle);
             stats.raw_connect = Vec::new();
             stats.raw_cycle = Vec::new();
-            rounds[cell].push(stats);
+            rounds[k].push(stats);
         }
         for (i, env) in envs.iter().enumerate() {
             if Mode::BASELINES.contains(&env.mode)
@@ -97,15 +113,12 @@ pub(crate) fn run(cfg: &Config, size: &DatapathSize, ctx: &Ctx, profile: bool) -
         }
         eprintln!("bench:   round {}/{} done", round + 1, cfg.rounds);
     }
-    let cells: Vec<Cell> = rounds
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| cell(envs[i / TARGETS.len()].mode, TARGETS[i % TARGETS.len()], r))
-        .collect();
+    let cells: Vec<Cell> =
+        rounds.into_iter().zip(&keys).map(|(r, &(m, family, target))| cell(envs[m].mode, family, target, r)).collect();
 
     let bulk = bulk(cfg, &mut envs, &mut rng)?;
     let bpf = match envs.iter_mut().find(|e| e.mode == Mode::Ours) {
-        Some(env) => Some(bpf_costs(cfg, env, &topo)?),
+        Some(env) => Some(bpf_costs(cfg, env, &topo, &size.families)?),
         None => None,
     };
     let profiles = if profile { overhead_profiles(&mut envs, &topo, &cells_ref(&cells), ctx) } else { Vec::new() };
@@ -121,6 +134,7 @@ pub(crate) fn run(cfg: &Config, size: &DatapathSize, ctx: &Ctx, profile: bool) -
         services: topo.services,
         endpoints: topo.endpoints,
         modes: size.modes.clone(),
+        families: size.families.clone(),
         setup_secs,
         cells,
         bulk,
@@ -145,8 +159,9 @@ fn merge(into: &mut ConnectStats, burst: ConnectStats) {
     into.raw_cycle.extend(burst.raw_cycle);
 }
 
+/// The IPv4 cells' p50s (the profiles are taken for those).
 fn cells_ref(cells: &[Cell]) -> Vec<(Mode, Target, f64)> {
-    cells.iter().map(|c| (c.mode, c.target, c.connect.p50)).collect()
+    cells.iter().filter(|c| c.family == Family::Inet).map(|c| (c.mode, c.target, c.connect.p50)).collect()
 }
 
 /// When our p50 connect overhead over direct exceeds the 1 us target,
@@ -183,10 +198,11 @@ fn connect(env: &mut ModeEnv, plan: ConnectPlan) -> Result<ConnectStats> {
     }
 }
 
-fn cell(mode: Mode, target: Target, rounds: Vec<ConnectStats>) -> Cell {
+fn cell(mode: Mode, family: Family, target: Target, rounds: Vec<ConnectStats>) -> Cell {
     let per = |f: &dyn Fn(&ConnectStats) -> f64| median(rounds.iter().filter(|r| r.samples > 0).map(f));
     Cell {
         mode,
+        family,
         target,
         connect: Summary::median_of(&rounds.iter().map(|r| r.connect).collect::<Vec<_>>()),
         cycle: Summary::median_of(&rounds.iter().map(|r| r.cycle).collect::<Vec<_>>()),
@@ -212,7 +228,8 @@ fn bulk(cfg: &Config, envs: &mut [ModeEnv], rng: &mut StdRng) -> Result<Vec<Bulk
                 Topology::extras()[0].backends[0]
             } else {
                 SocketAddrV4::new(BULK_VIP, SERVICE_PORT)
-            };
+            }
+            .into();
             match env.worker.call(&Request::Bulk { target, millis: cfg.bulk_millis })? {
                 Response::Bulk(stats) => per_mode[i].push(stats),
                 other => bail!("{} bulk: {other:?}", env.mode.label()),
@@ -235,24 +252,43 @@ fn bulk(cfg: &Config, envs: &mut [ModeEnv], rng: &mut StdRng) -> Result<Vec<Bulk
 
 /// Runs scenarios with `kernel.bpf_stats_enabled` on and divides each
 /// program's run-time delta by its run-count delta.
-fn bpf_costs(cfg: &Config, env: &mut ModeEnv, topo: &Topology) -> Result<BpfResult> {
+fn bpf_costs(cfg: &Config, env: &mut ModeEnv, topo: &Topology, families: &[Family]) -> Result<BpfResult> {
     let Some((_, agent_cfg, _)) = &env.agent else { bail!("ours has no agent") };
     let bpffs = agent_cfg.bpffs.clone();
     let _stats = bpf::enable_stats()?;
     let mut costs = Vec::new();
-    let scenarios: [(&str, Option<Target>, bool); 4] = [
-        ("TCP connect to the last Service (+ getpeername)", Some(Target::Last), false),
-        ("TCP connect to random Services (+ getpeername)", Some(Target::Random), false),
-        ("TCP connect to a non-Service address (backend directly)", Some(Target::Random), true),
-        ("UDP sendto + recvfrom via the VIP, unconnected socket", None, false),
+    let mut scenarios: Vec<(&str, Family, Option<Target>, bool)> = vec![
+        ("TCP connect to the last Service (+ getpeername)", Family::Inet, Some(Target::Last), false),
+        ("TCP connect to random Services (+ getpeername)", Family::Inet, Some(Target::Random), false),
+        ("TCP connect to a non-Service address (backend directly)", Family::Inet, Some(Target::Random), true),
+        ("UDP sendto + recvfrom via the VIP, unconnected socket", Family::Inet, None, false),
     ];
-    for (scenario, target, direct) in scenarios {
+    if families.contains(&Family::Mapped) {
+        scenarios.extend([
+            (
+                "AF_INET6 TCP connect to the last IPv4 Service, v4-mapped (+ getpeername)",
+                Family::Mapped,
+                Some(Target::Last),
+                false,
+            ),
+            ("AF_INET6 UDP sendto + recvfrom via the v4-mapped VIP", Family::Mapped, None, false),
+        ]);
+    }
+    if families.contains(&Family::Ipv6) {
+        scenarios.extend([
+            ("TCP connect to the last IPv6 Service (+ getpeername)", Family::Ipv6, Some(Target::Last), false),
+            ("TCP connect to random IPv6 Services (+ getpeername)", Family::Ipv6, Some(Target::Random), false),
+            ("UDP sendto + recvfrom via the IPv6 VIP, unconnected socket", Family::Ipv6, None, false),
+        ]);
+    }
+    for (scenario, family, target, direct) in scenarios {
         let before = bpf::program_stats(&bpffs)?;
         match target {
             Some(target) => {
                 let plan = ConnectPlan {
                     topology: *topo,
                     target,
+                    family,
                     direct,
                     seed: 7,
                     count: cfg.bpf_stat_calls,
@@ -264,7 +300,10 @@ fn bpf_costs(cfg: &Config, env: &mut ModeEnv, topo: &Topology) -> Result<BpfResu
                 connect(env, plan)?;
             }
             None => {
-                let req = Request::Udp { target: SocketAddrV4::new(UDP_VIP, UDP_PORT), count: cfg.bpf_stat_calls };
+                let req = Request::Udp {
+                    target: family.dial(SocketAddrV4::new(UDP_VIP, UDP_PORT)),
+                    count: cfg.bpf_stat_calls,
+                };
                 match env.worker.call(&req)? {
                     Response::Done => {}
                     other => bail!("UDP exercise: {other:?}"),

@@ -121,8 +121,8 @@ fn main() -> ExitCode {
         Cmd::Rules { layout, services, endpoints } => {
             let topo = addressing::Topology { services, endpoints };
             let all: Vec<_> = topo.all().collect();
-            let loader = if layout == "nftables" { modes::Loader::Nft } else { modes::Loader::IptablesNft };
-            print!("{}", loader.ruleset(&all));
+            let loader = if layout.starts_with("nftables") { modes::Loader::Nft } else { modes::Loader::IptablesNft };
+            print!("{}", loader.ruleset(&all, layout == "nftables-dual-stack"));
             Ok(())
         }
     };
@@ -222,13 +222,13 @@ fn profile_agent(agent: &Path, services: u32, endpoints: u32) -> Result<()> {
 fn agent_profile(ctx: &Ctx, topo: &addressing::Topology) -> Result<results::Profile> {
     let cgroup = cgroup::Cgroup::create(&format!("{}-prof", ctx.run_id))?;
     let source = ctx.dir("prof-manifests")?;
-    manifests::write_all(&source, topo)?;
+    manifests::write_all(&source, topo, false)?;
     let agent_cfg = AgentConfig {
         bin: ctx.agent_bin.clone(),
         source,
         cgroup: cgroup.path().to_owned(),
         bpffs: agent::pin_dir(&ctx.run_id, "prof"),
-        extra: modes::agent_capacity_flags(topo),
+        extra: modes::agent_capacity_flags(topo, false),
         wrapper: Vec::new(),
     };
     profile::agent_cold(ctx, agent_cfg, topo)

@@ -8,7 +8,7 @@ use std::{fs::File, path::PathBuf, process::Command};
 use anyhow::{Context as _, Result};
 
 use crate::{
-    addressing::{BACKEND_ROUTE, CLIENT_ADDR, SERVICE_ROUTE},
+    addressing::{BACKEND_ROUTE, BACKEND_ROUTE6, CLIENT_ADDR, EXTRA_BACKEND, SERVICE_CIDR6, SERVICE_ROUTE, twin6},
     cleanup::{self, Guard},
     sys,
 };
@@ -32,6 +32,10 @@ impl Netns {
     ///   dropped (no forwarding), so the connect times out; nothing ever
     ///   leaves the namespace (no other device, no default route). This
     ///   kernel has no dummy device (CONFIG_DUMMY unset), hence `lo`;
+    /// - the same for IPv6 with the twins (`local fd00::a40:0/108`, the
+    ///   client's `fd00::a7f:ff01`, `fd00::a60:0/108` routed via `lo`), and
+    ///   the UDP echo's `fd00::a4f:ff01` assigned to `lo`: unlike IPv4, an
+    ///   IPv6 bind() needs an assigned address, a local route is not enough;
     /// - more ephemeral ports and a longer accept queue, so neither limits
     ///   a connect loop.
     pub(crate) fn create(name: String) -> Result<Self> {
@@ -39,11 +43,18 @@ impl Netns {
         let netns = Self { _guard: cleanup::register(cleanup::Resource::Netns(name.clone())), name };
         let client = format!("{CLIENT_ADDR}/32");
         let client_src = CLIENT_ADDR.to_string();
+        let client6_src = twin6(CLIENT_ADDR).to_string();
+        let client6 = format!("{client6_src}/128");
+        let echo6 = format!("{}/128", twin6(EXTRA_BACKEND));
         for args in [
             vec!["link", "set", "lo", "up"],
             vec!["route", "add", "local", BACKEND_ROUTE, "dev", "lo"],
             vec!["addr", "add", &client, "dev", "lo"],
             vec!["route", "add", SERVICE_ROUTE, "dev", "lo", "src", &client_src],
+            vec!["-6", "route", "add", "local", BACKEND_ROUTE6, "dev", "lo"],
+            vec!["-6", "addr", "add", &client6, "dev", "lo", "nodad"],
+            vec!["-6", "addr", "add", &echo6, "dev", "lo", "nodad"],
+            vec!["-6", "route", "add", SERVICE_CIDR6, "dev", "lo", "src", &client6_src],
         ] {
             netns.ip(&args)?;
         }

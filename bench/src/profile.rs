@@ -81,6 +81,7 @@ pub(crate) fn connect_loop(ctx: &Ctx, env: &mut ModeEnv, topo: &Topology, target
     let plan = ConnectPlan {
         topology: *topo,
         target,
+        family: crate::addressing::Family::Inet,
         direct: env.mode == crate::modes::Mode::Direct,
         seed: 11,
         // Enough for the duration at any rate seen here (the sequence is

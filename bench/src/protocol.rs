@@ -1,11 +1,14 @@
 //! What the orchestrator asks a worker (one JSON line on its stdin) and
 //! what the worker answers (one JSON line on its stdout).
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{addressing::Topology, stats::Summary};
+use crate::{
+    addressing::{Family, Topology},
+    stats::Summary,
+};
 
 /// Which Service each connect targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +33,9 @@ impl Target {
 pub(crate) struct ConnectPlan {
     pub(crate) topology: Topology,
     pub(crate) target: Target,
+    /// The client's socket family (and so which twin of the Service).
+    #[serde(default)]
+    pub(crate) family: Family,
     /// Connect to a backend of the chosen Service instead of its VIP.
     pub(crate) direct: bool,
     /// Seed of the target sequence (the same for every mode in a round).
@@ -49,9 +55,9 @@ pub(crate) struct ConnectPlan {
 /// One VIP (or backend) to check before timing anything.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct VerifyTarget {
-    pub(crate) addr: SocketAddrV4,
+    pub(crate) addr: SocketAddr,
     /// Backends a connect may land on (every one must be hit).
-    pub(crate) expect: Vec<SocketAddrV4>,
+    pub(crate) expect: Vec<SocketAddr>,
     pub(crate) connects: u32,
 }
 
@@ -60,9 +66,9 @@ pub(crate) struct VerifyTarget {
 pub(crate) struct VerifyPlan {
     pub(crate) targets: Vec<VerifyTarget>,
     /// An address no mode translates: a connect must fail.
-    pub(crate) unused: SocketAddrV4,
+    pub(crate) unused: SocketAddr,
     /// A UDP address whose reply must come back from that same address.
-    pub(crate) udp: SocketAddrV4,
+    pub(crate) udp: SocketAddr,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,12 +77,12 @@ pub(crate) enum Request {
     Connect(ConnectPlan),
     /// One long-lived connection sending for `millis`.
     Bulk {
-        target: SocketAddrV4,
+        target: SocketAddr,
         millis: u64,
     },
     /// `count` UDP request/replies over one unconnected socket.
     Udp {
-        target: SocketAddrV4,
+        target: SocketAddr,
         count: u32,
     },
     Quit,

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    addressing::Family,
     bpf::{MapMemory, ProgStats},
     config::Config,
     modes::{Loader, Mode},
@@ -49,10 +50,12 @@ pub(crate) struct Machine {
     pub(crate) loadavg_end: String,
 }
 
-/// One (mode, target) cell of a datapath size.
+/// One (mode, client family, target) cell of a datapath size.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Cell {
     pub(crate) mode: Mode,
+    #[serde(default)]
+    pub(crate) family: Family,
     pub(crate) target: Target,
     pub(crate) rounds: Vec<ConnectStats>,
     /// Field-wise medians across rounds.
@@ -94,6 +97,8 @@ pub(crate) struct DatapathResult {
     pub(crate) services: u32,
     pub(crate) endpoints: u32,
     pub(crate) modes: Vec<Mode>,
+    #[serde(default)]
+    pub(crate) families: Vec<Family>,
     /// Seconds to program each mode for this size (agent: start to in sync).
     pub(crate) setup_secs: Vec<(Mode, f64)>,
     pub(crate) cells: Vec<Cell>,

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub(crate) use self::worker::Worker;
 use crate::{
-    addressing::{self, ServiceSpec, Topology, UDP_PORT, UDP_VIP, UNUSED_VIP},
+    addressing::{self, Family, ServiceSpec, Topology, UDP_PORT, UDP_VIP, UNUSED_VIP},
     agent::{self, Agent, AgentConfig},
     cgroup::Cgroup,
     cleanup, manifests,
@@ -59,6 +59,15 @@ impl Mode {
         }
     }
 
+    /// Whether this mode translates connects of `family`: every mode
+    /// serves IPv4 Services from either socket family (a v4-mapped connect
+    /// is IPv4 on the wire, so netfilter's `ip` tables see it); only ours,
+    /// direct and the nftables layout (which has its `ip6` table) are set up
+    /// for IPv6 Services.
+    pub(crate) fn serves(self, family: Family) -> bool {
+        family != Family::Ipv6 || matches!(self, Self::Direct | Self::Ours | Self::Nftables)
+    }
+
     pub(crate) fn short(self) -> &'static str {
         match self {
             Self::Direct => "direct",
@@ -87,11 +96,12 @@ impl Loader {
         }
     }
 
-    /// The kube-proxy layout of `services` in this loader's input format.
-    pub(crate) fn ruleset(self, services: &[ServiceSpec]) -> String {
+    /// The kube-proxy layout of `services` in this loader's input format;
+    /// `ipv6`: also their IPv6 twins (the nftables layout only).
+    pub(crate) fn ruleset(self, services: &[ServiceSpec], ipv6: bool) -> String {
         match self {
             Self::IptablesNft | Self::IptablesLegacy => iptables::ruleset(services),
-            Self::Nft => nftables::ruleset(services),
+            Self::Nft => nftables::ruleset(services, ipv6),
         }
     }
 
@@ -189,9 +199,12 @@ impl Ctx {
 
 /// Agent flags for a size: the defaults where they fit, larger maps only
 /// where the size needs them (an update needs room for old and new sets).
-pub(crate) fn agent_capacity_flags(topo: &Topology) -> Vec<String> {
-    let ports = u64::from(topo.service_ports());
-    let slots = topo.total_endpoints();
+/// `dual_stack`: both families count against the one budget the flags set
+/// (docs/maps.md), so the need doubles.
+pub(crate) fn agent_capacity_flags(topo: &Topology, dual_stack: bool) -> Vec<String> {
+    let families = if dual_stack { 2 } else { 1 };
+    let ports = u64::from(topo.service_ports()) * families;
+    let slots = topo.total_endpoints() * families;
     let mut flags = Vec::new();
     let fit =
         |need: u64, default: u32| -> Option<u64> { (need > u64::from(default)).then(|| need.next_power_of_two()) };
@@ -223,7 +236,8 @@ pub(crate) struct ModeEnv {
 
 impl ModeEnv {
     /// Creates the namespace, programs the Services, starts the worker.
-    pub(crate) fn setup(mode: Mode, topo: &Topology, ctx: &Ctx) -> Result<Self> {
+    /// `ipv6`: the Services are dual-stack (ours, nftables).
+    pub(crate) fn setup(mode: Mode, topo: &Topology, ctx: &Ctx, ipv6: bool) -> Result<Self> {
         let netns = Netns::create(format!("{}-{}", ctx.run_id, mode.short()))?;
         let services: Vec<ServiceSpec> = topo.all().collect();
         let mut agent = None;
@@ -233,13 +247,13 @@ impl ModeEnv {
             Mode::Ours => {
                 let cgroup = Cgroup::create(&format!("{}-dp", ctx.run_id))?;
                 let source = ctx.dir("dp-manifests")?;
-                manifests::write_all(&source, topo)?;
+                manifests::write_all(&source, topo, ipv6)?;
                 let cfg = AgentConfig {
                     bin: ctx.agent_bin.clone(),
                     source,
                     cgroup: cgroup.path().to_owned(),
                     bpffs: agent::pin_dir(&ctx.run_id, "dp"),
-                    extra: agent_capacity_flags(topo),
+                    extra: agent_capacity_flags(topo, ipv6),
                     wrapper: Vec::new(),
                 };
                 let mut a = Agent::start(&cfg)?;
@@ -254,7 +268,7 @@ impl ModeEnv {
                     _ => Loader::Nft,
                 };
                 let file = ctx.dir(&format!("rules-{}", mode.short()))?.join("rules");
-                std::fs::write(&file, loader.ruleset(&services))?;
+                std::fs::write(&file, loader.ruleset(&services, ipv6))?;
                 let took = loader
                     .load(&netns, &file, Duration::from_secs(1800), false)?
                     .with_context(|| format!("{} did not finish within 30 min", loader.label()))?;
@@ -267,19 +281,25 @@ impl ModeEnv {
         Ok(Self { mode, worker, agent, setup_secs, netns })
     }
 
-    /// Fails loudly unless this mode translates correctly: the last and
-    /// the first Service reach (all of) their own backends, an untranslated
-    /// address fails, UDP replies come back from the VIP.
-    pub(crate) fn verify(&mut self, topo: &Topology) -> Result<()> {
+    /// Fails loudly unless this mode translates connects of `family`
+    /// correctly: the last and the first Service reach (all of) their own
+    /// backends, an untranslated address fails, UDP replies come back from
+    /// the VIP.
+    pub(crate) fn verify(&mut self, topo: &Topology, family: Family) -> Result<()> {
         let mut targets = Vec::new();
+        let expect = |b: &[SocketAddrV4]| b.iter().map(|b| family.accepted(*b)).collect::<Vec<_>>();
         for i in [topo.services - 1, 0] {
             let svc = topo.service(i);
             if self.mode == Mode::Direct {
-                targets.extend(svc.backends.iter().map(|b| VerifyTarget { addr: *b, expect: vec![*b], connects: 1 }));
+                targets.extend(svc.backends.iter().map(|b| VerifyTarget {
+                    addr: family.dial(*b),
+                    expect: expect(std::slice::from_ref(b)),
+                    connects: 1,
+                }));
             } else {
                 targets.push(VerifyTarget {
-                    addr: SocketAddrV4::new(svc.vip, svc.port),
-                    expect: svc.backends.clone(),
+                    addr: family.dial(SocketAddrV4::new(svc.vip, svc.port)),
+                    expect: expect(&svc.backends),
                     connects: 20 * svc.backends.len() as u32,
                 });
             }
@@ -289,10 +309,14 @@ impl ModeEnv {
         } else {
             SocketAddrV4::new(UDP_VIP, UDP_PORT)
         };
-        let plan = VerifyPlan { targets, unused: SocketAddrV4::new(UNUSED_VIP, addressing::SERVICE_PORT), udp };
+        let plan = VerifyPlan {
+            targets,
+            unused: family.dial(SocketAddrV4::new(UNUSED_VIP, addressing::SERVICE_PORT)),
+            udp: family.dial(udp),
+        };
         match self.worker.call(&Request::Verify(plan))? {
             Response::Verified => Ok(()),
-            Response::Error(e) => bail!("{} is not translating correctly: {e}", self.mode.label()),
+            Response::Error(e) => bail!("{} is not translating {} correctly: {e}", self.mode.label(), family.label()),
             other => bail!("unexpected answer {other:?}"),
         }
     }

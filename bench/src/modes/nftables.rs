@@ -16,32 +16,76 @@
 //!   filter-output: ct state new jump endpoints-check / firewall-check (empty vmaps)
 //! ```
 //!
+//! A dual-stack kube-proxy programs the same layout a second time in
+//! `table ip6 kube-proxy` (one proxier per family), with `ip6` matches,
+//! `ipv6_addr` set types, `::1` instead of 127.0.0.0/8 and the family's
+//! cluster CIDR; [`ruleset`] with `ipv6` adds that table, built from the
+//! IPv6 twins of the same Services.
+//!
 //! Difference: chain-name hashes are FNV-based instead of SHA-256 (same
 //! shape: 8 base32 characters then the readable name).
 
-use std::fmt::Write as _;
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
+};
 
 use crate::{
-    addressing::{CLUSTER_CIDR, NAMESPACE, PORT_NAME, ServiceSpec},
+    addressing::{CLUSTER_CIDR, CLUSTER_CIDR6, NAMESPACE, PORT_NAME, ServiceSpec, twin6},
     modes::chain_hash,
 };
 
-const TABLE: &str = "ip kube-proxy";
 const MASQ_MARK: &str = "0x4000";
 
-/// The whole ruleset for `services`.
-pub(crate) fn ruleset(services: &[ServiceSpec]) -> String {
-    let mut out =
-        String::with_capacity(services.len() * (400 + 300 * services.first().map_or(1, |s| s.backends.len())));
-    setup(&mut out);
-    for svc in services {
-        service(&mut out, svc);
+/// What differs between the `ip` and the `ip6` table.
+struct Table {
+    name: &'static str,
+    /// The address match keyword (`ip` / `ip6`).
+    ip: &'static str,
+    addr_type: &'static str,
+    loopback: &'static str,
+    cluster_cidr: &'static str,
+    /// This family's address for a bench IPv4 address.
+    addr: fn(std::net::Ipv4Addr) -> IpAddr,
+}
+
+const V4: Table = Table {
+    name: "ip kube-proxy",
+    ip: "ip",
+    addr_type: "ipv4_addr",
+    loopback: "127.0.0.0/8",
+    cluster_cidr: CLUSTER_CIDR,
+    addr: IpAddr::V4,
+};
+
+const V6: Table = Table {
+    name: "ip6 kube-proxy",
+    ip: "ip6",
+    addr_type: "ipv6_addr",
+    loopback: "::1",
+    cluster_cidr: CLUSTER_CIDR6,
+    addr: |v4| IpAddr::V6(twin6(v4)),
+};
+
+/// The whole ruleset for `services`: the `ip` table, and with `ipv6` also
+/// the `ip6` table of their IPv6 twins.
+pub(crate) fn ruleset(services: &[ServiceSpec], ipv6: bool) -> String {
+    let tables: &[Table] = if ipv6 { &[V4, V6] } else { &[V4] };
+    let mut out = String::with_capacity(
+        tables.len() * services.len() * (400 + 300 * services.first().map_or(1, |s| s.backends.len())),
+    );
+    for t in tables {
+        setup(&mut out, t);
+        for svc in services {
+            service(&mut out, t, svc);
+        }
     }
     out
 }
 
-fn setup(out: &mut String) {
-    let _ = writeln!(out, "add table {TABLE} {{ comment \"rules for kube-proxy\" ; }}");
+fn setup(out: &mut String, t: &Table) {
+    let (table, ip, loopback) = (t.name, t.ip, t.loopback);
+    let _ = writeln!(out, "add table {table} {{ comment \"rules for kube-proxy\" ; }}");
     // kube-proxy writes the priorities as `dstnat - 10`, `dstnat`, `srcnat`;
     // nft 1.0.6 accepts those names only on some hooks, so they are spelled
     // as their values (dstnat = -100, srcnat = 100): the same chains.
@@ -54,10 +98,10 @@ fn setup(out: &mut String) {
         ("nat-output", "nat", "output", "-100"),
         ("nat-postrouting", "nat", "postrouting", "100"),
     ] {
-        let _ = writeln!(out, "add chain {TABLE} {name} {{ type {ty} hook {hook} priority {prio} ; }}");
+        let _ = writeln!(out, "add chain {table} {name} {{ type {ty} hook {hook} priority {prio} ; }}");
     }
     for chain in ["endpoints-check", "firewall-check", "services", "masquerading", "mark-for-masquerade"] {
-        let _ = writeln!(out, "add chain {TABLE} {chain}");
+        let _ = writeln!(out, "add chain {table} {chain}");
     }
     for (dst, src, extra) in [
         ("endpoints-check", "filter-input", "ct state new "),
@@ -69,71 +113,75 @@ fn setup(out: &mut String) {
         ("services", "nat-prerouting", ""),
         ("masquerading", "nat-postrouting", ""),
     ] {
-        let _ = writeln!(out, "add rule {TABLE} {src} {extra}jump {dst}");
+        let _ = writeln!(out, "add rule {table} {src} {extra}jump {dst}");
     }
-    let _ = writeln!(out, "add rule {TABLE} mark-for-masquerade mark set mark or {MASQ_MARK}");
-    let _ = writeln!(out, "add rule {TABLE} masquerading mark and {MASQ_MARK} == 0 return");
-    let _ = writeln!(out, "add rule {TABLE} masquerading mark set mark xor {MASQ_MARK}");
-    let _ = writeln!(out, "add rule {TABLE} masquerading masquerade fully-random");
+    let _ = writeln!(out, "add rule {table} mark-for-masquerade mark set mark or {MASQ_MARK}");
+    let _ = writeln!(out, "add rule {table} masquerading mark and {MASQ_MARK} == 0 return");
+    let _ = writeln!(out, "add rule {table} masquerading mark set mark xor {MASQ_MARK}");
+    let _ = writeln!(out, "add rule {table} masquerading masquerade fully-random");
 
-    let addr_map = "type ipv4_addr . inet_proto . inet_service : verdict";
+    let addr_map = format!("type {} . inet_proto . inet_service : verdict", t.addr_type);
     let port_map = "type inet_proto . inet_service : verdict";
-    let _ = writeln!(out, "add map {TABLE} no-endpoint-services {{ {addr_map} ; }}");
-    let _ = writeln!(out, "add map {TABLE} no-endpoint-nodeports {{ {port_map} ; }}");
-    let _ = writeln!(out, "add chain {TABLE} reject-chain");
-    let _ = writeln!(out, "add rule {TABLE} reject-chain reject");
-    let _ =
-        writeln!(out, "add rule {TABLE} endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services");
+    let _ = writeln!(out, "add map {table} no-endpoint-services {{ {addr_map} ; }}");
+    let _ = writeln!(out, "add map {table} no-endpoint-nodeports {{ {port_map} ; }}");
+    let _ = writeln!(out, "add chain {table} reject-chain");
+    let _ = writeln!(out, "add rule {table} reject-chain reject");
     let _ = writeln!(
         out,
-        "add rule {TABLE} endpoints-check fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap \
+        "add rule {table} endpoints-check {ip} daddr . meta l4proto . th dport vmap @no-endpoint-services"
+    );
+    let _ = writeln!(
+        out,
+        "add rule {table} endpoints-check fib daddr type local {ip} daddr != {loopback} meta l4proto . th dport vmap \
          @no-endpoint-nodeports"
     );
-    let _ = writeln!(out, "add map {TABLE} firewall-ips {{ {addr_map} ; }}");
-    let _ = writeln!(out, "add rule {TABLE} firewall-check ip daddr . meta l4proto . th dport vmap @firewall-ips");
-    let _ = writeln!(out, "add map {TABLE} service-ips {{ {addr_map} ; }}");
-    let _ = writeln!(out, "add map {TABLE} service-nodeports {{ {port_map} ; }}");
-    let _ = writeln!(out, "add rule {TABLE} services ip daddr . meta l4proto . th dport vmap @service-ips");
+    let _ = writeln!(out, "add map {table} firewall-ips {{ {addr_map} ; }}");
+    let _ = writeln!(out, "add rule {table} firewall-check {ip} daddr . meta l4proto . th dport vmap @firewall-ips");
+    let _ = writeln!(out, "add map {table} service-ips {{ {addr_map} ; }}");
+    let _ = writeln!(out, "add map {table} service-nodeports {{ {port_map} ; }}");
+    let _ = writeln!(out, "add rule {table} services {ip} daddr . meta l4proto . th dport vmap @service-ips");
     let _ = writeln!(
         out,
-        "add rule {TABLE} services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap \
+        "add rule {table} services fib daddr type local {ip} daddr != {loopback} meta l4proto . th dport vmap \
          @service-nodeports"
     );
 }
 
-fn service(out: &mut String, svc: &ServiceSpec) {
+fn service(out: &mut String, t: &Table, svc: &ServiceSpec) {
+    let (table, ip) = (t.name, t.ip);
+    let vip = (t.addr)(svc.vip);
+    let backends: Vec<SocketAddr> = svc.backends.iter().map(|b| SocketAddr::new((t.addr)(*b.ip()), b.port())).collect();
     let proto = svc.proto.lower();
     let base = format!("{NAMESPACE}/{}/{proto}/{PORT_NAME}", svc.name);
     let svc_chain = format!("service-{}-{base}", &chain_hash(&base)[..8]);
-    let ep_chains: Vec<String> = svc
-        .backends
+    // nft names cannot hold ':', so an IPv6 endpoint's is spelled with '.'.
+    let ep_chains: Vec<String> = backends
         .iter()
         .map(|ep| {
-            let name = format!("{base}__{}/{}", ep.ip(), ep.port());
+            let name = format!("{base}__{}/{}", ep.ip().to_string().replace(':', "."), ep.port());
             format!("endpoint-{}-{name}", &chain_hash(&name)[..8])
         })
         .collect();
     for chain in &ep_chains {
-        let _ = writeln!(out, "add chain {TABLE} {chain}");
+        let _ = writeln!(out, "add chain {table} {chain}");
     }
-    let _ = writeln!(out, "add chain {TABLE} {svc_chain}");
-    let _ =
-        writeln!(out, "add element {TABLE} service-ips {{ {} . {proto} . {} : goto {svc_chain} }}", svc.vip, svc.port);
+    let _ = writeln!(out, "add chain {table} {svc_chain}");
+    let _ = writeln!(out, "add element {table} service-ips {{ {vip} . {proto} . {} : goto {svc_chain} }}", svc.port);
     let _ = writeln!(
         out,
-        "add rule {TABLE} {svc_chain} ip daddr {} {proto} dport {} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade",
-        svc.vip, svc.port
+        "add rule {table} {svc_chain} {ip} daddr {vip} {proto} dport {} {ip} saddr != {} jump mark-for-masquerade",
+        svc.port, t.cluster_cidr
     );
     let elements: Vec<String> = ep_chains.iter().enumerate().map(|(i, c)| format!("{i} : goto {c}")).collect();
     let _ = writeln!(
         out,
-        "add rule {TABLE} {svc_chain} numgen random mod {} vmap {{ {} }}",
+        "add rule {table} {svc_chain} numgen random mod {} vmap {{ {} }}",
         ep_chains.len(),
         elements.join(" , ")
     );
-    for (ep, chain) in svc.backends.iter().zip(&ep_chains) {
-        let _ = writeln!(out, "add rule {TABLE} {chain} ip saddr {} jump mark-for-masquerade", ep.ip());
-        let _ = writeln!(out, "add rule {TABLE} {chain} meta l4proto {proto} dnat to {ep}");
+    for (ep, chain) in backends.iter().zip(&ep_chains) {
+        let _ = writeln!(out, "add rule {table} {chain} {ip} saddr {} jump mark-for-masquerade", ep.ip());
+        let _ = writeln!(out, "add rule {table} {chain} meta l4proto {proto} dnat to {ep}");
     }
 }
 
@@ -145,9 +193,15 @@ mod tests {
     fn layout_has_kube_proxy_shape() {
         let topo = Topology { services: 1, endpoints: 3 };
         let services: Vec<_> = topo.all().collect();
-        let rules = super::ruleset(&services);
+        let rules = super::ruleset(&services, false);
         assert!(rules.contains("numgen random mod 3 vmap { 0 : goto endpoint-"));
         assert!(rules.contains("add element ip kube-proxy service-ips { 10.96.1.0 . tcp . 80 : goto service-"));
         assert!(rules.contains("meta l4proto udp dnat to 10.79.255.1:5353"));
+        assert!(!rules.contains("ip6"));
+        let dual = super::ruleset(&services, true);
+        assert!(dual.contains("add element ip6 kube-proxy service-ips { fd00::a60:100 . tcp . 80 : goto service-"));
+        assert!(dual.contains("add rule ip6 kube-proxy services ip6 daddr . meta l4proto . th dport vmap"));
+        assert!(dual.contains("meta l4proto udp dnat to [fd00::a4f:ff01]:5353"));
+        assert!(dual.contains("ip6 saddr != fd00::a40:0/106 jump mark-for-masquerade"));
     }
 }

@@ -3,8 +3,9 @@
 
 use std::fmt::Write as _;
 
-use super::{find, secs, thousands, us};
+use super::{find_of, secs, thousands, us};
 use crate::{
+    addressing::Family,
     modes::Mode,
     protocol::Target,
     results::{Cell, DatapathResult, Results},
@@ -23,16 +24,54 @@ pub(super) fn datapath(o: &mut String, dp: &DatapathResult) {
         "Programming this size, for the record (agent: start to in sync; iptables loaded without `--noflush` into the empty namespace): {}.\n",
         setup.join(", ")
     );
-    for target in [Target::Last, Target::Random] {
-        let Some(direct) = find(dp, Mode::Direct, target) else { continue };
-        let _ = writeln!(o, "### {}: connect latency ({})\n", target.label(), thousands(f64::from(dp.services)));
+    let families = if dp.families.is_empty() { vec![Family::Inet] } else { dp.families.clone() };
+    for family in families {
+        if family != Family::Inet {
+            let _ = writeln!(o, "### Client sockets: {}\n", family.label());
+            let _ = writeln!(o, "{}\n", family_note(family));
+        }
+        for target in [Target::Last, Target::Random] {
+            connect_table(o, dp, family, target);
+        }
+    }
+    if !dp.conntrack_peak.is_empty() {
+        let peaks: Vec<String> = dp.conntrack_peak.iter().map(|(m, n)| format!("{} {}", m.short(), n)).collect();
+        let _ = writeln!(o, "Peak conntrack entries after a round (netfilter modes): {}.\n", peaks.join(", "));
+    }
+}
+
+/// What the cells of a non-IPv4 client family measure.
+fn family_note(family: Family) -> &'static str {
+    match family {
+        Family::Inet => "",
+        Family::Mapped => {
+            "The same IPv4 Services, dialled from AF_INET6 sockets as `::ffff:<VIP>` (Java's default): ours \
+             through connect6 and the IPv4 maps; netfilter sees IPv4 packets (its `ip` tables); direct dials \
+             `::ffff:<backend>`."
+        }
+        Family::Ipv6 => {
+            "The IPv6 twin of every Service (`fd00::a60:0/108`, endpoints `fd00::a40:0/108`; the Services are \
+             dual-stack for ours and nftables at this size): ours through connect6 and the `*6` maps; kube-proxy's \
+             nftables layout in its `ip6 kube-proxy` table, as a dual-stack kube-proxy programs it; the iptables \
+             modes are not set up for IPv6 (no ip6tables layout)."
+        }
+    }
+}
+
+fn connect_table(o: &mut String, dp: &DatapathResult, family: Family, target: Target) {
+    let find = |mode: Mode, target: Target| find_of(dp, mode, family, target);
+    {
+        let Some(direct) = find(Mode::Direct, target) else { return };
+        let suffix = if family == Family::Inet { String::new() } else { format!(", {}", family.label()) };
+        let _ =
+            writeln!(o, "### {}: connect latency ({}{suffix})\n", target.label(), thousands(f64::from(dp.services)));
         let _ = writeln!(
             o,
             "| mode | p50 us | p90 us | p99 us | p50 over direct us | connections/s | client thread CPU us/conn | client+backend process CPU us/conn | samples | connect > 10 ms |"
         );
         let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for mode in Mode::ALL {
-            let Some(c) = find(dp, mode, target) else { continue };
+            let Some(c) = find(mode, target) else { continue };
             let over = if mode == Mode::Direct { "-".into() } else { us(c.connect.p50 - direct.connect.p50) };
             let _ = writeln!(
                 o,
@@ -49,9 +88,9 @@ pub(super) fn datapath(o: &mut String, dp: &DatapathResult) {
                 c.slow
             );
         }
-        if let Some(ours) = find(dp, Mode::Ours, target) {
+        if let Some(ours) = find(Mode::Ours, target) {
             let ours_over = ours.connect.p50 - direct.connect.p50;
-            let rows: Vec<&Cell> = Mode::BASELINES.iter().filter_map(|m| find(dp, *m, target)).collect();
+            let rows: Vec<&Cell> = Mode::BASELINES.iter().filter_map(|m| find(*m, target)).collect();
             if !rows.is_empty() {
                 let _ = writeln!(o, "\nOurs against each baseline (p50):\n");
                 let _ = writeln!(
@@ -76,10 +115,6 @@ pub(super) fn datapath(o: &mut String, dp: &DatapathResult) {
             }
         }
         let _ = writeln!(o);
-    }
-    if !dp.conntrack_peak.is_empty() {
-        let peaks: Vec<String> = dp.conntrack_peak.iter().map(|(m, n)| format!("{} {}", m.short(), n)).collect();
-        let _ = writeln!(o, "Peak conntrack entries after a round (netfilter modes): {}.\n", peaks.join(", "));
     }
 }
 

@@ -10,6 +10,7 @@ mod profiles;
 use std::fmt::Write as _;
 
 use crate::{
+    addressing::Family,
     modes::Mode,
     protocol::Target,
     results::{Cell, ColdResult, ColdSystem, DatapathResult, Results},
@@ -117,8 +118,13 @@ fn worst_overhead(r: &Results) -> Option<(f64, u32, Target)> {
     worst
 }
 
+/// The IPv4 (AF_INET) cell of `mode` and `target`.
 pub(super) fn find(dp: &DatapathResult, mode: Mode, target: Target) -> Option<&Cell> {
-    dp.cells.iter().find(|c| c.mode == mode && c.target == target)
+    find_of(dp, mode, Family::Inet, target)
+}
+
+pub(super) fn find_of(dp: &DatapathResult, mode: Mode, family: Family, target: Target) -> Option<&Cell> {
+    dp.cells.iter().find(|c| c.mode == mode && c.family == family && c.target == target)
 }
 
 fn ours_cold(r: &Results, services: u32) -> Option<&ColdResult> {
@@ -247,6 +253,10 @@ fn method(o: &mut String, r: &Results) {
     );
     let _ = writeln!(
         o,
+        "- IPv6 mirrors the addressing: every IPv4 address a.b.c.d has the twin `fd00::a.b.c.d` (`fd00::a40:0/108` local, `fd00::a60:0/108` routed via `lo`). Where a size lists the IPv6 family, every Service is RequireDualStack with its twin as second cluster IP and a second, IPv6 EndpointSlice (ours: dual-stack manifests; nftables: kube-proxy's `ip6 kube-proxy` table next to `ip kube-proxy`). Cells per client family: IPv4 (AF_INET), IPv4 Services from AF_INET6 sockets (`::ffff:<VIP>`; every mode, netfilter sees IPv4), and IPv6 (direct, ours, nftables). The backends listen on 0.0.0.0 and on `::` with IPV6_V6ONLY."
+    );
+    let _ = writeln!(
+        o,
         "- Modes: direct (connect to a backend, no Service), ours (the release agent, `--source DIR`, attached to a child cgroup that only the client process joins), kube-proxy's iptables layout loaded with `iptables-nft-restore` (Debian 12's default backend) and with `iptables-legacy-restore`, kube-proxy's nftables layout loaded with `nft -f`."
     );
     let _ = writeln!(
@@ -260,7 +270,7 @@ fn method(o: &mut String, r: &Results) {
     );
     let _ = writeln!(
         o,
-        "- {} rounds. In each, every (mode, target) cell gets up to {} timed connects (at most {} ms) in {} bursts; the bursts of all modes are interleaved, in a fresh shuffled order each time, and every mode's burst uses the same target sequence (each burst starts with {} untimed warm-up connects). Interleaving short bursts makes slow changes in the machine's load hit every mode alike. Targets: the last Service (the last rule of KUBE-SERVICES: iptables' worst case) and a uniformly random Service per connect. Tables show the median across rounds of each round's percentile.",
+        "- {} rounds. In each, every (mode, client family, target) cell gets up to {} timed connects (at most {} ms) in {} bursts; the bursts of all modes are interleaved, in a fresh shuffled order each time, and every mode's burst uses the same target sequence (each burst starts with {} untimed warm-up connects). Interleaving short bursts makes slow changes in the machine's load hit every mode alike. Targets: the last Service (the last rule of KUBE-SERVICES: iptables' worst case) and a uniformly random Service per connect. Tables show the median across rounds of each round's percentile.",
         c.rounds,
         c.connects,
         c.cell_max_millis,

@@ -4,7 +4,7 @@
 
 use std::{
     io::Write as _,
-    net::{SocketAddrV4, TcpStream, UdpSocket},
+    net::{SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// The addresses a plan connects to, generated before timing starts.
-pub(crate) fn targets(plan: &ConnectPlan, n: usize) -> Vec<SocketAddrV4> {
+pub(crate) fn targets(plan: &ConnectPlan, n: usize) -> Vec<SocketAddr> {
     let topo = plan.topology;
     let mut rng = StdRng::seed_from_u64(plan.seed);
     (0..n)
@@ -32,23 +32,57 @@ pub(crate) fn targets(plan: &ConnectPlan, n: usize) -> Vec<SocketAddrV4> {
             };
             // Addresses straight from the index (no ServiceSpec: its name
             // string would show up in profiles of the worker).
-            if plan.direct {
+            let v4 = if plan.direct {
                 let j = rng.random_range(0..topo.endpoints);
                 SocketAddrV4::new(addressing::backend(i, j, topo.endpoints), BACKEND_PORT)
             } else {
                 SocketAddrV4::new(addressing::vip(i), SERVICE_PORT)
-            }
+            };
+            plan.family.dial(v4)
         })
         .collect()
 }
 
-fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
-    // SAFETY: sockaddr_in is plain data.
-    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    sa.sin_family = libc::AF_INET as libc::sa_family_t;
-    sa.sin_port = addr.port().to_be();
-    sa.sin_addr.s_addr = u32::from(*addr.ip()).to_be();
-    sa
+/// A destination as connect(2) takes it, built before timing starts.
+enum RawAddr {
+    V4(libc::sockaddr_in),
+    V6(libc::sockaddr_in6),
+}
+
+impl RawAddr {
+    fn new(addr: SocketAddr) -> Self {
+        match addr {
+            SocketAddr::V4(a) => {
+                // SAFETY: sockaddr_in is plain data.
+                let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+                sa.sin_family = libc::AF_INET as libc::sa_family_t;
+                sa.sin_port = a.port().to_be();
+                sa.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+                Self::V4(sa)
+            }
+            SocketAddr::V6(a) => {
+                // SAFETY: sockaddr_in6 is plain data.
+                let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+                sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sa.sin6_port = a.port().to_be();
+                sa.sin6_addr.s6_addr = a.ip().octets();
+                Self::V6(sa)
+            }
+        }
+    }
+
+    /// (socket domain, address pointer, address length).
+    #[inline]
+    fn raw(&self) -> (i32, *const libc::sockaddr, libc::socklen_t) {
+        match self {
+            Self::V4(sa) => {
+                (libc::AF_INET, (sa as *const libc::sockaddr_in).cast(), size_of::<libc::sockaddr_in>() as _)
+            }
+            Self::V6(sa) => {
+                (libc::AF_INET6, (sa as *const libc::sockaddr_in6).cast(), size_of::<libc::sockaddr_in6>() as _)
+            }
+        }
+    }
 }
 
 fn setsockopt<T>(fd: i32, level: i32, name: i32, value: &T) {
@@ -64,23 +98,24 @@ fn setsockopt<T>(fd: i32, level: i32, name: i32, value: &T) {
 /// SYN is dropped), connect(), optionally getpeername(), close().
 /// Returns (connect ns, whole cycle ns) or the errno.
 #[inline]
-fn one_connect(sa: &libc::sockaddr_in, getpeername: bool) -> Result<(u64, u64), i32> {
+fn one_connect(addr: &RawAddr, getpeername: bool) -> Result<(u64, u64), i32> {
+    let (domain, sa, sa_len) = addr.raw();
     let t0 = Instant::now();
     // SAFETY: plain socket syscalls on an fd we own and close.
     unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
             return Err(*libc::__errno_location());
         }
         setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, &libc::linger { l_onoff: 1, l_linger: 0 });
         setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &libc::timeval { tv_sec: 2, tv_usec: 0 });
         let t1 = Instant::now();
-        let rc = libc::connect(fd, (sa as *const libc::sockaddr_in).cast(), size_of::<libc::sockaddr_in>() as u32);
+        let rc = libc::connect(fd, sa, sa_len);
         let t2 = Instant::now();
         let err = if rc == 0 { 0 } else { *libc::__errno_location() };
         if rc == 0 && getpeername {
-            let mut peer: libc::sockaddr_in = std::mem::zeroed();
-            let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let mut peer: libc::sockaddr_in6 = std::mem::zeroed();
+            let mut len = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
             libc::getpeername(fd, (&raw mut peer).cast(), &mut len);
         }
         libc::close(fd);
@@ -94,8 +129,8 @@ fn one_connect(sa: &libc::sockaddr_in, getpeername: bool) -> Result<(u64, u64), 
 
 /// Runs a timed connect loop.
 pub(crate) fn connect_loop(plan: &ConnectPlan) -> ConnectStats {
-    let addrs: Vec<libc::sockaddr_in> =
-        targets(plan, (plan.count + plan.warmup) as usize).into_iter().map(sockaddr).collect();
+    let addrs: Vec<RawAddr> =
+        targets(plan, (plan.count + plan.warmup) as usize).into_iter().map(RawAddr::new).collect();
     for sa in &addrs[..plan.warmup as usize] {
         let _ = one_connect(sa, plan.getpeername);
     }
@@ -137,8 +172,8 @@ pub(crate) fn connect_loop(plan: &ConnectPlan) -> ConnectStats {
 }
 
 /// Sends over one connection for `millis` and reports the bytes written.
-pub(crate) fn bulk(target: SocketAddrV4, millis: u64) -> Result<BulkStats> {
-    let mut stream = TcpStream::connect_timeout(&target.into(), Duration::from_secs(2))
+pub(crate) fn bulk(target: SocketAddr, millis: u64) -> Result<BulkStats> {
+    let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(2))
         .with_context(|| format!("bulk connect to {target}"))?;
     let buf = vec![0x5au8; 1 << 18];
     let deadline = Duration::from_millis(millis);
@@ -158,15 +193,16 @@ pub(crate) fn bulk(target: SocketAddrV4, millis: u64) -> Result<BulkStats> {
 }
 
 /// `count` request/replies to `target` over one unconnected UDP socket
-/// (sendmsg4 on every send, recvmsg4 on every receive).
-pub(crate) fn udp_round_trips(target: SocketAddrV4, count: u32) -> Result<()> {
-    let sock = UdpSocket::bind("0.0.0.0:0")?;
+/// (sendmsg4 on every send, recvmsg4 on every receive; an IPv6 target uses
+/// an AF_INET6 socket, so a v4-mapped one takes sendmsg4 and recvmsg6).
+pub(crate) fn udp_round_trips(target: SocketAddr, count: u32) -> Result<()> {
+    let sock = UdpSocket::bind(if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
     sock.set_read_timeout(Some(Duration::from_secs(1)))?;
     let mut buf = [0u8; 64];
     for i in 0..count {
         sock.send_to(&i.to_be_bytes(), target)?;
         let (_, from) = sock.recv_from(&mut buf).with_context(|| format!("UDP reply from {target}"))?;
-        if from != target.into() {
+        if from != target {
             bail!("UDP reply to a datagram sent to {target} came from {from}, not from {target}");
         }
     }
@@ -174,15 +210,15 @@ pub(crate) fn udp_round_trips(target: SocketAddrV4, count: u32) -> Result<()> {
 }
 
 /// A connect with a timeout (non-blocking connect + poll).
-fn connect_timeout(target: SocketAddrV4, timeout: Duration) -> Result<(), String> {
-    TcpStream::connect_timeout(&target.into(), timeout).map(drop).map_err(|e| e.to_string())
+fn connect_timeout(target: SocketAddr, timeout: Duration) -> Result<(), String> {
+    TcpStream::connect_timeout(&target, timeout).map(drop).map_err(|e| e.to_string())
 }
 
 /// Checks a mode before anything is timed: every target reaches only its
 /// expected backends and reaches all of them (random selection works), an
 /// untranslated address fails, and a UDP reply comes back from the address
 /// it was sent to.
-pub(crate) fn verify(plan: &VerifyPlan, recorder: &Recorder, recorded: &mpsc::Receiver<SocketAddrV4>) -> Result<()> {
+pub(crate) fn verify(plan: &VerifyPlan, recorder: &Recorder, recorded: &mpsc::Receiver<SocketAddr>) -> Result<()> {
     while recorded.try_recv().is_ok() {}
     recorder.set(true);
     let result = (|| {
