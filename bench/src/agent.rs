@@ -67,6 +67,9 @@ impl Agent {
             .arg("--service-cidr")
             .arg(format!("{},{}", crate::addressing::SERVICE_CIDR, crate::addressing::SERVICE_CIDR6))
             .args(["--node-name", "bench-node"])
+            // The bench measures the socket path; the agent runs in the
+            // machine's network namespace, whose devices stay untouched.
+            .args(["--devices", "none"])
             .args(&cfg.extra)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")

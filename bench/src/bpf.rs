@@ -45,7 +45,7 @@ impl Frontends {
             addr: vip.octets(),
             port: svc_common::port_be(port),
             proto: svc_common::proto::TCP,
-            _pad: 0,
+            scope: svc_common::scope::ALL,
         };
         self.0.get(&key, 0).ok()
     }

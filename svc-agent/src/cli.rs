@@ -70,6 +70,14 @@ pub struct RunArgs {
     /// count.
     #[arg(long, default_value = "primary")]
     pub nodeport_addresses: crate::source::node::NodePortAddresses,
+    /// Devices whose incoming packets are translated for clients outside
+    /// the node (TC programs): comma-separated names, `auto` (the
+    /// default-route devices) or `none`.
+    #[arg(long, default_value = "auto")]
+    pub devices: crate::dataplane::devices::DeviceSelection,
+    /// How often expired north-south flow entries are deleted.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub flow_sweep_interval: u64,
     /// Serve Prometheus metrics, /readyz and /healthz here.
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
@@ -113,6 +121,9 @@ pub struct CapacityArgs {
     /// Service ports.
     #[arg(long, default_value_t = capacity::META)]
     pub max_services: u32,
+    /// North-south flow table entries, two per flow (LRU).
+    #[arg(long, default_value_t = capacity::FLOWS)]
+    pub max_flows: u32,
 }
 
 /// Output format.
@@ -152,6 +163,7 @@ impl From<&CapacityArgs> for crate::dataplane::loader::MapSizes {
             affinity: args.max_affinity,
             revnat: args.max_revnat,
             services: args.max_services,
+            flows: args.max_flows,
         }
     }
 }

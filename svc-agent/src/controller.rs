@@ -18,8 +18,9 @@ use crate::{
         writer::{BatchReport, ServiceUpdate},
     },
     health::Health,
+    health_check::HealthChecks,
     metrics::Metrics,
-    model::{Dirty, NodeContext, ServiceKey, ServiceObj, SliceObj, Store, desired_service},
+    model::{Dirty, HealthCheck, NodeContext, ServiceKey, ServiceObj, SliceObj, Store, desired_service},
     source::{Change, Envelope, EventReceiver, SourceEvent},
 };
 
@@ -40,6 +41,10 @@ pub(crate) struct Controller<T: Table> {
     untranslated: HashMap<ServiceKey, Vec<String>>,
     /// Changes received since the last [`Self::take_changes`].
     changes: Changes,
+    /// The health check node ports to serve, and whether they changed
+    /// since [`Self::take_health_checks`].
+    health_checks: HealthChecks,
+    health_checks_changed: bool,
 }
 
 /// The changes a batch carried, counted as kube-proxy's change trackers
@@ -73,7 +78,23 @@ impl<T: Table> Controller<T> {
             model_errors: HashMap::new(),
             untranslated: HashMap::new(),
             changes: Changes::default(),
+            health_checks: HealthChecks::new(),
+            health_checks_changed: false,
         }
+    }
+
+    /// The health check node ports to serve, if they changed since the
+    /// last call.
+    pub(crate) fn take_health_checks(&mut self) -> Option<HealthChecks> {
+        std::mem::take(&mut self.health_checks_changed).then(|| self.health_checks.clone())
+    }
+
+    fn set_health_check(&mut self, key: &ServiceKey, check: Option<HealthCheck>) {
+        let old = match check {
+            Some(check) => self.health_checks.insert(key.clone(), check),
+            None => self.health_checks.remove(key),
+        };
+        self.health_checks_changed |= old != check;
     }
 
     /// The changes received since the last call (also those still waiting
@@ -153,6 +174,7 @@ impl<T: Table> Controller<T> {
         let Some(svc) = self.store.service(key) else {
             self.model_errors.remove(key);
             self.untranslated.remove(key);
+            self.set_health_check(key, None);
             return Some(ServiceUpdate::Remove);
         };
         let slices = self.store.slices_of(key);
@@ -160,6 +182,7 @@ impl<T: Table> Controller<T> {
             Ok(desired) => {
                 self.model_errors.remove(key);
                 self.note_untranslated(key, &desired.untranslated_ports);
+                self.set_health_check(key, desired.health_check);
                 // Nothing to translate (headless, ExternalName, another
                 // proxy's) is the same as gone.
                 Some(if desired.frontends.is_empty() { ServiceUpdate::Remove } else { ServiceUpdate::Program(desired) })
@@ -216,6 +239,7 @@ pub(crate) fn run_blocking<T: Table>(
     metrics: &Arc<Metrics>,
     health: &Health,
     udp_reset: &std::sync::mpsc::Sender<Vec<crate::dataplane::udp_reset::Removed>>,
+    health_checks: &tokio::sync::watch::Sender<HealthChecks>,
 ) {
     while let Some(first) = events.blocking_recv() {
         let started = Instant::now();
@@ -237,6 +261,10 @@ pub(crate) fn run_blocking<T: Table>(
         };
         let done = Instant::now();
         metrics.synced(&controller.take_changes(), done.duration_since(started), SystemTime::now());
+        if let Some(checks) = controller.take_health_checks() {
+            // The servers' task only ends with the runtime.
+            drop(health_checks.send(checks));
+        }
         if !report.udp_removed.is_empty() {
             // The reset thread only ends with the process.
             drop(udp_reset.send(report.udp_removed.clone()));

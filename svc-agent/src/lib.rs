@@ -18,6 +18,7 @@ pub(crate) mod controller;
 pub(crate) mod dataplane;
 pub(crate) mod error;
 pub(crate) mod health;
+pub(crate) mod health_check;
 pub(crate) mod metrics;
 pub(crate) mod model;
 pub(crate) mod source;

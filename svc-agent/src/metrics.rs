@@ -53,6 +53,10 @@ pub(crate) struct Metrics {
     pub udp_resets: Counter,
     /// What a UDP socket reset could not do, by reason.
     udp_reset_failures: Family<ReasonLabel, Counter>,
+    /// North-south flow entries deleted by the sweep after expiring.
+    pub flows_expired: Counter,
+    /// North-south UDP flows dropped because their backend was removed.
+    pub udp_flows_dropped: Counter,
     /// kube-proxy's families (docs/metrics.md), so its dashboards and
     /// alerts work: trigger time of a slice change -> programmed.
     network_programming: Histogram,
@@ -124,6 +128,8 @@ impl Metrics {
             undecodable: Family::default(),
             udp_resets: Counter::default(),
             udp_reset_failures: Family::default(),
+            flows_expired: Counter::default(),
+            udp_flows_dropped: Counter::default(),
             network_programming: Histogram::new(network_programming_buckets()),
             // kube-proxy's: 1 ms doubling, 15 buckets.
             sync_duration: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15)),
@@ -154,6 +160,16 @@ impl Metrics {
             "udp_resets",
             "Connected UDP sockets reset (SOCK_DESTROY) because their backend was removed",
             m.udp_resets.clone(),
+        );
+        registry.register(
+            "north_south_flow_entries_expired",
+            "North-south flow table entries (one per direction) deleted after their lifetime",
+            m.flows_expired.clone(),
+        );
+        registry.register(
+            "north_south_udp_flows_dropped",
+            "North-south UDP flows dropped from the flow table because their backend was removed",
+            m.udp_flows_dropped.clone(),
         );
         registry.register(
             "udp_reset_failures",

@@ -15,10 +15,12 @@
 #[cfg(feature = "user")]
 extern crate std;
 
+pub mod flows;
 #[cfg(feature = "user")]
 pub mod host;
 pub mod maps;
 
+pub use flows::*;
 pub use maps::*;
 
 /// A port in network byte order, as the low 16 bits of `bpf_sock_addr.user_port`.

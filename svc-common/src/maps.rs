@@ -38,8 +38,12 @@ pub mod names {
     pub const REV_NAT6: &str = "SVC_REVNAT6";
     /// Per-socket storage: the translation of a connected IPv6 socket.
     pub const SOCK_XLAT6: &str = "SVC_SOCK_XLAT6";
+    /// North-south flow table: [`super::FlowKey4`] -> [`super::FlowValue4`].
+    pub const FLOWS: &str = "SVC_FLOWS";
+    /// ifindex -> [`super::DeviceInfo`] of the TC devices.
+    pub const DEVICES: &str = "SVC_DEVICES";
     /// All pinned maps, in the order `cleanup` and `status` walk them.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 16] = [
         FRONTENDS,
         BACKENDS,
         BACKEND_INDEX,
@@ -54,6 +58,8 @@ pub mod names {
         AFFINITY6,
         REV_NAT6,
         SOCK_XLAT6,
+        FLOWS,
+        DEVICES,
     ];
 }
 
@@ -78,6 +84,11 @@ pub mod capacity {
     pub const REV_NAT: u32 = 65_536;
     /// Service ports.
     pub const META: u32 = 65_536;
+    /// North-south flow entries (two per flow); LRU, preallocated (about
+    /// 100 bytes each).
+    pub const FLOWS: u32 = 131_072;
+    /// TC devices.
+    pub const DEVICES: u32 = 64;
 }
 
 /// The service address a socket asked for: the frontend map's key.
@@ -93,8 +104,19 @@ pub struct FrontendKey4 {
     pub port: u16,
     /// IANA protocol number ([`crate::proto`]).
     pub proto: u8,
-    /// Always zero; explicit so the key has no uninitialised bytes.
-    pub _pad: u8,
+    /// [`scope`]: who the frontend is for.
+    pub scope: u8,
+}
+
+/// Values of [`FrontendKey4::scope`] / [`FrontendKey6::scope`].
+pub mod scope {
+    /// Every client: the socket hooks only look these up, and so do the TC
+    /// programs when there is no [`EXTERNAL`] entry.
+    pub const ALL: u8 = 0;
+    /// Clients outside the node only (the TC programs): written where their
+    /// backends differ from the in-cluster ones (`externalTrafficPolicy:
+    /// Local`: only this node's endpoints).
+    pub const EXTERNAL: u8 = 1;
 }
 
 /// IPv4 backend sets up to this size live inside the [`Frontend`] value
@@ -338,8 +360,8 @@ pub struct FrontendKey6 {
     pub port: u16,
     /// IANA protocol number ([`crate::proto`]).
     pub proto: u8,
-    /// Always zero.
-    pub _pad: u8,
+    /// [`scope`].
+    pub scope: u8,
 }
 
 /// An IPv6 backend address (network byte order).
@@ -440,7 +462,8 @@ pub struct Config {
 /// 4: `SockXlat` and `RevNatValue` lost their unread `svc_id`,
 /// `AffinityValue` its unread `set_id`.
 /// 5: the IPv6 maps (`*6`).
-pub const LAYOUT_VERSION: u32 = 5;
+/// 6: frontend keys carry a [`scope`]; the north-south maps.
+pub const LAYOUT_VERSION: u32 = 6;
 
 const _: () = {
     assert!(size_of::<FrontendKey4>() == 8);

@@ -23,7 +23,8 @@ pub(crate) trait FrontendView<B> {
     fn set_id(&self) -> u32;
     fn count(&self) -> u32;
     fn affinity_timeout(&self) -> u32;
-    fn host_ns_only(&self) -> bool;
+    /// [`svc_common::fe_flags`] bits.
+    fn flags(&self) -> u32;
     fn inline_sized(&self) -> bool;
     /// Inline backend `i`, if `i` is within the inline array.
     fn inline_at(&self, i: usize) -> Option<B>;
@@ -49,8 +50,8 @@ impl<B: Copy, const N: usize> FrontendView<B> for FrontendOf<B, N> {
         self.affinity_timeout
     }
     #[inline(always)]
-    fn host_ns_only(&self) -> bool {
-        self.is_host_ns_only()
+    fn flags(&self) -> u32 {
+        self.flags
     }
     #[inline(always)]
     fn inline_sized(&self) -> bool {
@@ -72,8 +73,8 @@ pub(crate) trait Family {
     /// Frontend map value.
     type Frontend: FrontendView<Self::Backend>;
 
-    /// The frontend key of a destination.
-    fn key(dst: Self::Backend, proto: u8) -> Self::Key;
+    /// The frontend key of a destination, in `scope` (`svc_common::scope`).
+    fn key(dst: Self::Backend, proto: u8, scope: u8) -> Self::Key;
     /// The frontend element at `key` (a pointer: the caller copies it).
     fn frontend_ptr(key: &Self::Key) -> Option<*const Self::Frontend>;
     /// Slot `slot` of a large set.
@@ -142,8 +143,8 @@ impl Family for V4 {
     type Frontend = Frontend;
 
     #[inline(always)]
-    fn key(dst: Backend4, proto: u8) -> FrontendKey4 {
-        FrontendKey4 { addr: dst.addr, port: dst.port, proto, _pad: 0 }
+    fn key(dst: Backend4, proto: u8, scope: u8) -> FrontendKey4 {
+        FrontendKey4 { addr: dst.addr, port: dst.port, proto, scope }
     }
     #[inline(always)]
     fn frontend_ptr(key: &FrontendKey4) -> Option<*const Frontend> {
@@ -216,8 +217,8 @@ impl Family for V6 {
     type Frontend = Frontend6;
 
     #[inline(always)]
-    fn key(dst: Backend6, proto: u8) -> FrontendKey6 {
-        FrontendKey6 { addr: dst.addr, port: dst.port, proto, _pad: 0 }
+    fn key(dst: Backend6, proto: u8, scope: u8) -> FrontendKey6 {
+        FrontendKey6 { addr: dst.addr, port: dst.port, proto, scope }
     }
     #[inline(always)]
     fn frontend_ptr(key: &FrontendKey6) -> Option<*const Frontend6> {

@@ -1,6 +1,7 @@
-//! Lookup helpers shared by every socket hook and both families: frontend
+//! Lookup helpers shared by every hook and both families: frontend
 //! lookup, backend selection (random or by session affinity) and reverse
-//! translation. Generic over [`Family`] (which maps); the hooks read the
+//! translation. Generic over [`Family`] (which maps) and [`Client`] (who
+//! asks: a socket, or a packet from outside the node); the hooks read the
 //! call's address (`crate::addr`) and pass it in.
 //!
 //! Reading map values safely (docs/maps.md, "Readers and element reuse"):
@@ -24,7 +25,7 @@ use aya_ebpf::{
     helpers::generated::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_ktime_get_ns},
     programs::SockAddrContext,
 };
-use svc_common::AffinityKey;
+use svc_common::{AffinityKey, fe_flags};
 
 use crate::{
     family::{Family, FrontendView},
@@ -37,8 +38,8 @@ pub(crate) enum Verdict<B> {
     Pass,
     /// A frontend without a usable backend: fail the call.
     Refuse,
-    /// Rewrite the destination to this backend.
-    Translate(B),
+    /// Rewrite the destination to this backend (of this service port).
+    Translate((B, u32)),
 }
 
 /// How a frontend lookup ended.
@@ -84,22 +85,38 @@ fn lookup_frontend<F: Family>(key: &F::Key, out: &mut MaybeUninit<F::Frontend>) 
     Lookup::Unstable
 }
 
-/// Frontends marked host-netns-only (`127.0.0.1:nodePort`) only apply to
-/// sockets of the host network namespace.
-#[inline(always)]
-fn applies_to<B>(ctx: &SockAddrContext, fe: &impl FrontendView<B>) -> bool {
-    if !fe.host_ns_only() {
-        return true;
-    }
-    // SAFETY: plain helper call on our context.
-    let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
-    let host = SVC_CONFIG.get(0).map(|c| c.host_netns_cookie);
-    host == Some(netns)
+/// Who is being served: the frontend kinds that apply to it, and its
+/// identity for session affinity.
+pub(crate) trait Client {
+    /// Whether a frontend with these [`fe_flags`] serves this client.
+    fn accepts(&self, flags: u32) -> bool;
+    /// The client's identity in [`AffinityKey::netns_cookie`].
+    fn affinity_id(&self) -> u64;
 }
 
-/// Decides the fate of a `connect()`/`sendmsg()` to `key`.
+/// A socket on this node: every frontend, except that host-netns-only
+/// ones (`127.0.0.1:nodePort`) apply to sockets of the host network
+/// namespace only. Its identity is its network namespace (a pod).
+impl Client for SockAddrContext {
+    #[inline(always)]
+    fn accepts(&self, flags: u32) -> bool {
+        if flags & fe_flags::HOST_NS_ONLY == 0 {
+            return true;
+        }
+        let host = SVC_CONFIG.get(0).map(|c| c.host_netns_cookie);
+        host == Some(self.affinity_id())
+    }
+
+    #[inline(always)]
+    fn affinity_id(&self) -> u64 {
+        // SAFETY: plain helper call on our context.
+        unsafe { bpf_get_netns_cookie(self.sock_addr.cast()) }
+    }
+}
+
+/// Decides the fate of a `connect()`/`sendmsg()` (or a new flow) to `key`.
 #[inline(always)]
-pub(crate) fn select<F: Family>(ctx: &SockAddrContext, key: &F::Key) -> Verdict<F::Backend> {
+pub(crate) fn select<F: Family, C: Client>(client: &C, key: &F::Key) -> Verdict<F::Backend> {
     let mut copy = MaybeUninit::<F::Frontend>::uninit();
     match lookup_frontend::<F>(key, &mut copy) {
         Lookup::Missing => return Verdict::Pass,
@@ -108,7 +125,7 @@ pub(crate) fn select<F: Family>(ctx: &SockAddrContext, key: &F::Key) -> Verdict<
     }
     // SAFETY: `Found` means every byte was written.
     let fe = unsafe { copy.assume_init_ref() };
-    if !applies_to(ctx, fe) {
+    if !client.accepts(fe.flags()) {
         return Verdict::Pass;
     }
     if fe.count() == 0 {
@@ -117,20 +134,20 @@ pub(crate) fn select<F: Family>(ctx: &SockAddrContext, key: &F::Key) -> Verdict<
     // The set of a frontend copy is complete for the whole run (the agent
     // deletes retired sets only after a grace period): a missing slot is a
     // broken invariant, refused rather than guessed around.
-    match pick::<F>(ctx, fe) {
-        Some(b) => Verdict::Translate(b),
+    match pick::<F, C>(client, fe) {
+        Some(b) => Verdict::Translate((b, fe.svc_id())),
         None => Verdict::Refuse,
     }
 }
 
 #[inline(always)]
-fn pick<F: Family>(ctx: &SockAddrContext, fe: &F::Frontend) -> Option<F::Backend> {
+fn pick<F: Family, C: Client>(client: &C, fe: &F::Frontend) -> Option<F::Backend> {
     if fe.affinity_timeout() == 0 {
         return random_backend::<F>(fe);
     }
-    // SAFETY: plain helper calls on our context.
-    let (netns_cookie, now) = unsafe { (bpf_get_netns_cookie(ctx.sock_addr.cast()), bpf_ktime_get_ns()) };
-    let key = AffinityKey { netns_cookie, svc_id: fe.svc_id(), _pad: 0 };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = AffinityKey { netns_cookie: client.affinity_id(), svc_id: fe.svc_id(), _pad: 0 };
     let backend = match affine_backend::<F>(&key, fe, now) {
         Some(b) => b,
         None => random_backend::<F>(fe)?,

@@ -10,6 +10,9 @@
 //!   maps, any other with the IPv6 maps ([`addr`], [`family`]). A v4-mapped
 //!   unconnected datagram never reaches `sendmsg6`: the kernel sends it
 //!   through its IPv4 path, where `sendmsg4` translates it.
+//!
+//! `tc_in` and `tc_out` (TC, on the node's devices) translate packets of
+//! clients outside the node ([`nodeport`]).
 #![no_std]
 #![no_main]
 // The program macros hand each entry point its context by value.
@@ -19,12 +22,17 @@ mod addr;
 mod family;
 mod lb;
 mod maps;
+mod nodeport;
 
 use addr::{Access, Inet, Mapped, Native};
-use aya_ebpf::{helpers::generated::bpf_set_retval, macros::cgroup_sock_addr, programs::SockAddrContext};
+use aya_ebpf::{
+    helpers::generated::bpf_set_retval,
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
+};
 use family::{Family, V4, V6};
 use lb::Verdict;
-use svc_common::{errno, proto};
+use svc_common::{errno, proto, scope};
 
 /// Return value that lets the syscall proceed.
 const ALLOW: i32 = 1;
@@ -83,6 +91,16 @@ pub(crate) fn svc_getpeer6(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
+#[classifier]
+pub(crate) fn svc_tc_in(ctx: TcContext) -> i32 {
+    nodeport::ingress(&ctx)
+}
+
+#[classifier]
+pub(crate) fn svc_tc_out(ctx: TcContext) -> i32 {
+    nodeport::egress(&ctx)
+}
+
 /// The socket's protocol, if it is one the hooks translate.
 #[inline(always)]
 fn protocol(ctx: &SockAddrContext) -> Option<u8> {
@@ -110,8 +128,8 @@ fn forward<F: Family, A: Access<F>>(ctx: &SockAddrContext, dst: Option<F::Backen
         // Not an address of this kind: nothing to translate.
         return ALLOW;
     };
-    let key = F::key(dst, protocol);
-    match lb::select::<F>(ctx, &key) {
+    let key = F::key(dst, protocol, scope::ALL);
+    match lb::select::<F, SockAddrContext>(ctx, &key) {
         Verdict::Pass => {
             // A UDP socket connecting elsewhere drops the translation of an
             // earlier connect, so that its new peer is never shown as a
@@ -129,7 +147,7 @@ fn forward<F: Family, A: Access<F>>(ctx: &SockAddrContext, dst: Option<F::Backen
             unsafe { bpf_set_retval(-errno::ECONNREFUSED) };
             REJECT
         }
-        Verdict::Translate(backend) => {
+        Verdict::Translate((backend, _)) => {
             if hook == Hook::Connect {
                 F::remember_connected(ctx, dst, backend);
             }

@@ -10,8 +10,8 @@ use aya_ebpf::{
 };
 use svc_common::{
     AffinityKey, AffinityValue, AffinityValue6, Backend4, Backend6, BackendIndexKey, BackendIndexKey6, Config,
-    Frontend, Frontend6, FrontendKey4, FrontendKey6, RevNatKey, RevNatKey6, RevNatValue, ServiceMeta, SlotKey,
-    SockXlat, SockXlat6, capacity,
+    DeviceInfo, FlowKey4, FlowValue4, Frontend, Frontend6, FrontendKey4, FrontendKey6, RevNatKey, RevNatKey6,
+    RevNatValue, ServiceMeta, SlotKey, SockXlat, SockXlat6, capacity,
 };
 
 /// No preallocation: unused capacity costs nothing. (Freed elements are
@@ -76,6 +76,16 @@ pub(crate) static SVC_REVNAT6: LruHashMap<RevNatKey6, Backend6, { capacity::REV_
 
 #[btf_map]
 pub(crate) static SVC_SOCK_XLAT6: SkStorage<SockXlat6> = SkStorage::new();
+
+// North-south (the TC programs).
+
+/// The flow table: one entry per direction of every translated flow.
+#[btf_map]
+pub(crate) static SVC_FLOWS: LruHashMap<FlowKey4, FlowValue4, { capacity::FLOWS as usize }> = LruHashMap::new();
+
+/// The devices the TC programs run on, by ifindex (written by the agent).
+#[btf_map]
+pub(crate) static SVC_DEVICES: HashMap<u32, DeviceInfo, { capacity::DEVICES as usize }> = HashMap::new();
 
 /// Never read by the programs. The agent updates entry 0 (with
 /// `SVC_GRACE_IN`) to wait for an RCU grace period: the kernel waits for

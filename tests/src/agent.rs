@@ -34,6 +34,10 @@ pub struct Frontend {
     #[serde(default)]
     pub port_name: String,
     pub kind: String,
+    /// `all`, or `outside` for a frontend only clients outside the node
+    /// get (externalTrafficPolicy: Local).
+    #[serde(default)]
+    pub scope: String,
     pub address: String,
     pub protocol: String,
     #[serde(default)]
@@ -112,6 +116,10 @@ impl Agent {
             "10.96.0.0/16".into(),
             "--node-name".into(),
             "test-node".into(),
+            // This agent shares the machine's network namespace: its TC
+            // programs must never touch the machine's own devices.
+            "--devices".into(),
+            "none".into(),
         ];
         args.extend(extra.iter().map(OsString::from));
         let mut agent = Self { bin, args, pin_dir, log_path, child: None, start_offset: 0, _pod: Some(pod) };

@@ -185,6 +185,8 @@ pub struct ServiceSpec {
     pub lb_ingress: Vec<(String, Option<String>)>,
     /// `spec.externalName` (type ExternalName).
     pub external_name: Option<String>,
+    /// `spec.healthCheckNodePort`.
+    pub health_check_node_port: Option<u16>,
 }
 
 impl ServiceSpec {
@@ -206,7 +208,14 @@ impl ServiceSpec {
             external_ips: Vec::new(),
             lb_ingress: Vec::new(),
             external_name: None,
+            health_check_node_port: None,
         }
+    }
+
+    #[must_use]
+    pub fn health_check_node_port(mut self, port: u16) -> Self {
+        self.health_check_node_port = Some(port);
+        self
     }
 
     #[must_use]
@@ -348,6 +357,9 @@ impl ServiceSpec {
             if let Some(v) = value {
                 y.push_str(&format!("  {field}: {v}\n"));
             }
+        }
+        if let Some(port) = self.health_check_node_port {
+            y.push_str(&format!("  healthCheckNodePort: {port}\n"));
         }
         if !self.external_ips.is_empty() {
             y.push_str("  externalIPs:\n");

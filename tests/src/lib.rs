@@ -36,6 +36,7 @@ mod names;
 mod netns;
 mod nodens;
 mod outcome;
+pub mod outside;
 pub mod pool;
 pub mod scenarios;
 pub mod session;

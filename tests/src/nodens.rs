@@ -158,6 +158,11 @@ impl NodeTopology {
         nth(&self.backends, i, "backend")
     }
 
+    /// Every backend pod.
+    pub fn backend_pods(&self) -> &[Backend] {
+        &self.backends
+    }
+
     /// Client pod `c` (10.245.c.2), counting from 1.
     pub fn pod(&self, c: u8) -> &Backend {
         nth(&self.pods, c, "client pod")
@@ -210,6 +215,13 @@ pub struct Client<'a> {
     cgroup: &'a Cgroup,
     label: &'static str,
     dial: Dial,
+}
+
+impl<'a> Client<'a> {
+    /// A client in `netns` joined to `cgroup`.
+    pub(crate) fn new(netns: &'a Netns, cgroup: &'a Cgroup, label: &'static str, dial: Dial) -> Self {
+        Self { netns, cgroup, label, dial }
+    }
 }
 
 impl Client<'_> {

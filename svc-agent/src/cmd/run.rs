@@ -8,9 +8,10 @@ use std::{path::Path, sync::Arc, time::Duration};
 use crate::{
     cli::RunArgs,
     controller::{self, Controller},
-    dataplane::{Writer, loader, pins::PinLayout, udp_reset},
+    dataplane::{Writer, devices, flows, loader, pins::PinLayout, udp_reset},
     error::{Error, Result},
     health::Health,
+    health_check,
     metrics::{self, Metrics},
     model::NodeContext,
     source::{self, SourceEvent, kube::KubeOptions, manifest, node},
@@ -29,7 +30,8 @@ pub(super) fn run(args: &RunArgs) -> Result<()> {
         None => sys::cgroup2_mount().map_err(|e| Error::io("finding the cgroup v2 mount", e))?,
     };
     let layout = PinLayout::new(&args.bpffs);
-    let maps = loader::load_and_attach(&layout, &cgroup, &(&args.capacity).into())?;
+    let devices = devices::resolve(&args.devices)?;
+    let maps = loader::load_and_attach(&layout, &cgroup, &devices, &(&args.capacity).into())?;
     let writer = Writer::adopt(maps).map_err(|e| Error::Adopt(Box::new(e)))?;
     let node = NodeContext {
         name: node_name(args),
@@ -46,9 +48,12 @@ pub(super) fn run(args: &RunArgs) -> Result<()> {
 
     let metrics = Arc::new(Metrics::new());
     let udp_reset = udp_reset::spawn(&layout, cgroup.clone(), Arc::clone(&metrics))?;
+    flows::spawn_sweeper(&layout, Duration::from_secs(args.flow_sweep_interval), Arc::clone(&metrics))?;
     let health = Arc::new(Health::new(Duration::from_secs(args.healthz_timeout)));
     let (events_tx, events_rx) = source::channel(Arc::clone(&health));
+    let (health_checks_tx, health_checks_rx) = tokio::sync::watch::channel(health_check::HealthChecks::new());
     runtime.block_on(async {
+        health_check::spawn(health_checks_rx);
         if let Some(addr) = args.metrics_addr {
             metrics::serve(addr, Arc::clone(&metrics), Arc::clone(&health)).await?;
         }
@@ -81,7 +86,7 @@ pub(super) fn run(args: &RunArgs) -> Result<()> {
         .spawn(move || {
             // Dropped when the loop ends, also by a panic (unwinding).
             let _stopped = stopped_tx;
-            controller::run_blocking(events_rx, controller, &control_metrics, &health, &udp_reset);
+            controller::run_blocking(events_rx, controller, &control_metrics, &health, &udp_reset, &health_checks_tx);
         })
         .map_err(|e| Error::io("starting the controller thread", e))?;
 

@@ -14,7 +14,7 @@ use crate::{
     cli::{Output, StatusArgs},
     dataplane::encode::{socket_addr, socket_addr6},
     dataplane::{
-        Table as _,
+        Table as _, devices,
         family::{Backend, Family, FrontendValue, SlotRef},
         maps::{BpfMaps, ProgramMaps},
         pins::PinLayout,
@@ -32,6 +32,9 @@ struct FrontendRow {
     name: String,
     port_name: String,
     kind: &'static str,
+    /// `all`, or `outside` for the outside-clients-only twin
+    /// (externalTrafficPolicy: Local).
+    scope: &'static str,
     address: String,
     protocol: &'static str,
     svc_id: u32,
@@ -60,10 +63,31 @@ struct MapRow {
     max_entries: u32,
 }
 
+/// A device the TC programs run on.
+#[derive(Debug, Serialize)]
+struct DeviceRow {
+    name: String,
+    ifindex: u32,
+    snat_address: Option<String>,
+    /// The TC links pinned for it.
+    programs: Vec<String>,
+}
+
+/// The north-south path: devices and the flow table.
+#[derive(Debug, Serialize)]
+struct NorthSouth {
+    devices: Vec<DeviceRow>,
+    /// Live flows (original-direction entries not expired).
+    flows: usize,
+    /// Entries in SVC_FLOWS, expired ones included (two per flow).
+    flow_entries: usize,
+}
+
 #[derive(Debug, Serialize)]
 struct Status {
     frontends: Vec<FrontendRow>,
     affinity: Vec<AffinityRow>,
+    north_south: NorthSouth,
     maps: Vec<MapRow>,
 }
 
@@ -112,6 +136,10 @@ fn read_status(layout: &PinLayout) -> Result<Status> {
                 name: names.map(|m| name_str(&m.name)).unwrap_or_default(),
                 port_name: names.map(|m| name_str(&m.port_name)).unwrap_or_default(),
                 kind: kind_name(fe),
+                scope: match key.scope() {
+                    crate::model::Scope::All => "all",
+                    crate::model::Scope::External => "outside",
+                },
                 address: key.socket_addr().to_string(),
                 protocol: Proto::from_number(key.proto()).map_or("?", Proto::as_str),
                 svc_id: fe.svc_id(),
@@ -121,13 +149,15 @@ fn read_status(layout: &PinLayout) -> Result<Status> {
             }
         })
         .collect();
+    // The outside-only twin of a frontend sorts after it ("all" < "outside").
     frontends.sort_by(|a, b| {
-        (&a.namespace, &a.name, &a.port_name, a.kind, &a.address).cmp(&(
+        (&a.namespace, &a.name, &a.port_name, a.kind, &a.address, a.scope).cmp(&(
             &b.namespace,
             &b.name,
             &b.port_name,
             b.kind,
             &b.address,
+            b.scope,
         ))
     });
 
@@ -173,12 +203,44 @@ fn read_status(layout: &PinLayout) -> Result<Status> {
         (names::AFFINITY6, affinity.len() - v4_pins),
         (names::REV_NAT6, program_maps.revnat6.keys().count()),
     ];
+    let north_south = north_south(layout, &program_maps, now)?;
+    let counts = counts
+        .into_iter()
+        .chain([(names::FLOWS, north_south.flow_entries), (names::DEVICES, north_south.devices.len())]);
     let mut maps_rows = Vec::new();
     for (name, entries) in counts {
         let info = MapInfo::from_pin(layout.map(name)).map_err(|e| Error::map(name, e))?;
         maps_rows.push(MapRow { name, entries, max_entries: info.max_entries() });
     }
-    Ok(Status { frontends, affinity, maps: maps_rows })
+    Ok(Status { frontends, affinity, north_south, maps: maps_rows })
+}
+
+fn north_south(layout: &PinLayout, maps: &ProgramMaps, now: u64) -> Result<NorthSouth> {
+    let links: Vec<String> = std::fs::read_dir(layout.links_dir())
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    let mut devices = Vec::new();
+    for entry in &maps.devices {
+        let (ifindex, info) = entry.map_err(|e| Error::map(names::DEVICES, e))?;
+        let name = sys::ifname(ifindex).unwrap_or_else(|| format!("ifindex {ifindex}"));
+        let programs = devices::TC_PROGRAMS
+            .iter()
+            .map(|(p, _)| devices::link_name(p, &name))
+            .filter(|l| links.contains(l))
+            .collect();
+        let snat_address = (info.addr4 != [0; 4]).then(|| std::net::Ipv4Addr::from(info.addr4).to_string());
+        devices.push(DeviceRow { name, ifindex, snat_address, programs });
+    }
+    devices.sort_by_key(|d| d.ifindex);
+    let (mut flows, mut flow_entries) = (0, 0);
+    for entry in &maps.flows {
+        let (key, value) = entry.map_err(|e| Error::map(names::FLOWS, e))?;
+        flow_entries += 1;
+        if value.flags & svc_common::flow_flags::REPLY == 0 && !value.expired(key.proto, now) {
+            flows += 1;
+        }
+    }
+    Ok(NorthSouth { devices, flows, flow_entries })
 }
 
 fn kind_name(fe: &FrontendValue) -> &'static str {
@@ -210,7 +272,7 @@ fn table(status: &Status) -> String {
             fe.namespace.clone(),
             fe.name.clone(),
             if fe.port_name.is_empty() { "-".to_owned() } else { fe.port_name.clone() },
-            fe.kind.to_owned(),
+            if fe.scope == "all" { fe.kind.to_owned() } else { format!("{}/{}", fe.kind, fe.scope) },
             fe.address.clone(),
             fe.protocol.to_owned(),
             if fe.affinity_timeout_seconds == 0 { "-".to_owned() } else { format!("{}s", fe.affinity_timeout_seconds) },
@@ -239,6 +301,24 @@ fn table(status: &Status) -> String {
             ]);
         }
         print_columns(&mut text, &rows);
+    }
+    text.push('\n');
+    let ns = &status.north_south;
+    if ns.devices.is_empty() {
+        text.push_str("north-south: no TC devices\n");
+    } else {
+        let mut rows =
+            vec![["DEVICE".to_owned(), "IFINDEX".to_owned(), "SNAT ADDRESS".to_owned(), "PROGRAMS".to_owned()]];
+        for d in &ns.devices {
+            rows.push([
+                d.name.clone(),
+                d.ifindex.to_string(),
+                d.snat_address.clone().unwrap_or_else(|| "-".to_owned()),
+                if d.programs.is_empty() { "<not attached>".to_owned() } else { d.programs.join(",") },
+            ]);
+        }
+        print_columns(&mut text, &rows);
+        text.push_str(&format!("north-south flows: {} live ({} table entries)\n", ns.flows, ns.flow_entries));
     }
     text.push('\n');
     let mut rows = vec![["MAP".to_owned(), "ENTRIES".to_owned(), "CAPACITY".to_owned()]];

@@ -6,11 +6,19 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use super::family::{Backend, FrontendKey};
-use crate::model::Proto;
+use crate::model::DesiredFrontend;
+#[cfg(test)]
+use crate::model::{Proto, Scope};
 
-/// A frontend's map key.
+/// The map key of a frontend for every client.
+#[cfg(test)]
 pub(crate) fn frontend_key(addr: impl Into<SocketAddr>, proto: Proto) -> FrontendKey {
-    FrontendKey::new(addr.into(), proto)
+    FrontendKey::new(addr.into(), proto, Scope::All)
+}
+
+/// A desired frontend's map key.
+pub(crate) fn desired_key(fe: &DesiredFrontend) -> FrontendKey {
+    FrontendKey::new(fe.addr, fe.proto, fe.scope)
 }
 
 /// A backend's map value.

@@ -12,7 +12,7 @@ use svc_common::{
     SlotKey, port_be, port_host,
 };
 
-use crate::model::Proto;
+use crate::model::{Proto, Scope};
 
 /// An address family: the model's (one enum for the concept).
 pub(crate) use crate::model::IpFamily as Family;
@@ -35,13 +35,26 @@ pub(crate) enum FrontendKey {
 }
 
 impl FrontendKey {
-    /// The key of `addr`/`proto`.
-    pub(crate) fn new(addr: SocketAddr, proto: Proto) -> Self {
+    /// The key of `addr`/`proto` in `scope`.
+    pub(crate) fn new(addr: SocketAddr, proto: Proto, scope: Scope) -> Self {
         let (port, proto) = (port_be(addr.port()), proto.number());
+        let scope = match scope {
+            Scope::All => svc_common::scope::ALL,
+            Scope::External => svc_common::scope::EXTERNAL,
+        };
         match addr.ip() {
-            IpAddr::V4(ip) => Self::V4(FrontendKey4 { addr: ip.octets(), port, proto, _pad: 0 }),
-            IpAddr::V6(ip) => Self::V6(FrontendKey6 { addr: ip.octets(), port, proto, _pad: 0 }),
+            IpAddr::V4(ip) => Self::V4(FrontendKey4 { addr: ip.octets(), port, proto, scope }),
+            IpAddr::V6(ip) => Self::V6(FrontendKey6 { addr: ip.octets(), port, proto, scope }),
         }
+    }
+
+    /// Who the frontend is for.
+    pub(crate) const fn scope(&self) -> Scope {
+        let scope = match self {
+            Self::V4(k) => k.scope,
+            Self::V6(k) => k.scope,
+        };
+        if scope == svc_common::scope::EXTERNAL { Scope::External } else { Scope::All }
     }
 
     /// Its family.
@@ -265,12 +278,12 @@ mod tests {
     fn keys_and_backends_round_trip_in_both_families() {
         for addr in ["10.96.0.10:80", "[fd00:96::10]:80"] {
             let addr: SocketAddr = addr.parse().unwrap();
-            assert_eq!(FrontendKey::new(addr, Proto::Udp).socket_addr(), addr);
+            assert_eq!(FrontendKey::new(addr, Proto::Udp, Scope::All).socket_addr(), addr);
             assert_eq!(Backend::new(addr).socket_addr(), addr);
         }
         let v6: SocketAddr = "[fd00::1]:53".parse().unwrap();
-        assert_eq!(FrontendKey::new(v6, Proto::Tcp).family(), Family::V6);
-        assert_eq!(FrontendKey::new(v6, Proto::Tcp).proto(), svc_common::proto::TCP);
+        assert_eq!(FrontendKey::new(v6, Proto::Tcp, Scope::All).family(), Family::V6);
+        assert_eq!(FrontendKey::new(v6, Proto::Tcp, Scope::All).proto(), svc_common::proto::TCP);
     }
 
     #[test]

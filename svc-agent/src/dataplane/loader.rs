@@ -16,8 +16,8 @@ use aya::{
 };
 use svc_common::{
     AffinityKey, AffinityValue, AffinityValue6, Backend4, Backend6, BackendIndexKey, BackendIndexKey6, Config,
-    Frontend, Frontend6, FrontendKey4, FrontendKey6, LAYOUT_VERSION, RevNatKey, RevNatKey6, RevNatValue, ServiceMeta,
-    SlotKey, SockXlat, SockXlat6, names,
+    DeviceInfo, FlowKey4, FlowValue4, Frontend, Frontend6, FrontendKey4, FrontendKey6, LAYOUT_VERSION, RevNatKey,
+    RevNatKey6, RevNatValue, ServiceMeta, SlotKey, SockXlat, SockXlat6, names,
 };
 
 use super::{maps::BpfMaps, pins::PinLayout};
@@ -62,6 +62,8 @@ fn expected_layout(name: &str) -> Option<(MapType, usize, usize)> {
         names::AFFINITY6 => (MapType::LruHash, size_of::<AffinityKey>(), size_of::<AffinityValue6>()),
         names::REV_NAT6 => (MapType::LruHash, size_of::<RevNatKey6>(), size_of::<Backend6>()),
         names::SOCK_XLAT6 => (MapType::SkStorage, size_of::<i32>(), size_of::<SockXlat6>()),
+        names::FLOWS => (MapType::LruHash, size_of::<FlowKey4>(), size_of::<FlowValue4>()),
+        names::DEVICES => (MapType::Hash, size_of::<u32>(), size_of::<DeviceInfo>()),
         _ => return None,
     })
 }
@@ -82,11 +84,13 @@ pub(crate) struct MapSizes {
     pub(crate) revnat: u32,
     /// SVC_META.
     pub(crate) services: u32,
+    /// SVC_FLOWS.
+    pub(crate) flows: u32,
 }
 
 impl MapSizes {
     /// Each map with the flag that sizes it.
-    fn each(&self) -> [(&'static str, &'static str, u32); 11] {
+    fn each(&self) -> [(&'static str, &'static str, u32); 12] {
         [
             (names::FRONTENDS, "--max-frontends", self.frontends),
             (names::BACKENDS, "--max-backends", self.backends),
@@ -99,14 +103,20 @@ impl MapSizes {
             (names::BACKEND_INDEX6, "--max-backend-index", self.backend_index),
             (names::AFFINITY6, "--max-affinity", self.affinity),
             (names::REV_NAT6, "--max-revnat", self.revnat),
+            (names::FLOWS, "--max-flows", self.flows),
         ]
     }
 }
 
-/// Loads the programs, adopts or creates the pinned maps, attaches to
-/// `cgroup` and pins everything under `layout`. Returns the maps the
-/// writer owns.
-pub(crate) fn load_and_attach(layout: &PinLayout, cgroup: &Path, sizes: &MapSizes) -> Result<BpfMaps> {
+/// Loads the programs, adopts or creates the pinned maps, attaches the
+/// socket programs to `cgroup` and the TC programs to `devices`, and pins
+/// everything under `layout`. Returns the maps the writer owns.
+pub(crate) fn load_and_attach(
+    layout: &PinLayout,
+    cgroup: &Path,
+    devices: &[super::devices::Device],
+    sizes: &MapSizes,
+) -> Result<BpfMaps> {
     if !sys::is_on_bpffs(layout.root()).map_err(|e| Error::io(format!("statfs {}", layout.root().display()), e))? {
         return Err(Error::Environment(format!(
             "{} is not on a bpffs mount (mount one with `mount -t bpf bpf /sys/fs/bpf`)",
@@ -136,6 +146,7 @@ pub(crate) fn load_and_attach(layout: &PinLayout, cgroup: &Path, sizes: &MapSize
     for name in PROGRAMS {
         attach_program(&mut ebpf, name, &cgroup_dir, layout)?;
     }
+    super::devices::attach(&mut ebpf, layout, devices)?;
     tracing::info!(
         cgroup = %cgroup.display(),
         pins = %layout.root().display(),
@@ -219,6 +230,35 @@ fn write_config(ebpf: &mut Ebpf) -> Result<()> {
     config.set(0, value, 0).map_err(|e| Error::map(names::CONFIG, e))
 }
 
+/// Pins a loaded program under its name (replacing an earlier pin).
+pub(super) fn pin_program(program: &mut impl PinnableProgram, name: &str, layout: &PinLayout) -> Result<()> {
+    let prog_pin = layout.program(name);
+    remove_if_exists(&prog_pin)?;
+    program.pin_at(&prog_pin).map_err(|source| Error::Pin {
+        name: name.to_owned(),
+        what: "program",
+        path: prog_pin.clone(),
+        source,
+    })
+}
+
+/// A program type whose `pin` we call (aya has no trait for it).
+pub(super) trait PinnableProgram {
+    fn pin_at(&mut self, path: &Path) -> std::result::Result<(), aya::pin::PinError>;
+}
+
+impl PinnableProgram for CgroupSockAddr {
+    fn pin_at(&mut self, path: &Path) -> std::result::Result<(), aya::pin::PinError> {
+        self.pin(path)
+    }
+}
+
+impl PinnableProgram for aya::programs::SchedClassifier {
+    fn pin_at(&mut self, path: &Path) -> std::result::Result<(), aya::pin::PinError> {
+        self.pin(path)
+    }
+}
+
 /// Loads one program, pins it, attaches it and swaps its link pin.
 fn attach_program(ebpf: &mut Ebpf, name: &str, cgroup: &fs::File, layout: &PinLayout) -> Result<()> {
     let program: &mut CgroupSockAddr = ebpf
@@ -227,15 +267,7 @@ fn attach_program(ebpf: &mut Ebpf, name: &str, cgroup: &fs::File, layout: &PinLa
         .try_into()
         .map_err(|e| Error::program(name, e))?;
     program.load().map_err(|e| Error::program(name, e))?;
-
-    let prog_pin = layout.program(name);
-    remove_if_exists(&prog_pin)?;
-    program.pin(&prog_pin).map_err(|source| Error::Pin {
-        name: name.to_owned(),
-        what: "program",
-        path: prog_pin.clone(),
-        source,
-    })?;
+    pin_program(program, name, layout)?;
 
     // A cgroup bpf_link is always attached in multi mode by the kernel and
     // link_create rejects any flag, so "Single" here still lets other
@@ -243,19 +275,22 @@ fn attach_program(ebpf: &mut Ebpf, name: &str, cgroup: &fs::File, layout: &PinLa
     let link_id = program.attach(cgroup, CgroupAttachMode::Single).map_err(|e| Error::program(name, e))?;
     let link = program.take_link(link_id).map_err(|e| Error::program(name, e))?;
     let link = FdLink::try_from(link).map_err(|source| Error::Link { name: name.to_owned(), source })?;
+    swap_link_pin(link, name, name, layout)
+}
 
-    // Pin the new link under a staging name, then drop the old pin (which
-    // detaches the old link) and give the new one the real name. At every
-    // point at least one link is attached and pinned.
-    let staged = layout.staged_link(name);
+/// Pins the new `link` of `program` under a staging name, then drops the
+/// old pin `pin` (which detaches the old link) and gives the new one its
+/// name. At every point at least one link is attached and pinned.
+pub(super) fn swap_link_pin(link: FdLink, program: &str, pin: &str, layout: &PinLayout) -> Result<()> {
+    let staged = layout.staged_link(pin);
     remove_if_exists(&staged)?;
     link.pin(&staged).map_err(|source| Error::Pin {
-        name: name.to_owned(),
+        name: program.to_owned(),
         what: "link",
         path: staged.clone(),
         source,
     })?;
-    let pinned = layout.link(name);
+    let pinned = layout.link(pin);
     remove_if_exists(&pinned)?;
     fs::rename(&staged, &pinned).map_err(|e| Error::io(format!("renaming {}", staged.display()), e))?;
     Ok(())

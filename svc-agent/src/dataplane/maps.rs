@@ -102,6 +102,10 @@ pub(crate) struct ProgramMaps {
     pub affinity6: HashMap<MapData, AffinityKey, AffinityValue6>,
     /// SVC_REVNAT6.
     pub revnat6: HashMap<MapData, RevNatKey6, Backend6>,
+    /// SVC_FLOWS.
+    pub flows: HashMap<MapData, svc_common::FlowKey4, svc_common::FlowValue4>,
+    /// SVC_DEVICES (written by the loader, read here).
+    pub devices: HashMap<MapData, u32, svc_common::DeviceInfo>,
 }
 
 impl ProgramMaps {
@@ -112,6 +116,8 @@ impl ProgramMaps {
             revnat: typed(open_pinned_map(layout, names::REV_NAT)?, names::REV_NAT)?,
             affinity6: typed(open_pinned_map(layout, names::AFFINITY6)?, names::AFFINITY6)?,
             revnat6: typed(open_pinned_map(layout, names::REV_NAT6)?, names::REV_NAT6)?,
+            flows: typed(open_pinned_map(layout, names::FLOWS)?, names::FLOWS)?,
+            devices: typed(open_pinned_map(layout, names::DEVICES)?, names::DEVICES)?,
         })
     }
 }

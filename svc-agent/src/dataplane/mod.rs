@@ -3,6 +3,7 @@
 //!
 //! - [`pins`]: where everything lives under `--bpffs`.
 //! - [`loader`]: load, pin and attach the programs (adopting pinned maps).
+//! - [`devices`]: the devices the TC (north-south) programs run on.
 //! - [`maps`]: the maps as a [`Table`] for the writer, and read access for
 //!   `status`.
 //! - [`writer`]: diff desired against programmed state and apply it with
@@ -10,8 +11,10 @@
 //! - [`cleanup`]: detach and unpin.
 
 pub(crate) mod cleanup;
+pub(crate) mod devices;
 pub(crate) mod encode;
 pub(crate) mod family;
+pub(crate) mod flows;
 pub(crate) mod loader;
 pub(crate) mod maps;
 #[cfg(test)]

@@ -11,6 +11,9 @@
 //! reached that backend through this frontend (a client that connected to
 //! the pod IP directly keeps its socket). Sockets live in the clients'
 //! network namespaces, found through the processes of the attached cgroup.
+//!
+//! The same removals drop the north-south UDP flows of those backends
+//! (`super::flows`).
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -83,6 +86,7 @@ pub(crate) fn spawn(layout: &PinLayout, cgroup: PathBuf, metrics: Arc<Metrics>) 
         v4: HashMap::try_from(open_pinned_map(layout, names::REV_NAT)?).map_err(|e| Error::map(names::REV_NAT, e))?,
         v6: HashMap::try_from(open_pinned_map(layout, names::REV_NAT6)?).map_err(|e| Error::map(names::REV_NAT6, e))?,
     };
+    let mut flows = super::flows::FlowTable::open(layout)?;
     let (tx, rx) = mpsc::channel::<Vec<Removed>>();
     std::thread::Builder::new()
         .name("udp-reset".into())
@@ -90,6 +94,11 @@ pub(crate) fn spawn(layout: &PinLayout, cgroup: PathBuf, metrics: Arc<Metrics>) 
             while let Ok(mut removed) = rx.recv() {
                 while let Ok(more) = rx.try_recv() {
                     removed.extend(more);
+                }
+                let flows_dropped = flows.forget_backends(&removed);
+                if flows_dropped > 0 {
+                    metrics.udp_flows_dropped.inc_by(flows_dropped as u64);
+                    tracing::info!(flows = flows_dropped, "dropped north-south UDP flows of removed backends");
                 }
                 match reset(&cgroup, &revnat, &removed) {
                     Ok(outcome) => report(&outcome, &metrics),

@@ -113,6 +113,20 @@ pub(crate) enum FrontendKind {
     LoadBalancer,
 }
 
+/// Which clients a frontend serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub(crate) enum Scope {
+    /// Every client: sockets on this node (the socket hooks), and clients
+    /// outside the node unless an [`Scope::External`] twin exists.
+    #[default]
+    All,
+    /// Clients outside the node only (the TC programs):
+    /// `externalTrafficPolicy: Local` gives them this node's endpoints
+    /// while in-cluster clients keep the cluster-wide ones, as kube-proxy
+    /// short-circuits pod traffic to the cluster chain.
+    External,
+}
+
 /// One address the dataplane translates, and where it goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DesiredFrontend {
@@ -124,6 +138,8 @@ pub(crate) struct DesiredFrontend {
     pub kind: FrontendKind,
     /// Only for sockets in the host network namespace (`127.0.0.1:nodePort`).
     pub host_ns_only: bool,
+    /// Which clients it serves.
+    pub scope: Scope,
     /// The Service port this frontend belongs to.
     pub port: ServicePortKey,
     /// `spec.ports[].port`, kept for display.
@@ -134,15 +150,28 @@ pub(crate) struct DesiredFrontend {
     pub affinity_timeout: u32,
 }
 
+/// A `healthCheckNodePort` this node serves (`externalTrafficPolicy:
+/// Local`), and what it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HealthCheck {
+    /// The port.
+    pub node_port: u16,
+    /// Ready endpoints on this node (terminating ones do not count, as in
+    /// kube-proxy): 200 when there is one, 503 otherwise.
+    pub local_endpoints: u32,
+}
+
 /// Everything one Service wants programmed (possibly nothing: headless,
 /// ExternalName, owned by another proxy).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct DesiredService {
-    /// Frontends, sorted by (address, protocol).
+    /// Frontends, sorted by (address, protocol, scope).
     pub frontends: Vec<DesiredFrontend>,
     /// Ports that are not translated (SCTP: no socket hook covers it), as
     /// `name/SCTP:port`, for a log line.
     pub untranslated_ports: Vec<String>,
+    /// Its health check node port, if this node serves one.
+    pub health_check: Option<HealthCheck>,
 }
 
 #[cfg(test)]

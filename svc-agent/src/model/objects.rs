@@ -48,6 +48,10 @@ pub(crate) struct ServiceObj {
     pub affinity_timeout: Option<i32>,
     /// `spec.internalTrafficPolicy`.
     pub internal_traffic_policy: Option<Box<str>>,
+    /// `spec.externalTrafficPolicy`.
+    pub external_traffic_policy: Option<Box<str>>,
+    /// `spec.healthCheckNodePort`.
+    pub health_check_node_port: Option<i32>,
     /// `spec.trafficDistribution`.
     pub traffic_distribution: Option<Box<str>>,
     /// `spec.selector` is set and not empty (Endpoints mirroring skips these).
@@ -213,6 +217,8 @@ impl From<&Service> for ServiceObj {
                 .and_then(|c| c.client_ip.as_ref())
                 .and_then(|c| c.timeout_seconds),
             internal_traffic_policy: opt(spec.and_then(|s| s.internal_traffic_policy.as_ref())),
+            external_traffic_policy: opt(spec.and_then(|s| s.external_traffic_policy.as_ref())),
+            health_check_node_port: spec.and_then(|s| s.health_check_node_port),
             traffic_distribution: opt(spec.and_then(|s| s.traffic_distribution.as_ref())),
             has_selector: spec.and_then(|s| s.selector.as_ref()).is_some_and(|s| !s.is_empty()),
             allocate_lb_node_ports: spec.and_then(|s| s.allocate_load_balancer_node_ports),

@@ -6,7 +6,7 @@ use std::{
 };
 
 use super::{
-    DesiredFrontend, DesiredService, FrontendKind, NodeContext, Proto, ServicePortKey, endpoints,
+    DesiredFrontend, DesiredService, FrontendKind, HealthCheck, NodeContext, Proto, Scope, ServicePortKey, endpoints,
     objects::{IpFamily, ServiceObj, SliceObj},
 };
 
@@ -93,6 +93,10 @@ pub(crate) fn desired_service(
     let node_ports = matches!(svc_type, "NodePort" | "LoadBalancer");
     let affinity_timeout = affinity_timeout(svc)?;
     let internal_local = svc.internal_traffic_policy.as_deref() == Some("Local");
+    // kube-proxy's ExternalPolicyForExternalIP/NodePort: `Local` applies
+    // to NodePort and LoadBalancer Services (external IPs of other types
+    // ignore it, as the API server rejects the field there).
+    let external_local = svc.external_traffic_policy.as_deref() == Some("Local") && node_ports;
     let distribution = endpoints::Distribution::of(svc.traffic_distribution.as_deref());
 
     let mut frontends = Vec::new();
@@ -122,19 +126,32 @@ pub(crate) fn desired_service(
             let external: Arc<[SocketAddr]> = categorized.cluster.into();
             // One list for both unless internalTrafficPolicy differs: the
             // first sync holds every Service's lists at once.
-            let internal: Arc<[SocketAddr]> =
-                if internal_local { categorized.local.into() } else { Arc::clone(&external) };
+            let local: Arc<[SocketAddr]> = categorized.local.into();
+            let internal: Arc<[SocketAddr]> = if internal_local { Arc::clone(&local) } else { Arc::clone(&external) };
             let mut add = |addr: IpAddr, fe_port: u16, kind, host_ns_only, backends: &Arc<[SocketAddr]>| {
-                frontends.push(DesiredFrontend {
+                let fe = DesiredFrontend {
                     addr: SocketAddr::new(addr, fe_port),
                     proto,
                     kind,
                     host_ns_only,
+                    scope: Scope::All,
                     port: port_key.clone(),
                     service_port,
                     backends: Arc::clone(backends),
                     affinity_timeout,
-                });
+                };
+                // Clients outside the node reach external addresses only
+                // (never a ClusterIP or the host-only loopback one); with
+                // `externalTrafficPolicy: Local` they get this node's
+                // endpoints (none: their packets are dropped).
+                if external_local && kind != FrontendKind::ClusterIp && !host_ns_only {
+                    frontends.push(DesiredFrontend {
+                        scope: Scope::External,
+                        backends: Arc::clone(&local),
+                        ..fe.clone()
+                    });
+                }
+                frontends.push(fe);
             };
             let of_family = |ips: &[IpAddr]| ips.iter().copied().filter(|ip| IpFamily::of(*ip) == family).collect();
             let (cluster, external_ips, lb_ips): (Vec<_>, Vec<_>, Vec<_>) =
@@ -161,9 +178,34 @@ pub(crate) fn desired_service(
             }
         }
     }
-    frontends.sort_by_key(|f| (f.addr, f.proto));
-    frontends.dedup_by(|a, b| (a.addr, a.proto) == (b.addr, b.proto));
-    Ok(DesiredService { frontends, untranslated_ports })
+    frontends.sort_by_key(|f| (f.addr, f.proto, f.scope));
+    frontends.dedup_by(|a, b| (a.addr, a.proto, a.scope) == (b.addr, b.proto, b.scope));
+    let health_check = match svc.health_check_node_port {
+        Some(port) if external_local && port != 0 => Some(HealthCheck {
+            node_port: port_number("", "healthCheckNodePort", port)?,
+            local_endpoints: local_ready_endpoints(svc, slices, node, families[0]),
+        }),
+        _ => None,
+    };
+    Ok(DesiredService { frontends, untranslated_ports, health_check })
+}
+
+/// Distinct ready endpoint addresses on this node over the Service's
+/// ports, in its primary family (kube-proxy's LocalReadyEndpoints).
+fn local_ready_endpoints(svc: &ServiceObj, slices: &[&SliceObj], node: &NodeContext, family: IpFamily) -> u32 {
+    let mut ips = std::collections::BTreeSet::new();
+    for port in &svc.ports {
+        let Some(proto) = (match &*port.protocol {
+            "TCP" => Some(Proto::Tcp),
+            "UDP" => Some(Proto::Udp),
+            _ => None,
+        }) else {
+            continue;
+        };
+        let eps = endpoints::collect(slices, &port.name, proto, endpoints::Distribution::Any, family);
+        ips.extend(eps.iter().filter(|ep| ep.ready && ep.node_name == Some(node.name.as_str())).map(|ep| ep.addr.ip()));
+    }
+    u32::try_from(ips.len()).unwrap_or(u32::MAX)
 }
 
 struct ClusterIps {

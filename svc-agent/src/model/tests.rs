@@ -215,10 +215,11 @@ status:
     ingress: [{ip: 203.0.113.5}, {ip: 203.0.113.6, ipMode: Proxy}]
 ");
     let d = desired(&s, &[slice(WEB_SLICE)]);
-    let kinds: Vec<(String, FrontendKind, bool)> =
-        d.frontends.iter().map(|f| (f.addr.to_string(), f.kind, f.host_ns_only)).collect();
+    let kinds = |scope: Scope| -> Vec<(String, FrontendKind, bool)> {
+        d.frontends.iter().filter(|f| f.scope == scope).map(|f| (f.addr.to_string(), f.kind, f.host_ns_only)).collect()
+    };
     assert_eq!(
-        kinds,
+        kinds(Scope::All),
         vec![
             ("10.96.0.10:80".into(), FrontendKind::ClusterIp, false),
             ("127.0.0.1:30080".into(), FrontendKind::NodePort, true),
@@ -227,7 +228,21 @@ status:
             ("203.0.113.5:80".into(), FrontendKind::LoadBalancer, false),
         ]
     );
-    assert!(d.frontends.iter().all(|f| f.backends.len() == 2), "eTP=Local does not restrict in-cluster clients");
+    assert!(
+        d.frontends.iter().filter(|f| f.scope == Scope::All).all(|f| f.backends.len() == 2),
+        "eTP=Local does not restrict in-cluster clients"
+    );
+    // Clients outside the node get this node's endpoints only (none here:
+    // the slice names no node), on every address that faces outside.
+    assert_eq!(
+        kinds(Scope::External),
+        vec![
+            ("192.0.2.10:30080".into(), FrontendKind::NodePort, false),
+            ("198.51.100.7:80".into(), FrontendKind::ExternalIp, false),
+            ("203.0.113.5:80".into(), FrontendKind::LoadBalancer, false),
+        ]
+    );
+    assert!(d.frontends.iter().filter(|f| f.scope == Scope::External).all(|f| f.backends.is_empty()));
 }
 
 #[test]
@@ -509,4 +524,39 @@ endpoints:
     );
     let d = desired(&s, &[mapped]);
     assert_eq!(summary(&d), vec![("[fd00:96::10]:80".into(), Proto::Tcp, vec!["[fd00:244:1::2]:8080".into()])]);
+}
+
+#[test]
+fn health_check_node_port_counts_ready_local_endpoints() {
+    let lb = |etp: &str| {
+        svc(&format!(
+            "
+metadata: {{name: web, namespace: default}}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.10
+  externalTrafficPolicy: {etp}
+  healthCheckNodePort: 32100
+  ports: [{{name: http, port: 80, nodePort: 30080}}]
+"
+        ))
+    };
+    let eps = slice(
+        "
+metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.1.2], nodeName: node-a}
+- {addresses: [10.244.2.2], nodeName: node-a, conditions: {ready: false, serving: true, terminating: true}}
+- {addresses: [10.244.3.2], nodeName: node-b}
+",
+    );
+    let d = desired(&lb("Local"), std::slice::from_ref(&eps));
+    assert_eq!(
+        d.health_check,
+        Some(HealthCheck { node_port: 32100, local_endpoints: 1 }),
+        "terminating ones do not count"
+    );
+    assert_eq!(desired(&lb("Cluster"), &[eps]).health_check, None, "only externalTrafficPolicy: Local serves one");
 }

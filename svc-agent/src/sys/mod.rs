@@ -168,6 +168,26 @@ pub(crate) fn local_addresses() -> io::Result<Vec<(String, std::net::IpAddr)>> {
     Ok(out)
 }
 
+/// The index of interface `name` in this network namespace.
+pub(crate) fn ifindex(name: &str) -> Option<u32> {
+    let name = CString::new(name).ok()?;
+    // SAFETY: a NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// The name of interface `ifindex` in this network namespace.
+pub(crate) fn ifname(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer holds IF_NAMESIZE bytes, as the call needs.
+    let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into `buf`.
+    Some(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+}
+
 /// The kernel driver behind an interface (`ethtool -i`: "dummy", "veth",
 /// "virtio_net", ...), or `None` if it does not say.
 pub(crate) fn interface_driver(name: &str) -> Option<String> {

@@ -20,6 +20,7 @@ pub mod conformance;
 pub mod dual_stack;
 pub mod hairpin;
 pub mod nodeport;
+pub mod north_south;
 pub mod restart;
 pub mod topology;
 pub mod traffic_policy;

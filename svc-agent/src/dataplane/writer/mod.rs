@@ -42,7 +42,7 @@ use self::{
     sets::{BackendSet, needs_index},
 };
 use super::{
-    encode::{backend_value, frontend_key},
+    encode::{backend_value, desired_key},
     family::{Backend, FrontendKey, FrontendValue, Header, IndexKey, SlotRef},
     table::{Table, TableError},
 };
@@ -294,14 +294,13 @@ impl<T: Table> Writer<T> {
         let waiting = self.pending.iter().map(|(k, p)| (k, &p.desired));
         for (key, desired) in upserts.iter().map(|(k, d)| (k, d)).chain(waiting) {
             for fe in &desired.frontends {
-                plan.claimed.entry(frontend_key(fe.addr, fe.proto)).or_insert_with(|| key.clone());
+                plan.claimed.entry(desired_key(fe)).or_insert_with(|| key.clone());
             }
         }
         let changing = upserts.iter().map(|(k, d)| (k, Some(d))).chain(removals.iter().map(|k| (k, None)));
         for (key, desired) in changing {
             let Some(state) = self.services.get(key) else { continue };
-            let keeps: HashSet<FrontendKey> =
-                desired.into_iter().flat_map(|d| &d.frontends).map(|fe| frontend_key(fe.addr, fe.proto)).collect();
+            let keeps: HashSet<FrontendKey> = desired.into_iter().flat_map(|d| &d.frontends).map(desired_key).collect();
             for fk in state.frontends.keys().filter(|fk| !keeps.contains(*fk)) {
                 plan.releasing.insert(*fk, key.clone());
             }
@@ -371,7 +370,7 @@ impl<T: Table> Writer<T> {
         let mut taken = Vec::new();
         let mut wanted: BTreeMap<FrontendKey, &DesiredFrontend> = BTreeMap::new();
         for fe in &desired.frontends {
-            let fk = frontend_key(fe.addr, fe.proto);
+            let fk = desired_key(fe);
             match self.owners.get(&fk) {
                 Some(owner) if owner != key && self.handover.releasing.get(&fk) == Some(owner) => {
                     taken.push((fk, owner.clone()));

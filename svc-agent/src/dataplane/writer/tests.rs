@@ -40,6 +40,7 @@ fn frontend_of(svc: &str, fe: &str, backends: &[SocketAddrV4]) -> DesiredFronten
         proto: Proto::Tcp,
         kind: FrontendKind::ClusterIp,
         host_ns_only: false,
+        scope: crate::model::Scope::All,
         port: ServicePortKey { service: key(svc), port_name: "http".into(), proto: Proto::Tcp },
         service_port: addr(fe).port(),
         backends: backends.iter().map(|b| std::net::SocketAddr::V4(*b)).collect(),

@@ -1,0 +1,142 @@
+//! North-south (TC) map types: the flow table of packets that enter the
+//! node from outside (`SVC_FLOWS`) and the devices the TC programs run on
+//! (`SVC_DEVICES`). docs/north-south.md has the design.
+
+use bytemuck::{Pod, Zeroable};
+
+/// One direction of a flow as it is on the wire: the key of `SVC_FLOWS`.
+/// Addresses are octets and ports network byte order, as in the packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FlowKey4 {
+    /// Source address.
+    pub saddr: [u8; 4],
+    /// Destination address.
+    pub daddr: [u8; 4],
+    /// Source port.
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+    /// IANA protocol number.
+    pub proto: u8,
+    /// Always zero.
+    pub _pad: [u8; 3],
+}
+
+/// What to do with a packet of one direction of a tracked flow: rewrite
+/// its addresses and ports to these. Each flow has two entries: the
+/// original direction (client -> frontend becomes [SNAT address ->]
+/// backend) and the reply direction (backend -> client or SNAT address
+/// becomes frontend -> client).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FlowValue4 {
+    /// New source address.
+    pub saddr: [u8; 4],
+    /// New destination address.
+    pub daddr: [u8; 4],
+    /// New source port.
+    pub sport: u16,
+    /// New destination port.
+    pub dport: u16,
+    /// [`flow_flags`] bits.
+    pub flags: u32,
+    /// The Service port ([`crate::FrontendOf::svc_id`]), for `status`
+    /// and for dropping the flows of a removed backend.
+    pub svc_id: u32,
+    /// Always zero.
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` of the last packet in either direction seen by
+    /// this entry (CLOCK_MONOTONIC).
+    pub last_seen_ns: u64,
+}
+
+/// Bits of [`FlowValue4::flags`].
+pub mod flow_flags {
+    /// The entry translates the reply direction.
+    pub const REPLY: u32 = 1 << 0;
+    /// The source is rewritten to this node's address (a backend on
+    /// another node, `externalTrafficPolicy: Cluster`).
+    pub const SNAT: u32 = 1 << 1;
+    /// A TCP SYN opened the flow.
+    pub const TCP_SYN: u32 = 1 << 2;
+    /// A reply packet was seen (TCP: the handshake completed).
+    pub const SEEN_REPLY: u32 = 1 << 3;
+    /// A FIN or RST was seen: the flow is closing.
+    pub const CLOSING: u32 = 1 << 4;
+}
+
+/// Flow lifetimes after the last packet, in seconds (Cilium's defaults:
+/// its `bpf-ct-timeout-*` settings). An expired entry is treated as absent
+/// by the programs and deleted by the agent's sweep.
+pub mod flow_timeout {
+    /// An established TCP flow.
+    pub const TCP_ESTABLISHED: u64 = 21_600;
+    /// A TCP flow that has not seen a reply yet.
+    pub const TCP_SYN: u64 = 60;
+    /// A TCP flow after FIN or RST.
+    pub const TCP_CLOSING: u64 = 10;
+    /// A UDP flow.
+    pub const UDP: u64 = 60;
+}
+
+impl FlowValue4 {
+    /// Seconds this entry lives after its last packet.
+    #[inline(always)]
+    #[must_use]
+    pub const fn lifetime_secs(&self, proto: u8) -> u64 {
+        if proto != crate::proto::TCP {
+            return flow_timeout::UDP;
+        }
+        if self.flags & flow_flags::CLOSING != 0 {
+            flow_timeout::TCP_CLOSING
+        } else if self.flags & flow_flags::SEEN_REPLY != 0 {
+            flow_timeout::TCP_ESTABLISHED
+        } else {
+            flow_timeout::TCP_SYN
+        }
+    }
+
+    /// Whether the entry has expired at `now_ns`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn expired(&self, proto: u8, now_ns: u64) -> bool {
+        now_ns.wrapping_sub(self.last_seen_ns) > self.lifetime_secs(proto) * 1_000_000_000
+    }
+}
+
+/// A device the TC programs run on (`SVC_DEVICES`, keyed by ifindex).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct DeviceInfo {
+    /// The device's IPv4 address: the source of SNATed packets it sends
+    /// (all zero: none, no SNAT through this device).
+    pub addr4: [u8; 4],
+    /// Always zero.
+    pub _pad: u32,
+}
+
+/// The source ports SNAT uses, `[first, first + count)`: above the
+/// kernel's default ephemeral range (32768-60999), so they do not collide
+/// with the node's own connections.
+pub mod snat_ports {
+    /// First port.
+    pub const FIRST: u16 = 61_000;
+    /// Number of ports.
+    pub const COUNT: u16 = 4_536;
+}
+
+const _: () = {
+    assert!(size_of::<FlowKey4>() == 16);
+    assert!(size_of::<FlowValue4>() == 32);
+    assert!(size_of::<DeviceInfo>() == 8);
+    assert!(snat_ports::FIRST as u32 + snat_ports::COUNT as u32 == 65_536);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: #[repr(C)], Copy, no padding (bytemuck::Pod proves it).
+    unsafe impl aya::Pod for super::FlowKey4 {}
+    unsafe impl aya::Pod for super::FlowValue4 {}
+    unsafe impl aya::Pod for super::DeviceInfo {}
+}

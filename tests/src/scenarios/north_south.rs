@@ -1,0 +1,413 @@
+//! North-south: clients outside the node reach NodePort, external and
+//! load-balancer addresses through the TC programs on node A's uplink
+//! ([`crate::outside`]). Node A runs the agent (`--devices up0`); node B
+//! only routes to its pods, so a B pod is reachable from outside only
+//! through A's translation, and its reply only comes back because A gave
+//! it A's own address as source (SNAT).
+//!
+//! Backends run `serve --echo-peer`: each TCP answer names the backend and
+//! the client address it saw, which is how source preservation (ETP Local)
+//! and SNAT (ETP Cluster, remote backend) are told apart.
+
+use std::{collections::BTreeSet, net::SocketAddrV4};
+
+use anyhow::{Result, ensure};
+
+use super::{SETTLE, set};
+use crate::{
+    NODE_NAME, NodeEnv, Outcome, Proto, Server,
+    k8s::{EndpointSpec, PortSpec, ServiceSpec, SlicePort, endpoint_slice_spec},
+    outside::{NODE_A_LAN_IP, NODE_B_NAME, OUTSIDE_IP, Outside, UPLINK},
+    poll_outcome, poll_until,
+    source::Source,
+};
+
+const NODE_PORT: u16 = 30090;
+const UDP_NODE_PORT: u16 = 30091;
+
+/// Node A with `a_pods` backends (a1.., on A) and node B with `b_pods`
+/// (bb1.., on B), all serving TCP 8080 with `--echo-peer` and UDP 5353;
+/// the agent on A runs with `--devices up0`.
+struct World {
+    _servers: Vec<Server>,
+    outside: Outside,
+    env: NodeEnv,
+}
+
+impl World {
+    fn new(source: Box<dyn Source>, a_pods: u8, b_pods: u8) -> Result<Self> {
+        let env = NodeEnv::new(source, a_pods, 1, &[])?;
+        let outside = Outside::new(&env.topo, b_pods)?;
+        let ports = [Proto::Tcp(8080), Proto::Udp(5353)];
+        let mut servers = Vec::new();
+        for i in 1..=a_pods {
+            servers.push(env.topo.backend(i).serve_echo_peer(&format!("a{i}"), &ports)?);
+        }
+        for i in 1..=b_pods {
+            servers.push(outside.b_pod(i).serve_echo_peer(&format!("bb{i}"), &ports)?);
+        }
+        Ok(Self { _servers: servers, outside, env })
+    }
+
+    fn start(&mut self) -> Result<()> {
+        self.env.start_agent(&["--devices", UPLINK]).map(drop)
+    }
+
+    /// Endpoints: A's pods on this node, B's on node B.
+    fn endpoints(&self, a: &[u8], b: &[u8]) -> Vec<EndpointSpec> {
+        let on_a = a.iter().map(|&i| EndpointSpec::new(self.env.topo.backend(i).ip()).node(NODE_NAME));
+        let on_b = b.iter().map(|&i| EndpointSpec::new(self.outside.b_pod(i).ip()).node(NODE_B_NAME));
+        on_a.chain(on_b).collect()
+    }
+
+    /// Service `web` (TCP 80 -> 8080 on NODE_PORT, UDP 53 -> 5353 on
+    /// UDP_NODE_PORT) of type `type_`, with these endpoints.
+    fn apply(&self, svc: ServiceSpec, endpoints: &[EndpointSpec]) -> Result<()> {
+        let svc = svc
+            .port(PortSpec::tcp("http", 80, "8080").node_port(NODE_PORT))
+            .port(PortSpec::udp("dns", 53, "5353").node_port(UDP_NODE_PORT));
+        let ports = [SlicePort::tcp("http", 8080), SlicePort::udp("dns", 5353)];
+        self.env.apply("web-svc", &svc.yaml())?;
+        self.env.apply("web-slice", &endpoint_slice_spec("default", "web-1", "web", &ports, endpoints))
+    }
+
+    /// `count` TCP connects from outside to `to`.
+    fn tcp(&self, to: SocketAddrV4, count: u32) -> Result<Outcome> {
+        self.outside.client().tcp(to, count)
+    }
+}
+
+fn web(type_: &str, cluster_ip: &str) -> ServiceSpec {
+    ServiceSpec::new("default", "web").type_(type_).cluster_ip(cluster_ip)
+}
+
+/// The (backend, client address it saw) pairs of `out`'s answers.
+fn seen(out: &Outcome) -> BTreeSet<(String, String)> {
+    out.ok
+        .keys()
+        .filter_map(|reply| {
+            let (who, peer) = reply.split_once(' ')?;
+            Some((who.split(':').next()?.to_owned(), peer.to_owned()))
+        })
+        .collect()
+}
+
+/// Polls from outside until every one of `count` connects to `to`
+/// succeeds and the backends that answered are exactly `backends`.
+fn expect_backends(world: &World, to: SocketAddrV4, count: u32, backends: &[&str]) -> Result<Outcome> {
+    let want = set(backends);
+    let mut last = None;
+    poll_outcome(
+        SETTLE,
+        || {
+            let out = world.tcp(to, count)?;
+            last = Some(out.clone());
+            Ok(out)
+        },
+        |out| out.total_ok() == count && out.backends() == want,
+    )?;
+    Ok(last.expect("polled at least once"))
+}
+
+/// NodePort from outside, `externalTrafficPolicy: Cluster`: pods on A and
+/// on B both serve; A's pods see the client's own address, B's see node
+/// A's (SNAT: without it B's reply would go to the client directly and be
+/// dropped as an unknown connection); UDP and `dig` work; `status` shows
+/// the devices and the flows.
+pub fn node_port_from_outside_reaches_pods_on_both_nodes(source: Box<dyn Source>) -> Result<()> {
+    let mut world = World::new(source, 2, 1)?;
+    world.apply(web("NodePort", "10.96.9.10"), &world.endpoints(&[1, 2], &[1]))?;
+    world.start()?;
+    let node_port = SocketAddrV4::new(NODE_A_LAN_IP, NODE_PORT);
+    // 45 connects reach all three backends (P(one missing) < 3 * (2/3)^45 < 1e-7).
+    let out = expect_backends(&world, node_port, 45, &["a1", "a2", "bb1"])?;
+    let want: BTreeSet<(String, String)> = [
+        ("a1".to_owned(), OUTSIDE_IP.to_string()),
+        ("a2".to_owned(), OUTSIDE_IP.to_string()),
+        ("bb1".to_owned(), NODE_A_LAN_IP.to_string()),
+    ]
+    .into();
+    ensure!(seen(&out) == want, "client addresses the backends saw: {:?}, want {want:?}", seen(&out));
+
+    let udp = SocketAddrV4::new(NODE_A_LAN_IP, UDP_NODE_PORT);
+    let out = world.outside.client().udp(udp, 30, false)?;
+    ensure!(out.total_ok() == 30, "UDP from outside to {udp}: {out}");
+    ensure!(out.sources.get(&udp.to_string()) == Some(&30), "UDP replies must come from {udp}: {out}");
+
+    let status = world.env.agent().status_json()?;
+    let devices = &status["north_south"]["devices"];
+    ensure!(
+        devices.as_array().is_some_and(|d| d.len() == 1
+            && d[0]["name"] == UPLINK
+            && d[0]["snat_address"] == NODE_A_LAN_IP.to_string()
+            && d[0]["programs"].as_array().is_some_and(|p| p.len() == 2)),
+        "status north_south.devices: {devices}"
+    );
+    ensure!(status["north_south"]["flow_entries"].as_u64().unwrap_or(0) > 0, "no flows in status: {status}");
+    Ok(())
+}
+
+/// Real clients from outside: `curl` over TCP and `dig` over UDP and TCP.
+pub fn real_clients_from_outside(source: Box<dyn Source>) -> Result<()> {
+    let mut world = World::new(source, 1, 1)?;
+    let _http = world.env.topo.backend(1).serve_http("web-a1", 8081)?;
+    let _dns = world.outside.b_pod(1).serve_dns("dns-bb1", 5300)?;
+    let svc = web("NodePort", "10.96.9.20")
+        .port(PortSpec::tcp("curl", 81, "8081").node_port(30092))
+        .port(PortSpec::udp("dig", 54, "5300").node_port(30093))
+        .port(PortSpec::tcp("dig-tcp", 54, "5300").node_port(30093));
+    let endpoints = [EndpointSpec::new(world.env.topo.backend(1).ip()).node(NODE_NAME)];
+    let dns_endpoints = [EndpointSpec::new(world.outside.b_pod(1).ip()).node(NODE_B_NAME)];
+    world.env.apply("web-svc", &svc.yaml())?;
+    world.env.apply(
+        "curl-slice",
+        &endpoint_slice_spec("default", "web-1", "web", &[SlicePort::tcp("curl", 8081)], &endpoints),
+    )?;
+    world.env.apply(
+        "dig-slice",
+        &endpoint_slice_spec(
+            "default",
+            "web-2",
+            "web",
+            &[SlicePort::udp("dig", 5300), SlicePort::tcp("dig-tcp", 5300)],
+            &dns_endpoints,
+        ),
+    )?;
+    world.start()?;
+    let client = world.outside.client();
+    let url = format!("http://{NODE_A_LAN_IP}:30092/");
+    let mut body = String::new();
+    poll_until(SETTLE, || {
+        body = client.exec("curl", &["-sS", "--max-time", "2", &url]).unwrap_or_default();
+        Ok(body.trim() == "web-a1:8081")
+    })
+    .map_err(|e| e.context(format!("curl {url}: {body:?}")))?;
+    for tcp in [false, true] {
+        let mut args = vec!["+short", "+time=1", "+tries=2", "-p", "30093", "@198.51.100.10", "TXT", "svc.test"];
+        if tcp {
+            args.push("+tcp");
+        }
+        let answer = client.exec("dig", &args)?;
+        ensure!(answer.trim() == "\"dns-bb1\"", "dig (tcp: {tcp}) from outside answered {answer:?}");
+    }
+    Ok(())
+}
+
+/// `externalTrafficPolicy: Local`: from outside only A's pods serve and
+/// they see the client's address; in-cluster clients still reach every
+/// endpoint; with no endpoint on A, outside connects fail (dropped).
+pub fn external_traffic_policy_local_from_outside(source: Box<dyn Source>) -> Result<()> {
+    let mut world = World::new(source, 2, 1)?;
+    let svc = || web("NodePort", "10.96.9.30").external_traffic_policy("Local");
+    world.apply(svc(), &world.endpoints(&[1, 2], &[1]))?;
+    world.start()?;
+    let node_port = SocketAddrV4::new(NODE_A_LAN_IP, NODE_PORT);
+    // 30 connects reach both local backends (P(one missing) = 2 * 2^-30).
+    let out = expect_backends(&world, node_port, 30, &["a1", "a2"])?;
+    let want: BTreeSet<(String, String)> =
+        [("a1".to_owned(), OUTSIDE_IP.to_string()), ("a2".to_owned(), OUTSIDE_IP.to_string())].into();
+    ensure!(seen(&out) == want, "ETP Local from outside: {:?}, want {want:?}", seen(&out));
+    // A pod on A still gets the cluster-wide set, B's pod included
+    // (P(bb1 missing in 30) = (2/3)^30 < 1e-5; polled).
+    poll_outcome(SETTLE, || world.env.pod(1).tcp(node_port, 30), |o| o.count_backend("bb1") > 0)?;
+
+    world.apply(svc(), &world.endpoints(&[], &[1]))?;
+    poll_until(SETTLE, || Ok(world.tcp(node_port, 1)?.total_ok() == 0))?;
+    let out = world.tcp(node_port, 3)?;
+    ensure!(out.total_ok() == 0 && !out.errors.is_empty(), "no local endpoint: outside connects must fail: {out}");
+    Ok(())
+}
+
+/// LoadBalancer ingress and external IPs routed to node A reach the
+/// backends from outside; other ports of those addresses are not ours.
+pub fn load_balancer_and_external_ips_from_outside(source: Box<dyn Source>) -> Result<()> {
+    let mut world = World::new(source, 1, 1)?;
+    // The LAN routes 203.0.113.0/24 to A (as a router announcing the
+    // load balancer's addresses would); A does not hold them.
+    let svc = web("LoadBalancer", "10.96.9.40").external_ip("203.0.113.41").lb_ingress("203.0.113.40", None);
+    world.apply(svc, &world.endpoints(&[1], &[1]))?;
+    world.start()?;
+    for ip in ["203.0.113.40", "203.0.113.41"] {
+        let to: SocketAddrV4 = format!("{ip}:80").parse()?;
+        // 30 connects reach both (P(one missing) = 2 * 2^-30).
+        expect_backends(&world, to, 30, &["a1", "bb1"])?;
+    }
+    Ok(())
+}
+
+/// The north-south path survives the agent: with the agent SIGKILLed,
+/// outside clients are still served (the TC links, the flow table and the
+/// frontends are pinned), and a restarted agent takes over.
+pub fn flows_survive_an_agent_restart(source: Box<dyn Source>) -> Result<()> {
+    let mut world = World::new(source, 1, 1)?;
+    world.apply(web("NodePort", "10.96.9.50"), &world.endpoints(&[1], &[1]))?;
+    world.start()?;
+    let node_port = SocketAddrV4::new(NODE_A_LAN_IP, NODE_PORT);
+    expect_backends(&world, node_port, 30, &["a1", "bb1"])?;
+    world.env.agent_mut().kill()?;
+    let out = world.tcp(node_port, 20)?;
+    ensure!(out.total_ok() == 20, "with the agent killed, the pinned path must serve: {out}");
+    world.env.agent_mut().restart()?;
+    expect_backends(&world, node_port, 30, &["a1", "bb1"])?;
+    Ok(())
+}
+
+/// `healthCheckNodePort` with `externalTrafficPolicy: Local`, as a cloud
+/// load balancer probes it: 200 with the number of ready endpoints on this
+/// node, 503 with none; upstream's "should fail health check node port if
+/// there are only terminating endpoints": a local endpoint that is
+/// terminating (even if still serving) does not count.
+pub fn health_check_node_port(source: Box<dyn Source>) -> Result<()> {
+    const HC_PORT: u16 = 32100;
+    let mut world = World::new(source, 2, 1)?;
+    let svc = || {
+        web("LoadBalancer", "10.96.9.60")
+            .external_traffic_policy("Local")
+            .health_check_node_port(HC_PORT)
+            .lb_ingress("203.0.113.60", None)
+    };
+    world.apply(svc(), &world.endpoints(&[1], &[1]))?;
+    world.start()?;
+    let client = world.outside.client();
+    let url = format!("http://{NODE_A_LAN_IP}:{HC_PORT}/");
+    // (status code, body) of one probe.
+    let probe = || -> Result<(String, String)> {
+        let out = client.exec("curl", &["-sS", "--max-time", "2", "-w", "\n%{http_code}", &url])?;
+        let (body, code) = out.trim_end().rsplit_once('\n').unwrap_or(("", out.trim()));
+        Ok((code.to_owned(), body.to_owned()))
+    };
+    let expect = |code: &str, count: u32| -> Result<()> {
+        let mut last = (String::new(), String::new());
+        poll_until(SETTLE, || {
+            last = probe().unwrap_or_default();
+            Ok(last.0 == code && last.1.contains(&format!("\"localEndpoints\":{count}")))
+        })
+        .map_err(|e| e.context(format!("health check {url}: want {code} with {count} local; last {last:?}")))?;
+        ensure!(
+            last.1.contains("\"namespace\":\"default\"") && last.1.contains("\"name\":\"web\""),
+            "health check body names the Service: {}",
+            last.1
+        );
+        Ok(())
+    };
+    expect("200", 1)?;
+    world.apply(svc(), &world.endpoints(&[1, 2], &[1]))?;
+    expect("200", 2)?;
+    // Only terminating local endpoints (still serving): unhealthy.
+    let terminating: Vec<EndpointSpec> = [1, 2]
+        .iter()
+        .map(|&i| EndpointSpec::new(world.env.topo.backend(i).ip()).node(NODE_NAME).terminating_serving())
+        .chain(world.endpoints(&[], &[1]))
+        .collect();
+    world.apply(svc(), &terminating)?;
+    expect("503", 0)?;
+    world.apply(svc(), &world.endpoints(&[], &[1]))?;
+    expect("503", 0)?;
+    // Back to ready, then the Service gone: the port closes.
+    world.apply(svc(), &world.endpoints(&[2], &[1]))?;
+    expect("200", 1)?;
+    world.env.delete("web-svc")?;
+    poll_until(SETTLE, || Ok(probe().is_err()))
+        .map_err(|e| e.context("the health check port must close with its Service"))?;
+    Ok(())
+}
+
+/// `sessionAffinity: ClientIP` for a client outside the node: keyed by its
+/// address, so all its connections stick to one backend (of three), and
+/// `status` shows the entry under the address-derived identity.
+pub fn affinity_for_an_outside_client(source: Box<dyn Source>) -> Result<()> {
+    let mut world = World::new(source, 2, 1)?;
+    let svc = web("NodePort", "10.96.9.70").affinity(crate::k8s::Affinity::ClientIp(None));
+    world.apply(svc, &world.endpoints(&[1, 2], &[1]))?;
+    world.start()?;
+    let node_port = SocketAddrV4::new(NODE_A_LAN_IP, NODE_PORT);
+    let mut first = None;
+    poll_outcome(
+        SETTLE,
+        || {
+            let out = world.tcp(node_port, 20)?;
+            first = Some(out.clone());
+            Ok(out)
+        },
+        |o| o.total_ok() == 20,
+    )?;
+    let out = first.expect("polled");
+    // Without affinity, 20 connects over 3 backends hit one only with
+    // probability 3 * 3^-20 < 1e-9.
+    ensure!(out.backends().len() == 1, "affinity from outside: all connects on one backend: {out}");
+    let pinned = world.env.agent().affinity()?;
+    let id = (1u64 << 63) | u64::from(u32::from(OUTSIDE_IP));
+    ensure!(
+        pinned.iter().any(|a| a.netns_cookie == id && a.name == "web"),
+        "status must show the outside client's pin (identity {id:#x}): {pinned:?}"
+    );
+    Ok(())
+}
+
+/// A backend removed while a UDP flow from outside runs: the flow is
+/// dropped from the table (kube-proxy's conntrack cleanup), so the same
+/// client socket's next datagrams go to a remaining backend.
+pub fn udp_flow_to_a_removed_backend_moves(source: Box<dyn Source>) -> Result<()> {
+    let mut world = World::new(source, 2, 0)?;
+    world.apply(web("NodePort", "10.96.9.80"), &world.endpoints(&[1, 2], &[]))?;
+    world.start()?;
+    let udp = SocketAddrV4::new(NODE_A_LAN_IP, UDP_NODE_PORT);
+    // One connected socket, fixed source port: one flow for the session.
+    let session = world.outside.client().udp_session(udp, 400, 40_123, false)?;
+    let rounds = session.until(SETTLE, |r| r.ok.is_some())?;
+    let first = rounds.last().and_then(|r| r.ok.clone()).unwrap_or_default();
+    let (gone, stays) = if first.starts_with("a1") { (1, 2) } else { (2, 1) };
+    world.apply(web("NodePort", "10.96.9.80"), &world.endpoints(&[stays], &[]))?;
+    let want = format!("a{stays}:");
+    session
+        .until(SETTLE, |r| r.ok.as_deref().is_some_and(|ok| ok.starts_with(&want)))
+        .map_err(|e| e.context(format!("after a{gone} was removed the flow must move to a{stays}")))?;
+    let status = world.env.agent().status_json()?;
+    ensure!(status["north_south"]["flows"].as_u64().unwrap_or(0) >= 1, "the moved flow is tracked: {status}");
+    Ok(())
+}
+
+/// A UDP flow from outside keeps its backend and keeps being answered
+/// while the agent is SIGKILLed and restarted (the pinned flow table and
+/// TC links serve on their own; the restarted agent adopts them).
+pub fn udp_flow_survives_an_agent_restart(source: Box<dyn Source>) -> Result<()> {
+    let mut world = World::new(source, 2, 1)?;
+    world.apply(web("NodePort", "10.96.9.90"), &world.endpoints(&[1, 2], &[1]))?;
+    world.start()?;
+    let udp = SocketAddrV4::new(NODE_A_LAN_IP, UDP_NODE_PORT);
+    let session = world.outside.client().udp_session(udp, 1_000, 40_124, false)?;
+    let rounds = session.until(SETTLE, |r| r.ok.is_some())?;
+    let backend = rounds.last().and_then(|r| r.ok.clone()).unwrap_or_default();
+    let check = |what: &str, n: usize| -> Result<()> {
+        for _ in 0..n {
+            let round = session.next()?;
+            ensure!(round.ok.as_deref() == Some(backend.as_str()), "{what}: the flow left {backend}: {round:?}");
+        }
+        Ok(())
+    };
+    check("before the kill", 10)?;
+    world.env.agent_mut().kill()?;
+    check("with the agent killed", 25)?;
+    world.env.agent_mut().restart()?;
+    world.env.agent_mut().wait_for_log("dataplane in sync", SETTLE)?;
+    check("after the restart", 25)?;
+    Ok(())
+}
+
+/// Flow entries go away: a closed TCP connection's entries (FIN seen:
+/// 10 s lifetime) are swept (`--flow-sweep-interval 1`).
+pub fn closed_flows_leave_the_table(source: Box<dyn Source>) -> Result<()> {
+    let mut world = World::new(source, 1, 0)?;
+    world.apply(web("NodePort", "10.96.9.95"), &world.endpoints(&[1], &[]))?;
+    world.env.start_agent(&["--devices", UPLINK, "--flow-sweep-interval", "1"])?;
+    let node_port = SocketAddrV4::new(NODE_A_LAN_IP, NODE_PORT);
+    expect_backends(&world, node_port, 5, &["a1"])?;
+    let entries = || -> Result<u64> {
+        Ok(world.env.agent().status_json()?["north_south"]["flow_entries"].as_u64().unwrap_or(u64::MAX))
+    };
+    ensure!(entries()? >= 2, "a connection from outside leaves flow entries");
+    // 10 s closing lifetime + one sweep; polled for up to 20 s.
+    poll_until(std::time::Duration::from_secs(20), || Ok(entries()? == 0))
+        .map_err(|e| e.context("closed flows must leave the table after their lifetime"))?;
+    Ok(())
+}
