@@ -16,16 +16,7 @@ use serde::{Deserialize, Serialize};
 use svc_common::{Frontend, FrontendKey4, names};
 
 /// Program names as pinned under `<bpffs>/progs/` (docs/maps.md).
-pub(crate) const PROGRAMS: [&str; 8] = [
-    "svc_connect4",
-    "svc_sendmsg4",
-    "svc_recvmsg4",
-    "svc_getpeer4",
-    "svc_connect6",
-    "svc_sendmsg6",
-    "svc_recvmsg6",
-    "svc_getpeer6",
-];
+pub(crate) const PROGRAMS: [&str; 8] = names::SOCK_PROGRAMS;
 
 /// The pinned SVC_FRONTENDS map.
 #[derive(Debug)]

@@ -30,6 +30,10 @@ pub(crate) type HealthChecks = BTreeMap<ServiceKey, HealthCheck>;
 /// What each port answers: the Service and its local ready endpoints.
 type Answers = Arc<RwLock<HashMap<u16, (ServiceKey, u32)>>>;
 
+/// How long a port that could not be bound (held by another process,
+/// e.g. a kube-proxy being replaced) waits before the next attempt.
+const BIND_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Starts the task that keeps the listeners equal to what `wanted` says.
 pub(crate) fn spawn(mut wanted: watch::Receiver<HealthChecks>) {
     tokio::spawn(async move {
@@ -37,35 +41,52 @@ pub(crate) fn spawn(mut wanted: watch::Receiver<HealthChecks>) {
         let mut listeners: HashMap<u16, JoinHandle<()>> = HashMap::new();
         loop {
             let checks = wanted.borrow_and_update().clone();
-            let by_port = by_port(&checks);
-            if let Ok(mut a) = answers.write() {
-                a.clone_from(&by_port);
-            }
-            listeners.retain(|port, task| {
-                let keep = by_port.contains_key(port);
-                if !keep {
-                    task.abort();
-                    tracing::info!(port, "health check node port closed");
-                }
-                keep
-            });
-            for (port, (service, _)) in &by_port {
-                if listeners.contains_key(port) {
-                    continue;
-                }
-                match listen(*port).await {
-                    Ok(listener) => {
-                        tracing::info!(port, service = %service, "serving health check node port");
-                        listeners.insert(*port, tokio::spawn(serve(listener, *port, Arc::clone(&answers))));
-                    }
-                    Err(e) => tracing::error!(port, service = %service, "health check node port: binding: {e}"),
-                }
-            }
-            if wanted.changed().await.is_err() {
-                return;
+            let all_bound = reconcile(&by_port(&checks), &answers, &mut listeners).await;
+            tokio::select! {
+                changed = wanted.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(BIND_RETRY), if !all_bound => {}
             }
         }
     });
+}
+
+/// Publishes the answers and opens and closes listeners to match;
+/// returns whether every port is served.
+async fn reconcile(
+    by_port: &HashMap<u16, (ServiceKey, u32)>,
+    answers: &Answers,
+    listeners: &mut HashMap<u16, JoinHandle<()>>,
+) -> bool {
+    if let Ok(mut a) = answers.write() {
+        a.clone_from(by_port);
+    }
+    let closed: Vec<u16> = listeners.keys().filter(|p| !by_port.contains_key(p)).copied().collect();
+    for port in closed {
+        if let Some(task) = listeners.remove(&port) {
+            task.abort();
+            // Wait until the listener is gone, so the port is free again
+            // for a Service that takes it next.
+            drop(task.await);
+            tracing::info!(port, "health check node port closed");
+        }
+    }
+    let mut all_bound = true;
+    for (port, (service, _)) in by_port {
+        if listeners.contains_key(port) {
+            continue;
+        }
+        match listen(*port) {
+            Ok(listener) => {
+                tracing::info!(port, service = %service, "serving health check node port");
+                listeners.insert(*port, tokio::spawn(serve(listener, *port, Arc::clone(answers))));
+            }
+            Err(e) => {
+                all_bound = false;
+                tracing::error!(port, service = %service, "health check node port: binding: {e} (retrying)");
+            }
+        }
+    }
+    all_bound
 }
 
 /// The answers by port; two Services on one port keep the first (by
@@ -86,13 +107,40 @@ fn by_port(checks: &HealthChecks) -> HashMap<u16, (ServiceKey, u32)> {
     out
 }
 
-/// A listener on every address of the node, both families where the
-/// kernel has IPv6 (kube-proxy binds the health check ports likewise).
-async fn listen(port: u16) -> std::io::Result<tokio::net::TcpListener> {
-    match tokio::net::TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))).await {
-        Ok(l) => Ok(l),
-        Err(_) => tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await,
-    }
+/// A listener on every address of the node: one dual-stack socket
+/// (IPV6_V6ONLY off, whatever `net.ipv6.bindv6only` says), or IPv4 only
+/// where the kernel has no IPv6.
+fn listen(port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    use std::os::fd::AsRawFd as _;
+    let socket = match tokio::net::TcpSocket::new_v6() {
+        Ok(socket) => {
+            let off: libc::c_int = 0;
+            // SAFETY: setsockopt with an int on a socket we own.
+            let rc = unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_V6ONLY,
+                    (&raw const off).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            socket.set_reuseaddr(true)?;
+            socket.bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))?;
+            socket
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.set_reuseaddr(true)?;
+            socket.bind(SocketAddr::from(([0, 0, 0, 0], port)))?;
+            socket
+        }
+        Err(e) => return Err(e),
+    };
+    socket.listen(1024)
 }
 
 async fn serve(listener: tokio::net::TcpListener, port: u16, answers: Answers) {

@@ -57,6 +57,10 @@ pub(crate) struct Metrics {
     pub flows_expired: Counter,
     /// North-south UDP flows dropped because their backend was removed.
     pub udp_flows_dropped: Counter,
+    /// TC packets translated or untracked, by `result`.
+    ns_packets: Family<ResultLabel, Counter>,
+    /// TC packets dropped, by `reason`.
+    ns_drops: Family<ReasonLabel, Counter>,
     /// kube-proxy's families (docs/metrics.md), so its dashboards and
     /// alerts work: trigger time of a slice change -> programmed.
     network_programming: Histogram,
@@ -98,6 +102,12 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
+/// The `result` label of north-south packets.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
 /// The `kind` label.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct KindLabel {
@@ -130,6 +140,8 @@ impl Metrics {
             udp_reset_failures: Family::default(),
             flows_expired: Counter::default(),
             udp_flows_dropped: Counter::default(),
+            ns_packets: Family::default(),
+            ns_drops: Family::default(),
             network_programming: Histogram::new(network_programming_buckets()),
             // kube-proxy's: 1 ms doubling, 15 buckets.
             sync_duration: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15)),
@@ -170,6 +182,18 @@ impl Metrics {
             "north_south_udp_flows_dropped",
             "North-south UDP flows dropped from the flow table because their backend was removed",
             m.udp_flows_dropped.clone(),
+        );
+        registry.register(
+            "north_south_packets",
+            "Packets of clients outside the node the TC programs translated (result=new_flow: a flow's first, \
+             result=translated: a tracked flow's) or passed untouched because they cannot track them \
+             (result=untracked: fragments, other protocols, non-IPv4)",
+            m.ns_packets.clone(),
+        );
+        registry.register(
+            "north_south_drops",
+            "Packets the TC programs dropped, by reason: no_backend, no_snat_port, no_route, flow_table, rewrite",
+            m.ns_drops.clone(),
         );
         registry.register(
             "udp_reset_failures",
@@ -278,6 +302,18 @@ impl Metrics {
     }
 
     /// Counts `n` UDP-reset failures of one reason ([`UDP_RESET_FAILURES`]).
+    /// Adds `n` to the north-south counter of `ns_stat` slot `slot`.
+    pub(crate) fn north_south(&self, slot: u32, n: u64) {
+        use svc_common::ns_stat;
+        let Some(&name) = ns_stat::NAMES.get(slot as usize) else { return };
+        match slot {
+            ns_stat::NEW_FLOW | ns_stat::TRANSLATED | ns_stat::UNTRACKED => {
+                self.ns_packets.get_or_create(&ResultLabel { result: name }).inc_by(n)
+            }
+            _ => self.ns_drops.get_or_create(&ReasonLabel { reason: name }).inc_by(n),
+        };
+    }
+
     pub(crate) fn udp_reset_failed(&self, reason: &'static str, n: u64) {
         self.udp_reset_failures.get_or_create(&ReasonLabel { reason }).inc_by(n);
     }

@@ -105,6 +105,34 @@ impl FlowValue4 {
     }
 }
 
+/// The TC programs' packet counters: one slot each of `SVC_NS_STATS` (a
+/// per-CPU array of `u64`), summed over CPUs by the agent for its metrics.
+pub mod ns_stat {
+    /// The first packet of a new flow, translated.
+    pub const NEW_FLOW: u32 = 0;
+    /// A packet of a tracked flow, translated.
+    pub const TRANSLATED: u32 = 1;
+    /// Dropped: the frontend has no usable backend for outside clients.
+    pub const DROP_NO_BACKEND: u32 = 2;
+    /// Dropped: no free SNAT port for the backend.
+    pub const DROP_NO_SNAT_PORT: u32 = 3;
+    /// Dropped: the backend (or the client, for a reply) has no route.
+    pub const DROP_NO_ROUTE: u32 = 4;
+    /// Dropped: the flow table refused an entry.
+    pub const DROP_FLOW_TABLE: u32 = 5;
+    /// Dropped: rewriting the packet failed.
+    pub const DROP_REWRITE: u32 = 6;
+    /// Passed untouched because the programs cannot track it (IP
+    /// fragments, IPv4 packets of other protocols, non-IPv4).
+    pub const UNTRACKED: u32 = 7;
+    /// Number of slots.
+    pub const COUNT: u32 = 8;
+    /// The metric label of each slot: `result` for the first two, `reason`
+    /// of a drop for the next five, then untracked.
+    pub const NAMES: [&str; COUNT as usize] =
+        ["new_flow", "translated", "no_backend", "no_snat_port", "no_route", "flow_table", "rewrite", "untracked"];
+}
+
 /// A device the TC programs run on (`SVC_DEVICES`, keyed by ifindex).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]

@@ -42,8 +42,23 @@ pub mod names {
     pub const FLOWS: &str = "SVC_FLOWS";
     /// ifindex -> [`super::DeviceInfo`] of the TC devices.
     pub const DEVICES: &str = "SVC_DEVICES";
+    /// The TC programs' packet counters (per-CPU, [`super::ns_stat`]).
+    pub const NS_STATS: &str = "SVC_NS_STATS";
+    /// The socket programs, in attach order (pinned under `<bpffs>/progs/`):
+    /// the IPv4 hooks, then the v6 hooks (native IPv6 peers, and v4-mapped
+    /// ones of `AF_INET6` sockets).
+    pub const SOCK_PROGRAMS: [&str; 8] = [
+        "svc_connect4",
+        "svc_sendmsg4",
+        "svc_recvmsg4",
+        "svc_getpeer4",
+        "svc_connect6",
+        "svc_sendmsg6",
+        "svc_recvmsg6",
+        "svc_getpeer6",
+    ];
     /// All pinned maps, in the order `cleanup` and `status` walk them.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         FRONTENDS,
         BACKENDS,
         BACKEND_INDEX,
@@ -60,6 +75,7 @@ pub mod names {
         SOCK_XLAT6,
         FLOWS,
         DEVICES,
+        NS_STATS,
     ];
 }
 

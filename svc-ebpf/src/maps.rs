@@ -5,7 +5,7 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, SkStorage},
+    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray, SkStorage},
     macros::btf_map,
 };
 use svc_common::{
@@ -86,6 +86,10 @@ pub(crate) static SVC_FLOWS: LruHashMap<FlowKey4, FlowValue4, { capacity::FLOWS 
 /// The devices the TC programs run on, by ifindex (written by the agent).
 #[btf_map]
 pub(crate) static SVC_DEVICES: HashMap<u32, DeviceInfo, { capacity::DEVICES as usize }> = HashMap::new();
+
+/// Packet counters of the TC programs, by `svc_common::ns_stat` slot.
+#[btf_map]
+pub(crate) static SVC_NS_STATS: PerCpuArray<u64, { svc_common::ns_stat::COUNT as usize }> = PerCpuArray::new();
 
 /// Never read by the programs. The agent updates entry 0 (with
 /// `SVC_GRACE_IN`) to wait for an RCU grace period: the kernel waits for

@@ -16,22 +16,23 @@
 //!   local source address); one with only a new destination goes on up
 //!   the stack, which routes it to the (local) backend.
 //!
-//! IPv4 only, no IP options or fragments (passed untouched). docs/north-south.md.
+//! IPv4 over Ethernet only; fragments and other protocols pass untouched.
+//! docs/north-south.md.
 
 use aya_ebpf::{
     bindings::{
         BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST,
-        TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup as FibParams,
+        TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_fib_lookup as FibParams,
     },
     helpers::generated::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect_neigh},
     programs::TcContext,
 };
-use svc_common::{Backend4, FlowKey4, FlowValue4, fe_flags, flow_flags, proto, scope, snat_ports};
+use svc_common::{Backend4, FlowKey4, FlowValue4, fe_flags, flow_flags, ns_stat, proto, scope, snat_ports};
 
 use crate::{
     family::{Family, V4},
     lb::{self, Client, Verdict},
-    maps::{SVC_DEVICES, SVC_FLOWS},
+    maps::{SVC_DEVICES, SVC_FLOWS, SVC_NS_STATS},
 };
 
 const ETH_HLEN: usize = 14;
@@ -45,10 +46,14 @@ const IP_DADDR: usize = 16;
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
 /// The TC verdicts, as the programs return them (the bindings' constant
-/// type differs between targets).
+/// type differs between targets): a translated packet goes on (`PASS`,
+/// tcx's TCX_PASS); one that is not ours goes to the next program on the
+/// device (`NEXT`, TCX_NEXT: a CNI's programs keep running); `DROP`.
 #[allow(clippy::unnecessary_cast, reason = "u32 in some targets' bindings")]
 const PASS: i32 = TC_ACT_OK as i32;
+const NEXT: i32 = TC_ACT_UNSPEC;
 #[allow(clippy::unnecessary_cast, reason = "u32 in some targets' bindings")]
 const DROP: i32 = TC_ACT_SHOT as i32;
 /// SNAT port attempts before the packet is dropped.
@@ -152,11 +157,11 @@ impl Client for Outside {
 /// replies to SNATed ones arrive here), else new flows to frontends.
 #[inline(always)]
 pub(crate) fn ingress(ctx: &TcContext) -> i32 {
-    let Some(pkt) = Packet::parse(ctx) else { return PASS };
+    let Some(pkt) = Packet::parse(ctx) else { return untracked() };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(entry) = tracked(&pkt, now) {
-        return rewrite(ctx, &pkt, &entry, true);
+        return rewrite(ctx, &pkt, &entry, true, ns_stat::TRANSLATED);
     }
     new_flow(ctx, &pkt, now)
 }
@@ -165,64 +170,125 @@ pub(crate) fn ingress(ctx: &TcContext) -> i32 {
 /// the frontend back as their source.
 #[inline(always)]
 pub(crate) fn egress(ctx: &TcContext) -> i32 {
-    let Some(pkt) = Packet::parse(ctx) else { return PASS };
+    let Some(pkt) = Packet::parse(ctx) else { return untracked() };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     match tracked(&pkt, now) {
-        Some(entry) => rewrite(ctx, &pkt, &entry, false),
-        None => PASS,
+        Some(entry) => rewrite(ctx, &pkt, &entry, false, ns_stat::TRANSLATED),
+        None => NEXT,
     }
 }
 
+/// Adds one to counter `slot` (`svc_common::ns_stat`) of this CPU.
+#[inline(always)]
+fn count(slot: u32) {
+    if let Some(counter) = SVC_NS_STATS.get_ptr_mut(slot) {
+        // SAFETY: this CPU's own slot; programs do not migrate mid-run.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// A packet the programs cannot track: counted, passed on.
+#[inline(always)]
+fn untracked() -> i32 {
+    count(ns_stat::UNTRACKED);
+    NEXT
+}
+
+/// A packet dropped for `reason` (a `ns_stat` slot).
+#[inline(always)]
+fn drop_for(reason: u32) -> i32 {
+    count(reason);
+    DROP
+}
+
+/// The reverse of a tuple: the key of the other direction's entry, whose
+/// packets look like `v` turned around.
+#[inline(always)]
+const fn reverse(saddr: [u8; 4], daddr: [u8; 4], sport: u16, dport: u16, proto: u8) -> FlowKey4 {
+    FlowKey4 { saddr: daddr, daddr: saddr, sport: dport, dport: sport, proto, _pad: [0; 3] }
+}
+
 /// The live entry for this packet's tuple, refreshed (last packet, TCP
-/// state) and copied out; an expired one counts as absent.
+/// state, in both directions' entries) and copied out. An expired entry,
+/// or a closing one that a new SYN reuses, counts as absent.
 #[inline(always)]
 fn tracked(pkt: &Packet, now: u64) -> Option<FlowValue4> {
+    let k = &pkt.key;
     let ptr = SVC_FLOWS.get_ptr_mut(pkt.key)?;
     // SAFETY: the element stays valid for this run (RCU); a concurrent
     // reuse of an LRU element can only make this copy stale, and every
     // field is then checked like any other entry's.
-    let mut entry = unsafe { *ptr };
-    if entry.expired(pkt.key.proto, now) {
+    let entry = unsafe { *ptr };
+    if entry.expired(k.proto, now) {
         return None;
     }
-    let mut flags = entry.flags;
+    let syn_only = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if syn_only && entry.flags & flow_flags::CLOSING != 0 {
+        return None;
+    }
+    let mut bits = 0;
     if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        flags |= flow_flags::CLOSING;
+        bits |= flow_flags::CLOSING;
     }
-    if entry.flags & flow_flags::REPLY != 0 && entry.flags & flow_flags::SEEN_REPLY == 0 {
-        flags |= flow_flags::SEEN_REPLY;
-        mark_replied(&entry, pkt.key.proto, now);
+    if entry.flags & flow_flags::REPLY != 0 {
+        bits |= flow_flags::SEEN_REPLY;
     }
-    entry.flags = flags;
-    entry.last_seen_ns = now;
-    // SAFETY: as above; a plain store of the refreshed copy.
+    // SAFETY: as above. Only the new bits are or-ed into the live element
+    // (not the copy written back), so a concurrent update's bits stay.
     unsafe {
-        (*ptr).flags = flags;
+        (*ptr).flags |= bits;
         (*ptr).last_seen_ns = now;
     }
-    Some(entry)
-}
-
-/// The first reply of a flow: its original-direction entry (the reverse
-/// of what the reply becomes) learns that the flow is established.
-#[inline(always)]
-fn mark_replied(reply: &FlowValue4, proto: u8, now: u64) {
-    let original = FlowKey4 {
-        saddr: reply.daddr,
-        daddr: reply.saddr,
-        sport: reply.dport,
-        dport: reply.sport,
-        proto,
-        _pad: [0; 3],
-    };
-    if let Some(ptr) = SVC_FLOWS.get_ptr_mut(original) {
-        // SAFETY: valid element for this run; plain stores.
-        unsafe {
-            (*ptr).flags |= flow_flags::SEEN_REPLY;
-            (*ptr).last_seen_ns = now;
+    // The other direction lives as long as this one: a one-way flow (UDP
+    // to a NodePort, no replies) must not lose its reply entry, which
+    // holds its SNAT port. An evicted reply entry is recreated from the
+    // original direction (it is this packet's tuple turned around); if
+    // another flow took its key meanwhile, this flow starts over. A
+    // missing original is never recreated from a reply: the agent deletes
+    // a flow original first (a removed UDP backend), and a reply still in
+    // flight must not bring it back.
+    let peer_key = reverse(entry.saddr, entry.daddr, entry.sport, entry.dport, k.proto);
+    match SVC_FLOWS.get_ptr_mut(peer_key) {
+        // SAFETY: a valid element for this run; plain stores of new bits.
+        Some(peer) => unsafe {
+            (*peer).flags |= bits;
+            (*peer).last_seen_ns = now;
+        },
+        None if entry.flags & flow_flags::REPLY != 0 => {}
+        None => {
+            let peer = FlowValue4 {
+                saddr: k.daddr,
+                daddr: k.saddr,
+                sport: k.dport,
+                dport: k.sport,
+                flags: (entry.flags ^ flow_flags::REPLY) | bits,
+                svc_id: entry.svc_id,
+                _pad: 0,
+                last_seen_ns: now,
+            };
+            if SVC_FLOWS.insert(peer_key, peer, u64::from(BPF_NOEXIST)).is_err() {
+                return None;
+            }
         }
     }
+    Some(FlowValue4 { flags: entry.flags | bits, last_seen_ns: now, ..entry })
+}
+
+/// Writes `value` at `key` unless a live flow other than one ending there
+/// holds it: an expired or closing entry, or one that already turns into
+/// `value`'s destination (the same flow's old reply entry), is replaced.
+#[inline(always)]
+fn claim(key: FlowKey4, value: FlowValue4, now: u64) -> bool {
+    if let Some(ptr) = SVC_FLOWS.get_ptr(key) {
+        // SAFETY: copied out at once.
+        let old = unsafe { *ptr };
+        let same = old.saddr == value.saddr && old.sport == value.sport && old.daddr == value.daddr;
+        if !old.expired(key.proto, now) && old.flags & flow_flags::CLOSING == 0 && !same {
+            return false;
+        }
+    }
+    SVC_FLOWS.insert(key, value, 0).is_ok()
 }
 
 /// A packet of no tracked flow: if it is for a frontend that serves
@@ -238,34 +304,27 @@ fn new_flow(ctx: &TcContext, pkt: &Packet, now: u64) -> i32 {
         verdict = lb::select::<V4, Outside>(&client, &V4::key(dst, k.proto, scope::ALL));
     }
     let (backend, svc_id) = match verdict {
-        Verdict::Pass => return PASS,
+        Verdict::Pass => return NEXT,
         // No usable backend (none at all, or none on this node for
         // externalTrafficPolicy: Local): dropped, as kube-proxy does for
         // the latter (it rejects the former; an ICMP error is future work).
-        Verdict::Refuse => return DROP,
+        Verdict::Refuse => return drop_for(ns_stat::DROP_NO_BACKEND),
         Verdict::Translate(b) => b,
     };
     let syn = if pkt.tcp_flags & TCP_SYN != 0 { flow_flags::TCP_SYN } else { 0 };
     // The source the backend sees: the client's own, or (backend behind
     // one of the node's devices: another node) that device's address and
-    // a free port.
-    let (src, sport, snat) = match snat_source(ctx, backend.addr) {
+    // a free port. The reply entry is claimed first: it is what can clash.
+    let Ok(snat_addr) = snat_source(ctx, backend.addr) else { return drop_for(ns_stat::DROP_NO_ROUTE) };
+    let (src, sport, snat) = match snat_addr {
         Some(addr) => match claim_port(k, addr, &backend, svc_id, syn, now) {
             Some(port) => (addr, port, flow_flags::SNAT),
-            None => return DROP,
+            None => return drop_for(ns_stat::DROP_NO_SNAT_PORT),
         },
         None => {
-            let reply_key = FlowKey4 {
-                saddr: backend.addr,
-                daddr: k.saddr,
-                sport: backend.port,
-                dport: k.sport,
-                proto: k.proto,
-                _pad: [0; 3],
-            };
             let reply = reply_value(k, svc_id, flow_flags::REPLY | syn, now);
-            if SVC_FLOWS.insert(reply_key, reply, 0).is_err() {
-                return DROP;
+            if !claim(reverse(k.saddr, backend.addr, k.sport, backend.port, k.proto), reply, now) {
+                return drop_for(ns_stat::DROP_FLOW_TABLE);
             }
             (k.saddr, k.sport, 0)
         }
@@ -281,9 +340,13 @@ fn new_flow(ctx: &TcContext, pkt: &Packet, now: u64) -> i32 {
         last_seen_ns: now,
     };
     if SVC_FLOWS.insert(k, original, 0).is_err() {
-        return DROP;
+        // Release the reply entry just claimed (if that fails too, it
+        // expires).
+        #[expect(clippy::let_underscore_must_use, reason = "best effort; the entry expires anyway")]
+        let _ = SVC_FLOWS.remove(reverse(src, backend.addr, sport, backend.port, k.proto));
+        return drop_for(ns_stat::DROP_FLOW_TABLE);
     }
-    rewrite(ctx, pkt, &original, true)
+    rewrite(ctx, pkt, &original, true, ns_stat::NEW_FLOW)
 }
 
 /// The reply-direction entry of the flow `original` opened: replies leave
@@ -305,17 +368,18 @@ fn reply_value(original: &FlowKey4, svc_id: u32, flags: u32, now: u64) -> FlowVa
 /// The SNAT source address for a backend at `addr`: the address of the
 /// node device the FIB sends it through, if that is one of ours (another
 /// node behind it); `None` when it is reached otherwise (a local pod).
+/// `Err`: the backend has no route from here (the packet is dropped).
 #[inline(always)]
-fn snat_source(ctx: &TcContext, addr: [u8; 4]) -> Option<[u8; 4]> {
-    let ifindex = fib_ifindex(ctx, [0; 4], addr)?;
+fn snat_source(ctx: &TcContext, addr: [u8; 4]) -> Result<Option<[u8; 4]>, ()> {
+    let ifindex = fib_ifindex(ctx, [0; 4], addr).ok_or(())?;
     // SAFETY: the map value is copied out at once.
-    let device = unsafe { SVC_DEVICES.get(ifindex) }.copied()?;
-    (device.addr4 != [0; 4]).then_some(device.addr4)
+    let Some(device) = unsafe { SVC_DEVICES.get(ifindex) }.copied() else { return Ok(None) };
+    Ok((device.addr4 != [0; 4]).then_some(device.addr4))
 }
 
-/// Claims a free SNAT port for `original` -> `backend` by inserting the
-/// reply-direction entry under it (BPF_NOEXIST: a port in use by another
-/// flow to the same backend is skipped).
+/// Claims a free SNAT port for `original` -> `backend` by claiming the
+/// reply-direction entry under it (a port a live flow to the same backend
+/// holds is skipped).
 #[inline(always)]
 fn claim_port(original: &FlowKey4, addr: [u8; 4], backend: &Backend4, svc_id: u32, syn: u32, now: u64) -> Option<u16> {
     // SAFETY: plain helper call.
@@ -323,15 +387,7 @@ fn claim_port(original: &FlowKey4, addr: [u8; 4], backend: &Backend4, svc_id: u3
     let reply = reply_value(original, svc_id, flow_flags::REPLY | flow_flags::SNAT | syn, now);
     for i in 0..SNAT_ATTEMPTS {
         let port = (snat_ports::FIRST + (start + i) % snat_ports::COUNT).to_be();
-        let reply_key = FlowKey4 {
-            saddr: backend.addr,
-            daddr: addr,
-            sport: backend.port,
-            dport: port,
-            proto: original.proto,
-            _pad: [0; 3],
-        };
-        if SVC_FLOWS.insert(reply_key, reply, u64::from(BPF_NOEXIST)).is_ok() {
+        if claim(reverse(addr, backend.addr, port, backend.port, original.proto), reply, now) {
             return Some(port);
         }
     }
@@ -356,26 +412,26 @@ fn fib_ifindex(ctx: &TcContext, saddr: [u8; 4], daddr: [u8; 4]) -> Option<u32> {
 
 /// Rewrites the packet to `to`'s addresses and ports (checksums fixed up),
 /// then delivers it: redirected out of the FIB's device when the source
-/// changed at ingress, else on its way.
+/// changed at ingress, else on its way. Counts it under `slot` when done.
 #[inline(always)]
-fn rewrite(ctx: &TcContext, pkt: &Packet, to: &FlowValue4, ingress: bool) -> i32 {
+fn rewrite(ctx: &TcContext, pkt: &Packet, to: &FlowValue4, ingress: bool, slot: u32) -> i32 {
     let k = &pkt.key;
     let ok = rewrite_addr(ctx, pkt, ETH_HLEN + IP_SADDR, k.saddr, to.saddr)
         && rewrite_addr(ctx, pkt, ETH_HLEN + IP_DADDR, k.daddr, to.daddr)
         && rewrite_port(ctx, pkt, pkt.l4, k.sport, to.sport)
         && rewrite_port(ctx, pkt, pkt.l4 + 2, k.dport, to.dport);
     if !ok {
-        return DROP;
+        return drop_for(ns_stat::DROP_REWRITE);
     }
     if !ingress || (k.saddr == to.saddr && k.sport == to.sport) {
+        count(slot);
         return PASS;
     }
-    match fib_ifindex(ctx, to.saddr, to.daddr) {
-        // SAFETY: plain helper call; no next-hop parameters (it looks the
-        // neighbour up itself).
-        Some(ifindex) => unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32 },
-        None => DROP,
-    }
+    let Some(ifindex) = fib_ifindex(ctx, to.saddr, to.daddr) else { return drop_for(ns_stat::DROP_NO_ROUTE) };
+    count(slot);
+    // SAFETY: plain helper call; no next-hop parameters (it looks the
+    // neighbour up itself).
+    unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32 }
 }
 
 /// Replaces a 4-byte address at `offset` (IP and pseudo-header checksums).

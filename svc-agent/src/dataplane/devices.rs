@@ -22,6 +22,9 @@ use crate::{
 pub(crate) const TC_PROGRAMS: [(&str, TcAttachType); 2] =
     [("svc_tc_in", TcAttachType::Ingress), ("svc_tc_out", TcAttachType::Egress)];
 
+/// `ARPHRD_ETHER`: the only link type the TC programs parse.
+const ARPHRD_ETHER: u16 = 1;
+
 /// `--devices`: which devices get the TC programs.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum DeviceSelection {
@@ -98,6 +101,12 @@ pub(crate) fn resolve(selection: &DeviceSelection) -> Result<Vec<Device>> {
             let ifindex = sys::ifindex(&name).ok_or_else(|| {
                 Error::Environment(format!("--devices: no device {name:?} in this network namespace"))
             })?;
+            // The programs parse an Ethernet header first.
+            if sys::link_type(&name) != Some(ARPHRD_ETHER) {
+                return Err(Error::Environment(format!(
+                    "--devices: {name:?} is not an Ethernet device (L3 devices such as tunnels are not supported)"
+                )));
+            }
             let addr4 = addresses.iter().find_map(|(dev, ip)| match ip {
                 std::net::IpAddr::V4(v4) if *dev == name => Some(*v4),
                 _ => None,
@@ -116,6 +125,8 @@ pub(crate) fn link_name(program: &str, device: &str) -> String {
 /// pinned before the old one is dropped), detaches them from devices no
 /// longer selected, and records the devices in `SVC_DEVICES`.
 pub(crate) fn attach(ebpf: &mut Ebpf, layout: &PinLayout, devices: &[Device]) -> Result<()> {
+    // The devices first: a program attached before would SNAT nothing.
+    record(ebpf, devices)?;
     let mut wanted: Vec<String> = Vec::new();
     for (name, hook) in TC_PROGRAMS {
         let program: &mut SchedClassifier = ebpf
@@ -137,7 +148,6 @@ pub(crate) fn attach(ebpf: &mut Ebpf, layout: &PinLayout, devices: &[Device]) ->
         }
     }
     detach_others(layout, &wanted)?;
-    record(ebpf, devices)?;
     if devices.is_empty() {
         tracing::info!("no TC devices (--devices): clients outside the node are not served");
     } else {

@@ -48,6 +48,11 @@ impl FrontendKey {
         }
     }
 
+    /// The same address, port and protocol in `scope`.
+    pub(crate) fn with_scope(&self, scope: Scope) -> Self {
+        Self::new(self.socket_addr(), Proto::from_number(self.proto()).unwrap_or(Proto::Tcp), scope)
+    }
+
     /// Who the frontend is for.
     pub(crate) const fn scope(&self) -> Scope {
         let scope = match self {

@@ -6,8 +6,8 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use aya::maps::{HashMap, MapData};
-use svc_common::{FlowKey4, FlowValue4, flow_flags, names, proto};
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use svc_common::{FlowKey4, FlowValue4, flow_flags, names, ns_stat, proto};
 
 use super::{encode::socket_addr, family::Backend, maps::open_pinned_map, pins::PinLayout, udp_reset::Removed};
 use crate::{
@@ -28,16 +28,26 @@ impl FlowTable {
         Ok(Self { map })
     }
 
-    /// Deletes every entry expired at `now_ns`; returns how many.
+    /// Deletes every entry expired at `now_ns`; returns how many. Each is
+    /// read again just before its delete and kept if a packet refreshed
+    /// it (or a new flow took its key) since the scan; the window left
+    /// between that read and the delete is one syscall wide.
     pub(crate) fn sweep(&mut self, now_ns: u64) -> usize {
-        let expired: Vec<FlowKey4> = self
+        let expired: Vec<(FlowKey4, u64)> = self
             .map
             .iter()
             .filter_map(std::result::Result::ok)
             .filter(|(k, v)| v.expired(k.proto, now_ns))
-            .map(|(k, _)| k)
+            .map(|(k, v)| (k, v.last_seen_ns))
             .collect();
-        expired.iter().filter(|k| self.map.remove(k).is_ok()).count()
+        let mut swept = 0;
+        for (key, seen) in &expired {
+            let unchanged = self.map.get(key, 0).is_ok_and(|v| v.last_seen_ns == *seen);
+            if unchanged && self.map.remove(key).is_ok() {
+                swept += 1;
+            }
+        }
+        swept
     }
 
     /// Deletes the UDP flows (both directions) from a frontend in `removed`
@@ -69,32 +79,59 @@ impl FlowTable {
                 proto: key.proto,
                 _pad: [0; 3],
             };
-            // Either may be gone already (LRU eviction, expiry): a failed
-            // delete leaves nothing to undo.
-            drop(self.map.remove(&reply));
+            // The original first: the programs recreate a missing reply
+            // entry from a packet of the original direction, never the
+            // original from a reply. Either may be gone already (LRU
+            // eviction, expiry): a failed delete leaves nothing to undo.
             drop(self.map.remove(key));
+            drop(self.map.remove(&reply));
         }
         doomed.len()
     }
 }
 
-/// Starts the sweeper thread, deleting expired entries every `interval`
-/// (`--flow-sweep-interval`): the programs already ignore them; the sweep
-/// returns their space before the LRU has to evict live ones.
+/// How often the TC programs' packet counters are copied into the metrics.
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Starts the north-south housekeeping thread: every second it copies the
+/// TC programs' packet counters (`SVC_NS_STATS`) into the metrics; every
+/// `interval` (`--flow-sweep-interval`) it deletes expired flow entries
+/// (the programs already ignore them; the sweep returns their space
+/// before the LRU has to evict live ones).
 pub(crate) fn spawn_sweeper(layout: &PinLayout, interval: Duration, metrics: Arc<Metrics>) -> Result<()> {
     let mut table = FlowTable::open(layout)?;
+    let stats: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(open_pinned_map(layout, names::NS_STATS)?).map_err(|e| Error::map(names::NS_STATS, e))?;
     std::thread::Builder::new()
         .name("flow-sweep".into())
         .spawn(move || {
+            // Counters survive agent restarts (the map is pinned): the
+            // first read is the baseline, only growth is counted.
+            let mut seen = read_stats(&stats);
+            let mut since_sweep = Duration::ZERO;
             loop {
-                std::thread::sleep(interval);
-                let swept = table.sweep(sys::monotonic_ns());
-                metrics.flows_expired.inc_by(swept as u64);
-                if swept > 0 {
-                    tracing::debug!(entries = swept, "swept expired north-south flow entries");
+                std::thread::sleep(STATS_INTERVAL);
+                let now = read_stats(&stats);
+                for (slot, (new, old)) in now.iter().zip(&seen).enumerate() {
+                    metrics.north_south(slot as u32, new.saturating_sub(*old));
+                }
+                seen = now;
+                since_sweep += STATS_INTERVAL;
+                if since_sweep >= interval {
+                    since_sweep = Duration::ZERO;
+                    let swept = table.sweep(sys::monotonic_ns());
+                    metrics.flows_expired.inc_by(swept as u64);
+                    if swept > 0 {
+                        tracing::debug!(entries = swept, "swept expired north-south flow entries");
+                    }
                 }
             }
         })
         .map_err(|e| Error::io("starting the flow-sweep thread", e))?;
     Ok(())
+}
+
+/// Every `ns_stat` counter, summed over CPUs (0 where unreadable).
+fn read_stats(stats: &PerCpuArray<MapData, u64>) -> Vec<u64> {
+    (0..ns_stat::COUNT).map(|slot| stats.get(&slot, 0).map_or(0, |per_cpu| per_cpu.iter().sum())).collect()
 }

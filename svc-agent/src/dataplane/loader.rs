@@ -29,19 +29,9 @@ use crate::{
 /// The compiled programs, embedded at build time (see build.rs).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/svc-ebpf"));
 
-/// Program names in the object, in attach order: the IPv4 hooks, then
-/// the v6 hooks (native IPv6 peers, and v4-mapped ones of `AF_INET6`
-/// sockets).
-pub(crate) const PROGRAMS: [&str; 8] = [
-    "svc_connect4",
-    "svc_sendmsg4",
-    "svc_recvmsg4",
-    "svc_getpeer4",
-    "svc_connect6",
-    "svc_sendmsg6",
-    "svc_recvmsg6",
-    "svc_getpeer6",
-];
+/// Program names in the object, in attach order
+/// (`svc_common::names::SOCK_PROGRAMS`).
+pub(crate) const PROGRAMS: [&str; 8] = names::SOCK_PROGRAMS;
 
 /// Expected (type, key size, value size) of every pinned map, checked
 /// before adopting pins left by another agent build.
@@ -64,6 +54,7 @@ fn expected_layout(name: &str) -> Option<(MapType, usize, usize)> {
         names::SOCK_XLAT6 => (MapType::SkStorage, size_of::<i32>(), size_of::<SockXlat6>()),
         names::FLOWS => (MapType::LruHash, size_of::<FlowKey4>(), size_of::<FlowValue4>()),
         names::DEVICES => (MapType::Hash, size_of::<u32>(), size_of::<DeviceInfo>()),
+        names::NS_STATS => (MapType::PerCpuArray, size_of::<u32>(), size_of::<u64>()),
         _ => return None,
     })
 }

@@ -176,6 +176,35 @@ pub(crate) fn ifindex(name: &str) -> Option<u32> {
     (index != 0).then_some(index)
 }
 
+/// The link-layer type of interface `name` (`ARPHRD_*`: 1 is Ethernet),
+/// from SIOCGIFHWADDR in this network namespace.
+pub(crate) fn link_type(name: &str) -> Option<u16> {
+    const SIOCGIFHWADDR: libc::c_ulong = 0x8927;
+    // SAFETY: a zeroed ifreq we fill below.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= req.ifr_name.len() {
+        return None;
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: plain socket(2); closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a valid socket and ifreq.
+    let rc = unsafe { libc::ioctl(fd, SIOCGIFHWADDR, &raw mut req) };
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: on success the kernel filled the hardware-address union member.
+    Some(unsafe { req.ifr_ifru.ifru_hwaddr.sa_family })
+}
+
 /// The name of interface `ifindex` in this network namespace.
 pub(crate) fn ifname(ifindex: u32) -> Option<String> {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];

@@ -62,10 +62,12 @@ impl World {
 
     /// Service `web` (TCP 80 -> 8080 on NODE_PORT, UDP 53 -> 5353 on
     /// UDP_NODE_PORT) of type `type_`, with these endpoints.
+    /// (A LoadBalancer Service gets the TCP port only: API servers before
+    /// 1.26 refuse mixed protocols there.)
     fn apply(&self, svc: ServiceSpec, endpoints: &[EndpointSpec]) -> Result<()> {
-        let svc = svc
-            .port(PortSpec::tcp("http", 80, "8080").node_port(NODE_PORT))
-            .port(PortSpec::udp("dns", 53, "5353").node_port(UDP_NODE_PORT));
+        let load_balancer = svc.type_.as_deref() == Some("LoadBalancer");
+        let svc = svc.port(PortSpec::tcp("http", 80, "8080").node_port(NODE_PORT));
+        let svc = if load_balancer { svc } else { svc.port(PortSpec::udp("dns", 53, "5353").node_port(UDP_NODE_PORT)) };
         let ports = [SlicePort::tcp("http", 8080), SlicePort::udp("dns", 5353)];
         self.env.apply("web-svc", &svc.yaml())?;
         self.env.apply("web-slice", &endpoint_slice_spec("default", "web-1", "web", &ports, endpoints))
@@ -144,7 +146,30 @@ pub fn node_port_from_outside_reaches_pods_on_both_nodes(source: Box<dyn Source>
         "status north_south.devices: {devices}"
     );
     ensure!(status["north_south"]["flow_entries"].as_u64().unwrap_or(0) > 0, "no flows in status: {status}");
+    // The programs' counters (`SVC_NS_STATS`, what the metrics report):
+    // new flows and tracked packets were counted, nothing was dropped.
+    let counts = ns_stats(world.env.agent())?;
+    ensure!(counts[0] >= 45 && counts[1] > 0, "new_flow and translated counters: {counts:?}");
+    ensure!(counts[2..7].iter().all(|&n| n == 0), "no drop counted: {counts:?}");
     Ok(())
+}
+
+/// The TC programs' counters (`svc_common::ns_stat` order), summed over
+/// CPUs, as `bpftool` dumps the pinned per-CPU map.
+fn ns_stats(agent: &crate::Agent) -> Result<Vec<u64>> {
+    let pin = agent.pin_dir().join("maps/SVC_NS_STATS");
+    let out = crate::cmd::run(std::process::Command::new("bpftool").args(["-j", "map", "dump", "pinned"]).arg(&pin))?;
+    let dump: serde_json::Value = serde_json::from_str(&out)?;
+    let mut counts = vec![0u64; 8];
+    for entry in dump.as_array().into_iter().flatten() {
+        let entry = entry.get("formatted").unwrap_or(entry);
+        let Some(slot) = entry["key"].as_u64().and_then(|k| usize::try_from(k).ok()) else { continue };
+        let sum: u64 = entry["values"].as_array().into_iter().flatten().filter_map(|v| v["value"].as_u64()).sum();
+        if let Some(c) = counts.get_mut(slot) {
+            *c = sum;
+        }
+    }
+    Ok(counts)
 }
 
 /// Real clients from outside: `curl` over TCP and `dig` over UDP and TCP.
@@ -215,6 +240,8 @@ pub fn external_traffic_policy_local_from_outside(source: Box<dyn Source>) -> Re
     poll_until(SETTLE, || Ok(world.tcp(node_port, 1)?.total_ok() == 0))?;
     let out = world.tcp(node_port, 3)?;
     ensure!(out.total_ok() == 0 && !out.errors.is_empty(), "no local endpoint: outside connects must fail: {out}");
+    let counts = ns_stats(world.env.agent())?;
+    ensure!(counts[2] >= 3, "the drops are counted as no_backend: {counts:?}");
     Ok(())
 }
 

@@ -371,6 +371,18 @@ impl<T: Table> Writer<T> {
         let mut wanted: BTreeMap<FrontendKey, &DesiredFrontend> = BTreeMap::new();
         for fe in &desired.frontends {
             let fk = desired_key(fe);
+            // An outside-only twin belongs with its address: where another
+            // Service owns the address (reported once, for that entry),
+            // the twin is not written either.
+            if fk.scope() == crate::model::Scope::External {
+                let all = fk.with_scope(crate::model::Scope::All);
+                if let Some(owner) = self.owners.get(&all)
+                    && owner != key
+                    && self.handover.releasing.get(&all) != Some(owner)
+                {
+                    continue;
+                }
+            }
             match self.owners.get(&fk) {
                 Some(owner) if owner != key && self.handover.releasing.get(&fk) == Some(owner) => {
                     taken.push((fk, owner.clone()));

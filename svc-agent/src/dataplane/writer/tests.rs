@@ -277,6 +277,19 @@ fn address_owned_by_another_service_waits_until_released() {
 }
 
 #[test]
+fn an_outside_only_twin_follows_the_owner_of_its_address() {
+    let mut w = writer();
+    w.apply(vec![(key("a"), service(vec![frontend("a", "192.0.2.1:80", &["10.0.0.1:80"])]))]);
+    // b (externalTrafficPolicy: Local) wants the same address, and its twin.
+    let twin = DesiredFrontend { scope: crate::model::Scope::External, ..frontend("b", "192.0.2.1:80", &[]) };
+    let report = w.apply(vec![(key("b"), service(vec![frontend("b", "192.0.2.1:80", &["10.0.0.2:80"]), twin]))]);
+    assert_eq!(report.refused.len(), 1, "one conflict, reported once: {:?}", report.refused);
+    let twin_key = fk("192.0.2.1:80").with_scope(crate::model::Scope::External);
+    assert!(!w.table().frontends.contains_key(&twin_key), "outside clients must not be sent to b while a owns it");
+    assert_eq!(resolve(w.table(), "192.0.2.1:80").unwrap(), vec![addr("10.0.0.1:80")]);
+}
+
+#[test]
 fn adoption_recovers_state_and_removes_stale_only_when_told() {
     let mut w = writer();
     w.apply(vec![
