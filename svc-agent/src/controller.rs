@@ -7,7 +7,7 @@
 //! untouched until it can reconcile all of it at once.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::Arc,
     time::{Instant, SystemTime},
 };
@@ -20,7 +20,7 @@ use crate::{
     health::Health,
     health_check::HealthChecks,
     metrics::Metrics,
-    model::{Dirty, HealthCheck, NodeContext, ServiceKey, ServiceObj, SliceObj, Store, desired_service},
+    model::{Dirty, HealthCheck, NodeContext, ServiceKey, ServiceObj, SliceObj, SourceRanges, Store, desired_service},
     source::{Change, Envelope, EventReceiver, SourceEvent},
 };
 
@@ -45,6 +45,10 @@ pub(crate) struct Controller<T: Table> {
     /// since [`Self::take_health_checks`].
     health_checks: HealthChecks,
     health_checks_changed: bool,
+    /// `loadBalancerSourceRanges` by Service, and whether they changed
+    /// since [`Self::take_source_ranges`].
+    source_ranges: BTreeMap<ServiceKey, Vec<SourceRanges>>,
+    source_ranges_changed: bool,
 }
 
 /// The changes a batch carried, counted as kube-proxy's change trackers
@@ -80,7 +84,24 @@ impl<T: Table> Controller<T> {
             changes: Changes::default(),
             health_checks: HealthChecks::new(),
             health_checks_changed: false,
+            source_ranges: BTreeMap::new(),
+            source_ranges_changed: false,
         }
+    }
+
+    /// Every Service's source restrictions, if they changed since the last
+    /// call.
+    pub(crate) fn take_source_ranges(&mut self) -> Option<&BTreeMap<ServiceKey, Vec<SourceRanges>>> {
+        std::mem::take(&mut self.source_ranges_changed).then_some(&self.source_ranges)
+    }
+
+    fn set_source_ranges(&mut self, key: &ServiceKey, ranges: &[SourceRanges]) {
+        let old = if ranges.is_empty() {
+            self.source_ranges.remove(key)
+        } else {
+            self.source_ranges.insert(key.clone(), ranges.to_vec())
+        };
+        self.source_ranges_changed |= old.as_deref().unwrap_or_default() != ranges;
     }
 
     /// The health check node ports to serve, if they changed since the
@@ -175,6 +196,7 @@ impl<T: Table> Controller<T> {
             self.model_errors.remove(key);
             self.untranslated.remove(key);
             self.set_health_check(key, None);
+            self.set_source_ranges(key, &[]);
             return Some(ServiceUpdate::Remove);
         };
         let slices = self.store.slices_of(key);
@@ -183,6 +205,7 @@ impl<T: Table> Controller<T> {
                 self.model_errors.remove(key);
                 self.note_untranslated(key, &desired.untranslated_ports);
                 self.set_health_check(key, desired.health_check);
+                self.set_source_ranges(key, &desired.source_ranges);
                 // Nothing to translate (headless, ExternalName, another
                 // proxy's) is the same as gone.
                 Some(if desired.frontends.is_empty() { ServiceUpdate::Remove } else { ServiceUpdate::Program(desired) })
@@ -240,6 +263,7 @@ pub(crate) fn run_blocking<T: Table>(
     health: &Health,
     udp_reset: &std::sync::mpsc::Sender<Vec<crate::dataplane::udp_reset::Removed>>,
     health_checks: &tokio::sync::watch::Sender<HealthChecks>,
+    mut source_ranges: Option<crate::dataplane::source_ranges::SourceRangeTable>,
 ) {
     while let Some(first) = events.blocking_recv() {
         let started = Instant::now();
@@ -261,6 +285,9 @@ pub(crate) fn run_blocking<T: Table>(
         };
         let done = Instant::now();
         metrics.synced(&controller.take_changes(), done.duration_since(started), SystemTime::now());
+        if let (Some(table), Some(ranges)) = (source_ranges.as_mut(), controller.take_source_ranges()) {
+            table.apply(ranges.values().flatten());
+        }
         if let Some(checks) = controller.take_health_checks() {
             // The servers' task only ends with the runtime.
             drop(health_checks.send(checks));

@@ -192,7 +192,8 @@ impl Metrics {
         );
         registry.register(
             "north_south_drops",
-            "Packets the TC programs dropped, by reason: no_backend, no_snat_port, no_route, flow_table, rewrite",
+            "Packets the TC programs dropped, by reason: no_backend, no_snat_port, no_route, flow_table, rewrite, \
+             source_range",
             m.ns_drops.clone(),
         );
         registry.register(

@@ -105,6 +105,40 @@ impl FlowValue4 {
     }
 }
 
+/// The data of a `SVC_LB_SRC` key (an LPM trie: `prefix_len` bits of it
+/// count): a load-balancer frontend, then a client address prefix. The
+/// agent writes, per frontend with `loadBalancerSourceRanges`, a marker
+/// with prefix length 64 (the frontend alone) and value
+/// [`source_range::DENY`], and one entry per range with prefix length
+/// 64 + its length and value [`source_range::ALLOW`]: a lookup with the
+/// full 96 bits finds the longest match, so an allowed client gets ALLOW,
+/// any other client of a restricted frontend DENY, and a frontend without
+/// ranges nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct SourceRangeData {
+    /// Frontend address.
+    pub addr: [u8; 4],
+    /// Frontend port (network byte order).
+    pub port: u16,
+    /// IANA protocol number.
+    pub proto: u8,
+    /// Always zero.
+    pub _pad: u8,
+    /// Client address (the range's network).
+    pub client: [u8; 4],
+}
+
+/// Values of `SVC_LB_SRC`.
+pub mod source_range {
+    /// The frontend's marker: clients in none of its ranges are dropped.
+    pub const DENY: u8 = 0;
+    /// A range of allowed clients.
+    pub const ALLOW: u8 = 1;
+    /// Bits of a key that name the frontend.
+    pub const FRONTEND_BITS: u32 = 64;
+}
+
 /// The TC programs' packet counters: one slot each of `SVC_NS_STATS` (a
 /// per-CPU array of `u64`), summed over CPUs by the agent for its metrics.
 pub mod ns_stat {
@@ -125,12 +159,24 @@ pub mod ns_stat {
     /// Passed untouched because the programs cannot track it (IP
     /// fragments, IPv4 packets of other protocols, non-IPv4).
     pub const UNTRACKED: u32 = 7;
+    /// Dropped: the client is outside the frontend's
+    /// `loadBalancerSourceRanges`.
+    pub const DROP_SOURCE_RANGE: u32 = 8;
     /// Number of slots.
-    pub const COUNT: u32 = 8;
-    /// The metric label of each slot: `result` for the first two, `reason`
-    /// of a drop for the next five, then untracked.
-    pub const NAMES: [&str; COUNT as usize] =
-        ["new_flow", "translated", "no_backend", "no_snat_port", "no_route", "flow_table", "rewrite", "untracked"];
+    pub const COUNT: u32 = 9;
+    /// The metric label of each slot: `result` for new_flow, translated
+    /// and untracked, the `reason` of a drop for the others.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "new_flow",
+        "translated",
+        "no_backend",
+        "no_snat_port",
+        "no_route",
+        "flow_table",
+        "rewrite",
+        "untracked",
+        "source_range",
+    ];
 }
 
 /// A device the TC programs run on (`SVC_DEVICES`, keyed by ifindex).
@@ -158,6 +204,7 @@ const _: () = {
     assert!(size_of::<FlowKey4>() == 16);
     assert!(size_of::<FlowValue4>() == 32);
     assert!(size_of::<DeviceInfo>() == 8);
+    assert!(size_of::<SourceRangeData>() == 12);
     assert!(snat_ports::FIRST as u32 + snat_ports::COUNT as u32 == 65_536);
 };
 
@@ -167,4 +214,5 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey4 {}
     unsafe impl aya::Pod for super::FlowValue4 {}
     unsafe impl aya::Pod for super::DeviceInfo {}
+    unsafe impl aya::Pod for super::SourceRangeData {}
 }

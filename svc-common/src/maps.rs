@@ -44,6 +44,8 @@ pub mod names {
     pub const DEVICES: &str = "SVC_DEVICES";
     /// The TC programs' packet counters (per-CPU, [`super::ns_stat`]).
     pub const NS_STATS: &str = "SVC_NS_STATS";
+    /// `loadBalancerSourceRanges` (LPM trie, [`super::SourceRangeData`]).
+    pub const LB_SOURCES: &str = "SVC_LB_SRC";
     /// The socket programs, in attach order (pinned under `<bpffs>/progs/`):
     /// the IPv4 hooks, then the v6 hooks (native IPv6 peers, and v4-mapped
     /// ones of `AF_INET6` sockets).
@@ -58,7 +60,7 @@ pub mod names {
         "svc_getpeer6",
     ];
     /// All pinned maps, in the order `cleanup` and `status` walk them.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         FRONTENDS,
         BACKENDS,
         BACKEND_INDEX,
@@ -76,6 +78,7 @@ pub mod names {
         FLOWS,
         DEVICES,
         NS_STATS,
+        LB_SOURCES,
     ];
 }
 
@@ -105,6 +108,9 @@ pub mod capacity {
     pub const FLOWS: u32 = 131_072;
     /// TC devices.
     pub const DEVICES: u32 = 64;
+    /// `loadBalancerSourceRanges` entries (one per range and frontend, plus
+    /// one per restricted frontend).
+    pub const LB_SOURCES: u32 = 16_384;
 }
 
 /// The service address a socket asked for: the frontend map's key.
@@ -479,7 +485,8 @@ pub struct Config {
 /// `AffinityValue` its unread `set_id`.
 /// 5: the IPv6 maps (`*6`).
 /// 6: frontend keys carry a [`scope`]; the north-south maps.
-pub const LAYOUT_VERSION: u32 = 6;
+/// 7: `SVC_LB_SRC`, and a ninth north-south counter.
+pub const LAYOUT_VERSION: u32 = 7;
 
 const _: () = {
     assert!(size_of::<FrontendKey4>() == 8);

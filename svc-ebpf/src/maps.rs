@@ -5,7 +5,7 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray, SkStorage},
+    btf_maps::{Array, ArrayOfMaps, HashMap, LpmTrie, LruHashMap, PerCpuArray, SkStorage},
     macros::btf_map,
 };
 use svc_common::{
@@ -86,6 +86,11 @@ pub(crate) static SVC_FLOWS: LruHashMap<FlowKey4, FlowValue4, { capacity::FLOWS 
 /// The devices the TC programs run on, by ifindex (written by the agent).
 #[btf_map]
 pub(crate) static SVC_DEVICES: HashMap<u32, DeviceInfo, { capacity::DEVICES as usize }> = HashMap::new();
+
+/// `loadBalancerSourceRanges` of load-balancer frontends (written by the agent).
+#[btf_map]
+pub(crate) static SVC_LB_SRC: LpmTrie<svc_common::SourceRangeData, u8, { capacity::LB_SOURCES as usize }> =
+    LpmTrie::new();
 
 /// Packet counters of the TC programs, by `svc_common::ns_stat` slot.
 #[btf_map]

@@ -19,6 +19,7 @@
 //! IPv4 over Ethernet only; fragments and other protocols pass untouched.
 //! docs/north-south.md.
 
+use aya_ebpf::btf_maps::lpm_trie::Key;
 use aya_ebpf::{
     bindings::{
         BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST,
@@ -27,12 +28,15 @@ use aya_ebpf::{
     helpers::generated::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect_neigh},
     programs::TcContext,
 };
-use svc_common::{Backend4, FlowKey4, FlowValue4, fe_flags, flow_flags, ns_stat, proto, scope, snat_ports};
+use svc_common::{
+    Backend4, FlowKey4, FlowValue4, SourceRangeData, fe_flags, flow_flags, ns_stat, proto, scope, snat_ports,
+    source_range,
+};
 
 use crate::{
     family::{Family, V4},
     lb::{self, Client, Verdict},
-    maps::{SVC_DEVICES, SVC_FLOWS, SVC_NS_STATS},
+    maps::{SVC_DEVICES, SVC_FLOWS, SVC_LB_SRC, SVC_NS_STATS},
 };
 
 const ETH_HLEN: usize = 14;
@@ -275,6 +279,16 @@ fn tracked(pkt: &Packet, now: u64) -> Option<FlowValue4> {
     Some(FlowValue4 { flags: entry.flags | bits, last_seen_ns: now, ..entry })
 }
 
+/// Whether `loadBalancerSourceRanges` let this client reach this
+/// destination: the longest match of (destination, client) in
+/// `SVC_LB_SRC` is an allowed range, or nothing (no ranges).
+#[inline(always)]
+fn source_allowed(k: &FlowKey4) -> bool {
+    let data = SourceRangeData { addr: k.daddr, port: k.dport, proto: k.proto, _pad: 0, client: k.saddr };
+    let key = Key::new(source_range::FRONTEND_BITS + 32, data);
+    SVC_LB_SRC.get(&key).copied() != Some(source_range::DENY)
+}
+
 /// Writes `value` at `key` unless a live flow other than one ending there
 /// holds it: an expired or closing entry, or one that already turns into
 /// `value`'s destination (the same flow's old reply entry), is replaced.
@@ -296,6 +310,9 @@ fn claim(key: FlowKey4, value: FlowValue4, now: u64) -> bool {
 #[inline(always)]
 fn new_flow(ctx: &TcContext, pkt: &Packet, now: u64) -> i32 {
     let k = &pkt.key;
+    if !source_allowed(k) {
+        return drop_for(ns_stat::DROP_SOURCE_RANGE);
+    }
     let client = Outside { addr: k.saddr };
     let dst = Backend4 { addr: k.daddr, port: k.dport, _pad: 0 };
     // The outside-only twin (externalTrafficPolicy: Local) first.

@@ -187,6 +187,8 @@ pub struct ServiceSpec {
     pub external_name: Option<String>,
     /// `spec.healthCheckNodePort`.
     pub health_check_node_port: Option<u16>,
+    /// `spec.loadBalancerSourceRanges`.
+    pub lb_source_ranges: Vec<String>,
 }
 
 impl ServiceSpec {
@@ -209,7 +211,14 @@ impl ServiceSpec {
             lb_ingress: Vec::new(),
             external_name: None,
             health_check_node_port: None,
+            lb_source_ranges: Vec::new(),
         }
+    }
+
+    #[must_use]
+    pub fn lb_source_range(mut self, cidr: &str) -> Self {
+        self.lb_source_ranges.push(cidr.to_owned());
+        self
     }
 
     #[must_use]
@@ -356,6 +365,12 @@ impl ServiceSpec {
         ] {
             if let Some(v) = value {
                 y.push_str(&format!("  {field}: {v}\n"));
+            }
+        }
+        if !self.lb_source_ranges.is_empty() {
+            y.push_str("  loadBalancerSourceRanges:\n");
+            for cidr in &self.lb_source_ranges {
+                y.push_str(&format!("  - \"{cidr}\"\n"));
             }
         }
         if let Some(port) = self.health_check_node_port {

@@ -34,3 +34,8 @@ fn affinity_for_an_outside_client() -> Result<()> {
 fn udp_flow_to_a_removed_backend_moves() -> Result<()> {
     north_south::udp_flow_to_a_removed_backend_moves(kube_source()?)
 }
+
+#[test]
+fn load_balancer_source_ranges() -> Result<()> {
+    north_south::load_balancer_source_ranges(kube_source()?)
+}

@@ -53,3 +53,13 @@ fn udp_flow_survives_an_agent_restart() -> Result<()> {
 fn closed_flows_leave_the_table() -> Result<()> {
     north_south::closed_flows_leave_the_table(manifests()?)
 }
+
+#[test]
+fn refuses_devices_it_cannot_serve() -> Result<()> {
+    north_south::refuses_devices_it_cannot_serve(manifests()?)
+}
+
+#[test]
+fn load_balancer_source_ranges() -> Result<()> {
+    north_south::load_balancer_source_ranges(manifests()?)
+}

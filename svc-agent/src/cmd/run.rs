@@ -8,7 +8,7 @@ use std::{path::Path, sync::Arc, time::Duration};
 use crate::{
     cli::RunArgs,
     controller::{self, Controller},
-    dataplane::{Writer, devices, flows, loader, pins::PinLayout, udp_reset},
+    dataplane::{Writer, devices, flows, loader, pins::PinLayout, source_ranges, udp_reset},
     error::{Error, Result},
     health::Health,
     health_check,
@@ -48,6 +48,7 @@ pub(super) fn run(args: &RunArgs) -> Result<()> {
 
     let metrics = Arc::new(Metrics::new());
     let udp_reset = udp_reset::spawn(&layout, cgroup.clone(), Arc::clone(&metrics))?;
+    let source_ranges = source_ranges::SourceRangeTable::open(&layout)?;
     flows::spawn_sweeper(&layout, Duration::from_secs(args.flow_sweep_interval), Arc::clone(&metrics))?;
     let health = Arc::new(Health::new(Duration::from_secs(args.healthz_timeout)));
     let (events_tx, events_rx) = source::channel(Arc::clone(&health));
@@ -86,7 +87,15 @@ pub(super) fn run(args: &RunArgs) -> Result<()> {
         .spawn(move || {
             // Dropped when the loop ends, also by a panic (unwinding).
             let _stopped = stopped_tx;
-            controller::run_blocking(events_rx, controller, &control_metrics, &health, &udp_reset, &health_checks_tx);
+            controller::run_blocking(
+                events_rx,
+                controller,
+                &control_metrics,
+                &health,
+                &udp_reset,
+                &health_checks_tx,
+                Some(source_ranges),
+            );
         })
         .map_err(|e| Error::io("starting the controller thread", e))?;
 

@@ -55,6 +55,7 @@ fn expected_layout(name: &str) -> Option<(MapType, usize, usize)> {
         names::FLOWS => (MapType::LruHash, size_of::<FlowKey4>(), size_of::<FlowValue4>()),
         names::DEVICES => (MapType::Hash, size_of::<u32>(), size_of::<DeviceInfo>()),
         names::NS_STATS => (MapType::PerCpuArray, size_of::<u32>(), size_of::<u64>()),
+        names::LB_SOURCES => (MapType::LpmTrie, 4 + size_of::<svc_common::SourceRangeData>(), size_of::<u8>()),
         _ => return None,
     })
 }

@@ -46,6 +46,16 @@ impl IpCidr {
     }
 
     /// Its family.
+    /// The network address.
+    pub(crate) fn network(&self) -> IpAddr {
+        self.network
+    }
+
+    /// The prefix length in bits.
+    pub(crate) fn prefix_len(&self) -> u8 {
+        self.prefix_len
+    }
+
     pub(crate) fn family(&self) -> IpFamily {
         IpFamily::of(self.network)
     }

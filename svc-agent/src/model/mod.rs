@@ -161,6 +161,18 @@ pub(crate) struct HealthCheck {
     pub local_endpoints: u32,
 }
 
+/// `loadBalancerSourceRanges` of one load-balancer frontend: only clients
+/// in `ranges` may reach it from outside the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SourceRanges {
+    /// The load-balancer frontend.
+    pub frontend: SocketAddr,
+    /// Its protocol.
+    pub proto: Proto,
+    /// The allowed client prefixes.
+    pub ranges: Arc<[IpCidr]>,
+}
+
 /// Everything one Service wants programmed (possibly nothing: headless,
 /// ExternalName, owned by another proxy).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -172,6 +184,8 @@ pub(crate) struct DesiredService {
     pub untranslated_ports: Vec<String>,
     /// Its health check node port, if this node serves one.
     pub health_check: Option<HealthCheck>,
+    /// Source restrictions of its load-balancer frontends (none: open).
+    pub source_ranges: Vec<SourceRanges>,
 }
 
 #[cfg(test)]

@@ -52,6 +52,8 @@ pub(crate) struct ServiceObj {
     pub external_traffic_policy: Option<Box<str>>,
     /// `spec.healthCheckNodePort`.
     pub health_check_node_port: Option<i32>,
+    /// `spec.loadBalancerSourceRanges`.
+    pub lb_source_ranges: Vec<Box<str>>,
     /// `spec.trafficDistribution`.
     pub traffic_distribution: Option<Box<str>>,
     /// `spec.selector` is set and not empty (Endpoints mirroring skips these).
@@ -219,6 +221,7 @@ impl From<&Service> for ServiceObj {
             internal_traffic_policy: opt(spec.and_then(|s| s.internal_traffic_policy.as_ref())),
             external_traffic_policy: opt(spec.and_then(|s| s.external_traffic_policy.as_ref())),
             health_check_node_port: spec.and_then(|s| s.health_check_node_port),
+            lb_source_ranges: strings(spec.and_then(|s| s.load_balancer_source_ranges.as_ref())),
             traffic_distribution: opt(spec.and_then(|s| s.traffic_distribution.as_ref())),
             has_selector: spec.and_then(|s| s.selector.as_ref()).is_some_and(|s| !s.is_empty()),
             allocate_lb_node_ports: spec.and_then(|s| s.allocate_load_balancer_node_ports),

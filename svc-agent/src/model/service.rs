@@ -6,7 +6,8 @@ use std::{
 };
 
 use super::{
-    DesiredFrontend, DesiredService, FrontendKind, HealthCheck, NodeContext, Proto, Scope, ServicePortKey, endpoints,
+    DesiredFrontend, DesiredService, FrontendKind, HealthCheck, IpCidr, NodeContext, Proto, Scope, ServicePortKey,
+    SourceRanges, endpoints,
     objects::{IpFamily, ServiceObj, SliceObj},
 };
 
@@ -187,7 +188,39 @@ pub(crate) fn desired_service(
         }),
         _ => None,
     };
-    Ok(DesiredService { frontends, untranslated_ports, health_check })
+    let source_ranges = source_ranges(svc, svc_type, &frontends)?;
+    Ok(DesiredService { frontends, untranslated_ports, health_check, source_ranges })
+}
+
+/// `loadBalancerSourceRanges` of a LoadBalancer Service, for each of its
+/// load-balancer frontends (the addresses kube-proxy's firewall chain
+/// covers); the ranges of each frontend's family.
+fn source_ranges(
+    svc: &ServiceObj,
+    svc_type: &str,
+    frontends: &[DesiredFrontend],
+) -> Result<Vec<SourceRanges>, ModelError> {
+    if svc_type != "LoadBalancer" || svc.lb_source_ranges.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ranges: Vec<IpCidr> = svc
+        .lb_source_ranges
+        .iter()
+        .map(|r| {
+            r.trim()
+                .parse::<IpCidr>()
+                .map_err(|_| ModelError::InvalidIp { field: "spec.loadBalancerSourceRanges", value: r.to_string() })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(frontends
+        .iter()
+        .filter(|fe| fe.kind == FrontendKind::LoadBalancer && fe.scope == Scope::All)
+        .map(|fe| SourceRanges {
+            frontend: fe.addr,
+            proto: fe.proto,
+            ranges: ranges.iter().filter(|r| r.family() == IpFamily::of(fe.addr.ip())).copied().collect(),
+        })
+        .collect())
 }
 
 /// Distinct ready endpoint addresses on this node over the Service's

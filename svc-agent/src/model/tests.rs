@@ -560,3 +560,29 @@ endpoints:
     );
     assert_eq!(desired(&lb("Cluster"), &[eps]).health_check, None, "only externalTrafficPolicy: Local serves one");
 }
+
+#[test]
+fn load_balancer_source_ranges_restrict_load_balancer_ips_only() {
+    let lb = |ranges: &str| {
+        svc(&format!(
+            "
+metadata: {{name: web, namespace: default}}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.10
+  externalIPs: [198.51.100.7]
+  loadBalancerSourceRanges: [{ranges}]
+  ports: [{{name: http, port: 80, nodePort: 30080}}]
+status:
+  loadBalancer:
+    ingress: [{{ip: 203.0.113.5}}]
+"
+        ))
+    };
+    let d = desired(&lb("192.0.2.0/24, 198.51.100.1/32"), &[slice(WEB_SLICE)]);
+    assert_eq!(d.source_ranges.len(), 1, "only the load-balancer IP: {:?}", d.source_ranges);
+    assert_eq!(d.source_ranges[0].frontend, a("203.0.113.5:80"));
+    assert_eq!(d.source_ranges[0].ranges.len(), 2);
+    let refs: Vec<&SliceObj> = vec![];
+    assert!(desired_service(&lb("not-a-cidr"), &refs, &node()).is_err(), "an invalid range is a model error");
+}

@@ -180,6 +180,15 @@ pub(crate) fn ifindex(name: &str) -> Option<u32> {
 /// from SIOCGIFHWADDR in this network namespace.
 pub(crate) fn link_type(name: &str) -> Option<u16> {
     const SIOCGIFHWADDR: libc::c_ulong = 0x8927;
+    let req = interface_ioctl(name, SIOCGIFHWADDR, |_| {})?;
+    // SAFETY: on success the kernel filled the hardware-address union member.
+    Some(unsafe { req.ifr_ifru.ifru_hwaddr.sa_family })
+}
+
+/// Runs interface ioctl `request` on `name` (an `ifreq` named `name`,
+/// completed by `fill`) over a throwaway socket; the `ifreq` the kernel
+/// answered with, or `None` if the call failed.
+fn interface_ioctl(name: &str, request: libc::c_ulong, fill: impl FnOnce(&mut libc::ifreq)) -> Option<libc::ifreq> {
     // SAFETY: a zeroed ifreq we fill below.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     let bytes = name.as_bytes();
@@ -189,20 +198,18 @@ pub(crate) fn link_type(name: &str) -> Option<u16> {
     for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
         *dst = *src as libc::c_char;
     }
+    fill(&mut req);
     // SAFETY: plain socket(2); closed below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return None;
     }
-    // SAFETY: a valid socket and ifreq.
-    let rc = unsafe { libc::ioctl(fd, SIOCGIFHWADDR, &raw mut req) };
+    // SAFETY: a valid socket and a valid ifreq (whose data pointer, where
+    // `fill` set one, outlives the call).
+    let rc = unsafe { libc::ioctl(fd, request, &raw mut req) };
     // SAFETY: fd is ours.
     unsafe { libc::close(fd) };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: on success the kernel filled the hardware-address union member.
-    Some(unsafe { req.ifr_ifru.ifru_hwaddr.sa_family })
+    (rc == 0).then_some(req)
 }
 
 /// The name of interface `ifindex` in this network namespace.
@@ -252,28 +259,7 @@ pub(crate) fn interface_driver(name: &str) -> Option<String> {
         eedump_len: 0,
         regdump_len: 0,
     };
-    // SAFETY: a zeroed ifreq we fill below.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    let bytes = name.as_bytes();
-    if bytes.len() >= req.ifr_name.len() {
-        return None;
-    }
-    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    req.ifr_ifru.ifru_data = (&raw mut info).cast();
-    // SAFETY: plain socket(2); closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: a valid socket, a valid ifreq whose data points at `info`.
-    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL, &raw mut req) };
-    // SAFETY: fd is ours.
-    unsafe { libc::close(fd) };
-    if rc != 0 {
-        return None;
-    }
+    interface_ioctl(name, SIOCETHTOOL, |req| req.ifr_ifru.ifru_data = (&raw mut info).cast())?;
     let end = info.driver.iter().position(|b| *b == 0).unwrap_or(info.driver.len());
     Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }

@@ -160,7 +160,7 @@ fn ns_stats(agent: &crate::Agent) -> Result<Vec<u64>> {
     let pin = agent.pin_dir().join("maps/SVC_NS_STATS");
     let out = crate::cmd::run(std::process::Command::new("bpftool").args(["-j", "map", "dump", "pinned"]).arg(&pin))?;
     let dump: serde_json::Value = serde_json::from_str(&out)?;
-    let mut counts = vec![0u64; 8];
+    let mut counts = vec![0u64; 9];
     for entry in dump.as_array().into_iter().flatten() {
         let entry = entry.get("formatted").unwrap_or(entry);
         let Some(slot) = entry["key"].as_u64().and_then(|k| usize::try_from(k).ok()) else { continue };
@@ -436,5 +436,53 @@ pub fn closed_flows_leave_the_table(source: Box<dyn Source>) -> Result<()> {
     // 10 s closing lifetime + one sweep; polled for up to 20 s.
     poll_until(std::time::Duration::from_secs(20), || Ok(entries()? == 0))
         .map_err(|e| e.context("closed flows must leave the table after their lifetime"))?;
+    Ok(())
+}
+
+/// `--devices` naming a device the programs cannot parse (no Ethernet
+/// header: loopback, tunnels) or one that does not exist stops the start
+/// with a message naming it.
+pub fn refuses_devices_it_cannot_serve(source: Box<dyn Source>) -> Result<()> {
+    let mut env = NodeEnv::new(source, 1, 0, &[])?;
+    ensure!(env.start_agent(&["--devices", "lo"]).is_err(), "--devices lo must fail the start");
+    let log = env.agent().log();
+    ensure!(log.contains("\"lo\" is not an Ethernet device"), "--devices lo: the log must say why: {log}");
+    // A flag given again wins: now a device that does not exist.
+    let agent = env.agent_mut();
+    if agent.is_running() {
+        agent.kill()?;
+    }
+    agent.restart_with(&["--devices", "nosuchdev0"])?;
+    agent
+        .wait_for_log("no device \"nosuchdev0\"", SETTLE)
+        .map_err(|e| e.context("--devices nosuchdev0 must fail the start, naming it"))?;
+    Ok(())
+}
+
+/// `loadBalancerSourceRanges` for clients outside the node: the client
+/// reaches the load-balancer IP while it is in a range and is dropped
+/// (counted) while it is not; the node port of the same Service stays
+/// open (kube-proxy restricts the load-balancer addresses); without
+/// ranges it is open again.
+pub fn load_balancer_source_ranges(source: Box<dyn Source>) -> Result<()> {
+    let mut world = World::new(source, 1, 0)?;
+    let lb_ip: SocketAddrV4 = "203.0.113.70:80".parse()?;
+    let svc = || web("LoadBalancer", "10.96.9.75").lb_ingress("203.0.113.70", None);
+    world.apply(
+        svc().lb_source_range(&format!("{OUTSIDE_IP}/32")).lb_source_range("192.0.2.0/24"),
+        &world.endpoints(&[1], &[]),
+    )?;
+    world.start()?;
+    expect_backends(&world, lb_ip, 5, &["a1"])?;
+    // Another range only: the client is outside it.
+    world.apply(svc().lb_source_range("198.51.100.128/25"), &world.endpoints(&[1], &[]))?;
+    poll_until(SETTLE, || Ok(world.tcp(lb_ip, 1)?.total_ok() == 0))?;
+    let out = world.tcp(lb_ip, 3)?;
+    ensure!(out.total_ok() == 0, "a client outside loadBalancerSourceRanges must not reach {lb_ip}: {out}");
+    let counts = ns_stats(world.env.agent())?;
+    ensure!(counts[8] >= 3, "the drops are counted as source_range: {counts:?}");
+    expect_backends(&world, SocketAddrV4::new(NODE_A_LAN_IP, NODE_PORT), 5, &["a1"])?;
+    world.apply(svc(), &world.endpoints(&[1], &[]))?;
+    expect_backends(&world, lb_ip, 5, &["a1"])?;
     Ok(())
 }
