@@ -174,13 +174,83 @@ pub(crate) fn ingress(ctx: &TcContext) -> i32 {
 /// the frontend back as their source.
 #[inline(always)]
 pub(crate) fn egress(ctx: &TcContext) -> i32 {
-    let Some(pkt) = Packet::parse(ctx) else { return untracked() };
+    let Some(pkt) = Packet::parse(ctx) else {
+        return match icmp_error(ctx) {
+            Some(verdict) => verdict,
+            None => untracked(),
+        };
+    };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     match tracked(&pkt, now) {
         Some(entry) => rewrite(ctx, &pkt, &entry, false, ns_stat::TRANSLATED),
         None => NEXT,
     }
+}
+
+/// An ICMP error leaving the node about a packet of a tracked flow, as
+/// the node sends one when it cannot forward a client's packet to a local
+/// backend (fragmentation needed: a smaller MTU towards the pod; or an
+/// unreachable backend): the packet it quotes is the translated one
+/// (client -> backend), which the client never sent. The quoted
+/// destination is rewritten back to the frontend, so the client's stack
+/// finds its connection (path-MTU discovery works). `None`: not such a
+/// packet.
+#[inline(always)]
+fn icmp_error(ctx: &TcContext) -> Option<i32> {
+    const ICMP: u8 = 1;
+    const DEST_UNREACH: u8 = 3;
+    const TIME_EXCEEDED: u8 = 11;
+    let eth_proto: u16 = ctx.load(12).ok()?;
+    if u16::from_be(eth_proto) != ETH_P_IP {
+        return None;
+    }
+    let outer: Ipv4Hdr = ctx.load(ETH_HLEN).ok()?;
+    if outer.proto != ICMP || u16::from_be(outer.frag_off) & 0x3fff != 0 {
+        return None;
+    }
+    let icmp = ETH_HLEN + usize::from(outer.ver_ihl & 0x0f) * 4;
+    let icmp_type: u8 = ctx.load(icmp).ok()?;
+    if icmp_type != DEST_UNREACH && icmp_type != TIME_EXCEEDED {
+        return None;
+    }
+    let inner_ip = icmp + 8;
+    let inner: Ipv4Hdr = ctx.load(inner_ip).ok()?;
+    let inner_ihl = usize::from(inner.ver_ihl & 0x0f) * 4;
+    if inner_ihl < 20 || (inner.proto != proto::TCP && inner.proto != proto::UDP) || inner.saddr != outer.daddr {
+        return None;
+    }
+    let inner_l4 = inner_ip + inner_ihl;
+    let ports: [u16; 2] = ctx.load(inner_l4).ok()?;
+    // The quoted packet went client -> backend: the flow's reply entry
+    // (backend -> client) says which frontend it stands for.
+    let reply_key = reverse(inner.saddr, inner.daddr, ports[0], ports[1], inner.proto);
+    let ptr = SVC_FLOWS.get_ptr(reply_key)?;
+    // SAFETY: copied out at once.
+    let reply = unsafe { *ptr };
+    if reply.flags & flow_flags::REPLY == 0 || reply.flags & flow_flags::SNAT != 0 {
+        return None;
+    }
+    let (frontend, frontend_port) = (reply.saddr, reply.sport);
+    let icmp_csum = icmp + 2;
+    let inner_csum = inner_ip + IP_CSUM;
+    let (old, new) = (u64::from(u32::from_ne_bytes(inner.daddr)), u64::from(u32::from_ne_bytes(frontend)));
+    // The quoted header's checksum, then the ICMP checksum over every
+    // changed byte (the quoted L4 checksum is left alone: nobody checks it).
+    let ok = ctx.l3_csum_replace(inner_csum, old, new, 4).is_ok()
+        && ctx.load::<u16>(inner_csum).is_ok_and(|new_csum| {
+            ctx.l4_csum_replace(icmp_csum, u64::from(inner.check), u64::from(new_csum), 2).is_ok()
+        })
+        && ctx.l4_csum_replace(icmp_csum, old, new, 4).is_ok()
+        && ctx.store(inner_ip + IP_DADDR, &frontend, 0).is_ok()
+        && ctx.l4_csum_replace(icmp_csum, u64::from(ports[1]), u64::from(frontend_port), 2).is_ok()
+        && ctx.store(inner_l4 + 2, &frontend_port, 0).is_ok();
+    Some(if ok {
+        count(ns_stat::TRANSLATED);
+        PASS
+    } else {
+        drop_for(ns_stat::DROP_REWRITE)
+    })
 }
 
 /// Adds one to counter `slot` (`svc_common::ns_stat`) of this CPU.

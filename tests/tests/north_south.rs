@@ -63,3 +63,13 @@ fn refuses_devices_it_cannot_serve() -> Result<()> {
 fn load_balancer_source_ranges() -> Result<()> {
     north_south::load_balancer_source_ranges(manifests()?)
 }
+
+#[test]
+fn path_mtu_discovery_through_a_smaller_pod_link() -> Result<()> {
+    north_south::path_mtu_discovery_through_a_smaller_pod_link(manifests()?)
+}
+
+#[test]
+fn tcp_transfer_survives_an_agent_restart() -> Result<()> {
+    north_south::tcp_transfer_survives_an_agent_restart(manifests()?)
+}

@@ -486,3 +486,77 @@ pub fn load_balancer_source_ranges(source: Box<dyn Source>) -> Result<()> {
     expect_backends(&world, lb_ip, 5, &["a1"])?;
     Ok(())
 }
+
+/// Path-MTU discovery through a translated flow: the link from node A to
+/// its pod has a smaller MTU (1280) than the path from the client, so A
+/// answers the client's full-size segments with ICMP "fragmentation
+/// needed" quoting the translated packet (client -> pod). The egress
+/// program rewrites the quote back to the node port, the client's TCP
+/// finds its connection and lowers its segment size, and an upload of
+/// 256 KiB completes. (Without the rewrite the client ignores the error
+/// and retransmits full-size segments until curl gives up.)
+pub fn path_mtu_discovery_through_a_smaller_pod_link(source: Box<dyn Source>) -> Result<()> {
+    let mut world = World::new(source, 1, 0)?;
+    let _http = world.env.topo.backend(1).serve_http("up-a1", 8082)?;
+    // Only A's side of the pod link: the pod still advertises MSS 1460.
+    world.env.topo.node().netns().ip(&["link", "set", "vb1", "mtu", "1280"])?;
+    let svc = web("NodePort", "10.96.9.99").port(PortSpec::tcp("upload", 82, "8082").node_port(30094));
+    let endpoints = [EndpointSpec::new(world.env.topo.backend(1).ip()).node(NODE_NAME)];
+    world.env.apply("web-svc", &svc.yaml())?;
+    world.env.apply(
+        "up-slice",
+        &endpoint_slice_spec("default", "web-1", "web", &[SlicePort::tcp("upload", 8082)], &endpoints),
+    )?;
+    world.start()?;
+    let file = std::path::Path::new(crate::names::TMP_DIR).join(format!("{}-upload", crate::names::unique_name()));
+    std::fs::write(&file, vec![0x5a_u8; 256 * 1024])?;
+    let url = format!("http://{NODE_A_LAN_IP}:30094/");
+    let path = file.to_string_lossy().into_owned();
+    let out = world.outside.client().exec("curl", &["-sS", "--max-time", "10", "-H", "Expect:", "-T", &path, &url]);
+    if let Err(e) = std::fs::remove_file(&file) {
+        eprintln!("svc-tests: removing {}: {e}", file.display());
+    }
+    let out = out?;
+    ensure!(out.trim() == "up-a1:8082 received 262144", "upload through a 1280-byte pod link: {out:?}");
+    Ok(())
+}
+
+/// A TCP transfer from outside in flight while the agent is SIGKILLed and
+/// restarted: a rate-limited 512 KiB upload (about 4 s) through the node
+/// port to a pod on node B (SNATed) completes, byte for byte.
+pub fn tcp_transfer_survives_an_agent_restart(source: Box<dyn Source>) -> Result<()> {
+    let mut world = World::new(source, 0, 1)?;
+    let _http = world.outside.b_pod(1).serve_http("up-bb1", 8082)?;
+    let svc = web("NodePort", "10.96.9.98").port(PortSpec::tcp("upload", 82, "8082").node_port(30095));
+    let endpoints = [EndpointSpec::new(world.outside.b_pod(1).ip()).node(NODE_B_NAME)];
+    world.env.apply("web-svc", &svc.yaml())?;
+    world.env.apply(
+        "up-slice",
+        &endpoint_slice_spec("default", "web-1", "web", &[SlicePort::tcp("upload", 8082)], &endpoints),
+    )?;
+    world.start()?;
+    let file = std::path::Path::new(crate::names::TMP_DIR).join(format!("{}-upload", crate::names::unique_name()));
+    std::fs::write(&file, vec![0x5a_u8; 512 * 1024])?;
+    let url = format!("http://{NODE_A_LAN_IP}:30095/");
+    let path = file.to_string_lossy().into_owned();
+    let args = ["-sS", "--max-time", "30", "--limit-rate", "128K", "-H", "Expect:", "-T", &path, &url];
+    let client = world.outside.client();
+    let (upload, restarted) = std::thread::scope(|scope| {
+        let upload = scope.spawn(|| client.exec("curl", &args));
+        let restarted = (|| -> Result<()> {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            world.env.agent_mut().kill()?;
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            world.env.agent_mut().restart()?;
+            world.env.agent_mut().wait_for_log("dataplane in sync", SETTLE).map(drop)
+        })();
+        (upload.join(), restarted)
+    });
+    if let Err(e) = std::fs::remove_file(&file) {
+        eprintln!("svc-tests: removing {}: {e}", file.display());
+    }
+    restarted?;
+    let out = upload.map_err(|_| anyhow::anyhow!("the upload thread panicked"))??;
+    ensure!(out.trim() == "up-bb1:8082 received 524288", "upload across the agent's restart: {out:?}");
+    Ok(())
+}

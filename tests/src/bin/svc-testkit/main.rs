@@ -552,13 +552,28 @@ fn serve_http(name: &str, listener: &TcpListener) {
     }
 }
 
+/// Reads the request head and its body (`Content-Length`), then answers
+/// `body`; with a request body, `body` is followed by the number of bytes
+/// received (for uploads: `NAME:PORT received N`).
 fn http_exchange(stream: &TcpStream, body: &str) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
+    let mut length = 0usize;
     while reader.read_line(&mut line)? > 0 && line != "\r\n" && line != "\n" {
+        if let Some((name, value)) = line.split_once(':')
+            && name.trim().eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap_or(0);
+        }
         line.clear();
     }
+    let body = if length > 0 {
+        let received = io::copy(&mut io::Read::take(&mut reader, length as u64), &mut io::sink())?;
+        format!("{} received {received}\n", body.trim_end())
+    } else {
+        body.to_owned()
+    };
     let mut writer = stream;
     write!(writer, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
     writer.flush()
