@@ -396,6 +396,26 @@ mod tests {
     use super::*;
     use crate::controller::Changes;
 
+    /// Each north-south counter slot lands in its family and label.
+    #[test]
+    fn north_south_counters_by_slot() {
+        use svc_common::ns_stat;
+        let m = Metrics::new();
+        m.north_south(ns_stat::NEW_FLOW, 3);
+        m.north_south(ns_stat::UNTRACKED, 2);
+        m.north_south(ns_stat::DROP_SOURCE_RANGE, 5);
+        m.north_south(ns_stat::COUNT, 7);
+        let text = m.encode();
+        for line in [
+            "svc_agent_north_south_packets_total{result=\"new_flow\"} 3",
+            "svc_agent_north_south_packets_total{result=\"untracked\"} 2",
+            "svc_agent_north_south_drops_total{reason=\"source_range\"} 5",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains(" 7\n"), "an unknown slot is ignored");
+    }
+
     /// The kube-proxy families exist under the agent's prefix with
     /// kube-proxy's types, and a change observed `d` after its trigger time
     /// lands in the bucket of `d`.
