@@ -500,22 +500,10 @@ pub fn path_mtu_discovery_through_a_smaller_pod_link(source: Box<dyn Source>) ->
     let _http = world.env.topo.backend(1).serve_http("up-a1", 8082)?;
     // Only A's side of the pod link: the pod still advertises MSS 1460.
     world.env.topo.node().netns().ip(&["link", "set", "vb1", "mtu", "1280"])?;
-    let svc = web("NodePort", "10.96.9.99").port(PortSpec::tcp("upload", 82, "8082").node_port(30094));
-    let endpoints = [EndpointSpec::new(world.env.topo.backend(1).ip()).node(NODE_NAME)];
-    world.env.apply("web-svc", &svc.yaml())?;
-    world.env.apply(
-        "up-slice",
-        &endpoint_slice_spec("default", "web-1", "web", &[SlicePort::tcp("upload", 8082)], &endpoints),
-    )?;
-    world.start()?;
-    let file = std::path::Path::new(crate::names::TMP_DIR).join(format!("{}-upload", crate::names::unique_name()));
-    std::fs::write(&file, vec![0x5a_u8; 256 * 1024])?;
-    let url = format!("http://{NODE_A_LAN_IP}:30094/");
-    let path = file.to_string_lossy().into_owned();
-    let out = world.outside.client().exec("curl", &["-sS", "--max-time", "10", "-H", "Expect:", "-T", &path, &url]);
-    if let Err(e) = std::fs::remove_file(&file) {
-        eprintln!("svc-tests: removing {}: {e}", file.display());
-    }
+    let endpoint = EndpointSpec::new(world.env.topo.backend(1).ip()).node(NODE_NAME);
+    let upload = Upload::new(&mut world, "10.96.9.99", 30094, endpoint, 256 * 1024)?;
+    let out = upload.run(&world, &["--max-time", "10"]);
+    drop(upload);
     let out = out?;
     ensure!(out.trim() == "up-a1:8082 received 262144", "upload through a 1280-byte pod link: {out:?}");
     Ok(())
@@ -527,36 +515,65 @@ pub fn path_mtu_discovery_through_a_smaller_pod_link(source: Box<dyn Source>) ->
 pub fn tcp_transfer_survives_an_agent_restart(source: Box<dyn Source>) -> Result<()> {
     let mut world = World::new(source, 0, 1)?;
     let _http = world.outside.b_pod(1).serve_http("up-bb1", 8082)?;
-    let svc = web("NodePort", "10.96.9.98").port(PortSpec::tcp("upload", 82, "8082").node_port(30095));
-    let endpoints = [EndpointSpec::new(world.outside.b_pod(1).ip()).node(NODE_B_NAME)];
-    world.env.apply("web-svc", &svc.yaml())?;
-    world.env.apply(
-        "up-slice",
-        &endpoint_slice_spec("default", "web-1", "web", &[SlicePort::tcp("upload", 8082)], &endpoints),
-    )?;
-    world.start()?;
-    let file = std::path::Path::new(crate::names::TMP_DIR).join(format!("{}-upload", crate::names::unique_name()));
-    std::fs::write(&file, vec![0x5a_u8; 512 * 1024])?;
-    let url = format!("http://{NODE_A_LAN_IP}:30095/");
-    let path = file.to_string_lossy().into_owned();
-    let args = ["-sS", "--max-time", "30", "--limit-rate", "128K", "-H", "Expect:", "-T", &path, &url];
-    let client = world.outside.client();
-    let (upload, restarted) = std::thread::scope(|scope| {
-        let upload = scope.spawn(|| client.exec("curl", &args));
+    let endpoint = EndpointSpec::new(world.outside.b_pod(1).ip()).node(NODE_B_NAME);
+    let upload = Upload::new(&mut world, "10.96.9.98", 30095, endpoint, 512 * 1024)?;
+    let (out, restarted) = std::thread::scope(|scope| {
+        let (world, upload) = (&mut world, &upload);
+        let (env, outside) = (&mut world.env, &world.outside);
+        let running = scope.spawn(move || upload.run_as(outside, &["--max-time", "30", "--limit-rate", "128K"]));
         let restarted = (|| -> Result<()> {
             std::thread::sleep(std::time::Duration::from_secs(1));
-            world.env.agent_mut().kill()?;
+            env.agent_mut().kill()?;
             std::thread::sleep(std::time::Duration::from_secs(1));
-            world.env.agent_mut().restart()?;
-            world.env.agent_mut().wait_for_log("dataplane in sync", SETTLE).map(drop)
+            env.agent_mut().restart()?;
+            env.agent_mut().wait_for_log("dataplane in sync", SETTLE).map(drop)
         })();
-        (upload.join(), restarted)
+        (running.join(), restarted)
     });
-    if let Err(e) = std::fs::remove_file(&file) {
-        eprintln!("svc-tests: removing {}: {e}", file.display());
-    }
     restarted?;
-    let out = upload.map_err(|_| anyhow::anyhow!("the upload thread panicked"))??;
+    let out = out.map_err(|_| anyhow::anyhow!("the upload thread panicked"))??;
     ensure!(out.trim() == "up-bb1:8082 received 524288", "upload across the agent's restart: {out:?}");
     Ok(())
+}
+
+/// An upload through node port `node_port` (Service `web`, TCP 82 ->
+/// 8082 on `endpoint`, whose `serve --http` answers with the bytes it
+/// received): the agent started, a file of `size` bytes written (removed
+/// on drop).
+struct Upload {
+    file: std::path::PathBuf,
+    url: String,
+}
+
+impl Upload {
+    fn new(world: &mut World, cluster_ip: &str, node_port: u16, endpoint: EndpointSpec, size: usize) -> Result<Self> {
+        let svc = web("NodePort", cluster_ip).port(PortSpec::tcp("upload", 82, "8082").node_port(node_port));
+        world.env.apply("web-svc", &svc.yaml())?;
+        let slice = endpoint_slice_spec("default", "web-1", "web", &[SlicePort::tcp("upload", 8082)], &[endpoint]);
+        world.env.apply("up-slice", &slice)?;
+        world.start()?;
+        let file = std::path::Path::new(crate::names::TMP_DIR).join(format!("{}-upload", crate::names::unique_name()));
+        std::fs::write(&file, vec![0x5a_u8; size])?;
+        Ok(Self { file, url: format!("http://{NODE_A_LAN_IP}:{node_port}/") })
+    }
+
+    /// `curl -T` from the outside client, with `extra` options; its output.
+    fn run(&self, world: &World, extra: &[&str]) -> Result<String> {
+        self.run_as(&world.outside, extra)
+    }
+
+    fn run_as(&self, outside: &Outside, extra: &[&str]) -> Result<String> {
+        let path = self.file.to_string_lossy().into_owned();
+        let mut args = vec!["-sS", "-H", "Expect:", "-T", &path, &self.url];
+        args.extend_from_slice(extra);
+        outside.client().exec("curl", &args)
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.file) {
+            eprintln!("svc-tests: removing {}: {e}", self.file.display());
+        }
+    }
 }
