@@ -41,14 +41,42 @@ pub(crate) struct Controller<T: Table> {
     untranslated: HashMap<ServiceKey, Vec<String>>,
     /// Changes received since the last [`Self::take_changes`].
     changes: Changes,
-    /// The health check node ports to serve, and whether they changed
-    /// since [`Self::take_health_checks`].
-    health_checks: HealthChecks,
-    health_checks_changed: bool,
-    /// `loadBalancerSourceRanges` by Service, and whether they changed
-    /// since [`Self::take_source_ranges`].
-    source_ranges: BTreeMap<ServiceKey, Vec<SourceRanges>>,
-    source_ranges_changed: bool,
+    /// The health check node ports to serve.
+    health_checks: PerService<HealthCheck>,
+    /// `loadBalancerSourceRanges` by Service.
+    source_ranges: PerService<Vec<SourceRanges>>,
+}
+
+/// What each Service wants of a part of the dataplane kept outside the
+/// writer (health check servers, source ranges), and whether that changed
+/// since it was last handed over: the part is rewritten only then.
+#[derive(Debug)]
+struct PerService<V> {
+    by_service: BTreeMap<ServiceKey, V>,
+    changed: bool,
+}
+
+impl<V: PartialEq + Clone> PerService<V> {
+    fn new() -> Self {
+        Self { by_service: BTreeMap::new(), changed: false }
+    }
+
+    /// Records what `key` wants (`None`: nothing).
+    fn set(&mut self, key: &ServiceKey, value: Option<V>) {
+        if self.by_service.get(key) == value.as_ref() {
+            return;
+        }
+        self.changed = true;
+        match value {
+            Some(v) => self.by_service.insert(key.clone(), v),
+            None => self.by_service.remove(key),
+        };
+    }
+
+    /// Every Service's value, if anything changed since the last call.
+    fn take(&mut self) -> Option<&BTreeMap<ServiceKey, V>> {
+        std::mem::take(&mut self.changed).then_some(&self.by_service)
+    }
 }
 
 /// The changes a batch carried, counted as kube-proxy's change trackers
@@ -82,40 +110,21 @@ impl<T: Table> Controller<T> {
             model_errors: HashMap::new(),
             untranslated: HashMap::new(),
             changes: Changes::default(),
-            health_checks: HealthChecks::new(),
-            health_checks_changed: false,
-            source_ranges: BTreeMap::new(),
-            source_ranges_changed: false,
+            health_checks: PerService::new(),
+            source_ranges: PerService::new(),
         }
     }
 
     /// Every Service's source restrictions, if they changed since the last
     /// call.
     pub(crate) fn take_source_ranges(&mut self) -> Option<&BTreeMap<ServiceKey, Vec<SourceRanges>>> {
-        std::mem::take(&mut self.source_ranges_changed).then_some(&self.source_ranges)
-    }
-
-    fn set_source_ranges(&mut self, key: &ServiceKey, ranges: &[SourceRanges]) {
-        let old = if ranges.is_empty() {
-            self.source_ranges.remove(key)
-        } else {
-            self.source_ranges.insert(key.clone(), ranges.to_vec())
-        };
-        self.source_ranges_changed |= old.as_deref().unwrap_or_default() != ranges;
+        self.source_ranges.take()
     }
 
     /// The health check node ports to serve, if they changed since the
     /// last call.
     pub(crate) fn take_health_checks(&mut self) -> Option<HealthChecks> {
-        std::mem::take(&mut self.health_checks_changed).then(|| self.health_checks.clone())
-    }
-
-    fn set_health_check(&mut self, key: &ServiceKey, check: Option<HealthCheck>) {
-        let old = match check {
-            Some(check) => self.health_checks.insert(key.clone(), check),
-            None => self.health_checks.remove(key),
-        };
-        self.health_checks_changed |= old != check;
+        self.health_checks.take().cloned()
     }
 
     /// The changes received since the last call (also those still waiting
@@ -195,8 +204,8 @@ impl<T: Table> Controller<T> {
         let Some(svc) = self.store.service(key) else {
             self.model_errors.remove(key);
             self.untranslated.remove(key);
-            self.set_health_check(key, None);
-            self.set_source_ranges(key, &[]);
+            self.health_checks.set(key, None);
+            self.source_ranges.set(key, None);
             return Some(ServiceUpdate::Remove);
         };
         let slices = self.store.slices_of(key);
@@ -204,8 +213,9 @@ impl<T: Table> Controller<T> {
             Ok(desired) => {
                 self.model_errors.remove(key);
                 self.note_untranslated(key, &desired.untranslated_ports);
-                self.set_health_check(key, desired.health_check);
-                self.set_source_ranges(key, &desired.source_ranges);
+                self.health_checks.set(key, desired.health_check);
+                let ranges = &desired.source_ranges;
+                self.source_ranges.set(key, (!ranges.is_empty()).then(|| ranges.clone()));
                 // Nothing to translate (headless, ExternalName, another
                 // proxy's) is the same as gone.
                 Some(if desired.frontends.is_empty() { ServiceUpdate::Remove } else { ServiceUpdate::Program(desired) })

@@ -25,6 +25,14 @@ pub(crate) const fn inline_limit(family: Family) -> usize {
     }
 }
 
+/// The kernel encoding of a [`Scope`] (`svc_common::scope`).
+const fn scope_byte(scope: Scope) -> u8 {
+    match scope {
+        Scope::All => svc_common::scope::ALL,
+        Scope::External => svc_common::scope::EXTERNAL,
+    }
+}
+
 /// A frontend map key of either family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum FrontendKey {
@@ -37,11 +45,7 @@ pub(crate) enum FrontendKey {
 impl FrontendKey {
     /// The key of `addr`/`proto` in `scope`.
     pub(crate) fn new(addr: SocketAddr, proto: Proto, scope: Scope) -> Self {
-        let (port, proto) = (port_be(addr.port()), proto.number());
-        let scope = match scope {
-            Scope::All => svc_common::scope::ALL,
-            Scope::External => svc_common::scope::EXTERNAL,
-        };
+        let (port, proto, scope) = (port_be(addr.port()), proto.number(), scope_byte(scope));
         match addr.ip() {
             IpAddr::V4(ip) => Self::V4(FrontendKey4 { addr: ip.octets(), port, proto, scope }),
             IpAddr::V6(ip) => Self::V6(FrontendKey6 { addr: ip.octets(), port, proto, scope }),
@@ -49,8 +53,12 @@ impl FrontendKey {
     }
 
     /// The same address, port and protocol in `scope`.
-    pub(crate) fn with_scope(&self, scope: Scope) -> Self {
-        Self::new(self.socket_addr(), Proto::from_number(self.proto()).unwrap_or(Proto::Tcp), scope)
+    pub(crate) const fn with_scope(mut self, scope: Scope) -> Self {
+        match &mut self {
+            Self::V4(k) => k.scope = scope_byte(scope),
+            Self::V6(k) => k.scope = scope_byte(scope),
+        }
+        self
     }
 
     /// Who the frontend is for.
