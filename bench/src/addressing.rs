@@ -78,6 +78,20 @@ pub(crate) fn backend(i: u32, j: u32, per: u32) -> Ipv4Addr {
     Ipv4Addr::from(BACKEND_BASE + i * per + j)
 }
 
+/// The north-south bench's node ports: service `i` has `NODE_PORT_BASE + i`
+/// (10k Services need a wider range than the default 30000-32767: the
+/// agent gets `--service-node-port-range` [`NODE_PORT_RANGE`], as an API
+/// server would need `--service-node-port-range`; kube-proxy's layouts do
+/// not care), the bulk Service [`BULK_NODE_PORT`].
+pub(crate) const NODE_PORT_BASE: u16 = 20_000;
+pub(crate) const BULK_NODE_PORT: u16 = 19_999;
+pub(crate) const NODE_PORT_RANGE: &str = "19000-32767";
+
+/// Node port of service `i`.
+pub(crate) fn node_port(i: u32) -> u16 {
+    NODE_PORT_BASE + u16::try_from(i).expect("the north-south bench has at most 12,767 Services")
+}
+
 /// Address of the endpoint added by change number `k`.
 pub(crate) fn churn_backend(k: u32) -> Ipv4Addr {
     Ipv4Addr::from(CHURN_BASE + k)
@@ -170,6 +184,9 @@ pub(crate) struct ServiceSpec {
     pub(crate) port: u16,
     pub(crate) proto: Proto,
     pub(crate) backends: Vec<SocketAddrV4>,
+    /// Type NodePort with this node port (the north-south bench), else
+    /// ClusterIP.
+    pub(crate) node_port: Option<u16>,
 }
 
 impl ServiceSpec {
@@ -198,6 +215,7 @@ impl Topology {
                 port: SERVICE_PORT,
                 proto: Proto::Tcp,
                 backends: vec![SocketAddrV4::new(EXTRA_BACKEND, SINK_PORT)],
+                node_port: None,
             },
             ServiceSpec {
                 name: "udp".into(),
@@ -205,6 +223,7 @@ impl Topology {
                 port: UDP_PORT,
                 proto: Proto::Udp,
                 backends: vec![SocketAddrV4::new(EXTRA_BACKEND, UDP_BACKEND_PORT)],
+                node_port: None,
             },
         ]
     }
@@ -219,7 +238,25 @@ impl Topology {
             backends: (0..self.endpoints)
                 .map(|j| SocketAddrV4::new(backend(i, j, self.endpoints), BACKEND_PORT))
                 .collect(),
+            node_port: None,
         }
+    }
+
+    /// Every Service, extras first, as the north-south bench has them:
+    /// service `i` and the bulk Service also of type NodePort
+    /// ([`node_port`], [`BULK_NODE_PORT`]); the UDP one stays ClusterIP.
+    pub(crate) fn with_node_ports(&self) -> Vec<ServiceSpec> {
+        let mut all: Vec<ServiceSpec> = self.all().collect();
+        for svc in &mut all {
+            svc.node_port = if svc.vip == BULK_VIP {
+                Some(BULK_NODE_PORT)
+            } else if svc.vip == UDP_VIP {
+                None
+            } else {
+                Some(node_port(u32::from(svc.vip) - VIP_BASE))
+            };
+        }
+        all
     }
 
     /// Every Service, extras first.
@@ -250,6 +287,17 @@ mod tests {
         assert!(u32::from(vip(99_999)) < u32::from(Ipv4Addr::new(10, 112, 0, 0)));
         assert_ne!(vip(0), BULK_VIP);
         assert!(u32::from(UNUSED_VIP) > u32::from(vip(99_999)));
+    }
+
+    #[test]
+    fn node_ports_fit_their_range() {
+        let topo = Topology { services: 10_000, endpoints: 3 };
+        let all = topo.with_node_ports();
+        let ports: Vec<u16> = all.iter().filter_map(|s| s.node_port).collect();
+        assert_eq!(ports.len(), 10_001);
+        assert_eq!(all.last().and_then(|s| s.node_port), Some(29_999));
+        assert!(ports.iter().all(|p| (19_000..=32_767).contains(p)));
+        assert!(all.iter().any(|s| s.vip == UDP_VIP && s.node_port.is_none()));
     }
 
     #[test]

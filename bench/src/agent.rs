@@ -30,6 +30,12 @@ pub(crate) struct AgentConfig {
     pub(crate) cgroup: PathBuf,
     pub(crate) bpffs: PathBuf,
     pub(crate) extra: Vec<String>,
+    /// `--devices` (the socket-path measurements: `none`, the agent then
+    /// leaves the machine's devices untouched).
+    pub(crate) devices: String,
+    /// Run in this network namespace (`/run/netns/NAME`) instead of the
+    /// bench's (the north-south bench: the node's namespace).
+    pub(crate) netns: Option<PathBuf>,
     /// Run under this wrapper (e.g. `perf record ... --`).
     pub(crate) wrapper: Vec<OsString>,
 }
@@ -67,15 +73,23 @@ impl Agent {
             .arg("--service-cidr")
             .arg(format!("{},{}", crate::addressing::SERVICE_CIDR, crate::addressing::SERVICE_CIDR6))
             .args(["--node-name", "bench-node"])
-            // The bench measures the socket path; the agent runs in the
-            // machine's network namespace, whose devices stay untouched.
-            .args(["--devices", "none"])
+            .arg("--devices")
+            .arg(&cfg.devices)
             .args(&cfg.extra)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        // Held open until the child has exec'd (in_netns' contract).
+        let netns = cfg
+            .netns
+            .as_ref()
+            .map(|p| std::fs::File::open(p).with_context(|| format!("open {}", p.display())))
+            .transpose()?;
+        if let Some(ns) = &netns {
+            sys::in_netns(&mut cmd, ns);
+        }
         sys::die_with_parent(&mut cmd);
         let started = Instant::now();
         let mut child = cmd.spawn().with_context(|| format!("spawn {}", cfg.bin.display()))?;

@@ -65,16 +65,39 @@ pub(crate) fn program_stats(bpffs: &Path) -> Result<Vec<ProgStats>> {
         .map(|name| {
             let path = bpffs.join("progs").join(name);
             let info = ProgramInfo::from_pin(&path).with_context(|| format!("open {}", path.display()))?;
-            Ok(ProgStats {
-                name: (*name).to_owned(),
-                run_time_ns: info.run_time().as_nanos() as u64,
-                run_count: info.run_count(),
-                verified_insns: info.verified_instruction_count(),
-                xlated_bytes: info.size_translated(),
-                jited_bytes: info.size_jitted(),
-            })
+            Ok(prog_stats(name, &info))
         })
         .collect()
+}
+
+/// Statistics of the TC programs attached to `device` (through their
+/// link pins, `<bpffs>/links/svc_tc_{in,out}-DEVICE`, docs/north-south.md).
+pub(crate) fn tc_program_stats(bpffs: &Path, device: &str) -> Result<Vec<ProgStats>> {
+    ["svc_tc_in", "svc_tc_out"]
+        .iter()
+        .map(|name| {
+            let path = bpffs.join("links").join(format!("{name}-{device}"));
+            let link = aya::programs::links::PinnedLink::from_pin(&path)
+                .with_context(|| format!("open {}", path.display()))?;
+            let id = aya::programs::links::FdLink::from(link).info().context("link info")?.program_id();
+            let info = aya::programs::loaded_programs()
+                .filter_map(Result::ok)
+                .find(|p| p.id() == id)
+                .with_context(|| format!("program {id} of {}", path.display()))?;
+            Ok(prog_stats(name, &info))
+        })
+        .collect()
+}
+
+fn prog_stats(name: &str, info: &ProgramInfo) -> ProgStats {
+    ProgStats {
+        name: name.to_owned(),
+        run_time_ns: info.run_time().as_nanos() as u64,
+        run_count: info.run_count(),
+        verified_insns: info.verified_instruction_count(),
+        xlated_bytes: info.size_translated(),
+        jited_bytes: info.size_jitted(),
+    }
 }
 
 /// One map's kernel memory (`memlock` in its fdinfo) and size.

@@ -63,6 +63,10 @@ pub(crate) struct Config {
     pub(crate) churn: Vec<(u32, u32)>,
     /// The size the "cold programming <= 1 s" and RSS targets are set at.
     pub(crate) target_services: u32,
+    /// Sizes (Services, every one a NodePort) of the north-south bench:
+    /// an outside client through the node (absent from older results).
+    #[serde(default)]
+    pub(crate) north_south_sizes: Vec<u32>,
 }
 
 impl Config {
@@ -94,6 +98,7 @@ impl Config {
             // 0.5 s there), and the 10k run already shows how it grows.
             churn: vec![(1_000, 1_000), (10_000, 1_000)],
             target_services: 10_000,
+            north_south_sizes: vec![1_000, 10_000],
         }
     }
 
@@ -118,6 +123,7 @@ impl Config {
             baseline_timeout_secs: 30,
             churn: vec![(100, 30), (1_000, 30)],
             target_services: 1_000,
+            north_south_sizes: vec![100],
             ..Self::full()
         }
     }

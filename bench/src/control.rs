@@ -101,6 +101,8 @@ fn ours(
             bpffs: agent::pin_dir(&ctx.run_id, &format!("cp{rep}")),
             extra: flags.clone(),
             wrapper: Vec::new(),
+            devices: "none".into(),
+            netns: None,
         };
         let (mut agent, run) = cold_agent(&cfg_agent, topo)?;
         eprintln!("bench:   in sync after {:.3} s, peak RSS {} MiB", run.total_secs, run.rss_peak_kib / 1024);

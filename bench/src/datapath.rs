@@ -15,7 +15,7 @@ use crate::{
     config::{Config, DatapathSize},
     modes::{Ctx, Mode, ModeEnv},
     profile,
-    protocol::{ConnectPlan, ConnectStats, Request, Response, Target},
+    protocol::{BulkStats, ConnectPlan, ConnectStats, Request, Response, Target},
     results::{BpfResult, BulkCell, Cell, DatapathResult, Profile, ProgCost},
     stats::{Summary, median},
 };
@@ -74,6 +74,7 @@ pub(crate) fn run(cfg: &Config, size: &DatapathSize, ctx: &Ctx, profile: bool) -
                         target,
                         family,
                         direct: env.mode == Mode::Direct,
+                        node: None,
                         seed,
                         count: cfg.connects / chunks,
                         max_millis: cfg.cell_max_millis / u64::from(chunks),
@@ -85,24 +86,10 @@ pub(crate) fn run(cfg: &Config, size: &DatapathSize, ctx: &Ctx, profile: bool) -
                 }
             }
         }
-        for (k, mut stats) in merged.into_iter().enumerate() {
+        for (k, stats) in merged.into_iter().enumerate() {
             let (env, family, target) = (&envs[keys[k].0], keys[k].1, keys[k].2);
-            if u64::from(stats.errors) * 1000 > u64::from(stats.samples + stats.errors) {
-                bail!(
-                    "{} ({}, {}): {} of {} connects failed, first: {}",
-                    env.mode.label(),
-                    family.label(),
-                    target.label(),
-                    stats.errors,
-                    stats.samples + stats.errors,
-                    stats.first_error.unwrap_or_default()
-                );
-            }
-            stats.connect = Summary::of(&mut stats.raw_connect);
-            stats.cycle = Summary::of(&mut stats.raw_cycle);
-            stats.raw_connect = Vec::new();
-            stats.raw_cycle = Vec::new();
-            rounds[k].push(stats);
+            let what = format!("{} ({}, {})", env.mode.label(), family.label(), target.label());
+            rounds[k].push(summarise(stats, &what)?);
         }
         for (i, env) in envs.iter().enumerate() {
             if Mode::BASELINES.contains(&env.mode)
@@ -144,8 +131,26 @@ pub(crate) fn run(cfg: &Config, size: &DatapathSize, ctx: &Ctx, profile: bool) -
     })
 }
 
+/// A round of one cell, its bursts merged: fails if more than 0.1 % of
+/// its connects failed, else summarises the raw samples (and drops them).
+pub(crate) fn summarise(mut stats: ConnectStats, what: &str) -> Result<ConnectStats> {
+    if u64::from(stats.errors) * 1000 > u64::from(stats.samples + stats.errors) {
+        bail!(
+            "{what}: {} of {} connects failed, first: {}",
+            stats.errors,
+            stats.samples + stats.errors,
+            stats.first_error.unwrap_or_default()
+        );
+    }
+    stats.connect = Summary::of(&mut stats.raw_connect);
+    stats.cycle = Summary::of(&mut stats.raw_cycle);
+    stats.raw_connect = Vec::new();
+    stats.raw_cycle = Vec::new();
+    Ok(stats)
+}
+
 /// Adds one burst's results to a cell's round.
-fn merge(into: &mut ConnectStats, burst: ConnectStats) {
+pub(crate) fn merge(into: &mut ConnectStats, burst: ConnectStats) {
     into.samples += burst.samples;
     into.errors += burst.errors;
     if into.first_error.is_none() {
@@ -198,7 +203,7 @@ fn connect(env: &mut ModeEnv, plan: ConnectPlan) -> Result<ConnectStats> {
     }
 }
 
-fn cell(mode: Mode, family: Family, target: Target, rounds: Vec<ConnectStats>) -> Cell {
+pub(crate) fn cell(mode: Mode, family: Family, target: Target, rounds: Vec<ConnectStats>) -> Cell {
     let per = |f: &dyn Fn(&ConnectStats) -> f64| median(rounds.iter().filter(|r| r.samples > 0).map(f));
     Cell {
         mode,
@@ -236,18 +241,19 @@ fn bulk(cfg: &Config, envs: &mut [ModeEnv], rng: &mut StdRng) -> Result<Vec<Bulk
             }
         }
     }
-    Ok(envs
-        .iter()
-        .zip(per_mode)
-        .map(|(env, rounds)| BulkCell {
-            mode: env.mode,
-            gbit_per_sec: median(rounds.iter().map(|r| r.bytes as f64 * 8.0 / r.wall_ns as f64)),
-            client_cpu_secs_per_gib: median(
-                rounds.iter().map(|r| r.client_cpu_ns as f64 / 1e9 / (r.bytes as f64 / f64::from(1u32 << 30))),
-            ),
-            rounds,
-        })
-        .collect())
+    Ok(envs.iter().zip(per_mode).map(|(env, rounds)| bulk_cell(env.mode, rounds)).collect())
+}
+
+/// A mode's bulk rounds, summarised.
+pub(crate) fn bulk_cell(mode: Mode, rounds: Vec<BulkStats>) -> BulkCell {
+    BulkCell {
+        mode,
+        gbit_per_sec: median(rounds.iter().map(|r| r.bytes as f64 * 8.0 / r.wall_ns as f64)),
+        client_cpu_secs_per_gib: median(
+            rounds.iter().map(|r| r.client_cpu_ns as f64 / 1e9 / (r.bytes as f64 / f64::from(1u32 << 30))),
+        ),
+        rounds,
+    }
 }
 
 /// Runs scenarios with `kernel.bpf_stats_enabled` on and divides each
@@ -290,6 +296,7 @@ fn bpf_costs(cfg: &Config, env: &mut ModeEnv, topo: &Topology, families: &[Famil
                     target,
                     family,
                     direct,
+                    node: None,
                     seed: 7,
                     count: cfg.bpf_stat_calls,
                     max_millis: 60_000,

@@ -25,6 +25,7 @@ mod machine;
 mod manifests;
 mod modes;
 mod netns;
+mod northsouth;
 mod profile;
 mod protocol;
 mod report;
@@ -109,6 +110,18 @@ struct RunArgs {
     /// Never run perf, even for missed targets.
     #[arg(long)]
     no_profile: bool,
+    /// Run only this phase (a partial run for development: the report
+    /// says which phases are missing).
+    #[arg(long, value_enum)]
+    only: Option<Phase>,
+}
+
+/// The phases of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Phase {
+    Datapath,
+    NorthSouth,
+    Control,
 }
 
 fn main() -> ExitCode {
@@ -147,7 +160,19 @@ fn run(args: &RunArgs) -> Result<()> {
         }
     }
     cleanup::install_signal_handler();
-    let cfg = if args.quick { Config::quick() } else { Config::full() };
+    let mut cfg = if args.quick { Config::quick() } else { Config::full() };
+    if let Some(only) = args.only {
+        if only != Phase::Datapath {
+            cfg.datapath_sizes.clear();
+        }
+        if only != Phase::NorthSouth {
+            cfg.north_south_sizes.clear();
+        }
+        if only != Phase::Control {
+            cfg.control_sizes.clear();
+            cfg.churn.clear();
+        }
+    }
     let run_id = sys::run_id();
     let tmp = std::env::temp_dir().join(&run_id);
     std::fs::create_dir_all(&tmp)?;
@@ -178,6 +203,16 @@ fn run(args: &RunArgs) -> Result<()> {
             }
         }
     }
+    let mut north_south = Vec::new();
+    for &services in &cfg.north_south_sizes {
+        match northsouth::run(&cfg, services, &ctx) {
+            Ok(r) => north_south.push(r),
+            Err(e) => {
+                eprintln!("bench: north-south at {services} services FAILED: {e:#}");
+                errors.push(format!("north-south at {services} services: {e:#}"));
+            }
+        }
+    }
     let control = control::run(&cfg, &ctx, &mut errors);
     let mut profiles = Vec::new();
     if profile {
@@ -194,6 +229,7 @@ fn run(args: &RunArgs) -> Result<()> {
         config: cfg,
         datapath,
         control,
+        north_south,
         profiles,
         errors,
     };
@@ -230,6 +266,8 @@ fn agent_profile(ctx: &Ctx, topo: &addressing::Topology) -> Result<results::Prof
         bpffs: agent::pin_dir(&ctx.run_id, "prof"),
         extra: modes::agent_capacity_flags(topo, false),
         wrapper: Vec::new(),
+        devices: "none".into(),
+        netns: None,
     };
     profile::agent_cold(ctx, agent_cfg, topo)
 }

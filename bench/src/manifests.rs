@@ -16,8 +16,13 @@ const PER_FILE: usize = 100;
 /// RequireDualStack with the IPv6 twin of its address as second cluster
 /// IP, and gets a second (IPv6) slice with the twins of its endpoints.
 pub(crate) fn write_all(dir: &Path, topo: &Topology, dual_stack: bool) -> Result<u64> {
+    write_services(dir, &topo.all().collect::<Vec<_>>(), dual_stack)
+}
+
+/// Writes `services` into `dir` as [`write_all`] does (a Service with a
+/// node port is of type NodePort).
+pub(crate) fn write_services(dir: &Path, services: &[ServiceSpec], dual_stack: bool) -> Result<u64> {
     let mut total = 0u64;
-    let services: Vec<ServiceSpec> = topo.all().collect();
     for (n, chunk) in services.chunks(PER_FILE).enumerate() {
         let mut text = String::with_capacity(chunk.len() * if dual_stack { 1400 } else { 700 });
         for svc in chunk {
@@ -64,11 +69,15 @@ fn service_yaml(out: &mut String, svc: &ServiceSpec, dual_stack: bool) {
     } else {
         String::new()
     };
+    let (kind, node_port) = match svc.node_port {
+        Some(p) => ("  type: NodePort\n", format!(", nodePort: {p}")),
+        None => ("", String::new()),
+    };
     let _ = write!(
         out,
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {NAMESPACE}}}\nspec:\n  \
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {NAMESPACE}}}\nspec:\n{kind}  \
          clusterIP: {vip}\n{families}  selector: {{app: {name}}}\n  ports:\n  - {{name: {PORT_NAME}, port: {port}, \
-         protocol: {proto}, targetPort: {target}}}\n---\n",
+         protocol: {proto}, targetPort: {target}{node_port}}}\n---\n",
         name = svc.name,
         vip = svc.vip,
         port = svc.port,

@@ -39,15 +39,13 @@ impl Netns {
     /// - more ephemeral ports and a longer accept queue, so neither limits
     ///   a connect loop.
     pub(crate) fn create(name: String) -> Result<Self> {
-        sys::run(Command::new("ip").args(["netns", "add", &name]))?;
-        let netns = Self { _guard: cleanup::register(cleanup::Resource::Netns(name.clone())), name };
+        let netns = Self::bare(name)?;
         let client = format!("{CLIENT_ADDR}/32");
         let client_src = CLIENT_ADDR.to_string();
         let client6_src = twin6(CLIENT_ADDR).to_string();
         let client6 = format!("{client6_src}/128");
         let echo6 = format!("{}/128", twin6(EXTRA_BACKEND));
         for args in [
-            vec!["link", "set", "lo", "up"],
             vec!["route", "add", "local", BACKEND_ROUTE, "dev", "lo"],
             vec!["addr", "add", &client, "dev", "lo"],
             vec!["route", "add", SERVICE_ROUTE, "dev", "lo", "src", &client_src],
@@ -63,13 +61,26 @@ impl Netns {
             ("net.core.somaxconn", "65535"),
             ("net.ipv4.tcp_max_syn_backlog", "65535"),
         ] {
-            sys::run(
-                Command::new("ip")
-                    .args(["netns", "exec", &netns.name, "sysctl", "-q", "-w"])
-                    .arg(format!("{key}={value}")),
-            )?;
+            netns.sysctl(key, value)?;
         }
         Ok(netns)
+    }
+
+    /// A namespace `name` with only `lo`, up (the north-south topology
+    /// builds on it).
+    pub(crate) fn bare(name: String) -> Result<Self> {
+        sys::run(Command::new("ip").args(["netns", "add", &name]))?;
+        let netns = Self { _guard: cleanup::register(cleanup::Resource::Netns(name.clone())), name };
+        netns.ip(&["link", "set", "lo", "up"])?;
+        Ok(netns)
+    }
+
+    /// Sets a sysctl of this namespace (`key` in sysctl's dotted form).
+    pub(crate) fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        sys::run(
+            Command::new("ip").args(["netns", "exec", &self.name, "sysctl", "-q", "-w"]).arg(format!("{key}={value}")),
+        )
+        .map(drop)
     }
 
     pub(crate) fn name(&self) -> &str {

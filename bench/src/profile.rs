@@ -83,6 +83,7 @@ pub(crate) fn connect_loop(ctx: &Ctx, env: &mut ModeEnv, topo: &Topology, target
         target,
         family: crate::addressing::Family::Inet,
         direct: env.mode == crate::modes::Mode::Direct,
+        node: None,
         seed: 11,
         // Enough for the duration at any rate seen here (the sequence is
         // generated up front).

@@ -1,7 +1,7 @@
 //! What the orchestrator asks a worker (one JSON line on its stdin) and
 //! what the worker answers (one JSON line on its stdout).
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +38,10 @@ pub(crate) struct ConnectPlan {
     pub(crate) family: Family,
     /// Connect to a backend of the chosen Service instead of its VIP.
     pub(crate) direct: bool,
+    /// Connect to the chosen Service's node port at this node address
+    /// instead of its VIP (the north-south bench's outside client).
+    #[serde(default)]
+    pub(crate) node: Option<Ipv4Addr>,
     /// Seed of the target sequence (the same for every mode in a round).
     pub(crate) seed: u64,
     /// Connects to time.
@@ -85,6 +89,16 @@ pub(crate) enum Request {
         target: SocketAddr,
         count: u32,
     },
+    /// Start recording which endpoint address the backends' accepted
+    /// connections reached (the north-south verification: its client is
+    /// another worker).
+    Record,
+    /// Wait until `count` accepts were recorded (at most 2 s: an accept
+    /// may trail its client's connect), stop recording, answer
+    /// [`Response::Reached`].
+    Recorded {
+        count: u32,
+    },
     Quit,
 }
 
@@ -128,6 +142,7 @@ pub(crate) enum Response {
     Verified,
     Connect(ConnectStats),
     Bulk(BulkStats),
+    Reached(Vec<SocketAddr>),
     Done,
     Error(String),
 }

@@ -21,6 +21,10 @@ pub(crate) struct Results {
     pub(crate) config: Config,
     pub(crate) datapath: Vec<DatapathResult>,
     pub(crate) control: ControlResult,
+    /// Outside clients through NodePorts (absent in results written
+    /// before the north-south bench existed).
+    #[serde(default)]
+    pub(crate) north_south: Vec<NorthSouthResult>,
     pub(crate) profiles: Vec<Profile>,
     /// Phases that failed (the run continues with the next phase and exits
     /// non-zero).
@@ -108,6 +112,22 @@ pub(crate) struct DatapathResult {
     pub(crate) conntrack_peak: Vec<(Mode, u64)>,
     /// Profiles taken because the connect-overhead target was missed.
     pub(crate) profiles: Vec<Profile>,
+}
+
+/// An outside client through NodePorts at one size.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct NorthSouthResult {
+    pub(crate) services: u32,
+    pub(crate) endpoints: u32,
+    pub(crate) modes: Vec<Mode>,
+    pub(crate) setup_secs: Vec<(Mode, f64)>,
+    /// Connect latency and rate per (mode, target); family IPv4.
+    pub(crate) cells: Vec<Cell>,
+    pub(crate) bulk: Vec<BulkCell>,
+    /// Our TC programs' cost per run (one run per packet) in each scenario.
+    pub(crate) tc: Vec<ProgCost>,
+    /// Highest nf_conntrack_count in the node namespace, per netfilter mode.
+    pub(crate) conntrack_peak: Vec<(Mode, u64)>,
 }
 
 /// Our agent's side of a cold programming run.

@@ -144,6 +144,23 @@ fn service_rules(chains: &mut String, rules: &mut String, svc: &ServiceSpec, lar
         let _ = writeln!(rules, "-A {sep} {sep_comment}-s {}/32 -j KUBE-MARK-MASQ", ep.ip());
         let _ = writeln!(rules, "-A {sep} {sep_comment}-m {proto} -p {proto} -j DNAT --to-destination {ep}");
     }
+    if let Some(node_port) = svc.node_port {
+        // writeServiceToEndpointRules' external chain, externalTrafficPolicy
+        // Cluster: every external packet is masqueraded, then load-balanced
+        // by the Service's chain.
+        let ext_chain = format!("KUBE-EXT-{}", chain_hash(&format!("{name}{proto}")));
+        let _ = writeln!(chains, ":{ext_chain} - [0:0]");
+        let _ = writeln!(
+            rules,
+            "-A KUBE-NODEPORTS -m comment --comment \"{name}\" -m {proto} -p {proto} --dport {node_port} -j {ext_chain}"
+        );
+        let _ = writeln!(
+            rules,
+            "-A {ext_chain} -m comment --comment \"masquerade traffic for {name} external destinations\" -j \
+             KUBE-MARK-MASQ"
+        );
+        let _ = writeln!(rules, "-A {ext_chain} -j {svc_chain}");
+    }
 }
 
 #[cfg(test)]
@@ -163,5 +180,17 @@ mod tests {
         let last = rules.lines().rfind(|l| l.starts_with("-A KUBE-SERVICES")).unwrap();
         assert!(last.ends_with("-j KUBE-NODEPORTS"));
         assert_eq!(rules.matches("COMMIT").count(), 2);
+        assert!(!rules.contains("KUBE-EXT-"));
+    }
+
+    #[test]
+    fn node_ports_go_through_an_external_chain() {
+        let topo = Topology { services: 2, endpoints: 3 };
+        let rules = super::ruleset(&topo.with_node_ports());
+        let np = rules.lines().find(|l| l.contains("--dport 20001 -j KUBE-EXT-")).unwrap();
+        assert!(np.starts_with("-A KUBE-NODEPORTS -m comment --comment \"bench/svc-1:p\" -m tcp -p tcp"));
+        let ext = np.rsplit(' ').next().unwrap();
+        assert!(rules.contains(&format!("-A {ext} -m comment --comment \"masquerade traffic for bench/svc-1:p")));
+        assert!(rules.lines().any(|l| l.starts_with(&format!("-A {ext} -j KUBE-SVC-"))));
     }
 }

@@ -88,6 +88,16 @@ pub(crate) enum Loader {
 }
 
 impl Loader {
+    /// The loader of a netfilter mode.
+    pub(crate) fn of(mode: Mode) -> Option<Self> {
+        match mode {
+            Mode::IptablesNft => Some(Self::IptablesNft),
+            Mode::IptablesLegacy => Some(Self::IptablesLegacy),
+            Mode::Nftables => Some(Self::Nft),
+            Mode::Direct | Mode::Ours => None,
+        }
+    }
+
     pub(crate) fn label(self) -> &'static str {
         match self {
             Self::IptablesNft => "iptables-nft-restore",
@@ -255,6 +265,8 @@ impl ModeEnv {
                     bpffs: agent::pin_dir(&ctx.run_id, "dp"),
                     extra: agent_capacity_flags(topo, ipv6),
                     wrapper: Vec::new(),
+                    devices: "none".into(),
+                    netns: None,
                 };
                 let mut a = Agent::start(&cfg)?;
                 let (at, _) = a.wait_for(agent::IN_SYNC, Duration::from_secs(900))?;
@@ -262,11 +274,7 @@ impl ModeEnv {
                 agent = Some((a, cfg, cgroup));
             }
             Mode::IptablesNft | Mode::IptablesLegacy | Mode::Nftables => {
-                let loader = match mode {
-                    Mode::IptablesNft => Loader::IptablesNft,
-                    Mode::IptablesLegacy => Loader::IptablesLegacy,
-                    _ => Loader::Nft,
-                };
+                let loader = Loader::of(mode).expect("a netfilter mode");
                 let file = ctx.dir(&format!("rules-{}", mode.short()))?.join("rules");
                 std::fs::write(&file, loader.ruleset(&services, ipv6))?;
                 let took = loader

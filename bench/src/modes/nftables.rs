@@ -183,6 +183,15 @@ fn service(out: &mut String, t: &Table, svc: &ServiceSpec) {
         let _ = writeln!(out, "add rule {table} {chain} {ip} saddr {} jump mark-for-masquerade", ep.ip());
         let _ = writeln!(out, "add rule {table} {chain} meta l4proto {proto} dnat to {ep}");
     }
+    if let Some(node_port) = svc.node_port {
+        // The external chain of externalTrafficPolicy Cluster: masquerade,
+        // then the Service's chain; found through `service-nodeports`.
+        let ext_chain = format!("external-{}-{base}", &chain_hash(&base)[..8]);
+        let _ = writeln!(out, "add chain {table} {ext_chain}");
+        let _ = writeln!(out, "add element {table} service-nodeports {{ {proto} . {node_port} : goto {ext_chain} }}");
+        let _ = writeln!(out, "add rule {table} {ext_chain} jump mark-for-masquerade");
+        let _ = writeln!(out, "add rule {table} {ext_chain} goto {svc_chain}");
+    }
 }
 
 #[cfg(test)]
@@ -203,5 +212,17 @@ mod tests {
         assert!(dual.contains("add rule ip6 kube-proxy services ip6 daddr . meta l4proto . th dport vmap"));
         assert!(dual.contains("meta l4proto udp dnat to [fd00::a4f:ff01]:5353"));
         assert!(dual.contains("ip6 saddr != fd00::a40:0/106 jump mark-for-masquerade"));
+        assert!(!rules.contains("add element ip kube-proxy service-nodeports"));
+    }
+
+    #[test]
+    fn node_ports_go_through_an_external_chain() {
+        let topo = Topology { services: 1, endpoints: 3 };
+        let rules = super::ruleset(&topo.with_node_ports(), false);
+        let element = rules.lines().find(|l| l.contains("service-nodeports { tcp . 20000 : goto external-")).unwrap();
+        let ext = element.rsplit(' ').nth(1).unwrap();
+        assert!(rules.contains(&format!("add rule ip kube-proxy {ext} jump mark-for-masquerade")));
+        assert!(rules.contains(&format!("add rule ip kube-proxy {ext} goto service-")));
+        assert!(rules.contains("service-nodeports { tcp . 19999 : goto external-"));
     }
 }

@@ -29,6 +29,15 @@ impl Worker {
     /// Starts a worker in `netns` (and in `cgroup`, joined before it enters
     /// the namespace) and waits until its backends listen.
     pub(crate) fn spawn(netns: &Netns, cgroup: Option<&Path>, ctx: &Ctx) -> Result<Self> {
+        Self::spawn_with(netns, cgroup, ctx, false)
+    }
+
+    /// A worker that runs no backends (a client only).
+    pub(crate) fn client(netns: &Netns, ctx: &Ctx) -> Result<Self> {
+        Self::spawn_with(netns, None, ctx, true)
+    }
+
+    fn spawn_with(netns: &Netns, cgroup: Option<&Path>, ctx: &Ctx, client_only: bool) -> Result<Self> {
         let exe = std::env::current_exe().context("own executable")?;
         let mut cmd = Command::new(exe);
         cmd.arg("worker")
@@ -40,6 +49,9 @@ impl Worker {
             .stderr(Stdio::inherit());
         if let Some(cg) = cgroup {
             cmd.arg("--cgroup").arg(cg);
+        }
+        if client_only {
+            cmd.arg("--client-only");
         }
         sys::die_with_parent(&mut cmd);
         let mut child = cmd.spawn().context("spawn worker")?;

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::{find_of, secs, thousands, us};
+use super::{secs, thousands, us};
 use crate::{
     addressing::Family,
     modes::Mode,
@@ -59,12 +59,27 @@ fn family_note(family: Family) -> &'static str {
 }
 
 fn connect_table(o: &mut String, dp: &DatapathResult, family: Family, target: Target) {
-    let find = |mode: Mode, target: Target| find_of(dp, mode, family, target);
+    let suffix = if family == Family::Inet { String::new() } else { format!(", {}", family.label()) };
+    let title = format!("{}: connect latency ({}{suffix})", target.label(), thousands(f64::from(dp.services)));
+    connect_cells(o, &title, &dp.cells, family, target, Mode::label);
+}
+
+/// One target's connect-latency table of `cells` (and ours against each
+/// baseline), under the heading `title`; the north-south section's too.
+/// `label` names the modes.
+pub(super) fn connect_cells(
+    o: &mut String,
+    title: &str,
+    cells: &[Cell],
+    family: Family,
+    target: Target,
+    label: fn(Mode) -> &'static str,
+) {
+    let find =
+        |mode: Mode, target: Target| cells.iter().find(|c| c.mode == mode && c.family == family && c.target == target);
     {
         let Some(direct) = find(Mode::Direct, target) else { return };
-        let suffix = if family == Family::Inet { String::new() } else { format!(", {}", family.label()) };
-        let _ =
-            writeln!(o, "### {}: connect latency ({}{suffix})\n", target.label(), thousands(f64::from(dp.services)));
+        let _ = writeln!(o, "### {title}\n");
         let _ = writeln!(
             o,
             "| mode | p50 us | p90 us | p99 us | p50 over direct us | connections/s | client thread CPU us/conn | client+backend process CPU us/conn | samples | connect > 10 ms |"
@@ -76,7 +91,7 @@ fn connect_table(o: &mut String, dp: &DatapathResult, family: Family, target: Ta
             let _ = writeln!(
                 o,
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                mode.label(),
+                label(mode),
                 us(c.connect.p50),
                 us(c.connect.p90),
                 us(c.connect.p99),
@@ -104,7 +119,7 @@ fn connect_table(o: &mut String, dp: &DatapathResult, family: Family, target: Ta
                     let _ = writeln!(
                         o,
                         "| {} | {} | {} | {} | {:.2}x | {:.2}x |",
-                        b.mode.label(),
+                        label(b.mode),
                         us(b_over),
                         us(ours_over),
                         frac,

@@ -1,10 +1,11 @@
 //! bench/REPORT.md, generated from a results file: every number in it
 //! comes from the measurements (nothing typed by hand). The sections live
-//! in `datapath`, `control` and `profiles`; this file has the header,
+//! in `datapath`, `northsouth`, `control` and `profiles`; this file has the header,
 //! targets, machine and method.
 
 mod control;
 mod datapath;
+mod northsouth;
 mod profiles;
 
 use std::fmt::Write as _;
@@ -71,6 +72,7 @@ pub(crate) fn render(r: &Results, results_file: &str) -> String {
     }
     datapath::bulk(&mut o, r);
     datapath::bpf(&mut o, r);
+    northsouth::section(&mut o, r);
     control::cold(&mut o, r);
     control::churn(&mut o, r);
     control::memory(&mut o, r);
@@ -163,6 +165,7 @@ fn targets(o: &mut String, r: &Results) {
             verdict(over / 1e3, CONNECT_TARGET_NS / 1e3, "us", 2)
         );
     }
+    northsouth::target_rows(o, r);
     let target = r.config.target_services;
     if let Some(c) = ours_cold(r, target) {
         if let Some(m) = run_median(c) {

@@ -84,6 +84,12 @@ pub(crate) fn start(server_cpu: usize) -> Result<(Arc<Recorder>, mpsc::Receiver<
     Ok((recorder, rx))
 }
 
+/// A recorder with no backends behind it (a client-only worker).
+pub(crate) fn none() -> (Arc<Recorder>, mpsc::Receiver<SocketAddr>) {
+    let (tx, rx) = mpsc::channel();
+    (Arc::new(Recorder { enabled: AtomicBool::new(false), tx: Mutex::new(tx) }), rx)
+}
+
 fn accept_loop(listener: &TcpListener, recorder: &Recorder) {
     use std::os::fd::AsRawFd as _;
     let fd = listener.as_raw_fd();

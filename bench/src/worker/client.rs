@@ -35,6 +35,8 @@ pub(crate) fn targets(plan: &ConnectPlan, n: usize) -> Vec<SocketAddr> {
             let v4 = if plan.direct {
                 let j = rng.random_range(0..topo.endpoints);
                 SocketAddrV4::new(addressing::backend(i, j, topo.endpoints), BACKEND_PORT)
+            } else if let Some(node) = plan.node {
+                SocketAddrV4::new(node, addressing::node_port(i))
             } else {
                 SocketAddrV4::new(addressing::vip(i), SERVICE_PORT)
             };

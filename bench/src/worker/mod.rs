@@ -39,6 +39,10 @@ pub(crate) struct WorkerArgs {
     /// CPU for the accept loop.
     #[arg(long, default_value_t = 0)]
     server_cpu: usize,
+    /// Run no backends: a client only (the north-south bench's outside
+    /// client, whose namespace holds no endpoint addresses).
+    #[arg(long)]
+    client_only: bool,
 }
 
 pub(crate) fn main(args: &WorkerArgs) -> Result<()> {
@@ -51,7 +55,11 @@ pub(crate) fn main(args: &WorkerArgs) -> Result<()> {
     // stay outside the eBPF programs' reach (the UDP echo's replies would
     // otherwise run sendmsg4 and blur its per-call cost); only the
     // client's sockets, created after joining, are translated.
-    let (recorder, recorded) = backends::start(args.server_cpu).context("starting the backends")?;
+    let (recorder, recorded) = if args.client_only {
+        backends::none()
+    } else {
+        backends::start(args.server_cpu).context("starting the backends")?
+    };
     if let Some(cg) = &args.cgroup {
         cgroup::join(cg)?;
     }
@@ -78,6 +86,24 @@ pub(crate) fn main(args: &WorkerArgs) -> Result<()> {
                 Ok(()) => Response::Done,
                 Err(e) => Response::Error(format!("{e:#}")),
             },
+            Request::Record => {
+                while recorded.try_recv().is_ok() {}
+                recorder.set(true);
+                Response::Done
+            }
+            Request::Recorded { count } => {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                let mut reached = Vec::new();
+                while reached.len() < count as usize {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    match recorded.recv_timeout(left) {
+                        Ok(addr) => reached.push(addr),
+                        Err(_) => break,
+                    }
+                }
+                recorder.set(false);
+                Response::Reached(reached)
+            }
         };
         reply(&mut stdout, &response)?;
     }
