@@ -161,7 +161,7 @@ impl Client for Outside {
 /// replies to SNATed ones arrive here), else new flows to frontends.
 #[inline(always)]
 pub(crate) fn ingress(ctx: &TcContext) -> i32 {
-    let Some(pkt) = Packet::parse(ctx) else { return untracked() };
+    let Some(pkt) = Packet::parse(ctx) else { return icmp_error(ctx, true).unwrap_or_else(untracked) };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(entry) = tracked(&pkt, now) {
@@ -174,12 +174,7 @@ pub(crate) fn ingress(ctx: &TcContext) -> i32 {
 /// the frontend back as their source.
 #[inline(always)]
 pub(crate) fn egress(ctx: &TcContext) -> i32 {
-    let Some(pkt) = Packet::parse(ctx) else {
-        return match icmp_error(ctx) {
-            Some(verdict) => verdict,
-            None => untracked(),
-        };
-    };
+    let Some(pkt) = Packet::parse(ctx) else { return icmp_error(ctx, false).unwrap_or_else(untracked) };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     match tracked(&pkt, now) {
@@ -188,16 +183,29 @@ pub(crate) fn egress(ctx: &TcContext) -> i32 {
     }
 }
 
-/// An ICMP error leaving the node about a packet of a tracked flow, as
-/// the node sends one when it cannot forward a client's packet to a local
-/// backend (fragmentation needed: a smaller MTU towards the pod; or an
-/// unreachable backend): the packet it quotes is the translated one
-/// (client -> backend), which the client never sent. The quoted
-/// destination is rewritten back to the frontend, so the client's stack
-/// finds its connection (path-MTU discovery works). `None`: not such a
-/// packet.
+/// An ICMP error about a packet of a tracked flow (fragmentation needed,
+/// port unreachable, time exceeded). Its quote is the packet as
+/// translated, which its original sender never sent, so the flow entry of
+/// the quote's reverse tuple (the entry the answer to the quoted packet
+/// would match) says what the quote must become: source = the entry's
+/// destination, destination = the entry's source; the error then goes to
+/// the entry's destination. Three cases are ours:
+/// - leaving the node (`tc_out`), about a client's packet to a local
+///   backend (a reply entry without SNAT): the node or the backend
+///   complains to the client, whose quote gets the frontend back;
+/// - arriving (`tc_in`) at our SNAT address, about a client's packet to a
+///   backend on another node (a reply entry with SNAT): sent on to the
+///   client, redirected like a SNATed reply;
+/// - arriving (`tc_in`) at a frontend, about a reply the client's side
+///   could not take (an original entry; a router with a smaller MTU
+///   towards the client): sent on to the backend, whose quote gets its own
+///   reply back (backend -> its client address or our SNAT address).
+///
+/// When the quoted packet's destination sent the error itself (a backend's
+/// port unreachable), its source becomes the frontend the client knows.
+/// `None`: not such a packet.
 #[inline(always)]
-fn icmp_error(ctx: &TcContext) -> Option<i32> {
+fn icmp_error(ctx: &TcContext, ingress: bool) -> Option<i32> {
     const ICMP: u8 = 1;
     const DEST_UNREACH: u8 = 3;
     const TIME_EXCEEDED: u8 = 11;
@@ -217,40 +225,85 @@ fn icmp_error(ctx: &TcContext) -> Option<i32> {
     let inner_ip = icmp + 8;
     let inner: Ipv4Hdr = ctx.load(inner_ip).ok()?;
     let inner_ihl = usize::from(inner.ver_ihl & 0x0f) * 4;
+    // An error goes back to the quoted packet's sender.
     if inner_ihl < 20 || (inner.proto != proto::TCP && inner.proto != proto::UDP) || inner.saddr != outer.daddr {
         return None;
     }
     let inner_l4 = inner_ip + inner_ihl;
     let ports: [u16; 2] = ctx.load(inner_l4).ok()?;
-    // The quoted packet went client -> backend: the flow's reply entry
-    // (backend -> client) says which frontend it stands for.
-    let reply_key = reverse(inner.saddr, inner.daddr, ports[0], ports[1], inner.proto);
-    let ptr = SVC_FLOWS.get_ptr(reply_key)?;
+    let ptr = SVC_FLOWS.get_ptr(reverse(inner.saddr, inner.daddr, ports[0], ports[1], inner.proto))?;
     // SAFETY: copied out at once.
-    let reply = unsafe { *ptr };
-    if reply.flags & flow_flags::REPLY == 0 || reply.flags & flow_flags::SNAT != 0 {
+    let entry = unsafe { *ptr };
+    let (reply, snat) = (entry.flags & flow_flags::REPLY != 0, entry.flags & flow_flags::SNAT != 0);
+    if ingress == (reply && !snat) {
         return None;
     }
-    let (frontend, frontend_port) = (reply.saddr, reply.sport);
-    let icmp_csum = icmp + 2;
-    let inner_csum = inner_ip + IP_CSUM;
-    let (old, new) = (u64::from(u32::from_ne_bytes(inner.daddr)), u64::from(u32::from_ne_bytes(frontend)));
-    // The quoted header's checksum, then the ICMP checksum over every
-    // changed byte (the quoted L4 checksum is left alone: nobody checks it).
-    let ok = ctx.l3_csum_replace(inner_csum, old, new, 4).is_ok()
-        && ctx.load::<u16>(inner_csum).is_ok_and(|new_csum| {
-            ctx.l4_csum_replace(icmp_csum, u64::from(inner.check), u64::from(new_csum), 2).is_ok()
-        })
-        && ctx.l4_csum_replace(icmp_csum, old, new, 4).is_ok()
-        && ctx.store(inner_ip + IP_DADDR, &frontend, 0).is_ok()
-        && ctx.l4_csum_replace(icmp_csum, u64::from(ports[1]), u64::from(frontend_port), 2).is_ok()
-        && ctx.store(inner_l4 + 2, &frontend_port, 0).is_ok();
-    Some(if ok {
-        count(ns_stat::TRANSLATED);
-        PASS
-    } else {
-        drop_for(ns_stat::DROP_REWRITE)
-    })
+    let quote = Quote { icmp_csum: icmp + 2, ip_csum: inner_ip + IP_CSUM };
+    let ok = quote.addr(ctx, inner_ip + IP_SADDR, inner.saddr, entry.daddr)
+        && quote.addr(ctx, inner_ip + IP_DADDR, inner.daddr, entry.saddr)
+        && ctx.load::<u16>(quote.ip_csum).is_ok_and(|check| quote.field(ctx, inner.check, check))
+        && quote.port(ctx, inner_l4, ports[0], entry.dport)
+        && quote.port(ctx, inner_l4 + 2, ports[1], entry.sport)
+        && outer_addr(ctx, ETH_HLEN + IP_DADDR, outer.daddr, entry.daddr)
+        && (!reply || outer.saddr != inner.daddr || outer_addr(ctx, ETH_HLEN + IP_SADDR, outer.saddr, entry.saddr));
+    if !ok {
+        return Some(drop_for(ns_stat::DROP_REWRITE));
+    }
+    count(ns_stat::TRANSLATED);
+    if !(ingress && reply) {
+        return Some(PASS);
+    }
+    // To the client, from a source that may now be this node's own
+    // address: out of the FIB's device directly, as a SNATed reply goes.
+    let Some(ifindex) = fib_ifindex(ctx, [0; 4], entry.daddr) else { return Some(drop_for(ns_stat::DROP_NO_ROUTE)) };
+    // SAFETY: plain helper call (the neighbour is looked up by the helper).
+    Some(unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32 })
+}
+
+/// Checksum offsets of an ICMP error's quote: the ICMP checksum covers the
+/// quote's bytes, the quoted IP header has its own. (The quoted L4
+/// checksum is left alone: no stack checks it in an error.)
+struct Quote {
+    icmp_csum: usize,
+    ip_csum: usize,
+}
+
+impl Quote {
+    /// Replaces a quoted address (both checksums).
+    #[inline(always)]
+    fn addr(&self, ctx: &TcContext, offset: usize, from: [u8; 4], to: [u8; 4]) -> bool {
+        if from == to {
+            return true;
+        }
+        let (old, new) = (u64::from(u32::from_ne_bytes(from)), u64::from(u32::from_ne_bytes(to)));
+        ctx.l3_csum_replace(self.ip_csum, old, new, 4).is_ok()
+            && ctx.l4_csum_replace(self.icmp_csum, old, new, 4).is_ok()
+            && ctx.store(offset, &to, 0).is_ok()
+    }
+
+    /// Accounts, in the ICMP checksum, for a quoted 2-byte field that
+    /// changes (or changed) from `from` to `to`.
+    #[inline(always)]
+    fn field(&self, ctx: &TcContext, from: u16, to: u16) -> bool {
+        from == to || ctx.l4_csum_replace(self.icmp_csum, u64::from(from), u64::from(to), 2).is_ok()
+    }
+
+    /// Replaces a quoted port (the ICMP checksum).
+    #[inline(always)]
+    fn port(&self, ctx: &TcContext, offset: usize, from: u16, to: u16) -> bool {
+        from == to || (self.field(ctx, from, to) && ctx.store(offset, &to, 0).is_ok())
+    }
+}
+
+/// Replaces an address of the outer IP header (its checksum; ICMP has no
+/// pseudo-header).
+#[inline(always)]
+fn outer_addr(ctx: &TcContext, offset: usize, from: [u8; 4], to: [u8; 4]) -> bool {
+    if from == to {
+        return true;
+    }
+    let (old, new) = (u64::from(u32::from_ne_bytes(from)), u64::from(u32::from_ne_bytes(to)));
+    ctx.l3_csum_replace(ETH_HLEN + IP_CSUM, old, new, 4).is_ok() && ctx.store(offset, &to, 0).is_ok()
 }
 
 /// Adds one to counter `slot` (`svc_common::ns_stat`) of this CPU.

@@ -125,6 +125,81 @@ impl Outside {
     }
 }
 
+/// The far client's address (behind [`FarClient`]'s router).
+pub const FAR_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+/// The far client's router on the LAN.
+const FAR_ROUTER_LAN_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 30);
+
+/// A client one router away from the LAN, behind a link with a smaller
+/// MTU than the LAN's: a router's ICMP "fragmentation needed" for full-size
+/// replies is what path-MTU discovery towards it depends on.
+///
+/// ```text
+///   lan br0 -- router: rl 198.51.100.30/24 | rf 192.0.2.1/24, MTU 1280
+///                       (on the router's side only: the client still
+///                        advertises MSS 1460)
+///             far client: eth0 192.0.2.2/24; routes 198.51.100.0/24 and
+///                         203.0.113.0/24 via 192.0.2.1
+///   node A and its pods: route 192.0.2.0/24 via the router / the gateway
+/// ```
+#[derive(Debug)]
+pub struct FarClient {
+    far: Netns,
+    _router: Netns,
+    cgroup: Cgroup,
+}
+
+impl FarClient {
+    /// Builds the router and the far client on `outside`'s LAN, and the
+    /// routes back on `node_a` and its pods.
+    pub fn new(outside: &Outside, node_a: &NodeTopology) -> Result<Self> {
+        let router = Netns::new()?;
+        let far = Netns::new()?;
+        outside.lan.ip(&["link", "add", "lr", "type", "veth", "peer", "name", "rl", "netns", router.name()])?;
+        outside.lan.ip(&["link", "set", "lr", "master", "br0", "up"])?;
+        router.ip(&["link", "add", "rf", "type", "veth", "peer", "name", "eth0", "netns", far.name()])?;
+        let via = "192.0.2.1";
+        for (ns, cmds) in [
+            (
+                &router,
+                vec![
+                    format!("addr add {FAR_ROUTER_LAN_IP}/24 dev rl"),
+                    "link set rl up".to_owned(),
+                    format!("addr add {via}/24 dev rf"),
+                    "link set rf mtu 1280".to_owned(),
+                    "link set rf up".to_owned(),
+                    format!("route add 203.0.113.0/24 via {NODE_A_LAN_IP}"),
+                ],
+            ),
+            (
+                &far,
+                vec![
+                    format!("addr add {FAR_CLIENT_IP}/24 dev eth0"),
+                    "link set eth0 up".to_owned(),
+                    format!("route add 198.51.100.0/24 via {via}"),
+                    format!("route add 203.0.113.0/24 via {via}"),
+                    format!("route add unreachable {SERVICE_RANGE}"),
+                ],
+            ),
+        ] {
+            for c in cmds {
+                ns.ip(&c.split(' ').collect::<Vec<_>>())?;
+            }
+        }
+        crate::cmd::run(&mut router.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]))?;
+        node_a.node().netns().ip(&["route", "add", "192.0.2.0/24", "via", &FAR_ROUTER_LAN_IP.to_string()])?;
+        for backend in node_a.backend_pods() {
+            backend.netns().ip(&["route", "add", "192.0.2.0/24", "via", &gateway_of(backend.ip()).to_string()])?;
+        }
+        Ok(Self { far, _router: router, cgroup: Cgroup::new()? })
+    }
+
+    /// The far client.
+    pub fn client(&self) -> Client<'_> {
+        Client::new(&self.far, &self.cgroup, "far client", Dial::Inet)
+    }
+}
+
 /// x.y.z.1 for a pod at x.y.z.2.
 fn gateway_of(ip: Ipv4Addr) -> Ipv4Addr {
     let [a, b, c, _] = ip.octets();

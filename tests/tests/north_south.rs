@@ -73,3 +73,18 @@ fn path_mtu_discovery_through_a_smaller_pod_link() -> Result<()> {
 fn tcp_transfer_survives_an_agent_restart() -> Result<()> {
     north_south::tcp_transfer_survives_an_agent_restart(manifests()?)
 }
+
+#[test]
+fn path_mtu_discovery_to_a_pod_on_another_node() -> Result<()> {
+    north_south::path_mtu_discovery_to_a_pod_on_another_node(manifests()?)
+}
+
+#[test]
+fn path_mtu_discovery_for_replies_to_a_far_client() -> Result<()> {
+    north_south::path_mtu_discovery_for_replies_to_a_far_client(manifests()?)
+}
+
+#[test]
+fn udp_port_unreachable_reaches_the_client() -> Result<()> {
+    north_south::udp_port_unreachable_reaches_the_client(manifests()?)
+}

@@ -509,6 +509,101 @@ pub fn path_mtu_discovery_through_a_smaller_pod_link(source: Box<dyn Source>) ->
     Ok(())
 }
 
+/// Path-MTU discovery through a SNATed flow: node B's link to its pod has
+/// the smaller MTU, so B answers the client's full-size segments (as A
+/// forwarded them, from A's address) with ICMP "fragmentation needed" to
+/// A, quoting A:port -> pod. The ingress program finds the flow by the
+/// quote, rewrites it to the client's own tuple and sends the error on to
+/// the client, whose TCP lowers its segment size: the upload completes.
+/// (Without it the error ends in A's stack, which has no such socket.)
+pub fn path_mtu_discovery_to_a_pod_on_another_node(source: Box<dyn Source>) -> Result<()> {
+    let mut world = World::new(source, 0, 1)?;
+    let _http = world.outside.b_pod(1).serve_http("up-bb1", 8082)?;
+    world.outside.node_b().ip(&["link", "set", "vb1", "mtu", "1280"])?;
+    let endpoint = EndpointSpec::new(world.outside.b_pod(1).ip()).node(NODE_B_NAME);
+    let upload = Upload::new(&mut world, "10.96.9.97", 30096, endpoint, 256 * 1024)?;
+    let out = upload.run(&world, &["--max-time", "10"]);
+    drop(upload);
+    let out = out?;
+    ensure!(out.trim() == "up-bb1:8082 received 262144", "upload through node B's 1280-byte pod link: {out:?}");
+    Ok(())
+}
+
+/// Path-MTU discovery for replies: a client behind a router whose link to
+/// it has a smaller MTU downloads 256 KiB through the node port, once from
+/// a pod on A and once from a pod on B (SNATed). The router answers the
+/// full-size replies with ICMP "fragmentation needed" to the frontend
+/// (the replies' source), quoting frontend -> client; the ingress program
+/// sends it on to the backend with the quote the backend's own reply had,
+/// and the backend lowers its segment size. (Without it the error ends
+/// in A's stack and the download stalls.)
+pub fn path_mtu_discovery_for_replies_to_a_far_client(source: Box<dyn Source>) -> Result<()> {
+    let mut world = World::new(source, 1, 1)?;
+    let far = crate::outside::FarClient::new(&world.outside, &world.env.topo)?;
+    let _a = world.env.topo.backend(1).serve_http("down-a1", 8082)?;
+    let _b = world.outside.b_pod(1).serve_http("down-bb1", 8082)?;
+    let svc = web("NodePort", "10.96.9.96")
+        .port(PortSpec::tcp("down-a", 82, "8082").node_port(30097))
+        .port(PortSpec::tcp("down-b", 83, "8082").node_port(30098));
+    world.env.apply("web-svc", &svc.yaml())?;
+    let a = EndpointSpec::new(world.env.topo.backend(1).ip()).node(NODE_NAME);
+    let b = EndpointSpec::new(world.outside.b_pod(1).ip()).node(NODE_B_NAME);
+    // One slice per port, each with its own endpoint.
+    world
+        .env
+        .apply("down-a", &endpoint_slice_spec("default", "web-a", "web", &[SlicePort::tcp("down-a", 8082)], &[a]))?;
+    world
+        .env
+        .apply("down-b", &endpoint_slice_spec("default", "web-b", "web", &[SlicePort::tcp("down-b", 8082)], &[b]))?;
+    world.start()?;
+    // Both downloads run whatever the first gives, so each case shows.
+    let mut failed = Vec::new();
+    for (node_port, who) in [(30097, "a1 (on node A)"), (30098, "bb1 (on node B, SNATed)")] {
+        let url = format!("http://{NODE_A_LAN_IP}:{node_port}/bytes/262144");
+        let args = ["-sS", "-o", "/dev/null", "-w", "%{size_download}", "--max-time", "10", url.as_str()];
+        let got = far.client().exec("curl", &args).unwrap_or_else(|e| format!("{e:#}"));
+        if got.trim() != "262144" {
+            failed.push(format!("download from {who}: {got:?}"));
+        }
+    }
+    ensure!(failed.is_empty(), "to the far client behind a 1280-byte link: {failed:?}");
+    Ok(())
+}
+
+/// ICMP port unreachable from a backend reaches the client as the
+/// frontend's: UDP to a node port whose endpoint has no listener, on A
+/// (the error leaves through the egress program) and on B (it arrives at
+/// A's SNAT address, through the ingress program). The quote gets the
+/// client's own tuple and the error the frontend as its source, so the
+/// client's connected socket reports ECONNREFUSED, as it would talking to
+/// the pod directly. (Untranslated, the error quotes a tuple the client
+/// never sent, and every datagram times out.)
+pub fn udp_port_unreachable_reaches_the_client(source: Box<dyn Source>) -> Result<()> {
+    let mut world = World::new(source, 1, 1)?;
+    let svc = web("NodePort", "10.96.9.95")
+        .port(PortSpec::udp("closed-a", 54, "5399").node_port(30099))
+        .port(PortSpec::udp("closed-b", 55, "5399").node_port(30100));
+    world.env.apply("web-svc", &svc.yaml())?;
+    let a = EndpointSpec::new(world.env.topo.backend(1).ip()).node(NODE_NAME);
+    let b = EndpointSpec::new(world.outside.b_pod(1).ip()).node(NODE_B_NAME);
+    let slice = |name: &str, port: &str, ep: EndpointSpec| {
+        endpoint_slice_spec("default", name, "web", &[SlicePort::udp(port, 5399)], &[ep])
+    };
+    world.env.apply("closed-a", &slice("web-a", "closed-a", a))?;
+    world.env.apply("closed-b", &slice("web-b", "closed-b", b))?;
+    world.start()?;
+    let mut failed = Vec::new();
+    for (node_port, who) in [(30099, "a1 (on node A)"), (30100, "bb1 (on node B, SNATed)")] {
+        let to = SocketAddrV4::new(NODE_A_LAN_IP, node_port);
+        let out = world.outside.client().udp(to, 3, true)?;
+        if out.errors.get("ECONNREFUSED") != Some(&3) {
+            failed.push(format!("{who}: {out:?}"));
+        }
+    }
+    ensure!(failed.is_empty(), "UDP to a closed port behind the node port: {failed:?}");
+    Ok(())
+}
+
 /// A TCP transfer from outside in flight while the agent is SIGKILLed and
 /// restarted: a rate-limited 512 KiB upload (about 4 s) through the node
 /// port to a pod on node B (SNATed) completes, byte for byte.

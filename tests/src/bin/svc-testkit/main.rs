@@ -554,11 +554,15 @@ fn serve_http(name: &str, listener: &TcpListener) {
 
 /// Reads the request head and its body (`Content-Length`), then answers
 /// `body`; with a request body, `body` is followed by the number of bytes
-/// received (for uploads: `NAME:PORT received N`).
+/// received (for uploads: `NAME:PORT received N`). `GET /bytes/N` is
+/// answered with N bytes instead (for downloads).
 fn http_exchange(stream: &TcpStream, body: &str) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let download: Option<usize> = line.split(' ').nth(1).and_then(|path| path.strip_prefix("/bytes/")?.parse().ok());
+    line.clear();
     let mut length = 0usize;
     while reader.read_line(&mut line)? > 0 && line != "\r\n" && line != "\n" {
         if let Some((name, value)) = line.split_once(':')
@@ -575,6 +579,11 @@ fn http_exchange(stream: &TcpStream, body: &str) -> io::Result<()> {
         body.to_owned()
     };
     let mut writer = stream;
+    if let Some(n) = download {
+        write!(writer, "HTTP/1.0 200 OK\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n")?;
+        io::copy(&mut io::Read::take(io::repeat(b'z'), n as u64), &mut writer)?;
+        return writer.flush();
+    }
     write!(writer, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
     writer.flush()
 }
