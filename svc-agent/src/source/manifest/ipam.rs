@@ -1,5 +1,5 @@
-//! Cluster IPs and node ports for manifest Services that have none, as the
-//! API server would allocate them, and *sticky*: once a Service has an
+//! Cluster IPs for manifest Services that have none (node ports: module
+//! `node_ports`), as the API server would allocate them, and *sticky*: once a Service has an
 //! address or port, it keeps it for as long as the Service exists, whatever
 //! other objects appear (an explicit `clusterIP` or `nodePort` that another
 //! Service already holds is refused, as the API server refuses it). A first
@@ -10,7 +10,6 @@
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
-    ops::RangeInclusive,
     sync::Arc,
 };
 
@@ -177,83 +176,6 @@ pub(super) fn assign_cluster_ips(services: &mut Vec<Arc<ServiceObj>>, cidrs: &Se
     });
 }
 
-/// Gives every NodePort and LoadBalancer Service port without a
-/// `nodePort` one from `range` (kube-apiserver's
-/// `--service-node-port-range`, default 30000-32767). An explicit node
-/// port that another Service's allocation holds is dropped from that port
-/// (with an error line), as the API server refuses it.
-pub(super) fn assign_node_ports(services: &mut [Arc<ServiceObj>], range: &RangeInclusive<u16>, sticky: &mut Sticky) {
-    let wants = |svc: &ServiceObj| {
-        let t = svc.type_.as_deref();
-        // LoadBalancer allocates unless allocateLoadBalancerNodePorts is false.
-        t == Some("NodePort") || (t == Some("LoadBalancer") && svc.allocate_lb_node_ports != Some(false))
-    };
-    let unset = |n: Option<i32>| n.is_none_or(|n| n == 0);
-    let needing: HashSet<(ServiceKey, String)> = services
-        .iter()
-        .filter(|s| wants(s))
-        .flat_map(|s| s.ports.iter().filter(|p| unset(p.node_port)).map(|p| (s.key.clone(), p.name.to_string())))
-        .collect();
-    sticky.node_ports.retain(|key, port| needing.contains(key) && range.contains(port));
-    let held: HashMap<u16, (ServiceKey, String)> = sticky.node_ports.iter().map(|(k, p)| (*p, k.clone())).collect();
-    // Explicit node ports that an allocation holds are refused.
-    for svc in services.iter_mut().filter(|s| wants(s)) {
-        let clash = |n: Option<i32>| n.and_then(|n| u16::try_from(n).ok()).is_some_and(|n| held.contains_key(&n));
-        if svc.ports.iter().any(|p| clash(p.node_port)) {
-            let svc = Arc::make_mut(svc);
-            for port in svc.ports.iter_mut().filter(|p| clash(p.node_port)) {
-                let n = port.node_port.unwrap_or_default();
-                let owner = &held[&(n as u16)];
-                tracing::error!(
-                    "Service {} port {}: nodePort {n} is already allocated to {} port {}; no node port",
-                    svc.key,
-                    port.name,
-                    owner.0,
-                    owner.1
-                );
-                port.node_port = None;
-            }
-        }
-    }
-    let mut taken: HashSet<u16> = services
-        .iter()
-        .filter(|s| wants(s))
-        .flat_map(|s| s.ports.iter())
-        .filter_map(|p| p.node_port.and_then(|n| u16::try_from(n).ok()))
-        .collect();
-    taken.extend(held.keys());
-    let size = u64::from(range.end().saturating_sub(*range.start())) + 1;
-    for svc in services.iter_mut().filter(|s| wants(s)) {
-        let key = svc.key.clone();
-        if !svc.ports.iter().any(|p| unset(p.node_port) && needing.contains(&(key.clone(), p.name.to_string()))) {
-            continue;
-        }
-        let svc = Arc::make_mut(svc);
-        for port in svc.ports.iter_mut().filter(|p| unset(p.node_port)) {
-            let name = (key.clone(), port.name.to_string());
-            if !needing.contains(&name) {
-                // It had an explicit port that was refused above.
-                continue;
-            }
-            if let Some(node_port) = sticky.node_ports.get(&name) {
-                port.node_port = Some(i32::from(*node_port));
-                continue;
-            }
-            let start = fnv1a(format!("{key}/{}", port.name).as_bytes()) % size;
-            let free = (0..size).map(|i| *range.start() + ((start + i) % size) as u16).find(|p| !taken.contains(p));
-            match free {
-                Some(node_port) => {
-                    taken.insert(node_port);
-                    sticky.node_ports.insert(name, node_port);
-                    tracing::debug!("Service {key}: allocated nodePort {node_port}");
-                    port.node_port = Some(i32::from(node_port));
-                }
-                None => tracing::error!("Service {key}: node port range {range:?} is full"),
-            }
-        }
-    }
-}
-
 /// The first free address at or after hash(key), skipping the network
 /// address, the first host address (kube-apiserver reserves it for the
 /// `kubernetes` Service) and the last address.
@@ -268,7 +190,7 @@ fn allocate(cidr: IpCidr, key: &str, taken: &HashSet<IpAddr>) -> Option<IpAddr> 
 }
 
 /// FNV-1a: tiny, and stable across Rust releases (std's hasher is not).
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(super) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
@@ -353,27 +275,6 @@ mod tests {
     }
 
     #[test]
-    fn node_ports_are_allocated_stably_in_range_and_explicit_ones_kept() {
-        let node_port = |s: &ServiceObj| s.ports[0].node_port.unwrap();
-        let range = 30_000..=32_767;
-        let mut alone = vec![svc_with("web", Some("10.96.0.9"), Some("NodePort"), Some(None))];
-        assign_node_ports(&mut alone, &range, &mut Sticky::default());
-        let taken = node_port(&alone[0]);
-        let mut crowd = vec![
-            svc_with("a", Some("10.96.0.8"), Some("NodePort"), Some(Some(taken))),
-            svc_with("web", Some("10.96.0.9"), Some("NodePort"), Some(None)),
-        ];
-        assign_node_ports(&mut crowd, &range, &mut Sticky::default());
-        assert!(range.contains(&(taken as u16)));
-        assert_eq!(node_port(&crowd[0]), taken, "explicit node port kept");
-        assert_ne!(node_port(&crowd[1]), taken, "a collision probes forward");
-
-        let mut cluster_ip = vec![svc_with("plain", Some("10.96.0.7"), None, Some(None))];
-        assign_node_ports(&mut cluster_ip, &range, &mut Sticky::default());
-        assert_eq!(cluster_ip[0].ports[0].node_port, None, "ClusterIP Services get no node port");
-    }
-
-    #[test]
     fn a_running_service_keeps_its_address_whatever_appears() {
         let cidr = cidrs("10.96.0.0/16");
         let mut sticky = Sticky::default();
@@ -405,23 +306,6 @@ mod tests {
         let mut none = vec![];
         assign_cluster_ips(&mut none, &cidr, &mut sticky);
         assert!(sticky.cluster_ips.is_empty());
-    }
-
-    #[test]
-    fn a_running_node_port_is_kept_and_an_explicit_clash_refused() {
-        let node_port = |s: &ServiceObj| s.ports[0].node_port;
-        let range = 30_000..=32_767;
-        let mut sticky = Sticky::default();
-        let mut first = vec![svc_with("web", Some("10.96.0.9"), Some("NodePort"), Some(None))];
-        assign_node_ports(&mut first, &range, &mut sticky);
-        let web_port = node_port(&first[0]).unwrap();
-        let mut later = vec![
-            svc_with("a", Some("10.96.0.8"), Some("NodePort"), Some(Some(web_port))),
-            svc_with("web", Some("10.96.0.9"), Some("NodePort"), Some(None)),
-        ];
-        assign_node_ports(&mut later, &range, &mut sticky);
-        assert_eq!(node_port(&later[1]), Some(web_port), "kept");
-        assert_eq!(node_port(&later[0]), None, "the explicit clash gets no node port");
     }
 
     fn dual(name: &str, policy: Option<&str>, families: &[&str], ips: &[&str]) -> Arc<ServiceObj> {

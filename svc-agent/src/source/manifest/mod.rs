@@ -10,6 +10,7 @@
 
 pub(crate) mod ipam;
 mod mirror;
+mod node_ports;
 mod parse;
 mod watch;
 
@@ -152,7 +153,7 @@ impl ManifestDir {
         // a node port allocated are copied.
         let mut services: Vec<Arc<ServiceObj>> = services.into_values().collect();
         ipam::assign_cluster_ips(&mut services, &self.allocation.service_cidr, &mut self.sticky);
-        ipam::assign_node_ports(&mut services, &self.allocation.node_ports, &mut self.sticky);
+        node_ports::assign_node_ports(&mut services, &self.allocation.node_ports, &mut self.sticky);
         let mut slices: Vec<Arc<SliceObj>> = slices.into_values().collect();
         slices.extend(mirror::mirror_endpoints(&services, endpoints.into_values()));
         Snapshot { services, slices }
