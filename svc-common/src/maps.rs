@@ -277,6 +277,15 @@ pub mod fe_flags {
     /// The set carries a [`super::BackendIndexKey`] entry per backend
     /// (affinity on a set too large to be inline; inline sets are scanned).
     pub const INDEXED: u32 = 1 << 9;
+    /// `loadBalancerSourceRanges` restrict it: clients outside the node
+    /// reach it only from a range `SVC_LB_SRC` allows (the programs look
+    /// the trie up only then).
+    pub const SOURCE_RANGES: u32 = 1 << 10;
+    /// Set on a [`super::scope::ALL`] frontend that has a
+    /// [`super::scope::EXTERNAL`] twin (`externalTrafficPolicy: Local`):
+    /// clients outside the node are served by the twin. (One lookup for
+    /// every other frontend, two only for these.)
+    pub const EXTERNAL_TWIN: u32 = 1 << 11;
 }
 
 /// One slot of a backend set. A set is `count` consecutive slots written

@@ -40,6 +40,23 @@ pub(crate) enum Verdict<B> {
     Refuse,
     /// Rewrite the destination to this backend (of this service port).
     Translate((B, u32)),
+    /// This client is served by the frontend's outside-only twin
+    /// ([`Admit::Twin`]): look that one up instead.
+    Twin,
+    /// This client may not reach the frontend ([`Admit::Deny`]).
+    Deny,
+}
+
+/// What a client makes of a frontend it found ([`Client::admit`]).
+pub(crate) enum Admit {
+    /// Serve it.
+    Serve,
+    /// Not for this client: leave the call alone.
+    Pass,
+    /// Look up its outside-only twin instead.
+    Twin,
+    /// Refused by policy (`loadBalancerSourceRanges`).
+    Deny,
 }
 
 /// How a frontend lookup ended.
@@ -90,6 +107,12 @@ fn lookup_frontend<F: Family>(key: &F::Key, out: &mut MaybeUninit<F::Frontend>) 
 pub(crate) trait Client {
     /// Whether a frontend with these [`fe_flags`] serves this client.
     fn accepts(&self, flags: u32) -> bool;
+    /// What to do with a frontend with these [`fe_flags`]: by default,
+    /// serve it if [`Self::accepts`] it.
+    #[inline(always)]
+    fn admit(&self, flags: u32) -> Admit {
+        if self.accepts(flags) { Admit::Serve } else { Admit::Pass }
+    }
     /// The client's identity in [`AffinityKey::netns_cookie`].
     fn affinity_id(&self) -> u64;
 }
@@ -125,8 +148,11 @@ pub(crate) fn select<F: Family, C: Client>(client: &C, key: &F::Key) -> Verdict<
     }
     // SAFETY: `Found` means every byte was written.
     let fe = unsafe { copy.assume_init_ref() };
-    if !client.accepts(fe.flags()) {
-        return Verdict::Pass;
+    match client.admit(fe.flags()) {
+        Admit::Serve => {}
+        Admit::Pass => return Verdict::Pass,
+        Admit::Twin => return Verdict::Twin,
+        Admit::Deny => return Verdict::Deny,
     }
     if fe.count() == 0 {
         return Verdict::Refuse;

@@ -141,7 +141,9 @@ fn forward<F: Family, A: Access<F>>(ctx: &SockAddrContext, dst: Option<F::Backen
             }
             ALLOW
         }
-        Verdict::Refuse => {
+        // (Twin and Deny are outside clients' verdicts; sockets never
+        // get them.)
+        Verdict::Refuse | Verdict::Twin | Verdict::Deny => {
             // kube-proxy REJECTs: the caller sees ECONNREFUSED, not EPERM.
             // SAFETY: helper available to cgroup sock_addr programs.
             unsafe { bpf_set_retval(-errno::ECONNREFUSED) };

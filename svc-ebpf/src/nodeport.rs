@@ -7,7 +7,7 @@
 //!   rewritten as its entry says;
 //! - a new packet to a frontend gets a backend from the same helpers as
 //!   the socket hooks ([`lb::select`]), with outside clients' rules (only
-//!   external kinds; the `scope::EXTERNAL` twin first), and two flow
+//!   external kinds; the `scope::EXTERNAL` twin where the frontend announces one), and two flow
 //!   entries; when the backend is reached through one of the node's own
 //!   devices (another node), the source becomes that device's address and
 //!   a port from [`snat_ports`] (SNAT), so the reply comes back here;
@@ -35,7 +35,7 @@ use svc_common::{
 
 use crate::{
     family::{Family, V4},
-    lb::{self, Client, Verdict},
+    lb::{self, Admit, Client, Verdict},
     maps::{SVC_DEVICES, SVC_FLOWS, SVC_LB_SRC, SVC_NS_STATS},
 };
 
@@ -136,12 +136,17 @@ impl Packet {
     }
 }
 
-/// A client outside the node: only the kinds of address that face
-/// outside, never a ClusterIP or the host-only loopback frontend; its
-/// affinity identity is its address (kube-proxy's ClientIP), tagged with
-/// the top bit so it never equals a socket's network-namespace cookie.
+/// A client outside the node, by the tuple of its packet: only the kinds
+/// of address that face outside, never a ClusterIP or the host-only
+/// loopback frontend; the outside-only twin where the frontend has one
+/// (`externalTrafficPolicy: Local`); `loadBalancerSourceRanges` where the
+/// frontend is restricted. Its affinity identity is its address
+/// (kube-proxy's ClientIP), tagged with the top bit so it never equals a
+/// socket's network-namespace cookie.
 struct Outside {
-    addr: [u8; 4],
+    key: FlowKey4,
+    /// Looking up the twin already (it has no twin of its own).
+    in_twin: bool,
 }
 
 impl Client for Outside {
@@ -152,8 +157,22 @@ impl Client for Outside {
     }
 
     #[inline(always)]
+    fn admit(&self, flags: u32) -> Admit {
+        if !self.accepts(flags) {
+            return Admit::Pass;
+        }
+        if flags & fe_flags::EXTERNAL_TWIN != 0 && !self.in_twin {
+            return Admit::Twin;
+        }
+        if flags & fe_flags::SOURCE_RANGES != 0 && !source_allowed(&self.key) {
+            return Admit::Deny;
+        }
+        Admit::Serve
+    }
+
+    #[inline(always)]
     fn affinity_id(&self) -> u64 {
-        (1 << 63) | u64::from(u32::from_be_bytes(self.addr))
+        (1 << 63) | u64::from(u32::from_be_bytes(self.key.saddr))
     }
 }
 
@@ -433,22 +452,25 @@ fn claim(key: FlowKey4, value: FlowValue4, now: u64) -> bool {
 #[inline(always)]
 fn new_flow(ctx: &TcContext, pkt: &Packet, now: u64) -> i32 {
     let k = &pkt.key;
-    if !source_allowed(k) {
-        return drop_for(ns_stat::DROP_SOURCE_RANGE);
-    }
-    let client = Outside { addr: k.saddr };
     let dst = Backend4 { addr: k.daddr, port: k.dport, _pad: 0 };
-    // The outside-only twin (externalTrafficPolicy: Local) first.
-    let mut verdict = lb::select::<V4, Outside>(&client, &V4::key(dst, k.proto, scope::EXTERNAL));
-    if matches!(verdict, Verdict::Pass) {
-        verdict = lb::select::<V4, Outside>(&client, &V4::key(dst, k.proto, scope::ALL));
+    let mut client = Outside { key: *k, in_twin: false };
+    let mut verdict = lb::select::<V4, Outside>(&client, &V4::key(dst, k.proto, scope::ALL));
+    if matches!(verdict, Verdict::Twin) {
+        client.in_twin = true;
+        verdict = match lb::select::<V4, Outside>(&client, &V4::key(dst, k.proto, scope::EXTERNAL)) {
+            Verdict::Pass => Verdict::Refuse,
+            other => other,
+        };
     }
     let (backend, svc_id) = match verdict {
         Verdict::Pass => return NEXT,
+        Verdict::Deny => return drop_for(ns_stat::DROP_SOURCE_RANGE),
         // No usable backend (none at all, or none on this node for
-        // externalTrafficPolicy: Local): dropped, as kube-proxy does for
-        // the latter (it rejects the former; an ICMP error is future work).
-        Verdict::Refuse => return drop_for(ns_stat::DROP_NO_BACKEND),
+        // externalTrafficPolicy: Local; or a twin announced but missing,
+        // which must not fall back to other nodes' endpoints): dropped, as
+        // kube-proxy does for the latter (it rejects the former; an ICMP
+        // error is future work).
+        Verdict::Refuse | Verdict::Twin => return drop_for(ns_stat::DROP_NO_BACKEND),
         Verdict::Translate(b) => b,
     };
     let syn = if pkt.tcp_flags & TCP_SYN != 0 { flow_flags::TCP_SYN } else { 0 };

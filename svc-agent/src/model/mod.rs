@@ -148,6 +148,12 @@ pub(crate) struct DesiredFrontend {
     pub backends: Arc<[SocketAddr]>,
     /// Session affinity timeout in seconds; 0 when affinity is off.
     pub affinity_timeout: u32,
+    /// A [`Scope::All`] frontend with a [`Scope::External`] twin for
+    /// clients outside the node (`externalTrafficPolicy: Local`).
+    pub external_twin: bool,
+    /// `loadBalancerSourceRanges` restrict it for clients outside the node
+    /// (the ranges: [`DesiredService::source_ranges`]).
+    pub source_restricted: bool,
 }
 
 /// A `healthCheckNodePort` this node serves (`externalTrafficPolicy:

@@ -98,6 +98,8 @@ pub(crate) fn desired_service(
     // to NodePort and LoadBalancer Services (external IPs of other types
     // ignore it, as the API server rejects the field there).
     let external_local = svc.external_traffic_policy.as_deref() == Some("Local") && node_ports;
+    // The same condition as `source_ranges` below, which builds the ranges.
+    let restricted = svc_type == "LoadBalancer" && !svc.lb_source_ranges.is_empty();
     let distribution = endpoints::Distribution::of(svc.traffic_distribution.as_deref());
 
     let mut frontends = Vec::new();
@@ -129,31 +131,36 @@ pub(crate) fn desired_service(
             // first sync holds every Service's lists at once.
             let local: Arc<[SocketAddr]> = categorized.local.into();
             let internal: Arc<[SocketAddr]> = if internal_local { Arc::clone(&local) } else { Arc::clone(&external) };
-            let mut add = |addr: IpAddr, fe_port: u16, kind, host_ns_only, backends: &Arc<[SocketAddr]>| {
-                let fe = DesiredFrontend {
-                    addr: SocketAddr::new(addr, fe_port),
-                    proto,
-                    kind,
-                    host_ns_only,
-                    scope: Scope::All,
-                    port: port_key.clone(),
-                    service_port,
-                    backends: Arc::clone(backends),
-                    affinity_timeout,
+            let mut add =
+                |addr: IpAddr, fe_port: u16, kind: FrontendKind, host_ns_only: bool, backends: &Arc<[SocketAddr]>| {
+                    // Clients outside the node reach external addresses only
+                    // (never a ClusterIP or the host-only loopback one); with
+                    // `externalTrafficPolicy: Local` they get this node's
+                    // endpoints (none: their packets are dropped).
+                    let twin = external_local && kind != FrontendKind::ClusterIp && !host_ns_only;
+                    let fe = DesiredFrontend {
+                        addr: SocketAddr::new(addr, fe_port),
+                        proto,
+                        kind,
+                        host_ns_only,
+                        scope: Scope::All,
+                        port: port_key.clone(),
+                        service_port,
+                        backends: Arc::clone(backends),
+                        affinity_timeout,
+                        external_twin: twin,
+                        source_restricted: restricted && kind == FrontendKind::LoadBalancer,
+                    };
+                    if twin {
+                        frontends.push(DesiredFrontend {
+                            scope: Scope::External,
+                            backends: Arc::clone(&local),
+                            external_twin: false,
+                            ..fe.clone()
+                        });
+                    }
+                    frontends.push(fe);
                 };
-                // Clients outside the node reach external addresses only
-                // (never a ClusterIP or the host-only loopback one); with
-                // `externalTrafficPolicy: Local` they get this node's
-                // endpoints (none: their packets are dropped).
-                if external_local && kind != FrontendKind::ClusterIp && !host_ns_only {
-                    frontends.push(DesiredFrontend {
-                        scope: Scope::External,
-                        backends: Arc::clone(&local),
-                        ..fe.clone()
-                    });
-                }
-                frontends.push(fe);
-            };
             let of_family = |ips: &[IpAddr]| ips.iter().copied().filter(|ip| IpFamily::of(*ip) == family).collect();
             let (cluster, external_ips, lb_ips): (Vec<_>, Vec<_>, Vec<_>) =
                 (of_family(&cluster_ips.ips), of_family(&external_ips), of_family(&lb_ips));

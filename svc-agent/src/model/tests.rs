@@ -243,6 +243,11 @@ status:
         ]
     );
     assert!(d.frontends.iter().filter(|f| f.scope == Scope::External).all(|f| f.backends.is_empty()));
+    // Exactly the all-clients frontends with a twin announce it (the
+    // programs look the twin up only then).
+    let announced: Vec<String> =
+        d.frontends.iter().filter(|f| f.external_twin).map(|f| format!("{}/{:?}", f.addr, f.scope)).collect();
+    assert_eq!(announced, ["192.0.2.10:30080/All", "198.51.100.7:80/All", "203.0.113.5:80/All"]);
 }
 
 #[test]
@@ -583,6 +588,10 @@ status:
     assert_eq!(d.source_ranges.len(), 1, "only the load-balancer IP: {:?}", d.source_ranges);
     assert_eq!(d.source_ranges[0].frontend, a("203.0.113.5:80"));
     assert_eq!(d.source_ranges[0].ranges.len(), 2);
+    // Only that frontend is marked restricted (the programs consult the
+    // ranges only for marked frontends).
+    let marked: Vec<SocketAddr> = d.frontends.iter().filter(|f| f.source_restricted).map(|f| f.addr).collect();
+    assert_eq!(marked, [a("203.0.113.5:80")]);
     let refs: Vec<&SliceObj> = vec![];
     assert!(desired_service(&lb("not-a-cidr"), &refs, &node()).is_err(), "an invalid range is a model error");
 }

@@ -637,7 +637,9 @@ fn flags(fe: &DesiredFrontend) -> u32 {
     };
     let host = if fe.host_ns_only { fe_flags::HOST_NS_ONLY } else { 0 };
     let indexed = if needs_index(fe) { fe_flags::INDEXED } else { 0 };
-    kind | host | indexed
+    let twin = if fe.external_twin { fe_flags::EXTERNAL_TWIN } else { 0 };
+    let restricted = if fe.source_restricted { fe_flags::SOURCE_RANGES } else { 0 };
+    kind | host | indexed | twin | restricted
 }
 
 /// SVC_META value for a service port.

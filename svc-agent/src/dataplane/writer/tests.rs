@@ -45,6 +45,8 @@ fn frontend_of(svc: &str, fe: &str, backends: &[SocketAddrV4]) -> DesiredFronten
         service_port: addr(fe).port(),
         backends: backends.iter().map(|b| std::net::SocketAddr::V4(*b)).collect(),
         affinity_timeout: 0,
+        external_twin: false,
+        source_restricted: false,
     }
 }
 
