@@ -88,3 +88,8 @@ fn path_mtu_discovery_for_replies_to_a_far_client() -> Result<()> {
 fn udp_port_unreachable_reaches_the_client() -> Result<()> {
     north_south::udp_port_unreachable_reaches_the_client(manifests()?)
 }
+
+#[test]
+fn outside_connects_racing_node_port_churn() -> Result<()> {
+    north_south::outside_connects_racing_node_port_churn(manifests()?)
+}

@@ -31,6 +31,8 @@ use crate::{
 };
 
 const TARGETS: [Target; 2] = [Target::Last, Target::Random];
+/// `--max-flows` of the north-south agent.
+const MAX_FLOWS: u32 = 1 << 19;
 
 /// One mode's node, set up and ready to measure.
 #[derive(Debug)]
@@ -64,6 +66,11 @@ impl NodeEnv {
                     ["--nodeport-addresses", &format!("{NODE_IP}/32"), "--service-node-port-range", NODE_PORT_RANGE]
                         .map(str::to_owned),
                 );
+                // Room for every flow of the connect rounds (two entries
+                // each, closed ones kept 10 s): at the default 131,072 the
+                // LRU table evicts live flows under this rate of new ones
+                // (docs/north-south.md, "Sizing the flow table").
+                extra.extend(["--max-flows".to_owned(), MAX_FLOWS.to_string()]);
                 let cfg = AgentConfig {
                     bin: ctx.agent_bin.clone(),
                     source,

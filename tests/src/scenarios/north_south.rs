@@ -672,3 +672,99 @@ impl Drop for Upload {
         }
     }
 }
+
+/// Outside connects racing churn of many NodePort Services, as the socket
+/// path's churn test (tests/tests/churn.rs) has it for ClusterIPs: 100
+/// NodePort Services, each with its own /24 of an address pool behind
+/// node A (every address answers with itself), four outside client
+/// threads connecting round-robin to every node port, while each burst
+/// replaces every Service's backends (1 to 40 of its pool, across the
+/// 16-backend line between inline sets and slots). Every answer must come
+/// from the pool of the Service whose node port was dialled; no connect
+/// may fail. New flows choose from whatever set the frontend holds at
+/// that moment (the TC programs share the socket path's validated copy);
+/// a connection in flight keeps its backend, which keeps answering.
+pub fn outside_connects_racing_node_port_churn(source: Box<dyn Source>) -> Result<()> {
+    use std::io::{BufRead as _, BufReader};
+
+    use crate::{
+        k8s::multi,
+        kube_env::{count_in_log, wait_for_count},
+        pool::{AddressPool, POOL_PORT},
+    };
+    const SERVICES: u8 = 100;
+    const POOL: u8 = 40;
+    const BURSTS: usize = 40;
+    let node_port = |i: u8| 31_000 + u16::from(i);
+    let mut world = World::new(source, 0, 0)?;
+    let pool = AddressPool::new(world.env.topo.node().netns())?;
+    pool.netns().ip(&["route", "add", "198.51.100.0/24", "via", "10.249.0.1"])?;
+    let services: Vec<String> = (1..=SERVICES)
+        .map(|i| {
+            ServiceSpec::new("default", &format!("ns-churn-{i}"))
+                .type_("NodePort")
+                .cluster_ip(&format!("10.96.101.{i}"))
+                .port(PortSpec::tcp("http", 80, "8080").node_port(node_port(i)))
+                .yaml()
+        })
+        .collect();
+    world.env.apply("ns-churn-services", &multi(&services.iter().map(String::as_str).collect::<Vec<_>>()))?;
+    let slices = |burst: usize| {
+        let docs: Vec<String> = (1..=SERVICES)
+            .map(|i| {
+                let n = 1 + (burst * 7 + usize::from(i) * 13) % usize::from(POOL);
+                let start = burst * 3 + usize::from(i);
+                let endpoints: Vec<EndpointSpec> = (0..n)
+                    .map(|k| {
+                        let j = 1 + ((start + k) % usize::from(POOL)) as u8;
+                        EndpointSpec::new(*AddressPool::addr(i, j).ip()).node(NODE_NAME)
+                    })
+                    .collect();
+                let name = format!("ns-churn-{i}");
+                endpoint_slice_spec("default", &name, &name, &[SlicePort::tcp("http", POOL_PORT)], &endpoints)
+            })
+            .collect();
+        multi(&docs.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    world.env.apply("ns-churn-slices", &slices(0))?;
+    world.start()?;
+
+    let cgroup = crate::Cgroup::new()?;
+    let mut args: Vec<String> = vec!["churn".into(), "--threads".into(), "4".into()];
+    args.extend(["--cgroup".into(), cgroup.path().display().to_string()]);
+    for i in 1..=SERVICES {
+        args.extend(["--target".into(), format!("{NODE_A_LAN_IP}:{}={}", node_port(i), AddressPool::prefix(i))]);
+    }
+    let mut command = world.outside.lan().testkit(&args)?;
+    command.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    // Closing its stdin stops the client: dropping `client` on an early
+    // return does (as in tests/tests/churn.rs).
+    let mut client = command.spawn()?;
+    let mut stdout = BufReader::new(client.stdout.take().ok_or_else(|| anyhow::anyhow!("churn client stdout"))?);
+    let mut line = String::new();
+    stdout.read_line(&mut line)?;
+    ensure!(line.trim() == "started", "churn client: {line:?}");
+
+    let agent = world.env.agent_mut();
+    let mut applied = count_in_log(agent, "dataplane in sync");
+    for burst in 1..=BURSTS {
+        world.env.apply("ns-churn-slices", &slices(burst))?;
+        let agent = world.env.agent_mut();
+        applied += 1;
+        wait_for_count(agent, "dataplane in sync", applied, std::time::Duration::from_secs(20))?;
+        applied = count_in_log(agent, "dataplane in sync");
+    }
+    drop(client.stdin.take());
+    line.clear();
+    stdout.read_line(&mut line)?;
+    let status = client.wait()?;
+    ensure!(status.success(), "churn client failed: {status}");
+    let report: serde_json::Value =
+        serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("churn report {line:?}: {e}"))?;
+    let connects = report["connects"].as_u64().unwrap_or(0);
+    ensure!(connects >= 1000, "the clients barely ran, the race was not exercised: {report}");
+    ensure!(report["wrong"].as_u64() == Some(0), "answered by another Service's backend: {report}");
+    ensure!(report["errors"].as_object().is_some_and(serde_json::Map::is_empty), "failed connects: {report}");
+    ensure!(report["right"].as_u64() == Some(connects), "{report}");
+    Ok(())
+}
