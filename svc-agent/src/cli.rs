@@ -29,6 +29,10 @@ pub enum Command {
     Status(StatusArgs),
     /// Detach the programs and remove every pin.
     Cleanup(CleanupArgs),
+    /// The self-check's probe (internal): wait for a line on stdin, then
+    /// connect to ADDR.
+    #[command(hide = true)]
+    ProbeConnect { addr: std::net::SocketAddrV4 },
 }
 
 /// `svc-agent run`. A flag given twice takes its last value (as with
@@ -85,6 +89,10 @@ pub struct RunArgs {
     /// without being programmed (kube-proxy: twice its sync period).
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub healthz_timeout: u64,
+    /// How often the agent runs its self-check (`status --check`; /readyz
+    /// and `svc_agent_self_check_*` show the result); 0: never.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub self_check_interval: u64,
     /// Map capacities.
     #[command(flatten)]
     pub capacity: CapacityArgs,
@@ -144,6 +152,15 @@ pub struct StatusArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// Instead: check that the programs run where they should (pins,
+    /// attachment at `--cgroup`, a probe connect from a child cgroup) and
+    /// exit non-zero with the reasons if not (docs/cli.md).
+    #[arg(long)]
+    pub check: bool,
+    /// The cgroup the agent attaches to, for `--check` (default: the
+    /// cgroup v2 mount, as `run`).
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// `svc-agent cleanup`.

@@ -1,6 +1,6 @@
 //! Prometheus metrics and the readiness endpoint (`--metrics-addr`):
 //! `GET /metrics`, `GET /readyz` (200 once the first complete state is
-//! programmed, 503 before), `GET /healthz` (503 once a received change has
+//! programmed, 503 before, and while the last self-check found a problem), `GET /healthz` (503 once a received change has
 //! waited longer than `--healthz-timeout` unprogrammed: [`crate::health`]).
 
 use std::{
@@ -76,6 +76,15 @@ pub(crate) struct Metrics {
     /// Service changes received, and not yet programmed.
     service_changes_total: Counter,
     service_changes_pending: Gauge,
+    /// The last self-check found nothing wrong (1) or something (0).
+    self_check_ok: Gauge,
+    /// Problems the last self-check found, by reason.
+    self_check_problems: Family<ReasonLabel, Gauge>,
+    /// Self-checks run.
+    self_checks: Counter,
+    /// What the last self-check found wrong (for /readyz); `None`: nothing,
+    /// or no check yet.
+    self_check_failure: std::sync::Mutex<Option<String>>,
 }
 
 /// kube-proxy's `network_programming_duration_seconds` buckets: 0.25 s
@@ -151,6 +160,10 @@ impl Metrics {
             endpoint_changes_pending: Gauge::default(),
             service_changes_total: Counter::default(),
             service_changes_pending: Gauge::default(),
+            self_check_ok: Gauge::default(),
+            self_check_problems: Family::default(),
+            self_checks: Counter::default(),
+            self_check_failure: std::sync::Mutex::new(None),
             registry: Registry::default(),
         };
         registry.register(
@@ -252,7 +265,42 @@ impl Metrics {
             "kube-proxy's: Service changes received and not yet programmed",
             m.service_changes_pending.clone(),
         );
+        registry.register(
+            "self_check_ok",
+            "1 if the last self-check found the programs pinned, attached at the configured cgroup and translating \
+             a probe connect; 0 if not (also before the first check)",
+            m.self_check_ok.clone(),
+        );
+        registry.register(
+            "self_check_problems",
+            "Problems the last self-check found, by reason: missing_pin, pin_mismatch, not_attached, probe, io",
+            m.self_check_problems.clone(),
+        );
+        for reason in crate::dataplane::self_check::REASONS {
+            drop(m.self_check_problems.get_or_create(&ReasonLabel { reason }));
+        }
+        registry.register("self_checks", "Self-checks run", m.self_checks.clone());
         Self { registry, ..m }
+    }
+
+    /// Records a self-check's findings (empty: all well).
+    pub(crate) fn self_checked(&self, problems: &[crate::dataplane::self_check::Problem]) {
+        self.self_checks.inc();
+        self.self_check_ok.set(i64::from(problems.is_empty()));
+        for reason in crate::dataplane::self_check::REASONS {
+            let n = problems.iter().filter(|p| p.label() == reason).count();
+            self.self_check_problems.get_or_create(&ReasonLabel { reason }).set(n as i64);
+        }
+        let failure =
+            (!problems.is_empty()).then(|| problems.iter().map(|p| format!("self-check: {p}\n")).collect::<String>());
+        if let Ok(mut last) = self.self_check_failure.lock() {
+            *last = failure;
+        }
+    }
+
+    /// What the last self-check found wrong, if anything.
+    pub(crate) fn self_check_failure(&self) -> Option<String> {
+        self.self_check_failure.lock().ok().and_then(|f| f.clone())
     }
 
     /// A batch was programmed at `now`, `took` after it started, carrying
@@ -382,8 +430,11 @@ async fn respond(
             ),
         },
         "/metrics" => (StatusCode::OK, metrics.encode()),
-        "/readyz" if metrics.is_ready() => (StatusCode::OK, "ok\n".to_owned()),
-        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "not synced yet\n".to_owned()),
+        "/readyz" => match (metrics.is_ready(), metrics.self_check_failure()) {
+            (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not synced yet\n".to_owned()),
+            (true, Some(failure)) => (StatusCode::SERVICE_UNAVAILABLE, failure),
+            (true, None) => (StatusCode::OK, "ok\n".to_owned()),
+        },
         _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -395,6 +446,35 @@ async fn respond(
 mod tests {
     use super::*;
     use crate::controller::Changes;
+
+    /// A self-check's findings: the gauges, the counter and /readyz's text.
+    #[test]
+    fn self_check_findings_are_exported() {
+        use crate::dataplane::self_check::Problem;
+        let m = Metrics::new();
+        m.self_checked(&[]);
+        assert!(m.self_check_failure().is_none());
+        let problems = [
+            Problem::NotAttached { program: "svc_connect4", id: 7, cgroup: "/cg".into(), attached: vec![] },
+            Problem::Probe("refused".into()),
+        ];
+        m.self_checked(&problems);
+        let text = m.encode();
+        for line in [
+            "svc_agent_self_check_ok 0",
+            "svc_agent_self_check_problems{reason=\"not_attached\"} 1",
+            "svc_agent_self_check_problems{reason=\"probe\"} 1",
+            "svc_agent_self_check_problems{reason=\"pin_mismatch\"} 0",
+            "svc_agent_self_checks_total 2",
+            "# TYPE svc_agent_self_check_ok gauge",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        }
+        let failure = m.self_check_failure().unwrap();
+        assert!(failure.contains("svc_connect4") && failure.contains("refused"), "{failure}");
+        m.self_checked(&[]);
+        assert!(m.self_check_failure().is_none() && m.encode().contains("svc_agent_self_check_ok 1"));
+    }
 
     /// Each north-south counter slot lands in its family and label.
     #[test]

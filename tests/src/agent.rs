@@ -175,6 +175,12 @@ impl Agent {
         Ok(())
     }
 
+    /// The agent binary, or the launcher that runs it in its pod shape
+    /// (`status` and `cleanup` go through it too).
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
     /// The pins of this agent.
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir

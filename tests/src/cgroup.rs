@@ -90,6 +90,14 @@ fn try_destroy(path: &Path) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
+    // Child cgroups first (the agent's self-check makes one per probe; a
+    // killed agent can leave it behind).
+    for entry in std::fs::read_dir(path).with_context(|| format!("read {}", path.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            try_destroy(&entry.path())?;
+        }
+    }
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let live = pids(path)?;

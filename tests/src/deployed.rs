@@ -1,6 +1,7 @@
 //! The agent as the DaemonSet runs it (`deploy/base/30-daemonset.yaml`): its
 //! own mount namespace whose root holds nothing but the image's files (the
-//! host's /usr, read-only, stands in for them), a fresh /proc and /sys, and
+//! host's /usr, read-only, stands in for them), a fresh /proc and /sys, the
+//! host's /dev (a privileged container gets the host's devices), and
 //! exactly the DaemonSet's hostPath volumes at their mount paths; the host
 //! PID namespace only if the DaemonSet says `hostPID: true`, else its own;
 //! the host network (`hostNetwork: true`). Paths the tests give it are
@@ -116,6 +117,7 @@ ln -s usr/lib "$root/lib"; ln -s usr/lib64 "$root/lib64"; ln -s usr/bin "$root/b
 mount --bind /usr "$root/usr"; mount -o remount,bind,ro "$root/usr"
 mount -t proc proc "$root/proc"
 mount -t sysfs sysfs "$root/sys"
+mount --rbind /dev "$root/dev"
 {mounts}touch "$root/svc-agent"; mount --bind {agent} "$root/svc-agent"
 cd "$root"; pivot_root . old; umount -l /old; rmdir /old
 n=$#; i=0

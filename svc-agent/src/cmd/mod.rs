@@ -1,5 +1,6 @@
 //! Subcommands.
 
+mod check;
 mod cleanup;
 mod run;
 mod status;
@@ -13,7 +14,10 @@ use crate::{
 pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => run::run(&args),
+        Command::Status(args) if args.check => check::check(&args),
         Command::Status(args) => status::status(&args),
         Command::Cleanup(args) => cleanup::cleanup(&args),
+        Command::ProbeConnect { addr } => crate::dataplane::self_check::probe_connect(addr)
+            .map_err(|e| crate::error::Error::io(format!("connecting to {addr}"), e)),
     }
 }

@@ -8,7 +8,7 @@ use std::{path::Path, sync::Arc, time::Duration};
 use crate::{
     cli::RunArgs,
     controller::{self, Controller},
-    dataplane::{Writer, devices, flows, loader, pins::PinLayout, source_ranges, udp_reset},
+    dataplane::{Writer, devices, flows, loader, pins::PinLayout, self_check, source_ranges, udp_reset},
     error::{Error, Result},
     health::Health,
     health_check,
@@ -50,6 +50,14 @@ pub(super) fn run(args: &RunArgs) -> Result<()> {
     let udp_reset = udp_reset::spawn(&layout, cgroup.clone(), Arc::clone(&metrics))?;
     let source_ranges = source_ranges::SourceRangeTable::open(&layout)?;
     flows::spawn_sweeper(&layout, Duration::from_secs(args.flow_sweep_interval), Arc::clone(&metrics))?;
+    if args.self_check_interval > 0 {
+        self_check::spawn(
+            layout.clone(),
+            cgroup.clone(),
+            Duration::from_secs(args.self_check_interval),
+            Arc::clone(&metrics),
+        )?;
+    }
     let health = Arc::new(Health::new(Duration::from_secs(args.healthz_timeout)));
     let (events_tx, events_rx) = source::channel(Arc::clone(&health));
     let (health_checks_tx, health_checks_rx) = tokio::sync::watch::channel(health_check::HealthChecks::new());

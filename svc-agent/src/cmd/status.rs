@@ -119,6 +119,8 @@ fn read_status(layout: &PinLayout) -> Result<Status> {
     let mut frontends: Vec<FrontendRow> = dump
         .frontends
         .iter()
+        // A self-check's transient probe is no Service's.
+        .filter(|(key, _)| !crate::dataplane::self_check::is_probe(key.socket_addr()))
         .map(|(key, fe)| {
             let names = meta.get(&fe.svc_id());
             let backends = if fe.is_inline() {

@@ -20,6 +20,7 @@ pub(crate) mod maps;
 #[cfg(test)]
 pub(crate) mod memory;
 pub(crate) mod pins;
+pub(crate) mod self_check;
 pub(crate) mod source_ranges;
 pub(crate) mod table;
 pub(crate) mod udp_reset;

@@ -1,5 +1,6 @@
 //! The few system facts and calls the agent needs that aya does not cover.
 
+pub(crate) mod cgroup_query;
 pub(crate) mod sock_diag;
 
 use std::{
