@@ -206,7 +206,10 @@ fn run(args: &RunArgs) -> Result<()> {
     let mut north_south = Vec::new();
     for &services in &cfg.north_south_sizes {
         match northsouth::run(&cfg, services, &ctx) {
-            Ok(r) => north_south.push(r),
+            Ok(r) => {
+                errors.extend(r.failures.iter().map(|f| format!("north-south at {services} services: {f}")));
+                north_south.push(r);
+            }
             Err(e) => {
                 eprintln!("bench: north-south at {services} services FAILED: {e:#}");
                 errors.push(format!("north-south at {services} services: {e:#}"));

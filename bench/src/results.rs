@@ -128,6 +128,9 @@ pub(crate) struct NorthSouthResult {
     pub(crate) tc: Vec<ProgCost>,
     /// Highest nf_conntrack_count in the node namespace, per netfilter mode.
     pub(crate) conntrack_peak: Vec<(Mode, u64)>,
+    /// Measurements that failed (the rest of the section stands).
+    #[serde(default)]
+    pub(crate) failures: Vec<String>,
 }
 
 /// Our agent's side of a cold programming run.

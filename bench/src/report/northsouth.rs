@@ -159,6 +159,9 @@ pub(super) fn section(o: &mut String, r: &Results) {
                 );
             }
         }
+        for f in &ns.failures {
+            let _ = writeln!(o, "**Failed:** {}\n", f.replace('\n', " "));
+        }
         if !ns.conntrack_peak.is_empty() {
             let peaks: Vec<String> = ns.conntrack_peak.iter().map(|(m, n)| format!("{} {}", m.short(), n)).collect();
             let _ = writeln!(o, "Conntrack entries in the node namespace at the end: {}.\n", peaks.join(", "));
