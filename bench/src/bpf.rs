@@ -137,3 +137,50 @@ pub(crate) fn enable_stats() -> Result<crate::cleanup::Guard> {
     crate::sys::write_sysctl(KEY, "1")?;
     Ok(guard)
 }
+
+/// A trace running (as `svc-agent trace` runs one) for as long as this
+/// lives: `SVC_TRACE_ON[0]` holds this process's pid and a thread drains
+/// `SVC_TRACE`, so the programs pay for writing every event.
+pub(crate) struct Tracing {
+    switch: aya::maps::Array<MapData, u32>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    drain: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Tracing {
+    pub(crate) fn start(bpffs: &Path) -> Result<Self> {
+        let open = |name: &str| -> Result<Map> {
+            let path = bpffs.join("maps").join(name);
+            Map::from_map_data(MapData::from_pin(&path).with_context(|| format!("open {}", path.display()))?)
+                .context(name.to_owned())
+        };
+        let mut switch: aya::maps::Array<MapData, u32> = aya::maps::Array::try_from(open(names::TRACE_ON)?)?;
+        let mut ring: aya::maps::RingBuf<MapData> = aya::maps::RingBuf::try_from(open(names::TRACE)?)?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = std::sync::Arc::clone(&stop);
+        let drain = std::thread::spawn(move || {
+            let mut events = 0u64;
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                while ring.next().is_some() {
+                    events += 1;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            events
+        });
+        switch.set(0, std::process::id(), 0)?;
+        Ok(Self { switch, stop, drain: Some(drain) })
+    }
+}
+
+impl Drop for Tracing {
+    fn drop(&mut self) {
+        if let Err(e) = self.switch.set(0, 0, 0) {
+            eprintln!("bench: switching the trace off: {e}");
+        }
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(drain) = self.drain.take() {
+            let _ = drain.join();
+        }
+    }
+}

@@ -263,11 +263,20 @@ fn bpf_costs(cfg: &Config, env: &mut ModeEnv, topo: &Topology, families: &[Famil
     let bpffs = agent_cfg.bpffs.clone();
     let _stats = bpf::enable_stats()?;
     let mut costs = Vec::new();
-    let mut scenarios: Vec<(&str, Family, Option<Target>, bool)> = vec![
-        ("TCP connect to the last Service (+ getpeername)", Family::Inet, Some(Target::Last), false),
-        ("TCP connect to random Services (+ getpeername)", Family::Inet, Some(Target::Random), false),
-        ("TCP connect to a non-Service address (backend directly)", Family::Inet, Some(Target::Random), true),
-        ("UDP sendto + recvfrom via the VIP, unconnected socket", Family::Inet, None, false),
+    // (scenario, client family, connect target or UDP, dial the backend
+    // directly, with a trace running)
+    let mut scenarios: Vec<(&str, Family, Option<Target>, bool, bool)> = vec![
+        ("TCP connect to the last Service (+ getpeername)", Family::Inet, Some(Target::Last), false, false),
+        (
+            "TCP connect to the last Service (+ getpeername), `svc-agent trace` running",
+            Family::Inet,
+            Some(Target::Last),
+            false,
+            true,
+        ),
+        ("TCP connect to random Services (+ getpeername)", Family::Inet, Some(Target::Random), false, false),
+        ("TCP connect to a non-Service address (backend directly)", Family::Inet, Some(Target::Random), true, false),
+        ("UDP sendto + recvfrom via the VIP, unconnected socket", Family::Inet, None, false, false),
     ];
     if families.contains(&Family::Mapped) {
         scenarios.extend([
@@ -276,18 +285,20 @@ fn bpf_costs(cfg: &Config, env: &mut ModeEnv, topo: &Topology, families: &[Famil
                 Family::Mapped,
                 Some(Target::Last),
                 false,
+                false,
             ),
-            ("AF_INET6 UDP sendto + recvfrom via the v4-mapped VIP", Family::Mapped, None, false),
+            ("AF_INET6 UDP sendto + recvfrom via the v4-mapped VIP", Family::Mapped, None, false, false),
         ]);
     }
     if families.contains(&Family::Ipv6) {
         scenarios.extend([
-            ("TCP connect to the last IPv6 Service (+ getpeername)", Family::Ipv6, Some(Target::Last), false),
-            ("TCP connect to random IPv6 Services (+ getpeername)", Family::Ipv6, Some(Target::Random), false),
-            ("UDP sendto + recvfrom via the IPv6 VIP, unconnected socket", Family::Ipv6, None, false),
+            ("TCP connect to the last IPv6 Service (+ getpeername)", Family::Ipv6, Some(Target::Last), false, false),
+            ("TCP connect to random IPv6 Services (+ getpeername)", Family::Ipv6, Some(Target::Random), false, false),
+            ("UDP sendto + recvfrom via the IPv6 VIP, unconnected socket", Family::Ipv6, None, false, false),
         ]);
     }
-    for (scenario, family, target, direct) in scenarios {
+    for (scenario, family, target, direct, traced) in scenarios {
+        let tracing = if traced { Some(bpf::Tracing::start(&bpffs)?) } else { None };
         let before = bpf::program_stats(&bpffs)?;
         match target {
             Some(target) => {
@@ -318,6 +329,7 @@ fn bpf_costs(cfg: &Config, env: &mut ModeEnv, topo: &Topology, families: &[Famil
             }
         }
         let after = bpf::program_stats(&bpffs)?;
+        drop(tracing);
         for (b, a) in before.iter().zip(&after) {
             let calls = a.run_count.saturating_sub(b.run_count);
             if calls > 0 {

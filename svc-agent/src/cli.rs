@@ -29,6 +29,10 @@ pub enum Command {
     Status(StatusArgs),
     /// Detach the programs and remove every pin.
     Cleanup(CleanupArgs),
+    /// Stream the socket programs' translations (connect, sendmsg,
+    /// recvmsg, getpeername) while it runs, like `cilium monitor -t
+    /// trace-sock`.
+    Trace(TraceArgs),
     /// The self-check's probe (internal): wait for a line on stdin, then
     /// connect to ADDR.
     #[command(hide = true)]
@@ -161,6 +165,50 @@ pub struct StatusArgs {
     /// cgroup v2 mount, as `run`).
     #[arg(long)]
     pub cgroup: Option<PathBuf>,
+}
+
+/// `svc-agent trace`.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// bpffs directory the agent pins to.
+    #[arg(long, default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    /// Only this Service's frontends (`namespace/name`).
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub service: Option<String>,
+    /// Only sockets of this cgroup (its directory; the exact cgroup, not
+    /// its descendants).
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
+    /// Only this protocol.
+    #[arg(long, value_enum)]
+    pub protocol: Option<TraceProto>,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+    /// One line per event, or one JSON object per line.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// `--protocol` of `trace`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TraceProto {
+    Tcp,
+    Udp,
+}
+
+impl TraceProto {
+    /// The IANA number.
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Tcp => svc_common::proto::TCP,
+            Self::Udp => svc_common::proto::UDP,
+        }
+    }
 }
 
 /// `svc-agent cleanup`.

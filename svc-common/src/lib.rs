@@ -19,9 +19,11 @@ pub mod flows;
 #[cfg(feature = "user")]
 pub mod host;
 pub mod maps;
+pub mod trace;
 
 pub use flows::*;
 pub use maps::*;
+pub use trace::*;
 
 /// A port in network byte order, as the low 16 bits of `bpf_sock_addr.user_port`.
 #[inline]

@@ -59,8 +59,12 @@ pub mod names {
         "svc_recvmsg6",
         "svc_getpeer6",
     ];
+    /// The translation trace's ring buffer (`svc-agent trace`).
+    pub const TRACE: &str = "SVC_TRACE";
+    /// `[0]`: the pid of the running `svc-agent trace`, or 0 (no events).
+    pub const TRACE_ON: &str = "SVC_TRACE_ON";
     /// All pinned maps, in the order `cleanup` and `status` walk them.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 20] = [
         FRONTENDS,
         BACKENDS,
         BACKEND_INDEX,
@@ -79,6 +83,8 @@ pub mod names {
         DEVICES,
         NS_STATS,
         LB_SOURCES,
+        TRACE,
+        TRACE_ON,
     ];
 }
 
@@ -111,6 +117,9 @@ pub mod capacity {
     /// `loadBalancerSourceRanges` entries (one per range and frontend, plus
     /// one per restricted frontend).
     pub const LB_SOURCES: u32 = 16_384;
+    /// Bytes of the translation trace's ring buffer (a power of two; about
+    /// 3,000 events).
+    pub const TRACE_BYTES: u32 = 256 * 1024;
 }
 
 /// The service address a socket asked for: the frontend map's key.

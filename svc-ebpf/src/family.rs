@@ -95,11 +95,19 @@ pub(crate) trait Family {
     fn datagram_frontend(ctx: &SockAddrContext, backend: Self::Backend) -> Option<Self::Backend>;
     /// Records that `(this socket, backend)` stands for `frontend`.
     fn remember_datagram(ctx: &SockAddrContext, backend: Self::Backend, frontend: Self::Backend);
+    /// [`svc_common::TraceEvent::family`].
+    const TRACE_FAMILY: u8;
+    /// Writes an address as a trace event holds it (16 bytes, IPv4 in the
+    /// first 4, the rest zero) and its port.
+    ///
+    /// # Safety
+    /// Both pointers must be valid for writes.
+    unsafe fn trace_write(b: &Self::Backend, addr: *mut [u8; 16], port: *mut u16);
 }
 
 /// The socket's cookie.
 #[inline(always)]
-fn cookie(ctx: &SockAddrContext) -> u64 {
+pub(crate) fn cookie(ctx: &SockAddrContext) -> u64 {
     // SAFETY: plain helper call on our context.
     unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) }
 }
@@ -141,6 +149,17 @@ impl Family for V4 {
     type Key = FrontendKey4;
     type Backend = Backend4;
     type Frontend = Frontend;
+    const TRACE_FAMILY: u8 = 4;
+
+    #[inline(always)]
+    unsafe fn trace_write(b: &Backend4, addr: *mut [u8; 16], port: *mut u16) {
+        let [a, b1, c, d] = b.addr;
+        // SAFETY: the caller's pointers are valid for writes.
+        unsafe {
+            addr.write([a, b1, c, d, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+            port.write(b.port);
+        }
+    }
 
     #[inline(always)]
     fn key(dst: Backend4, proto: u8, scope: u8) -> FrontendKey4 {
@@ -215,6 +234,16 @@ impl Family for V6 {
     type Key = FrontendKey6;
     type Backend = Backend6;
     type Frontend = Frontend6;
+    const TRACE_FAMILY: u8 = 6;
+
+    #[inline(always)]
+    unsafe fn trace_write(b: &Backend6, addr: *mut [u8; 16], port: *mut u16) {
+        // SAFETY: the caller's pointers are valid for writes.
+        unsafe {
+            addr.write(b.addr);
+            port.write(b.port);
+        }
+    }
 
     #[inline(always)]
     fn key(dst: Backend6, proto: u8, scope: u8) -> FrontendKey6 {

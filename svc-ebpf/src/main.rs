@@ -23,6 +23,7 @@ mod family;
 mod lb;
 mod maps;
 mod nodeport;
+mod trace;
 
 use addr::{Access, Inet, Mapped, Native};
 use aya_ebpf::{
@@ -32,7 +33,7 @@ use aya_ebpf::{
 };
 use family::{Family, V4, V6};
 use lb::Verdict;
-use svc_common::{errno, proto, scope};
+use svc_common::{errno, proto, scope, trace_hook, trace_verdict};
 
 /// Return value that lets the syscall proceed.
 const ALLOW: i32 = 1;
@@ -54,13 +55,13 @@ pub(crate) fn svc_sendmsg4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(recvmsg4)]
 pub(crate) fn svc_recvmsg4(ctx: SockAddrContext) -> i32 {
-    reverse::<V4, Inet>(&ctx, <Inet as Access<V4>>::read(&ctx));
+    reverse::<V4, Inet>(&ctx, <Inet as Access<V4>>::read(&ctx), Hook::Recvmsg);
     ALLOW
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub(crate) fn svc_getpeer4(ctx: SockAddrContext) -> i32 {
-    reverse::<V4, Inet>(&ctx, <Inet as Access<V4>>::read(&ctx));
+    reverse::<V4, Inet>(&ctx, <Inet as Access<V4>>::read(&ctx), Hook::Getpeername);
     ALLOW
 }
 
@@ -81,13 +82,13 @@ pub(crate) fn svc_sendmsg6(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(recvmsg6)]
 pub(crate) fn svc_recvmsg6(ctx: SockAddrContext) -> i32 {
-    reverse6(&ctx);
+    reverse6(&ctx, Hook::Recvmsg);
     ALLOW
 }
 
 #[cgroup_sock_addr(getpeername6)]
 pub(crate) fn svc_getpeer6(ctx: SockAddrContext) -> i32 {
-    reverse6(&ctx);
+    reverse6(&ctx, Hook::Getpeername);
     ALLOW
 }
 
@@ -113,11 +114,32 @@ fn protocol(ctx: &SockAddrContext) -> Option<u8> {
     }
 }
 
-/// Which forward hook runs.
+/// Which hook runs.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Hook {
     Connect,
     Sendmsg,
+    Recvmsg,
+    Getpeername,
+}
+
+impl Hook {
+    /// Its [`trace_hook`] value for family `F` (an AF_INET6 socket's
+    /// v4-mapped peer is traced as the IPv4 hook whose maps served it).
+    #[inline(always)]
+    fn trace_id<F: Family>(self) -> u8 {
+        let v4 = F::TRACE_FAMILY == 4;
+        match (self, v4) {
+            (Self::Connect, true) => trace_hook::CONNECT4,
+            (Self::Sendmsg, true) => trace_hook::SENDMSG4,
+            (Self::Recvmsg, true) => trace_hook::RECVMSG4,
+            (Self::Getpeername, true) => trace_hook::GETPEER4,
+            (Self::Connect, false) => trace_hook::CONNECT6,
+            (Self::Sendmsg, false) => trace_hook::SENDMSG6,
+            (Self::Recvmsg, false) => trace_hook::RECVMSG6,
+            (Self::Getpeername, false) => trace_hook::GETPEER6,
+        }
+    }
 }
 
 /// Destination rewrite shared by the connect and sendmsg hooks; `dst` is
@@ -144,12 +166,20 @@ fn forward<F: Family, A: Access<F>>(ctx: &SockAddrContext, dst: Option<F::Backen
         // (Twin and Deny are outside clients' verdicts; sockets never
         // get them.)
         Verdict::Refuse | Verdict::Twin | Verdict::Deny => {
+            if trace::on() {
+                let what = trace::What::new(hook.trace_id::<F>(), protocol, trace_verdict::REFUSED, 0);
+                trace::emit::<F>(ctx, what, &dst, core::ptr::null());
+            }
             // kube-proxy REJECTs: the caller sees ECONNREFUSED, not EPERM.
             // SAFETY: helper available to cgroup sock_addr programs.
             unsafe { bpf_set_retval(-errno::ECONNREFUSED) };
             REJECT
         }
-        Verdict::Translate((backend, _)) => {
+        Verdict::Translate((backend, svc_id)) => {
+            if trace::on() {
+                let what = trace::What::new(hook.trace_id::<F>(), protocol, trace_verdict::TRANSLATED, svc_id);
+                trace::emit::<F>(ctx, what, &dst, &raw const backend);
+            }
             if hook == Hook::Connect {
                 F::remember_connected(ctx, dst, backend);
             }
@@ -167,8 +197,14 @@ fn forward<F: Family, A: Access<F>>(ctx: &SockAddrContext, dst: Option<F::Backen
 /// Source rewrite shared by the recvmsg and getpeername hooks; `peer` is
 /// the address the call reports, as read through `A`.
 #[inline(always)]
-fn reverse<F: Family, A: Access<F>>(ctx: &SockAddrContext, peer: Option<F::Backend>) {
-    if let Some(frontend) = peer.and_then(|peer| lb::recall_frontend::<F>(ctx, peer)) {
+fn reverse<F: Family, A: Access<F>>(ctx: &SockAddrContext, peer: Option<F::Backend>, hook: Hook) {
+    let Some(peer) = peer else { return };
+    if let Some(frontend) = lb::recall_frontend::<F>(ctx, peer) {
+        if trace::on() {
+            let proto = protocol(ctx).unwrap_or(proto::UDP);
+            let what = trace::What::new(hook.trace_id::<F>(), proto, trace_verdict::TRANSLATED, 0);
+            trace::emit::<F>(ctx, what, &peer, &raw const frontend);
+        }
         A::write(ctx, &frontend);
     }
 }
@@ -176,10 +212,10 @@ fn reverse<F: Family, A: Access<F>>(ctx: &SockAddrContext, peer: Option<F::Backe
 /// The v6 reverse hooks: a v4-mapped peer through the IPv4 maps, any other
 /// through the IPv6 ones (one read decides).
 #[inline(always)]
-fn reverse6(ctx: &SockAddrContext) {
+fn reverse6(ctx: &SockAddrContext, hook: Hook) {
     match <Mapped as Access<V4>>::read(ctx) {
-        Some(peer) => reverse::<V4, Mapped>(ctx, Some(peer)),
-        None => reverse::<V6, Native>(ctx, <Native as Access<V6>>::read(ctx)),
+        Some(peer) => reverse::<V4, Mapped>(ctx, Some(peer), hook),
+        None => reverse::<V6, Native>(ctx, <Native as Access<V6>>::read(ctx), hook),
     }
 }
 

@@ -5,7 +5,7 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, ArrayOfMaps, HashMap, LpmTrie, LruHashMap, PerCpuArray, SkStorage},
+    btf_maps::{Array, ArrayOfMaps, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SkStorage},
     macros::btf_map,
 };
 use svc_common::{
@@ -106,3 +106,10 @@ pub(crate) static SVC_GRACE: ArrayOfMaps<Array<u32, 1>, 1> = ArrayOfMaps::new();
 /// The inner map the agent stores in `SVC_GRACE`.
 #[btf_map]
 pub(crate) static SVC_GRACE_IN: Array<u32, 1> = Array::new();
+
+/// The translation trace (`svc-agent trace`): events, and `[0]` the pid of
+/// the tracer (0: none; the programs then write nothing).
+#[btf_map]
+pub(crate) static SVC_TRACE: RingBuf<svc_common::TraceEvent, { capacity::TRACE_BYTES as usize }> = RingBuf::new();
+#[btf_map]
+pub(crate) static SVC_TRACE_ON: Array<u32, 1> = Array::new();

@@ -512,6 +512,11 @@ impl Source for ApiServer {
         self.port().map(|p| vec![p]).unwrap_or_default()
     }
 
+    /// The kubeconfig's directory (its certificates are there too).
+    fn agent_mounts(&self) -> Vec<PathBuf> {
+        vec![self.dir.clone()]
+    }
+
     /// Creates (or relabels) the Node object: the agent reads the zone label.
     fn node_zone(&self, node_name: &str, zone: &str) -> Result<Vec<OsString>> {
         let node = json!({

@@ -1,6 +1,7 @@
 //! `KubeEnv`: [`crate::TestEnv`]'s setup (a cgroup, a topology with a server
-//! on every backend, the agent) with a real API server as the source
-//! (`svc-agent run --source kube --kubeconfig ...`), and the agent's
+//! on every backend, the agent in the DaemonSet's shape) with a real API
+//! server as the source (`svc-agent run --source kube --kubeconfig ...`),
+//! and the agent's
 //! `/readyz` and `/metrics` on a loopback port. Fields drop in declaration
 //! order: the agent stops before the network, the cgroup and the server go.
 //!
@@ -29,6 +30,9 @@ pub const KUBE_NODE_NAME: &str = "test-node";
 #[derive(Debug)]
 pub struct KubeEnv {
     agent: Option<Agent>,
+    /// The DaemonSet's shape the agent runs in (the API server's directory
+    /// mounted for the kubeconfig and certificates).
+    pod: Option<crate::deployed::Deployed>,
     /// Backend i's server is named `b<i>`.
     pub servers: Vec<Server>,
     pub topo: Topology,
@@ -51,7 +55,7 @@ impl KubeEnv {
         let servers =
             (1..=n_backends).map(|i| topo.backend(i).serve(&format!("b{i}"), ports)).collect::<Result<Vec<_>>>()?;
         let metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
-        Ok(Self { agent: None, servers, topo, cgroup, api, metrics })
+        Ok(Self { agent: None, pod: None, servers, topo, cgroup, api, metrics })
     }
 
     /// Starts the agent on this env's API server (kubeconfig) without
@@ -59,7 +63,13 @@ impl KubeEnv {
     pub fn spawn_agent(&mut self) -> Result<&mut Agent> {
         let mut args = self.api.agent_args();
         args.extend(self.common_args());
-        let agent = Agent::start_with(agent_bin()?, &self.cgroup, &args)?;
+        if self.pod.is_none() {
+            let mounts = self.api.agent_mounts();
+            let refs: Vec<&Path> = mounts.iter().map(PathBuf::as_path).collect();
+            self.pod = Some(crate::deployed::Deployed::new(&agent_bin()?, &refs)?);
+        }
+        let launcher = self.pod.as_ref().map(crate::deployed::Deployed::path).expect("just set");
+        let agent = Agent::start_with(launcher, &self.cgroup, &args)?;
         Ok(self.agent.insert(agent))
     }
 

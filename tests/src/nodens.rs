@@ -1,8 +1,9 @@
 //! A test node: a network namespace standing in for the node's host network.
-//! The agent runs in it (`nsenter --net`, keeping the host's mount
-//! namespace, so /sys/fs/bpf and the cgroup2 mount stay visible), so the
-//! node's addresses and "the host network namespace" are the test's, never
-//! the machine's. Pods hang off it on veth pairs, as on a real node:
+//! The agent runs in it in the DaemonSet's shape (`nsenter --net` into the
+//! node namespace, then the pod launcher of [`crate::deployed::Deployed`]: its own
+//! mount namespace with only the DaemonSet's volumes and the source's
+//! files), so the node's addresses and "the host network namespace" are the
+//! test's, never the machine's. Pods hang off it on veth pairs, as on a real node:
 //!
 //! ```text
 //!   node netns (agent, host-network clients)        backend pod i (1..=B)
@@ -379,7 +380,8 @@ pub struct NodeEnv {
     relays: Vec<Relay>,
     /// Backend `i`'s server is named `b<i>`.
     pub servers: Vec<Server>,
-    launcher: Option<TempFile>,
+    /// The node launcher script and the pod shape it runs the agent in.
+    launcher: Option<(TempFile, crate::deployed::Deployed)>,
     source: Box<dyn Source>,
     pub topo: NodeTopology,
     /// `cgroups[k]` holds node `k`'s pods; node 0's exists from the start.
@@ -480,23 +482,28 @@ impl NodeEnv {
         res.map(drop)
     }
 
-    /// A script that runs the agent binary inside the node namespace.
+    /// A script that runs the agent, in the DaemonSet's shape, inside the
+    /// node namespace.
     fn launcher(&mut self) -> Result<PathBuf> {
-        if let Some(file) = &self.launcher {
+        if let Some((file, _)) = &self.launcher {
             return Ok(file.0.clone());
         }
-        let agent = bins::agent_bin()?;
+        let mounts = self.source.agent_mounts();
+        let pod = crate::deployed::Deployed::new(
+            &bins::agent_bin()?,
+            &mounts.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+        )?;
         let path = Path::new(names::TMP_DIR).join(format!("{}-agent-in-node.sh", names::unique_name()));
         let script = format!(
             "#!/bin/sh\nexec nsenter --net=/run/netns/{} -- '{}' \"$@\"\n",
             self.topo.node().netns().name(),
-            agent.display()
+            pod.path().display()
         );
         std::fs::write(&path, script).with_context(|| format!("write {}", path.display()))?;
         let file = TempFile(path.clone());
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
             .with_context(|| format!("chmod {}", path.display()))?;
-        self.launcher = Some(file);
+        self.launcher = Some((file, pod));
         Ok(path)
     }
 

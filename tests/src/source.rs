@@ -36,6 +36,11 @@ pub trait Source: std::fmt::Debug {
     fn loopback_ports(&self) -> Vec<u16> {
         Vec::new()
     }
+
+    /// Host paths the agent reads (the manifest directory, the kubeconfig
+    /// and its certificates): mounted into its pod shape at their own
+    /// paths, as a ConfigMap or Secret volume would be.
+    fn agent_mounts(&self) -> Vec<std::path::PathBuf>;
 }
 
 /// The manifest source: one file `<unit>.yaml` per unit.
@@ -54,6 +59,10 @@ impl Source for ManifestDir {
 
     fn node_zone(&self, _node_name: &str, zone: &str) -> Result<Vec<OsString>> {
         Ok(vec!["--zone".into(), zone.into()])
+    }
+
+    fn agent_mounts(&self) -> Vec<std::path::PathBuf> {
+        vec![self.path().to_owned()]
     }
 }
 

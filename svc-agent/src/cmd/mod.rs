@@ -4,6 +4,7 @@ mod check;
 mod cleanup;
 mod run;
 mod status;
+mod trace;
 
 use crate::{
     cli::{Cli, Command},
@@ -17,6 +18,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Status(args) if args.check => check::check(&args),
         Command::Status(args) => status::status(&args),
         Command::Cleanup(args) => cleanup::cleanup(&args),
+        Command::Trace(args) => trace::trace(&args),
         Command::ProbeConnect { addr } => crate::dataplane::self_check::probe_connect(addr)
             .map_err(|e| crate::error::Error::io(format!("connecting to {addr}"), e)),
     }

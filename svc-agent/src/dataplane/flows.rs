@@ -93,13 +93,15 @@ impl FlowTable {
 /// How often the TC programs' packet counters are copied into the metrics.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Starts the north-south housekeeping thread: every second it copies the
-/// TC programs' packet counters (`SVC_NS_STATS`) into the metrics; every
+/// Starts the housekeeping thread: every second it copies the TC
+/// programs' packet counters (`SVC_NS_STATS`) into the metrics; every
 /// `interval` (`--flow-sweep-interval`) it deletes expired flow entries
 /// (the programs already ignore them; the sweep returns their space
-/// before the LRU has to evict live ones).
+/// before the LRU has to evict live ones) and switches off the trace of a
+/// tracer that is gone.
 pub(crate) fn spawn_sweeper(layout: &PinLayout, interval: Duration, metrics: Arc<Metrics>) -> Result<()> {
     let mut table = FlowTable::open(layout)?;
+    let mut trace = super::trace::TraceSwitch::open(layout)?;
     let stats: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(open_pinned_map(layout, names::NS_STATS)?).map_err(|e| Error::map(names::NS_STATS, e))?;
     std::thread::Builder::new()
@@ -119,6 +121,8 @@ pub(crate) fn spawn_sweeper(layout: &PinLayout, interval: Duration, metrics: Arc
                 since_sweep += STATS_INTERVAL;
                 if since_sweep >= interval {
                     since_sweep = Duration::ZERO;
+                    // (The same housekeeping turns off a dead tracer's trace.)
+                    super::trace::clear_stale(&mut trace);
                     let swept = table.sweep(sys::monotonic_ns());
                     metrics.flows_expired.inc_by(swept as u64);
                     if swept > 0 {

@@ -56,6 +56,8 @@ fn expected_layout(name: &str) -> Option<(MapType, usize, usize)> {
         names::DEVICES => (MapType::Hash, size_of::<u32>(), size_of::<DeviceInfo>()),
         names::NS_STATS => (MapType::PerCpuArray, size_of::<u32>(), size_of::<u64>()),
         names::LB_SOURCES => (MapType::LpmTrie, 4 + size_of::<svc_common::SourceRangeData>(), size_of::<u8>()),
+        names::TRACE => (MapType::RingBuf, 0, 0),
+        names::TRACE_ON => (MapType::Array, size_of::<u32>(), size_of::<u32>()),
         _ => return None,
     })
 }

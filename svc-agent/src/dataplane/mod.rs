@@ -23,6 +23,7 @@ pub(crate) mod pins;
 pub(crate) mod self_check;
 pub(crate) mod source_ranges;
 pub(crate) mod table;
+pub(crate) mod trace;
 pub(crate) mod udp_reset;
 pub(crate) mod writer;
 

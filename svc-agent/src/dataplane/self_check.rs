@@ -12,7 +12,9 @@
 //! 3. a probe: a transient frontend `127.0.0.240:P` -> `127.0.0.1:P` (P:
 //!    the port of a listener the check opens, so concurrent checks never
 //!    share one), and a connect to it from a process in a new child cgroup
-//!    of the configured one, which must reach the listener. Untranslated,
+//!    of the configured one (or, where a cgroup namespace forbids moving
+//!    it there, a pod's, from the agent's own cgroup, under the node's
+//!    root), which must reach the listener. Untranslated,
 //!    the connect is refused (nothing listens on 127.0.0.240), so only a
 //!    working connect4 passes. The frontend and the child cgroup are
 //!    removed afterwards; a frontend left by a crashed check is not the
@@ -198,7 +200,13 @@ fn probe(layout: &PinLayout, cgroup: &Path, exe: &Path) -> Result<(), String> {
             }
         }
     };
-    moved.map_err(|e| format!("moving the probe into {}: {e}", child.display()))?;
+    if let Err(e) = &moved {
+        // In a private cgroup namespace (a pod's, on cgroup v2) a process
+        // can only be moved within the namespace's root: the probe then
+        // connects from the agent's own cgroup, which, in a pod under the
+        // node's root cgroup, is a descendant of it too.
+        tracing::debug!("self-check: the probe stays in the agent's cgroup (moving it into {}: {e})", child.display());
+    }
     if let Some(Err(e)) = go {
         return Err(format!("starting the probe: {e}"));
     }
@@ -209,11 +217,8 @@ fn probe(layout: &PinLayout, cgroup: &Path, exe: &Path) -> Result<(), String> {
     match status {
         None => return Err(format!("the probe connect to {target} did not finish within {PROBE_TIMEOUT:?}")),
         Some(s) if !s.success() => {
-            return Err(format!(
-                "a connect to {target} from cgroup {} was not translated: {}",
-                child.display(),
-                stderr.trim()
-            ));
+            let from = if moved.is_ok() { child.display().to_string() } else { "the agent's own cgroup".to_owned() };
+            return Err(format!("a connect to {target} from {from} was not translated: {}", stderr.trim()));
         }
         Some(_) => {}
     }
