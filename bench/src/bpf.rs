@@ -100,6 +100,25 @@ fn prog_stats(name: &str, info: &ProgramInfo) -> ProgStats {
     }
 }
 
+/// Each program's cost in one scenario: its run-time delta over its
+/// run-count delta between two readings (programs that did not run are
+/// left out).
+pub(crate) fn cost_deltas(before: &[ProgStats], after: &[ProgStats], scenario: &str) -> Vec<crate::results::ProgCost> {
+    before
+        .iter()
+        .zip(after)
+        .filter_map(|(b, a)| {
+            let calls = a.run_count.saturating_sub(b.run_count);
+            (calls > 0).then(|| crate::results::ProgCost {
+                program: a.name.clone(),
+                scenario: scenario.to_owned(),
+                calls,
+                ns_per_call: a.run_time_ns.saturating_sub(b.run_time_ns) as f64 / calls as f64,
+            })
+        })
+        .collect()
+}
+
 /// One map's kernel memory (`memlock` in its fdinfo) and size.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct MapMemory {

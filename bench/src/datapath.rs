@@ -16,7 +16,7 @@ use crate::{
     modes::{Ctx, Mode, ModeEnv},
     profile,
     protocol::{BulkStats, ConnectPlan, ConnectStats, Request, Response, Target},
-    results::{BpfResult, BulkCell, Cell, DatapathResult, Profile, ProgCost},
+    results::{BpfResult, BulkCell, Cell, DatapathResult, Profile},
     stats::{Summary, median},
 };
 
@@ -330,17 +330,7 @@ fn bpf_costs(cfg: &Config, env: &mut ModeEnv, topo: &Topology, families: &[Famil
         }
         let after = bpf::program_stats(&bpffs)?;
         drop(tracing);
-        for (b, a) in before.iter().zip(&after) {
-            let calls = a.run_count.saturating_sub(b.run_count);
-            if calls > 0 {
-                costs.push(ProgCost {
-                    program: a.name.clone(),
-                    scenario: scenario.to_owned(),
-                    calls,
-                    ns_per_call: a.run_time_ns.saturating_sub(b.run_time_ns) as f64 / calls as f64,
-                });
-            }
-        }
+        costs.extend(bpf::cost_deltas(&before, &after, scenario));
     }
     std::thread::sleep(Duration::from_millis(10));
     Ok(BpfResult { costs, programs: bpf::program_stats(&bpffs)? })

@@ -97,11 +97,33 @@ impl FlowValue4 {
         }
     }
 
-    /// Whether the entry has expired at `now_ns`.
+    /// Whether the entry has expired at `now_ns`. A `last_seen_ns` after
+    /// `now_ns` is not: a program on another CPU that read the clock later
+    /// refreshed the entry while this one ran (both directions of a busy
+    /// flow are refreshed by every packet, on whichever CPU it arrives), and
+    /// a wrapping difference there would call a live flow expired: its
+    /// packet would leave untranslated and the connection be reset.
     #[inline(always)]
     #[must_use]
     pub const fn expired(&self, proto: u8, now_ns: u64) -> bool {
-        now_ns.wrapping_sub(self.last_seen_ns) > self.lifetime_secs(proto) * 1_000_000_000
+        now_ns.saturating_sub(self.last_seen_ns) > self.lifetime_secs(proto) * 1_000_000_000
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_refreshed_after_the_readers_clock_is_live() {
+        let entry = FlowValue4 { last_seen_ns: 1_000_000_500, flags: flow_flags::SEEN_REPLY, ..Default::default() };
+        // Another CPU refreshed it 500 ns after this reader's clock.
+        assert!(!entry.expired(crate::proto::TCP, 1_000_000_000));
+        assert!(!entry.expired(crate::proto::TCP, 1_000_000_500 + 21_600 * 1_000_000_000));
+        assert!(entry.expired(crate::proto::TCP, 1_000_000_501 + 21_600 * 1_000_000_000));
+        let udp = FlowValue4 { last_seen_ns: 10, ..Default::default() };
+        assert!(!udp.expired(crate::proto::UDP, 5));
+        assert!(udp.expired(crate::proto::UDP, 11 + 60 * 1_000_000_000));
     }
 }
 

@@ -191,7 +191,9 @@ fn pick<F: Family, C: Client>(client: &C, fe: &F::Frontend) -> Option<F::Backend
 fn affine_backend<F: Family>(key: &AffinityKey, fe: &F::Frontend, now: u64) -> Option<F::Backend> {
     let (backend, last_used_ns) = F::affinity(key)?;
     let timeout_ns = u64::from(fe.affinity_timeout()) * 1_000_000_000;
-    if now.wrapping_sub(last_used_ns) > timeout_ns {
+    // Saturating: a pin another CPU refreshed after this run read the
+    // clock is fresh, not 2^64 ns old.
+    if now.saturating_sub(last_used_ns) > timeout_ns {
         return None;
     }
     if !is_member::<F>(fe, backend) {

@@ -67,9 +67,9 @@ impl NodeEnv {
                         .map(str::to_owned),
                 );
                 // Room for every flow of the connect rounds (two entries
-                // each, closed ones kept 10 s): at the default 131,072 the
-                // LRU table evicts live flows under this rate of new ones
-                // (docs/north-south.md, "Sizing the flow table").
+                // each, closed ones kept 10 s), so that LRU eviction never
+                // enters the measurements (docs/north-south.md, "Sizing the
+                // flow table").
                 extra.extend(["--max-flows".to_owned(), MAX_FLOWS.to_string()]);
                 let cfg = AgentConfig {
                     bin: ctx.agent_bin.clone(),
@@ -196,7 +196,7 @@ pub(crate) fn run(cfg: &Config, services: u32, ctx: &Ctx) -> Result<NorthSouthRe
     let mut failures = Vec::new();
     let bulk = bulk(cfg, &mut envs, &mut rng, &mut failures)?;
     let tc = match envs.iter_mut().find(|e| e.mode == Mode::Ours) {
-        Some(env) => tc_costs(cfg, env, &topo)?,
+        Some(env) => tc_costs(cfg, env, &topo, &mut failures)?,
         None => Vec::new(),
     };
     let conntrack_peak = envs
@@ -297,7 +297,8 @@ fn bulk(
 
 /// Our TC programs' run time per run (one run per packet on the uplink)
 /// in each scenario, with `kernel.bpf_stats_enabled` on.
-fn tc_costs(cfg: &Config, env: &mut NodeEnv, topo: &Topology) -> Result<Vec<ProgCost>> {
+/// A failed transfer is recorded in `failures`.
+fn tc_costs(cfg: &Config, env: &mut NodeEnv, topo: &Topology, failures: &mut Vec<String>) -> Result<Vec<ProgCost>> {
     let Some((_, agent_cfg, _)) = &env.agent else { bail!("ours has no agent") };
     let bpffs = agent_cfg.bpffs.clone();
     let _stats = bpf::enable_stats()?;
@@ -323,22 +324,12 @@ fn tc_costs(cfg: &Config, env: &mut NodeEnv, topo: &Topology) -> Result<Vec<Prog
                 let target = bulk_target(Mode::Ours).into();
                 match env.client.call(&Request::Bulk { target, millis: cfg.bulk_millis })? {
                     Response::Bulk(_) => {}
-                    other => bail!("north-south bulk: {other:?}"),
+                    other => failures.push(format!("north-south ours bulk (bpf_stats): {other:?}")),
                 }
             }
         }
         let after = bpf::tc_program_stats(&bpffs, UPLINK)?;
-        for (b, a) in before.iter().zip(&after) {
-            let calls = a.run_count.saturating_sub(b.run_count);
-            if calls > 0 {
-                costs.push(ProgCost {
-                    program: a.name.clone(),
-                    scenario: scenario.to_owned(),
-                    calls,
-                    ns_per_call: a.run_time_ns.saturating_sub(b.run_time_ns) as f64 / calls as f64,
-                });
-            }
-        }
+        costs.extend(bpf::cost_deltas(&before, &after, scenario));
     }
     Ok(costs)
 }

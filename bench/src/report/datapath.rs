@@ -163,17 +163,7 @@ pub(super) fn bpf(o: &mut String, r: &Results) {
     let mut programs = None;
     for dp in &r.datapath {
         let Some(b) = &dp.bpf else { continue };
-        for c in &b.costs {
-            let _ = writeln!(
-                o,
-                "| {} | {} | {} | {} | {:.1} |",
-                thousands(f64::from(dp.services)),
-                c.program,
-                c.scenario,
-                thousands(c.calls as f64),
-                c.ns_per_call
-            );
-        }
+        cost_rows(o, dp.services, &b.costs);
         programs = Some(&b.programs);
     }
     if let Some(programs) = programs {
@@ -192,4 +182,20 @@ pub(super) fn bpf(o: &mut String, r: &Results) {
         }
     }
     let _ = writeln!(o);
+}
+
+/// One row per program and scenario: Services, program, scenario, calls,
+/// ns per call (the north-south section's table too).
+pub(super) fn cost_rows(o: &mut String, services: u32, costs: &[crate::results::ProgCost]) {
+    for c in costs {
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {:.1} |",
+            thousands(f64::from(services)),
+            c.program,
+            c.scenario,
+            thousands(c.calls as f64),
+            c.ns_per_call
+        );
+    }
 }

@@ -4,7 +4,10 @@
 
 use std::fmt::Write as _;
 
-use super::{datapath::connect_cells, secs, thousands, us};
+use super::{
+    datapath::{connect_cells, cost_rows},
+    secs, thousands, us,
+};
 use crate::{
     addressing::Family,
     modes::Mode,
@@ -186,17 +189,7 @@ pub(super) fn section(o: &mut String, r: &Results) {
     let _ = writeln!(o, "\n### Our TC programs' cost per packet\n");
     let _ = writeln!(o, "| Services | program | scenario | runs (packets) | ns per packet |\n|---:|---|---|---:|---:|");
     for ns in &r.north_south {
-        for c in &ns.tc {
-            let _ = writeln!(
-                o,
-                "| {} | {} | {} | {} | {:.1} |",
-                thousands(f64::from(ns.services)),
-                c.program,
-                c.scenario,
-                thousands(c.calls as f64),
-                c.ns_per_call
-            );
-        }
+        cost_rows(o, ns.services, &ns.tc);
     }
     let _ = writeln!(o);
 }
