@@ -1,6 +1,7 @@
 //! The agent as the DaemonSet runs it (`deploy/base/30-daemonset.yaml`): its
 //! own mount namespace whose root holds nothing but the image's files (the
-//! host's /usr, read-only, stands in for them), a fresh /proc and /sys, the
+//! host's /usr and /etc/ssl, read-only, stand in for them: the image is
+//! Debian's slim one with `ca-certificates`, see the Dockerfile), a fresh /proc and /sys, the
 //! host's /dev (a privileged container gets the host's devices), and
 //! exactly the DaemonSet's hostPath volumes at their mount paths; the host
 //! PID namespace only if the DaemonSet says `hostPID: true`, else its own;
@@ -115,6 +116,7 @@ mount -t tmpfs -o mode=0755 svc-pod-root "$root"
 mkdir -p "$root/proc" "$root/sys" "$root/dev" "$root/usr" "$root/old"
 ln -s usr/lib "$root/lib"; ln -s usr/lib64 "$root/lib64"; ln -s usr/bin "$root/bin"; ln -s usr/sbin "$root/sbin"
 mount --bind /usr "$root/usr"; mount -o remount,bind,ro "$root/usr"
+mkdir -p "$root/etc/ssl"; mount --rbind /etc/ssl "$root/etc/ssl"; mount -o remount,bind,ro "$root/etc/ssl"
 mount -t proc proc "$root/proc"
 mount -t sysfs sysfs "$root/sys"
 mount --rbind /dev "$root/dev"

@@ -83,7 +83,13 @@ impl KubeEnv {
     }
 
     fn common_args(&self) -> Vec<OsString> {
-        vec!["--node-name".into(), KUBE_NODE_NAME.into(), "--metrics-addr".into(), self.metrics.to_string().into()]
+        // This agent shares the machine's network namespace: its TC
+        // programs must never touch the machine's own devices.
+        ["--node-name", KUBE_NODE_NAME, "--devices", "none", "--metrics-addr"]
+            .into_iter()
+            .map(OsString::from)
+            .chain([self.metrics.to_string().into()])
+            .collect()
     }
 
     /// [`Self::spawn_agent`], then waits for `dataplane in sync`.
