@@ -223,12 +223,12 @@ pub(crate) fn cell(mode: Mode, family: Family, target: Target, rounds: Vec<Conne
 
 /// One long-lived connection per mode and round, modes shuffled.
 fn bulk(cfg: &Config, envs: &mut [ModeEnv], rng: &mut StdRng) -> Result<Vec<BulkCell>> {
-    let mut per_mode = vec![Vec::new(); envs.len()];
-    for _ in 0..cfg.bulk_rounds {
-        let mut order: Vec<usize> = (0..envs.len()).collect();
-        order.shuffle(rng);
-        for i in order {
-            let env = &mut envs[i];
+    bulk_rounds(
+        cfg,
+        envs,
+        rng,
+        |env| env.mode,
+        |env| {
             let target = if env.mode == Mode::Direct {
                 Topology::extras()[0].backends[0]
             } else {
@@ -236,16 +236,36 @@ fn bulk(cfg: &Config, envs: &mut [ModeEnv], rng: &mut StdRng) -> Result<Vec<Bulk
             }
             .into();
             match env.worker.call(&Request::Bulk { target, millis: cfg.bulk_millis })? {
-                Response::Bulk(stats) => per_mode[i].push(stats),
+                Response::Bulk(stats) => Ok(Some(stats)),
                 other => bail!("{} bulk: {other:?}", env.mode.label()),
             }
+        },
+    )
+}
+
+/// `cfg.bulk_rounds` rounds of one `transfer` per environment, in a fresh
+/// shuffled order each round (`None`: it failed and was recorded, its
+/// round is missing), summarised per mode (the north-south section's too).
+pub(crate) fn bulk_rounds<E>(
+    cfg: &Config,
+    envs: &mut [E],
+    rng: &mut StdRng,
+    mode: fn(&E) -> Mode,
+    mut transfer: impl FnMut(&mut E) -> Result<Option<BulkStats>>,
+) -> Result<Vec<BulkCell>> {
+    let mut per_mode = vec![Vec::new(); envs.len()];
+    for _ in 0..cfg.bulk_rounds {
+        let mut order: Vec<usize> = (0..envs.len()).collect();
+        order.shuffle(rng);
+        for i in order {
+            per_mode[i].extend(transfer(&mut envs[i])?);
         }
     }
-    Ok(envs.iter().zip(per_mode).map(|(env, rounds)| bulk_cell(env.mode, rounds)).collect())
+    Ok(envs.iter().zip(per_mode).map(|(env, rounds)| bulk_cell(mode(env), rounds)).collect())
 }
 
 /// A mode's bulk rounds, summarised.
-pub(crate) fn bulk_cell(mode: Mode, rounds: Vec<BulkStats>) -> BulkCell {
+fn bulk_cell(mode: Mode, rounds: Vec<BulkStats>) -> BulkCell {
     BulkCell {
         mode,
         gbit_per_sec: median(rounds.iter().map(|r| r.bytes as f64 * 8.0 / r.wall_ns as f64)),

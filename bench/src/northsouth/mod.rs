@@ -23,7 +23,7 @@ use crate::{
     bpf,
     cgroup::Cgroup,
     config::Config,
-    datapath::{bulk_cell, cell, merge, summarise},
+    datapath::{bulk_rounds, cell, merge, summarise},
     manifests,
     modes::{Ctx, Loader, Mode, Worker, agent_capacity_flags},
     protocol::{ConnectPlan, ConnectStats, Request, Response, Target},
@@ -278,21 +278,23 @@ fn bulk(
     rng: &mut StdRng,
     failures: &mut Vec<String>,
 ) -> Result<Vec<crate::results::BulkCell>> {
-    let mut per_mode = vec![Vec::new(); envs.len()];
-    for _ in 0..cfg.bulk_rounds {
-        let mut order: Vec<usize> = (0..envs.len()).collect();
-        order.shuffle(rng);
-        for i in order {
-            let env = &mut envs[i];
+    bulk_rounds(
+        cfg,
+        envs,
+        rng,
+        |env| env.mode,
+        |env| {
             let target = bulk_target(env.mode).into();
-            match env.client.call(&Request::Bulk { target, millis: cfg.bulk_millis })? {
-                Response::Bulk(stats) => per_mode[i].push(stats),
+            Ok(match env.client.call(&Request::Bulk { target, millis: cfg.bulk_millis })? {
+                Response::Bulk(stats) => Some(stats),
                 // Recorded, and the section keeps what it measured.
-                other => failures.push(format!("north-south {} bulk: {other:?}", env.mode.label())),
-            }
-        }
-    }
-    Ok(envs.iter().zip(per_mode).map(|(env, rounds)| bulk_cell(env.mode, rounds)).collect())
+                other => {
+                    failures.push(format!("north-south {} bulk: {other:?}", env.mode.label()));
+                    None
+                }
+            })
+        },
+    )
 }
 
 /// Our TC programs' run time per run (one run per packet on the uplink)

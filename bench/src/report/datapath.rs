@@ -139,22 +139,32 @@ pub(super) fn bulk(o: &mut String, r: &Results) {
         o,
         "The claim under test: after `connect()` our dataplane costs nothing per packet. netfilter modes still pass every packet through conntrack.\n"
     );
+    bulk_table(o, r.datapath.iter().map(|dp| (dp.services, dp.bulk.as_slice())), Mode::label);
+    let _ = writeln!(o);
+}
+
+/// The bulk table: a row per (size, mode), throughput against direct's at
+/// that size (the north-south section's too); `label` names the modes.
+pub(super) fn bulk_table<'a>(
+    o: &mut String,
+    sizes: impl Iterator<Item = (u32, &'a [crate::results::BulkCell])>,
+    label: fn(Mode) -> &'static str,
+) {
     let _ = writeln!(o, "| Services | mode | Gbit/s | vs direct | client CPU s/GiB |\n|---:|---|---:|---:|---:|");
-    for dp in &r.datapath {
-        let direct = dp.bulk.iter().find(|b| b.mode == Mode::Direct).map_or(0.0, |b| b.gbit_per_sec);
-        for b in &dp.bulk {
+    for (services, cells) in sizes {
+        let direct = cells.iter().find(|b| b.mode == Mode::Direct).map_or(0.0, |b| b.gbit_per_sec);
+        for b in cells {
             let _ = writeln!(
                 o,
                 "| {} | {} | {:.2} | {:.3} | {:.3} |",
-                thousands(f64::from(dp.services)),
-                b.mode.label(),
+                thousands(f64::from(services)),
+                label(b.mode),
                 b.gbit_per_sec,
                 if direct > 0.0 { b.gbit_per_sec / direct } else { 0.0 },
                 b.client_cpu_secs_per_gib
             );
         }
     }
-    let _ = writeln!(o);
 }
 
 pub(super) fn bpf(o: &mut String, r: &Results) {

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use super::{
-    datapath::{connect_cells, cost_rows},
+    datapath::{bulk_table, connect_cells, cost_rows},
     secs, thousands, us,
 };
 use crate::{
@@ -171,21 +171,7 @@ pub(super) fn section(o: &mut String, r: &Results) {
         }
     }
     let _ = writeln!(o, "### Bulk throughput through a node port\n");
-    let _ = writeln!(o, "| Services | mode | Gbit/s | vs direct | client CPU s/GiB |\n|---:|---|---:|---:|---:|");
-    for ns in &r.north_south {
-        let direct = ns.bulk.iter().find(|b| b.mode == Mode::Direct).map_or(0.0, |b| b.gbit_per_sec);
-        for b in &ns.bulk {
-            let _ = writeln!(
-                o,
-                "| {} | {} | {:.2} | {:.3} | {:.3} |",
-                thousands(f64::from(ns.services)),
-                label(b.mode),
-                b.gbit_per_sec,
-                if direct > 0.0 { b.gbit_per_sec / direct } else { 0.0 },
-                b.client_cpu_secs_per_gib
-            );
-        }
-    }
+    bulk_table(o, r.north_south.iter().map(|ns| (ns.services, ns.bulk.as_slice())), label);
     let _ = writeln!(o, "\n### Our TC programs' cost per packet\n");
     let _ = writeln!(o, "| Services | program | scenario | runs (packets) | ns per packet |\n|---:|---|---|---:|---:|");
     for ns in &r.north_south {

@@ -9,7 +9,6 @@ use crate::{
     cli::{Output, StatusArgs},
     dataplane::{pins::PinLayout, self_check},
     error::{Error, Result},
-    sys,
 };
 
 #[derive(Debug, Serialize)]
@@ -27,10 +26,7 @@ struct ProblemRow {
 
 pub(super) fn check(args: &StatusArgs) -> Result<()> {
     let layout = PinLayout::new(&args.bpffs);
-    let cgroup = match &args.cgroup {
-        Some(path) => path.clone(),
-        None => sys::cgroup2_mount().map_err(|e| Error::io("finding the cgroup v2 mount", e))?,
-    };
+    let cgroup = super::cgroup_or_mount(args.cgroup.as_deref())?;
     let problems = self_check::check(&layout, &cgroup, Some(std::path::Path::new(self_check::SELF_EXE)));
     let out = CheckOutput {
         ok: problems.is_empty(),

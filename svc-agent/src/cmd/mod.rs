@@ -23,3 +23,12 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             .map_err(|e| crate::error::Error::io(format!("connecting to {addr}"), e)),
     }
 }
+
+/// `--cgroup`, or (default) the cgroup v2 mount point: the one place both
+/// `run` and `status --check` decide it.
+fn cgroup_or_mount(arg: Option<&std::path::Path>) -> Result<std::path::PathBuf> {
+    match arg {
+        Some(path) => Ok(path.to_owned()),
+        None => crate::sys::cgroup2_mount().map_err(|e| crate::error::Error::io("finding the cgroup v2 mount", e)),
+    }
+}

@@ -15,7 +15,6 @@ use crate::{
     metrics::{self, Metrics},
     model::NodeContext,
     source::{self, SourceEvent, kube::KubeOptions, manifest, node},
-    sys,
 };
 
 pub(super) fn run(args: &RunArgs) -> Result<()> {
@@ -25,10 +24,7 @@ pub(super) fn run(args: &RunArgs) -> Result<()> {
         .build()
         .map_err(|e| Error::io("starting the async runtime", e))?;
 
-    let cgroup = match &args.cgroup {
-        Some(path) => path.clone(),
-        None => sys::cgroup2_mount().map_err(|e| Error::io("finding the cgroup v2 mount", e))?,
-    };
+    let cgroup = super::cgroup_or_mount(args.cgroup.as_deref())?;
     let layout = PinLayout::new(&args.bpffs);
     let devices = devices::resolve(&args.devices)?;
     let maps = loader::load_and_attach(&layout, &cgroup, &devices, &(&args.capacity).into())?;
