@@ -21,8 +21,10 @@ RUN cargo build --release --locked -p svc-agent \
  && install -D -m 0755 target/release/svc-agent /out/svc-agent
 
 FROM debian:bookworm-slim
-# The agent links only glibc; CA roots for kubeconfigs that name a server
-# with a public certificate (in-cluster configuration brings its own CA).
+# The agent links only glibc. The CA roots are required: the Kubernetes
+# client (kube-rs with rustls' platform verifier) refuses to start without
+# system roots, even with the in-cluster CA (the tests' pod shape carries the
+# host's /etc/ssl for this reason).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/*
