@@ -52,7 +52,7 @@ cleanup_on_failure() {
         kill -TERM "$pid" 2>/dev/null || true
     done
     for pid in "${STARTED_PIDS[@]}"; do
-        for _ in $(seq 50); do alive "$pid" || break; sleep 0.1; done
+        for _ in $(seq 50); do running "$pid" || break; sleep 0.1; done
         kill -KILL "$pid" 2>/dev/null || true
     done
     ((${#STARTED_PIDS[@]})) && rm -f "$RUN/etcd.pid" "$RUN/kube-apiserver.pid"
@@ -139,7 +139,7 @@ addr_in_use() { tail -n 40 "$LOGS/$1.log" | grep -qi 'address already in use'; }
 stop_pid() {
     local pid=$1
     kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do alive "$pid" || break; sleep 0.1; done
+    for _ in $(seq 100); do running "$pid" || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
     local keep=() p
     for p in "${STARTED_PIDS[@]}"; do if [[ $p != "$pid" ]]; then keep+=("$p"); fi; done
@@ -170,17 +170,17 @@ for attempt in 1 2 3; do
     ok=0
     deadline=$(( $(date +%s) + ETCD_TIMEOUT ))
     while (( $(date +%s) < deadline )); do
-        alive "$ETCD_PID" || break
+        running "$ETCD_PID" || break
         if curl -sf --max-time 2 "$ETCD_URL/health" 2>/dev/null | grep -q '"health":"true"'; then ok=1; break; fi
         sleep 0.1
     done
     ((ok)) && break
-    if ! alive "$ETCD_PID" && addr_in_use etcd && (( attempt < 3 )); then
+    if ! running "$ETCD_PID" && addr_in_use etcd && (( attempt < 3 )); then
         log "etcd: port in use, retrying with new ports"
         stop_pid "$ETCD_PID"; ETCD_PORT='' ETCD_PEER_PORT=''; continue
     fi
     log_tail etcd
-    alive "$ETCD_PID" || die "etcd (pid $ETCD_PID) exited before it was healthy"
+    running "$ETCD_PID" || die "etcd (pid $ETCD_PID) exited before it was healthy"
     die "etcd did not become healthy within ${ETCD_TIMEOUT}s (pid $ETCD_PID)"
 done
 log "etcd healthy at $ETCD_URL (pid $ETCD_PID, data $ETCD_DATA_DIR)"
@@ -216,19 +216,19 @@ for attempt in 1 2 3; do
     ok=0
     deadline=$(( $(date +%s) + READY_TIMEOUT ))
     while (( $(date +%s) < deadline )); do
-        alive "$APISERVER_PID" || break
+        running "$APISERVER_PID" || break
         if [[ $(curl -sk --max-time 2 -H "Authorization: Bearer $TOKEN" "$APISERVER_URL/readyz" 2>/dev/null) == ok ]]; then
             ok=1; break
         fi
         sleep 0.2
     done
     ((ok)) && break
-    if ! alive "$APISERVER_PID" && addr_in_use kube-apiserver && (( attempt < 3 )); then
+    if ! running "$APISERVER_PID" && addr_in_use kube-apiserver && (( attempt < 3 )); then
         log "kube-apiserver: port in use, retrying with a new port"
         stop_pid "$APISERVER_PID"; APISERVER_PORT=''; continue
     fi
     log_tail kube-apiserver 40
-    alive "$APISERVER_PID" || die "kube-apiserver (pid $APISERVER_PID) exited before /readyz was ok"
+    running "$APISERVER_PID" || die "kube-apiserver (pid $APISERVER_PID) exited before /readyz was ok"
     die "kube-apiserver /readyz not ok within ${READY_TIMEOUT}s (pid $APISERVER_PID)"
 done
 log "kube-apiserver ready at $APISERVER_URL (pid $APISERVER_PID) after $(awk -v a="$T_API" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')s"
