@@ -60,6 +60,11 @@ pub struct RunArgs {
     /// cgroup v2 directory to attach to (default: the cgroup v2 mount).
     #[arg(long)]
     pub cgroup: Option<PathBuf>,
+    /// The cgroup v2 directory kubelet's `kubepods` hierarchy is under
+    /// (kubelet's `--cgroup-root`, as seen by the agent), where the pods
+    /// that opt out of socket translation are looked for (default: `--cgroup`).
+    #[arg(long)]
+    pub kubelet_cgroup_root: Option<PathBuf>,
     /// bpffs directory for pins.
     #[arg(long, default_value = DEFAULT_BPFFS)]
     pub bpffs: PathBuf,

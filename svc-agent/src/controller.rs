@@ -20,7 +20,10 @@ use crate::{
     health::Health,
     health_check::HealthChecks,
     metrics::Metrics,
-    model::{Dirty, HealthCheck, NodeContext, ServiceKey, ServiceObj, SliceObj, SourceRanges, Store, desired_service},
+    model::{
+        Dirty, ExemptPod, HealthCheck, NodeContext, OptOuts, ServiceKey, ServiceObj, SliceObj, SourceRanges, Store,
+        desired_service,
+    },
     source::{Change, Envelope, EventReceiver, SourceEvent},
 };
 
@@ -45,6 +48,8 @@ pub(crate) struct Controller<T: Table> {
     health_checks: PerService<HealthCheck>,
     /// `loadBalancerSourceRanges` by Service.
     source_ranges: PerService<Vec<SourceRanges>>,
+    /// This node's Pods and the Namespaces: who opts out of translation.
+    opt_outs: OptOuts,
 }
 
 /// What each Service wants of a part of the dataplane kept outside the
@@ -112,7 +117,18 @@ impl<T: Table> Controller<T> {
             changes: Changes::default(),
             health_checks: PerService::new(),
             source_ranges: PerService::new(),
+            opt_outs: OptOuts::default(),
         }
+    }
+
+    /// The pods whose sockets are not translated, if that changed since
+    /// the last call (never before the first sync: until then the pinned
+    /// exemptions stay as they are).
+    pub(crate) fn take_exempt(&mut self) -> Option<Vec<ExemptPod>> {
+        if !self.synced {
+            return None;
+        }
+        self.opt_outs.take_exempt()
     }
 
     /// Every Service's source restrictions, if they changed since the last
@@ -158,6 +174,8 @@ impl<T: Table> Controller<T> {
                     }
                     dirty.extend(self.apply_slices(change));
                 }
+                SourceEvent::Pods(change) => self.opt_outs.apply_pods(change),
+                SourceEvent::Namespaces(change) => self.opt_outs.apply_namespaces(change),
                 SourceEvent::NodeZone(zone) => {
                     if self.node.zone != zone {
                         tracing::info!(?zone, "node zone changed");
@@ -262,6 +280,19 @@ impl<T: Table> Controller<T> {
     }
 }
 
+/// The parts of the dataplane kept outside the writer, which the loop
+/// hands what changed after each batch.
+pub(crate) struct Outputs {
+    /// Connected UDP sockets of removed backends, to reset.
+    pub udp_reset: std::sync::mpsc::Sender<Vec<crate::dataplane::udp_reset::Removed>>,
+    /// The health check node ports to serve.
+    pub health_checks: tokio::sync::watch::Sender<HealthChecks>,
+    /// `loadBalancerSourceRanges` (`SVC_LB_SRC`).
+    pub source_ranges: Option<crate::dataplane::source_ranges::SourceRangeTable>,
+    /// The pods whose sockets are not translated.
+    pub exempt: std::sync::mpsc::Sender<Vec<ExemptPod>>,
+}
+
 /// Runs the loop on the calling (dedicated) thread until every sender is
 /// gone. Map writes are blocking syscalls, so they stay off the async
 /// runtime. Whatever is queued when the loop wakes up is one batch: a burst
@@ -271,9 +302,7 @@ pub(crate) fn run_blocking<T: Table>(
     mut controller: Controller<T>,
     metrics: &Arc<Metrics>,
     health: &Health,
-    udp_reset: &std::sync::mpsc::Sender<Vec<crate::dataplane::udp_reset::Removed>>,
-    health_checks: &tokio::sync::watch::Sender<HealthChecks>,
-    mut source_ranges: Option<crate::dataplane::source_ranges::SourceRangeTable>,
+    mut outputs: Outputs,
 ) {
     while let Some(first) = events.blocking_recv() {
         let started = Instant::now();
@@ -295,16 +324,20 @@ pub(crate) fn run_blocking<T: Table>(
         };
         let done = Instant::now();
         metrics.synced(&controller.take_changes(), done.duration_since(started), SystemTime::now());
-        if let (Some(table), Some(ranges)) = (source_ranges.as_mut(), controller.take_source_ranges()) {
+        if let (Some(table), Some(ranges)) = (outputs.source_ranges.as_mut(), controller.take_source_ranges()) {
             table.apply(ranges.values().flatten());
+        }
+        if let Some(pods) = controller.take_exempt() {
+            // The exemption thread only ends with the process.
+            drop(outputs.exempt.send(pods));
         }
         if let Some(checks) = controller.take_health_checks() {
             // The servers' task only ends with the runtime.
-            drop(health_checks.send(checks));
+            drop(outputs.health_checks.send(checks));
         }
         if !report.udp_removed.is_empty() {
             // The reset thread only ends with the process.
-            drop(udp_reset.send(report.udp_removed.clone()));
+            drop(outputs.udp_reset.send(report.udp_removed.clone()));
         }
         for at in &received {
             metrics.sync_latency.observe(done.duration_since(*at).as_secs_f64());

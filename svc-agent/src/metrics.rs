@@ -85,6 +85,18 @@ pub(crate) struct Metrics {
     /// What the last self-check found wrong (for /readyz); `None`: nothing,
     /// or no check yet.
     self_check_failure: std::sync::Mutex<Option<String>>,
+    /// Connects and sendmsgs to a frontend left untranslated because the
+    /// caller's pod is exempt.
+    pub socket_lb_skipped: Counter,
+    /// Exempt pods, by `state`: resolved (its cgroup is in the map) or
+    /// unresolved (no cgroup found yet).
+    exempt_pods: Family<StateLabel, Gauge>,
+}
+
+/// The `state` label.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
 }
 
 /// kube-proxy's `network_programming_duration_seconds` buckets: 0.25 s
@@ -164,6 +176,8 @@ impl Metrics {
             self_check_problems: Family::default(),
             self_checks: Counter::default(),
             self_check_failure: std::sync::Mutex::new(None),
+            socket_lb_skipped: Counter::default(),
+            exempt_pods: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -280,7 +294,26 @@ impl Metrics {
             drop(m.self_check_problems.get_or_create(&ReasonLabel { reason }));
         }
         registry.register("self_checks", "Self-checks run", m.self_checks.clone());
+        registry.register(
+            "socket_lb_skipped",
+            "Connects and sendmsgs to a Service address left untranslated because the caller's pod (or its \
+             namespace) opts out with svc.dataplane.io/socket-lb: disabled",
+            m.socket_lb_skipped.clone(),
+        );
+        registry.register(
+            "exempt_pods",
+            "Pods of this node that opt out of socket translation, by state: resolved (their cgroup is exempt), \
+             unresolved (no cgroup found for them yet)",
+            m.exempt_pods.clone(),
+        );
+        m.set_exempt_pods(0, 0);
         Self { registry, ..m }
+    }
+
+    /// Sets the exempt-pod gauges.
+    pub(crate) fn set_exempt_pods(&self, resolved: usize, unresolved: usize) {
+        self.exempt_pods.get_or_create(&StateLabel { state: "resolved" }).set(resolved as i64);
+        self.exempt_pods.get_or_create(&StateLabel { state: "unresolved" }).set(unresolved as i64);
     }
 
     /// Records a self-check's findings (empty: all well).

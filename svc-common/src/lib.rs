@@ -15,12 +15,14 @@
 #[cfg(feature = "user")]
 extern crate std;
 
+pub mod exempt;
 pub mod flows;
 #[cfg(feature = "user")]
 pub mod host;
 pub mod maps;
 pub mod trace;
 
+pub use exempt::ExemptPod;
 pub use flows::*;
 pub use maps::*;
 pub use trace::*;

@@ -63,8 +63,12 @@ pub mod names {
     pub const TRACE: &str = "SVC_TRACE";
     /// `[0]`: the pid of the running `svc-agent trace`, or 0 (no events).
     pub const TRACE_ON: &str = "SVC_TRACE_ON";
+    /// Cgroup id -> [`super::ExemptPod`]: sockets the hooks leave alone.
+    pub const EXEMPT: &str = "SVC_EXEMPT";
+    /// The socket programs' counters (per-CPU, [`super::exempt::sock_stat`]).
+    pub const SOCK_STATS: &str = "SVC_SOCK_STATS";
     /// All pinned maps, in the order `cleanup` and `status` walk them.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 22] = [
         FRONTENDS,
         BACKENDS,
         BACKEND_INDEX,
@@ -85,6 +89,8 @@ pub mod names {
         LB_SOURCES,
         TRACE,
         TRACE_ON,
+        EXEMPT,
+        SOCK_STATS,
     ];
 }
 
@@ -120,6 +126,9 @@ pub mod capacity {
     /// Bytes of the translation trace's ring buffer (a power of two; about
     /// 3,000 events).
     pub const TRACE_BYTES: u32 = 256 * 1024;
+    /// Exempt pod cgroups (`svc.dataplane.io/socket-lb: disabled`); a node
+    /// runs at most a few hundred pods.
+    pub const EXEMPT: u32 = 4096;
 }
 
 /// The service address a socket asked for: the frontend map's key.
@@ -494,8 +503,9 @@ pub struct Config {
     /// Layout version of these maps ([`LAYOUT_VERSION`]); the agent refuses
     /// to adopt pins with another version.
     pub layout_version: u32,
-    /// Always zero.
-    pub _pad: u32,
+    /// Entries in `SVC_EXEMPT`; 0 spares the hooks the cgroup walk
+    /// ([`crate::exempt`]).
+    pub exempt_cgroups: u32,
 }
 
 /// Bump when any key or value above changes shape or meaning.
@@ -504,7 +514,8 @@ pub struct Config {
 /// 5: the IPv6 maps (`*6`).
 /// 6: frontend keys carry a [`scope`]; the north-south maps.
 /// 7: `SVC_LB_SRC`, and a ninth north-south counter.
-pub const LAYOUT_VERSION: u32 = 7;
+/// 8: `SVC_EXEMPT`, `SVC_SOCK_STATS` and [`Config::exempt_cgroups`].
+pub const LAYOUT_VERSION: u32 = 8;
 
 const _: () = {
     assert!(size_of::<FrontendKey4>() == 8);

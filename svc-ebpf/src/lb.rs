@@ -119,7 +119,8 @@ pub(crate) trait Client {
 
 /// A socket on this node: every frontend, except that host-netns-only
 /// ones (`127.0.0.1:nodePort`) apply to sockets of the host network
-/// namespace only. Its identity is its network namespace (a pod).
+/// namespace only, and none to an exempt pod's sockets. Its identity is
+/// its network namespace (a pod).
 impl Client for SockAddrContext {
     #[inline(always)]
     fn accepts(&self, flags: u32) -> bool {
@@ -128,6 +129,13 @@ impl Client for SockAddrContext {
         }
         let host = SVC_CONFIG.get(0).map(|c| c.host_netns_cookie);
         host == Some(self.affinity_id())
+    }
+
+    /// An exempt pod's socket (`crate::exempt`) is left alone, checked
+    /// only once the destination is known to be a frontend.
+    #[inline(always)]
+    fn admit(&self, flags: u32) -> Admit {
+        if !self.accepts(flags) || crate::exempt::caller_is_exempt() { Admit::Pass } else { Admit::Serve }
     }
 
     #[inline(always)]

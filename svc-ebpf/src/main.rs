@@ -19,6 +19,7 @@
 #![expect(clippy::needless_pass_by_value, reason = "aya-ebpf's program signature")]
 
 mod addr;
+mod exempt;
 mod family;
 mod lb;
 mod maps;

@@ -113,3 +113,14 @@ pub(crate) static SVC_GRACE_IN: Array<u32, 1> = Array::new();
 pub(crate) static SVC_TRACE: RingBuf<svc_common::TraceEvent, { capacity::TRACE_BYTES as usize }> = RingBuf::new();
 #[btf_map]
 pub(crate) static SVC_TRACE_ON: Array<u32, 1> = Array::new();
+
+/// Cgroups whose sockets are not translated (written by the agent;
+/// `svc_common::exempt`).
+#[btf_map]
+pub(crate) static SVC_EXEMPT: HashMap<u64, svc_common::ExemptPod, { capacity::EXEMPT as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+/// Counters of the socket programs, by `svc_common::exempt::sock_stat` slot.
+#[btf_map]
+pub(crate) static SVC_SOCK_STATS: PerCpuArray<u64, { svc_common::exempt::sock_stat::COUNT as usize }> =
+    PerCpuArray::new();

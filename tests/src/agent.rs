@@ -261,6 +261,31 @@ impl Agent {
         serde_json::from_value(entries.clone()).with_context(|| format!("parse status affinity: {entries}"))
     }
 
+    /// The `exempt_pods` of [`Self::status_json`], as `namespace/name`.
+    pub fn exempt_pods(&self) -> Result<Vec<String>> {
+        let status = self.status_json()?;
+        let pods =
+            status["exempt_pods"].as_array().with_context(|| format!("status json has no `exempt_pods`: {status}"))?;
+        Ok(pods
+            .iter()
+            .map(|p| format!("{}/{}", p["namespace"].as_str().unwrap_or("?"), p["name"].as_str().unwrap_or("?")))
+            .collect())
+    }
+
+    /// Slot `slot` of the pinned per-CPU `SVC_SOCK_STATS`, summed over
+    /// CPUs (read with bpftool, as an operator would).
+    pub fn sock_stat(&self, slot: u32) -> Result<u64> {
+        let path = self.pin_dir.join("maps").join(svc_common::names::SOCK_STATS);
+        let out = cmd::run(Command::new("bpftool").args(["-j", "map", "dump", "pinned"]).arg(&path))?;
+        let dump: serde_json::Value = serde_json::from_str(&out).with_context(|| format!("bpftool dump: {out}"))?;
+        let entry = dump
+            .as_array()
+            .and_then(|entries| entries.iter().find(|e| e["formatted"]["key"].as_u64() == Some(u64::from(slot))))
+            .with_context(|| format!("no slot {slot} in {out}"))?;
+        let values = entry["formatted"]["values"].as_array().with_context(|| format!("no per-CPU values: {entry}"))?;
+        Ok(values.iter().filter_map(|v| v["value"].as_u64()).sum())
+    }
+
     /// `svc-agent cleanup --bpffs PINDIR`.
     pub fn cleanup(&self) -> Result<()> {
         cmd::run(Command::new(&self.bin).arg("cleanup").arg("--bpffs").arg(&self.pin_dir))?;

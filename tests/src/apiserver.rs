@@ -143,6 +143,8 @@ fn resource_of(api_version: &str, kind: &str) -> Result<(ApiResource, bool)> {
         ("v1", "Endpoints") => ("endpoints", true),
         ("v1", "Node") => ("nodes", false),
         ("v1", "Namespace") => ("namespaces", false),
+        ("v1", "Pod") => ("pods", true),
+        ("v1", "ServiceAccount") => ("serviceaccounts", true),
         ("discovery.k8s.io/v1", "EndpointSlice") => ("endpointslices", true),
         _ => bail!("ApiServer::apply does not know {api_version} {kind}"),
     };
@@ -366,6 +368,24 @@ impl ApiServer {
             self.ensure_namespace(ns)?;
             doc["metadata"]["namespace"] = json!(ns);
         }
+        if kind == "Namespace" {
+            // Applied as written: `ensure_namespace` must not re-apply it
+            // bare (which would drop its annotations).
+            self.namespaces.borrow_mut().insert(name.clone());
+        }
+        if kind == "Pod" {
+            // The server assigns uids (`Source::pod_uid` reads it back), and
+            // its ServiceAccount admission wants the namespace's `default`
+            // account (no controller-manager here creates it).
+            if let Some(meta) = doc["metadata"].as_object_mut() {
+                meta.remove("uid");
+            }
+            let ns = namespace.clone().unwrap_or_default();
+            self.apply_object(json!({
+                "apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": { "name": "default", "namespace": ns },
+            }))?;
+        }
         let status = if kind == "Service" { doc.as_object_mut().and_then(|o| o.remove("status")) } else { None };
         let client = self.client()?;
         let api: Api<DynamicObject> = match &namespace {
@@ -423,7 +443,14 @@ impl ApiServer {
     /// Deletes one object; a missing one is fine.
     pub fn delete_object(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Result<()> {
         let api = self.dynamic_api(api_version, kind, namespace)?;
-        match self.rt.block_on(api.delete(name, &DeleteParams::default())) {
+        // A scheduled Pod is only marked for deletion until its kubelet
+        // confirms; there is none here, so it goes at once.
+        let params = if kind == "Pod" {
+            DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() }
+        } else {
+            DeleteParams::default()
+        };
+        match self.rt.block_on(api.delete(name, &params)) {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
             Err(e) => Err(e).with_context(|| format!("deleting {kind} {}/{name}", namespace.unwrap_or("-"))),
@@ -515,6 +542,11 @@ impl Source for ApiServer {
     /// The kubeconfig's directory (its certificates are there too).
     fn agent_mounts(&self) -> Vec<PathBuf> {
         vec![self.dir.clone()]
+    }
+
+    fn pod_uid(&self, namespace: &str, name: &str, _written: &str) -> Result<String> {
+        let pod = self.get("v1", "Pod", Some(namespace), name)?;
+        pod["metadata"]["uid"].as_str().map(str::to_owned).with_context(|| format!("Pod {namespace}/{name} has no uid"))
     }
 
     /// Creates (or relabels) the Node object: the agent reads the zone label.

@@ -43,6 +43,15 @@ impl Cgroup {
         &self.relative
     }
 
+    /// A descendant at `relative` (intermediate directories created too),
+    /// e.g. a pod's cgroup as kubelet lays it out. Drop removes it; the
+    /// directories above it go with this cgroup.
+    pub fn child(&self, relative: &str) -> Result<Self> {
+        let path = self.path.join(relative);
+        std::fs::create_dir_all(&path).with_context(|| format!("mkdir -p {}", path.display()))?;
+        Ok(Self { path, relative: format!("{}/{relative}", self.relative) })
+    }
+
     /// Moves process `pid` into this cgroup.
     pub fn add_pid(&self, pid: u32) -> Result<()> {
         let procs = self.path.join("cgroup.procs");

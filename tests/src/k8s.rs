@@ -525,6 +525,27 @@ pub fn endpoint_slice_spec(
     y
 }
 
+/// The socket-translation opt-out annotation (`svc.dataplane.io/socket-lb`).
+pub const SOCKET_LB: &str = "svc.dataplane.io/socket-lb";
+
+/// A Pod on node `node` with `metadata.uid` `uid` (the manifest source's
+/// stand-in for the uid an API server assigns: the API server harness
+/// drops it) and, if given, the opt-out annotation's value. Its spec is
+/// only what the API server's validation and admission need.
+pub fn pod(namespace: &str, name: &str, uid: &str, node: &str, socket_lb: Option<&str>) -> String {
+    let annotations = socket_lb.map_or_else(String::new, |v| format!("\n  annotations:\n    {SOCKET_LB}: {v}"));
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  uid: {uid}{annotations}\n\
+         spec:\n  nodeName: {node}\n  automountServiceAccountToken: false\n  containers:\n  - name: app\n    image: pause\n"
+    )
+}
+
+/// A Namespace with, if given, the opt-out annotation's value.
+pub fn namespace(name: &str, socket_lb: Option<&str>) -> String {
+    let annotations = socket_lb.map_or_else(String::new, |v| format!("\n  annotations:\n    {SOCKET_LB}: {v}"));
+    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}{annotations}\n")
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::{Value, json};

@@ -539,6 +539,23 @@ impl NodeEnv {
         self.client(At::Pod(c))
     }
 
+    /// Node 0's cgroup, which its agent attaches to and where it looks for
+    /// pod cgroups (its `--kubelet-cgroup-root` default).
+    pub fn kubelet_root(&self) -> &Cgroup {
+        &self.cgroups[0]
+    }
+
+    /// Client pod `c` on node 0, its processes in `cgroup` (a pod's cgroup
+    /// under [`Self::kubelet_root`]).
+    pub fn pod_in<'a>(&'a self, c: u8, cgroup: &'a Cgroup) -> Client<'a> {
+        Client { netns: self.topo.pod(c).netns(), cgroup, label: "client pod", dial: self.dial }
+    }
+
+    /// Where this env's objects go.
+    pub fn source(&self) -> &dyn Source {
+        self.source.as_ref()
+    }
+
     /// The host network namespace of node 0.
     pub fn host(&self) -> Client<'_> {
         self.client(At::Host)

@@ -37,6 +37,11 @@ pub trait Source: std::fmt::Debug {
         Vec::new()
     }
 
+    /// The uid of Pod `namespace/name` that `apply` created from YAML
+    /// naming `written` (the manifest source keeps it; an API server
+    /// assigns its own).
+    fn pod_uid(&self, namespace: &str, name: &str, written: &str) -> Result<String>;
+
     /// Host paths the agent reads (the manifest directory, the kubeconfig
     /// and its certificates): mounted into its pod shape at their own
     /// paths, as a ConfigMap or Secret volume would be.
@@ -63,6 +68,10 @@ impl Source for ManifestDir {
 
     fn agent_mounts(&self) -> Vec<std::path::PathBuf> {
         vec![self.path().to_owned()]
+    }
+
+    fn pod_uid(&self, _namespace: &str, _name: &str, written: &str) -> Result<String> {
+        Ok(written.to_owned())
     }
 }
 

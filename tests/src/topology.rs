@@ -212,6 +212,14 @@ impl Backend {
         self.spawn_server(name, ports, &["--echo-peer"])
     }
 
+    /// A mesh-like sidecar proxy on TCP `port`: it answers `name:PORT
+    /// ORIGINAL_DST`, the destination the client connected to before an
+    /// iptables `REDIRECT` sent it here (`SO_ORIGINAL_DST`).
+    pub fn serve_original_dst(&self, name: &str, port: u16) -> Result<Server> {
+        // IPv4 only: SO_ORIGINAL_DST is an IPv4 socket option.
+        self.spawn_server(name, &[Proto::Tcp(port)], &["--original-dst", "--bind", "0.0.0.0"])
+    }
+
     pub(crate) fn spawn_server(&self, name: &str, ports: &[Proto], flags: &[&str]) -> Result<Server> {
         let mut args: Vec<String> =
             ["serve", "--name", name].into_iter().chain(flags.iter().copied()).map(str::to_owned).collect();

@@ -114,6 +114,10 @@ fn rbac_is_exactly_the_minimal_rules() -> Result<()> {
         ("", "nodes", "get"),
         ("", "nodes", "list"),
         ("", "nodes", "watch"),
+        ("", "pods", "list"),
+        ("", "pods", "watch"),
+        ("", "namespaces", "list"),
+        ("", "namespaces", "watch"),
     ]
     .into_iter()
     .map(|(g, r, v)| (g.to_owned(), r.to_owned(), v.to_owned()))

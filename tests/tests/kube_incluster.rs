@@ -52,13 +52,18 @@ fn in_cluster_config_with_the_deploy_rbac() -> Result<()> {
     }
 
     // RBAC is enforced, and grants the agent what it needs and no more.
-    for (verb, resource) in
-        [("list", "services"), ("watch", "services"), ("list", "endpointslices.discovery.k8s.io"), ("watch", "nodes")]
-    {
+    for (verb, resource) in [
+        ("list", "services"),
+        ("watch", "services"),
+        ("list", "endpointslices.discovery.k8s.io"),
+        ("watch", "nodes"),
+        ("watch", "pods"),
+        ("list", "namespaces"),
+    ] {
         ensure!(agent_can(&api, verb, resource)?, "the agent may not {verb} {resource}");
     }
     for (verb, resource) in
-        [("get", "services"), ("create", "services"), ("list", "pods"), ("list", "secrets"), ("update", "nodes")]
+        [("get", "services"), ("create", "services"), ("get", "pods"), ("list", "secrets"), ("update", "nodes")]
     {
         ensure!(!agent_can(&api, verb, resource)?, "the agent may {verb} {resource}: RBAC not enforced or too wide");
     }

@@ -8,7 +8,7 @@ use std::{path::Path, sync::Arc, time::Duration};
 use crate::{
     cli::RunArgs,
     controller::{self, Controller},
-    dataplane::{Writer, devices, flows, loader, pins::PinLayout, self_check, source_ranges, udp_reset},
+    dataplane::{Writer, devices, exempt, flows, loader, pins::PinLayout, self_check, source_ranges, udp_reset},
     error::{Error, Result},
     health::Health,
     health_check,
@@ -45,6 +45,8 @@ pub(super) fn run(args: &RunArgs) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     let udp_reset = udp_reset::spawn(&layout, cgroup.clone(), Arc::clone(&metrics))?;
     let source_ranges = source_ranges::SourceRangeTable::open(&layout)?;
+    let kubelet_root = args.kubelet_cgroup_root.clone().unwrap_or_else(|| cgroup.clone());
+    let exempt = exempt::spawn(&layout, kubelet_root, Arc::clone(&metrics))?;
     flows::spawn_sweeper(&layout, Duration::from_secs(args.flow_sweep_interval), Arc::clone(&metrics))?;
     if args.self_check_interval > 0 {
         self_check::spawn(
@@ -91,15 +93,13 @@ pub(super) fn run(args: &RunArgs) -> Result<()> {
         .spawn(move || {
             // Dropped when the loop ends, also by a panic (unwinding).
             let _stopped = stopped_tx;
-            controller::run_blocking(
-                events_rx,
-                controller,
-                &control_metrics,
-                &health,
-                &udp_reset,
-                &health_checks_tx,
-                Some(source_ranges),
-            );
+            let outputs = controller::Outputs {
+                udp_reset,
+                health_checks: health_checks_tx,
+                source_ranges: Some(source_ranges),
+                exempt,
+            };
+            controller::run_blocking(events_rx, controller, &control_metrics, &health, outputs);
         })
         .map_err(|e| Error::io("starting the controller thread", e))?;
 

@@ -83,10 +83,21 @@ struct NorthSouth {
     flow_entries: usize,
 }
 
+/// A pod whose sockets are not translated (`svc.dataplane.io/socket-lb:
+/// disabled`), by its cgroup.
+#[derive(Debug, Serialize)]
+struct ExemptRow {
+    namespace: String,
+    name: String,
+    cgroup_id: u64,
+}
+
 #[derive(Debug, Serialize)]
 struct Status {
     frontends: Vec<FrontendRow>,
     affinity: Vec<AffinityRow>,
+    /// Pods that opt out of socket translation (their cgroup found).
+    exempt_pods: Vec<ExemptRow>,
     north_south: NorthSouth,
     maps: Vec<MapRow>,
 }
@@ -206,15 +217,23 @@ fn read_status(layout: &PinLayout) -> Result<Status> {
         (names::REV_NAT6, program_maps.revnat6.keys().count()),
     ];
     let north_south = north_south(layout, &program_maps, now)?;
-    let counts = counts
-        .into_iter()
-        .chain([(names::FLOWS, north_south.flow_entries), (names::DEVICES, north_south.devices.len())]);
+    let mut exempt_pods = Vec::new();
+    for entry in &program_maps.exempt {
+        let (cgroup_id, pod) = entry.map_err(|e| Error::map(names::EXEMPT, e))?;
+        exempt_pods.push(ExemptRow { namespace: name_str(&pod.namespace), name: name_str(&pod.name), cgroup_id });
+    }
+    exempt_pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let counts = counts.into_iter().chain([
+        (names::FLOWS, north_south.flow_entries),
+        (names::DEVICES, north_south.devices.len()),
+        (names::EXEMPT, exempt_pods.len()),
+    ]);
     let mut maps_rows = Vec::new();
     for (name, entries) in counts {
         let info = MapInfo::from_pin(layout.map(name)).map_err(|e| Error::map(name, e))?;
         maps_rows.push(MapRow { name, entries, max_entries: info.max_entries() });
     }
-    Ok(Status { frontends, affinity, north_south, maps: maps_rows })
+    Ok(Status { frontends, affinity, exempt_pods, north_south, maps: maps_rows })
 }
 
 fn north_south(layout: &PinLayout, maps: &ProgramMaps, now: u64) -> Result<NorthSouth> {
@@ -301,6 +320,14 @@ fn table(status: &Status) -> String {
                 a.backend.clone(),
                 format!("{:.1}s", a.idle_seconds),
             ]);
+        }
+        print_columns(&mut text, &rows);
+    }
+    if !status.exempt_pods.is_empty() {
+        text.push('\n');
+        let mut rows = vec![["EXEMPT NAMESPACE".to_owned(), "EXEMPT POD".to_owned(), "CGROUP ID".to_owned()]];
+        for p in &status.exempt_pods {
+            rows.push([p.namespace.clone(), p.name.clone(), p.cgroup_id.to_string()]);
         }
         print_columns(&mut text, &rows);
     }

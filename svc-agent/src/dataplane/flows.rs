@@ -7,7 +7,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use aya::maps::{HashMap, MapData, PerCpuArray};
-use svc_common::{FlowKey4, FlowValue4, flow_flags, names, ns_stat, proto};
+use svc_common::{FlowKey4, FlowValue4, exempt::sock_stat, flow_flags, names, ns_stat, proto};
 
 use super::{encode::socket_addr, family::Backend, maps::open_pinned_map, pins::PinLayout, udp_reset::Removed};
 use crate::{
@@ -93,8 +93,8 @@ impl FlowTable {
 /// How often the TC programs' packet counters are copied into the metrics.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Starts the housekeeping thread: every second it copies the TC
-/// programs' packet counters (`SVC_NS_STATS`) into the metrics; every
+/// Starts the housekeeping thread: every second it copies the programs'
+/// counters (`SVC_NS_STATS`, `SVC_SOCK_STATS`) into the metrics; every
 /// `interval` (`--flow-sweep-interval`) it deletes expired flow entries
 /// (the programs already ignore them; the sweep returns their space
 /// before the LRU has to evict live ones) and switches off the trace of a
@@ -104,20 +104,28 @@ pub(crate) fn spawn_sweeper(layout: &PinLayout, interval: Duration, metrics: Arc
     let mut trace = super::trace::TraceSwitch::open(layout)?;
     let stats: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(open_pinned_map(layout, names::NS_STATS)?).map_err(|e| Error::map(names::NS_STATS, e))?;
+    let sock_stats: PerCpuArray<MapData, u64> = PerCpuArray::try_from(open_pinned_map(layout, names::SOCK_STATS)?)
+        .map_err(|e| Error::map(names::SOCK_STATS, e))?;
     std::thread::Builder::new()
         .name("flow-sweep".into())
         .spawn(move || {
             // Counters survive agent restarts (the map is pinned): the
             // first read is the baseline, only growth is counted.
-            let mut seen = read_stats(&stats);
+            let mut seen = read_stats(&stats, ns_stat::COUNT);
+            let mut sock_seen = read_stats(&sock_stats, sock_stat::COUNT);
             let mut since_sweep = Duration::ZERO;
             loop {
                 std::thread::sleep(STATS_INTERVAL);
-                let now = read_stats(&stats);
+                let now = read_stats(&stats, ns_stat::COUNT);
                 for (slot, (new, old)) in now.iter().zip(&seen).enumerate() {
                     metrics.north_south(slot as u32, new.saturating_sub(*old));
                 }
                 seen = now;
+                let sock_now = read_stats(&sock_stats, sock_stat::COUNT);
+                let skipped =
+                    sock_now[sock_stat::EXEMPT as usize].saturating_sub(sock_seen[sock_stat::EXEMPT as usize]);
+                metrics.socket_lb_skipped.inc_by(skipped);
+                sock_seen = sock_now;
                 since_sweep += STATS_INTERVAL;
                 if since_sweep >= interval {
                     since_sweep = Duration::ZERO;
@@ -135,7 +143,8 @@ pub(crate) fn spawn_sweeper(layout: &PinLayout, interval: Duration, metrics: Arc
     Ok(())
 }
 
-/// Every `ns_stat` counter, summed over CPUs (0 where unreadable).
-fn read_stats(stats: &PerCpuArray<MapData, u64>) -> Vec<u64> {
-    (0..ns_stat::COUNT).map(|slot| stats.get(&slot, 0).map_or(0, |per_cpu| per_cpu.iter().sum())).collect()
+/// The first `count` counters of a per-CPU array, summed over CPUs (0
+/// where unreadable).
+fn read_stats(stats: &PerCpuArray<MapData, u64>, count: u32) -> Vec<u64> {
+    (0..count).map(|slot| stats.get(&slot, 0).map_or(0, |per_cpu| per_cpu.iter().sum())).collect()
 }

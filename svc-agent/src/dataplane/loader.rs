@@ -58,6 +58,8 @@ fn expected_layout(name: &str) -> Option<(MapType, usize, usize)> {
         names::LB_SOURCES => (MapType::LpmTrie, 4 + size_of::<svc_common::SourceRangeData>(), size_of::<u8>()),
         names::TRACE => (MapType::RingBuf, 0, 0),
         names::TRACE_ON => (MapType::Array, size_of::<u32>(), size_of::<u32>()),
+        names::EXEMPT => (MapType::Hash, size_of::<u64>(), size_of::<svc_common::ExemptPod>()),
+        names::SOCK_STATS => (MapType::PerCpuArray, size_of::<u32>(), size_of::<u64>()),
         _ => return None,
     })
 }
@@ -214,13 +216,17 @@ fn warn_fixed_capacities(layout: &PinLayout, sizes: &MapSizes) {
 }
 
 /// Records the host network namespace (for host-only frontends) and the
-/// layout version. Written every start: it is the agent's own view.
+/// layout version. Written every start: it is the agent's own view (the
+/// exempt count excepted).
 fn write_config(ebpf: &mut Ebpf) -> Result<()> {
     let host_netns_cookie =
         sys::current_netns_cookie().map_err(|e| Error::io("reading the network namespace cookie", e))?;
     let map = ebpf.map_mut(names::CONFIG).ok_or_else(|| Error::MissingInObject(format!("map {}", names::CONFIG)))?;
     let mut config: Array<_, Config> = Array::try_from(map).map_err(|e| Error::map(names::CONFIG, e))?;
-    let value = Config { host_netns_cookie, layout_version: LAYOUT_VERSION, _pad: 0 };
+    // The exempt count belongs to the pinned SVC_EXEMPT, which a restart
+    // keeps: zeroing it would translate exempt pods until the next sync.
+    let exempt_cgroups = config.get(&0, 0).map_or(0, |c| c.exempt_cgroups);
+    let value = Config { host_netns_cookie, layout_version: LAYOUT_VERSION, exempt_cgroups };
     config.set(0, value, 0).map_err(|e| Error::map(names::CONFIG, e))
 }
 

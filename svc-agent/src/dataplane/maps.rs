@@ -106,6 +106,8 @@ pub(crate) struct ProgramMaps {
     pub flows: HashMap<MapData, svc_common::FlowKey4, svc_common::FlowValue4>,
     /// SVC_DEVICES (written by the loader, read here).
     pub devices: HashMap<MapData, u32, svc_common::DeviceInfo>,
+    /// SVC_EXEMPT (written by `dataplane::exempt`, read here).
+    pub exempt: HashMap<MapData, u64, svc_common::ExemptPod>,
 }
 
 impl ProgramMaps {
@@ -118,6 +120,7 @@ impl ProgramMaps {
             revnat6: typed(open_pinned_map(layout, names::REV_NAT6)?, names::REV_NAT6)?,
             flows: typed(open_pinned_map(layout, names::FLOWS)?, names::FLOWS)?,
             devices: typed(open_pinned_map(layout, names::DEVICES)?, names::DEVICES)?,
+            exempt: typed(open_pinned_map(layout, names::EXEMPT)?, names::EXEMPT)?,
         })
     }
 }

@@ -8,11 +8,13 @@
 //!   `status`.
 //! - [`writer`]: diff desired against programmed state and apply it with
 //!   the update protocol of docs/maps.md.
+//! - [`exempt`]: the cgroups of pods that opt out of socket translation.
 //! - [`cleanup`]: detach and unpin.
 
 pub(crate) mod cleanup;
 pub(crate) mod devices;
 pub(crate) mod encode;
+pub(crate) mod exempt;
 pub(crate) mod family;
 pub(crate) mod flows;
 pub(crate) mod loader;

@@ -7,6 +7,7 @@ mod cidr;
 mod endpoints;
 mod node;
 pub(crate) mod objects;
+pub(crate) mod opt_out;
 mod service;
 mod store;
 
@@ -15,6 +16,7 @@ use std::{fmt, net::SocketAddr, sync::Arc};
 pub(crate) use cidr::{IpCidr, ServiceCidrs};
 pub(crate) use node::NodeContext;
 pub(crate) use objects::{IpFamily, ServiceObj, SliceObj};
+pub(crate) use opt_out::{ExemptPod, NamespaceObj, OptOuts, PodObj};
 pub(crate) use service::{LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, desired_service};
 pub(crate) use store::{Dirty, LABEL_SERVICE_NAME, Store};
 

@@ -1,5 +1,6 @@
 //! Sources of desired state. A source only delivers Kubernetes objects
-//! (Services and EndpointSlices), facts about the node, and says when it
+//! (Services and EndpointSlices; this node's Pods and the Namespaces, for
+//! the socket-translation opt-out), facts about the node, and says when it
 //! has delivered a complete view; turning them into dataplane state is the
 //! model's job. Both sources produce the same events for the same objects.
 
@@ -11,7 +12,7 @@ use std::{net::IpAddr, sync::Arc, time::Instant};
 
 use crate::{
     health::Health,
-    model::{ServiceObj, SliceObj},
+    model::{NamespaceObj, PodObj, ServiceObj, SliceObj},
 };
 
 /// A change to one kind of object.
@@ -60,6 +61,10 @@ pub(crate) enum SourceEvent {
     Services(Change<Arc<ServiceObj>>),
     /// EndpointSlices changed.
     Slices(Change<Arc<SliceObj>>),
+    /// This node's Pods changed.
+    Pods(Change<Arc<PodObj>>),
+    /// Namespaces changed (a Namespace's name is in `Delete::name`).
+    Namespaces(Change<Arc<NamespaceObj>>),
     /// This node's zone (from its Node object, or `--zone`).
     NodeZone(Option<String>),
     /// This node's local IPv4 addresses changed (NodePort frontends).

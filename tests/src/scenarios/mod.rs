@@ -21,6 +21,7 @@ pub mod dual_stack;
 pub mod hairpin;
 pub mod nodeport;
 pub mod north_south;
+pub mod opt_out;
 pub mod restart;
 pub mod topology;
 pub mod traffic_policy;

@@ -655,7 +655,7 @@ pub(crate) fn service_meta(port: &ServicePortKey, service_port: u16) -> ServiceM
 
 /// Copies a name, NUL-padded; Kubernetes names always fit (63 bytes,
 /// 15 for port names), longer ones are cut.
-fn copy_name(dst: &mut [u8], src: &str) {
+pub(crate) fn copy_name(dst: &mut [u8], src: &str) {
     let n = src.len().min(dst.len() - 1);
     dst[..n].copy_from_slice(&src.as_bytes()[..n]);
 }

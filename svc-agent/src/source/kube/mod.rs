@@ -1,5 +1,6 @@
 //! `--source kube`: Services, EndpointSlices and this node's Node object
-//! from the Kubernetes API, with kube-proxy's list semantics:
+//! from the Kubernetes API (and this node's Pods and the Namespaces, for
+//! the socket-translation opt-out), with kube-proxy's list semantics:
 //!
 //! - the same server-side filters as kube-proxy (Services and slices that
 //!   belong to another proxy, or are headless, are never even listed);
@@ -15,9 +16,12 @@ mod watch;
 
 use std::{path::PathBuf, sync::Arc};
 
-use k8s_openapi::api::{
-    core::v1::{Node, Service},
-    discovery::v1::EndpointSlice,
+use k8s_openapi::{
+    api::{
+        core::v1::{Namespace, Node, Pod, Service},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
     Api, Client, Config,
@@ -34,7 +38,7 @@ use super::{Change, EventSender, SourceEvent};
 use crate::{
     error::{Error, Result},
     metrics::Metrics,
-    model::{ServiceObj, SliceObj},
+    model::{NamespaceObj, PodObj, ServiceObj, SliceObj},
 };
 
 /// kube-proxy's label selector for Services and EndpointSlices.
@@ -87,8 +91,29 @@ pub(crate) async fn spawn(options: KubeOptions, events: EventSender, metrics: &M
         decoder("EndpointSlice"),
         "EndpointSlice",
         events.clone(),
-        listed_tx,
+        listed_tx.clone(),
         slices,
+    ));
+    // The socket-translation opt-out: this node's Pods, and every
+    // Namespace (metadata only).
+    let pods = kube::runtime::watcher::Config::default().fields(&format!("spec.nodeName={}", options.node_name));
+    tokio::spawn(watch_kind(
+        untyped::<Pod>(&client),
+        pods,
+        decoder("Pod"),
+        "Pod",
+        events.clone(),
+        listed_tx.clone(),
+        this_nodes_pods,
+    ));
+    tokio::spawn(watch_kind(
+        untyped::<Namespace>(&client),
+        kube::runtime::watcher::Config::default(),
+        decoder("Namespace"),
+        "Namespace",
+        events.clone(),
+        listed_tx,
+        namespaces,
     ));
     tokio::spawn(announce_sync(listed_rx, events.clone()));
 
@@ -103,13 +128,18 @@ pub(crate) async fn spawn(options: KubeOptions, events: EventSender, metrics: &M
     Ok(())
 }
 
-/// Sends `Synced` once Services and EndpointSlices have both been listed
-/// completely (the Node is not waited for: its zone only refines choices).
+/// The kinds listed before the first sync.
+const SYNCED_KINDS: usize = 4;
+
+/// Sends `Synced` once Services, EndpointSlices, this node's Pods and the
+/// Namespaces have all been listed completely (so that no exempt pod is
+/// translated for a moment at start; the Node is not waited for: its zone
+/// only refines choices).
 async fn announce_sync(mut listed: mpsc::UnboundedReceiver<Listed>, events: EventSender) {
     let mut kinds = std::collections::BTreeSet::new();
     while let Some(Listed(kind)) = listed.recv().await {
         kinds.insert(kind);
-        if kinds.len() == 2 {
+        if kinds.len() == SYNCED_KINDS {
             tracing::info!("kubernetes source synced");
             events.send(SourceEvent::Synced);
             return;
@@ -125,6 +155,22 @@ fn services(change: Change<Service>) -> Option<SourceEvent> {
 /// EndpointSlices, reduced to what the model reads as they arrive.
 fn slices(change: Change<EndpointSlice>) -> Option<SourceEvent> {
     Some(SourceEvent::Slices(change.map(|s| Arc::new(SliceObj::from(&s)))))
+}
+
+/// What the opt-out reads of Pods and Namespaces: their metadata.
+#[derive(Debug, serde::Deserialize)]
+struct MetadataOnly {
+    metadata: ObjectMeta,
+}
+
+/// This node's Pods, reduced as they arrive.
+fn this_nodes_pods(change: Change<MetadataOnly>) -> Option<SourceEvent> {
+    Some(SourceEvent::Pods(change.map(|p| Arc::new(PodObj::from(&p.metadata)))))
+}
+
+/// Namespaces, reduced as they arrive.
+fn namespaces(change: Change<MetadataOnly>) -> Option<SourceEvent> {
+    Some(SourceEvent::Namespaces(change.map(|n| Arc::new(NamespaceObj::from(&n.metadata)))))
 }
 
 /// The zone of our Node, from any change to it. A listing in which our

@@ -1,5 +1,6 @@
-//! `--source DIR`: Services, EndpointSlices and Endpoints read from YAML or
-//! JSON manifests, re-read when files change.
+//! `--source DIR`: Services, EndpointSlices and Endpoints (and Pods and
+//! Namespaces, for the socket-translation opt-out) read from YAML or JSON
+//! manifests, re-read when files change.
 //!
 //! This source plays the API server's part for what the dataplane needs:
 //! it allocates cluster IPs for Services that have none (`ipam`) and
@@ -28,7 +29,7 @@ use k8s_openapi::api::core::v1::Endpoints;
 pub(crate) use parse::{ParseError, ParsedFile, parse_manifest};
 pub(crate) use watch::spawn;
 
-use crate::model::{ServiceCidrs, ServiceKey, ServiceObj, SliceObj};
+use crate::model::{NamespaceObj, PodObj, ServiceCidrs, ServiceKey, ServiceObj, SliceObj};
 
 /// What the manifest source allocates, standing in for the API server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +69,10 @@ pub(crate) struct Snapshot {
     pub services: Vec<Arc<ServiceObj>>,
     /// EndpointSlices, including those mirrored from Endpoints.
     pub slices: Vec<Arc<SliceObj>>,
+    /// Pods (taken to run on this node), by namespace and name.
+    pub pods: Vec<Arc<PodObj>>,
+    /// Namespaces, by name.
+    pub namespaces: Vec<Arc<NamespaceObj>>,
 }
 
 /// Reads and caches a manifest directory.
@@ -134,6 +139,8 @@ impl ManifestDir {
         let mut services: BTreeMap<ServiceKey, Arc<ServiceObj>> = BTreeMap::new();
         let mut slices: BTreeMap<(String, String), Arc<SliceObj>> = BTreeMap::new();
         let mut endpoints: BTreeMap<(String, String), &Endpoints> = BTreeMap::new();
+        let mut pods: BTreeMap<(String, String), Arc<PodObj>> = BTreeMap::new();
+        let mut namespaces: BTreeMap<(String, String), Arc<NamespaceObj>> = BTreeMap::new();
         for (path, state) in &self.files {
             let Some(parsed) = &state.objects else { continue };
             for svc in &parsed.services {
@@ -148,6 +155,14 @@ impl ManifestDir {
                 let key = key_of(&ep.metadata);
                 insert_unique(&mut endpoints, key.clone(), &key, ep, "Endpoints", path);
             }
+            for pod in &parsed.pods {
+                let key = (pod.namespace.to_string(), pod.name.to_string());
+                insert_unique(&mut pods, key.clone(), &key, Arc::clone(pod), "Pod", path);
+            }
+            for ns in &parsed.namespaces {
+                let key = (String::new(), ns.name.to_string());
+                insert_unique(&mut namespaces, key.clone(), &key, Arc::clone(ns), "Namespace", path);
+            }
         }
         // Shared with the file cache: only Services that get an address or
         // a node port allocated are copied.
@@ -156,7 +171,12 @@ impl ManifestDir {
         node_ports::assign_node_ports(&mut services, &self.allocation.node_ports, &mut self.sticky);
         let mut slices: Vec<Arc<SliceObj>> = slices.into_values().collect();
         slices.extend(mirror::mirror_endpoints(&services, endpoints.into_values()));
-        Snapshot { services, slices }
+        Snapshot {
+            services,
+            slices,
+            pods: pods.into_values().collect(),
+            namespaces: namespaces.into_values().collect(),
+        }
     }
 }
 

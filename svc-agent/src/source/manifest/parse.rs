@@ -1,6 +1,7 @@
 //! One manifest file -> typed objects. Multi-document YAML, JSON (a YAML
 //! subset) and `kind: List` are accepted; kinds other than Service,
-//! EndpointSlice and Endpoints are ignored.
+//! EndpointSlice, Endpoints, Pod and Namespace are ignored (of Pods and
+//! Namespaces only the metadata is read: the socket-translation opt-out).
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use k8s_openapi::api::{
 };
 use serde::Deserialize as _;
 
-use crate::model::{ServiceObj, SliceObj};
+use crate::model::{NamespaceObj, PodObj, ServiceObj, SliceObj};
 
 /// A file that cannot be used at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,6 +34,10 @@ pub(crate) struct ParsedFile {
     pub slices: Vec<Arc<SliceObj>>,
     /// Endpoints (v1), mirrored into slices for selector-less Services.
     pub endpoints: Vec<Endpoints>,
+    /// Pods (v1), all taken to run on this node.
+    pub pods: Vec<Arc<PodObj>>,
+    /// Namespaces (v1).
+    pub namespaces: Vec<Arc<NamespaceObj>>,
     /// One line per skipped object, naming it.
     pub problems: Vec<String>,
 }
@@ -87,12 +92,27 @@ fn add_document(out: &mut ParsedFile, doc: serde_yaml::Value, number: usize) {
             Ok(_) => out.problems.push(format!("{what}: metadata.name is required")),
             Err(e) => out.problems.push(format!("{what}: {e}")),
         },
-        ("Service" | "EndpointSlice" | "Endpoints", _) => {
+        ("Pod", "v1") => match metadata(&doc) {
+            Ok(meta) if meta.name.is_some() => out.pods.push(Arc::new(PodObj::from(&meta))),
+            Ok(_) => out.problems.push(format!("{what}: metadata.name is required")),
+            Err(e) => out.problems.push(format!("{what}: {e}")),
+        },
+        ("Namespace", "v1") => match metadata(&doc) {
+            Ok(meta) if meta.name.is_some() => out.namespaces.push(Arc::new(NamespaceObj::from(&meta))),
+            Ok(_) => out.problems.push(format!("{what}: metadata.name is required")),
+            Err(e) => out.problems.push(format!("{what}: {e}")),
+        },
+        ("Service" | "EndpointSlice" | "Endpoints" | "Pod" | "Namespace", _) => {
             out.problems.push(format!("{what}: unsupported apiVersion {api_version:?}"));
         }
         ("", _) => out.problems.push(format!("{what}: no kind")),
         _ => tracing::debug!("ignoring {what}"),
     }
+}
+
+/// An object's metadata (the rest is not read, so it need not be valid).
+fn metadata(doc: &serde_yaml::Value) -> Result<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, String> {
+    decode(doc.get("metadata").cloned().unwrap_or_default())
 }
 
 fn decode<T: serde::de::DeserializeOwned>(doc: serde_yaml::Value) -> Result<T, String> {
@@ -138,6 +158,21 @@ mod tests {
         assert_eq!(parsed.services.len(), 1);
         assert_eq!(parsed.problems.len(), 1);
         assert!(parsed.problems[0].contains("Service broken"), "{:?}", parsed.problems);
+    }
+
+    #[test]
+    fn reads_the_metadata_of_pods_and_namespaces() {
+        let parsed = parse_manifest(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: mesh, uid: u-1, \
+             annotations: {svc.dataplane.io/socket-lb: disabled}}\nspec: {containers: not-read}\n---\n\
+             apiVersion: v1\nkind: Namespace\nmetadata: {name: mesh, annotations: {svc.dataplane.io/socket-lb: disabled}}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {namespace: mesh}\n",
+        )
+        .unwrap();
+        assert_eq!(parsed.pods.len(), 1);
+        assert_eq!((&*parsed.pods[0].namespace, parsed.pods[0].uid.as_deref()), ("mesh", Some("u-1")));
+        assert_eq!(parsed.namespaces[0].socket_lb.as_deref(), Some("disabled"));
+        assert_eq!(parsed.problems.len(), 1, "a Pod without a name: {:?}", parsed.problems);
     }
 
     #[test]

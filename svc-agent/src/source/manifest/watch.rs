@@ -73,7 +73,9 @@ pub(crate) fn spawn(dir: &Path, allocation: Allocation, events: EventSender) -> 
                 Ok(snapshot) => {
                     let services = delta(&last.services, &snapshot.services, |s| (&s.key.namespace, &s.key.name));
                     let slices = delta(&last.slices, &snapshot.slices, |s| (&s.namespace, &s.name));
-                    let changed = !(services.is_empty() && slices.is_empty());
+                    let pods_changed = snapshot.pods != last.pods;
+                    let namespaces_changed = snapshot.namespaces != last.namespaces;
+                    let changed = !(services.is_empty() && slices.is_empty()) || pods_changed || namespaces_changed;
                     tracing::debug!(
                         reload_us = woke_at.elapsed().as_micros() as u64,
                         changed,
@@ -85,6 +87,13 @@ pub(crate) fn spawn(dir: &Path, allocation: Allocation, events: EventSender) -> 
                     slices.into_iter().for_each(|c| {
                         events.send(SourceEvent::Slices(c));
                     });
+                    // Few objects: a change resends them all.
+                    if pods_changed {
+                        events.send(SourceEvent::Pods(Change::replace_all(snapshot.pods.clone())));
+                    }
+                    if namespaces_changed {
+                        events.send(SourceEvent::Namespaces(Change::replace_all(snapshot.namespaces.clone())));
+                    }
                     last = snapshot;
                 }
                 Err(e) => tracing::error!(dir = %manifests.dir().display(), "cannot read manifest directory: {e}"),
@@ -124,6 +133,8 @@ fn delta<T: Eq>(before: &[Arc<T>], after: &[Arc<T>], key: impl Fn(&T) -> (&str, 
 fn send(events: &EventSender, snapshot: &Snapshot) {
     events.send(SourceEvent::Services(Change::replace_all(snapshot.services.clone())));
     events.send(SourceEvent::Slices(Change::replace_all(snapshot.slices.clone())));
+    events.send(SourceEvent::Pods(Change::replace_all(snapshot.pods.clone())));
+    events.send(SourceEvent::Namespaces(Change::replace_all(snapshot.namespaces.clone())));
 }
 
 #[cfg(test)]

@@ -66,6 +66,11 @@ enum Cmd {
         /// `NAME:PORT` (for `curl`).
         #[arg(long, conflicts_with_all = ["echo_peer", "reply_local", "dns"])]
         http: bool,
+        /// Answer TCP with `NAME:PORT ORIGINAL_DST`: the address the client
+        /// dialled before an iptables REDIRECT (`SO_ORIGINAL_DST`), as a
+        /// mesh sidecar reads it.
+        #[arg(long, conflicts_with_all = ["echo_peer", "reply_local", "dns", "http"])]
+        original_dst: bool,
     },
     /// Connects from `--threads` threads, round-robin over the targets,
     /// until standard input closes; each answer (a `serve --reply-local`
@@ -189,8 +194,10 @@ fn main() -> Result<()> {
         enter_netns(netns)?;
     }
     match cli.cmd {
-        Cmd::Serve { name, tcp, udp, bind, echo_peer, reply_local, dns, http } => {
-            let reply = if dns {
+        Cmd::Serve { name, tcp, udp, bind, echo_peer, reply_local, dns, http, original_dst } => {
+            let reply = if original_dst {
+                Reply::NameAndOriginalDst
+            } else if dns {
                 Reply::Dns
             } else if http {
                 Reply::Http
@@ -473,6 +480,8 @@ enum Reply {
     Dns,
     /// HTTP/1.0 with body `NAME:PORT`.
     Http,
+    /// `NAME:PORT ORIGINAL_DST`.
+    NameAndOriginalDst,
 }
 
 fn serve(name: &str, tcp: &[u16], udp: &[u16], bind: IpAddr, reply: Reply) -> Result<()> {
@@ -532,11 +541,32 @@ fn serve_tcp(name: &str, listener: &TcpListener, reply: Reply) {
             // A dual-stack socket sees IPv4 peers as v4-mapped: shown as IPv4.
             Reply::NameAndPeer => format!("{name}:{port} {}\n", peer.ip().to_canonical()),
             Reply::LocalAddr => format!("{}\n", local.map_or_else(String::new, |a| a.ip().to_canonical().to_string())),
+            Reply::NameAndOriginalDst => match original_dst(&stream) {
+                Ok(dst) => format!("{name}:{port} {dst}\n"),
+                Err(e) => format!("{name}:{port} no-original-dst:{}\n", errno_name(&e)),
+            },
             Reply::Dns | Reply::Http => return,
         };
         // A client that hangs up first is its own business.
         drop(stream.write_all(answer.as_bytes()));
     }
+}
+
+/// The destination of a connection before netfilter's NAT redirected it
+/// (`getsockopt(SOL_IP, SO_ORIGINAL_DST)`; IPv4).
+fn original_dst(stream: &TcpStream) -> io::Result<std::net::SocketAddrV4> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: sockaddr_in is plain data; all zeros is a valid value.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a valid socket, and a buffer of `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(stream.as_raw_fd(), libc::SOL_IP, libc::SO_ORIGINAL_DST, (&raw mut addr).cast(), &raw mut len)
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(std::net::SocketAddrV4::new(Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)), u16::from_be(addr.sin_port)))
 }
 
 /// One thread per connection: read the request head, answer, close.
