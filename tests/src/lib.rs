@@ -37,6 +37,7 @@ mod netns;
 mod nodens;
 mod outcome;
 pub mod outside;
+pub mod podman;
 pub mod pool;
 pub mod scenarios;
 pub mod session;

@@ -256,7 +256,7 @@ fn example_overlay_renders_and_passes_kubectl_dry_run() -> Result<()> {
     let container = &daemonset["spec"]["template"]["spec"]["containers"][0];
     ensure!(container["image"] == "registry.example.com/svc-agent:0.1.0", "image: {}", container["image"]);
     let args = strings(&container["args"]);
-    for flag in ["--nodeport-addresses=10.0.0.0/8", "--service-cidr=10.96.0.0/16,fd00:96::/108"] {
+    for flag in ["--nodeport-addresses=10.0.0.0/8", "--devices=eth0", "--service-cidr=10.96.0.0/16,fd00:96::/108"] {
         ensure!(args.iter().any(|a| a == flag), "{flag} not in {args:?}");
     }
     let log = container["env"].as_array().into_iter().flatten().find(|e| e["name"] == "RUST_LOG");

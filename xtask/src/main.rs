@@ -28,6 +28,9 @@ enum Command {
     Run(run::RunArgs),
     /// Set up, build, and run every unit and privileged end-to-end test.
     Test(test::TestArgs),
+    /// Set up, build the agent (release) and its OCI image with podman
+    /// (`localhost/svc-agent:0.1.0`, deploy/image/build.sh); prints its size.
+    Image,
     /// Set up, build (release), and benchmark against kube-proxy's iptables
     /// and nftables layouts; regenerates bench/REPORT.md and bench/results/.
     Bench(bench::BenchArgs),
@@ -47,6 +50,10 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => {
             setup::setup()?;
             test::test(&args)
+        }
+        Command::Image => {
+            setup::setup()?;
+            run::image()
         }
         Command::Bench(args) => {
             setup::setup()?;

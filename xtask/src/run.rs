@@ -53,3 +53,16 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<()> {
     let err = std::process::Command::new(&agent).arg("run").arg("--source").arg(&source).args(&args.agent_args).exec();
     bail!("exec {}: {err}", agent.display())
 }
+
+/// The image `cargo xtask image` builds (the DaemonSet's `image:`).
+const IMAGE: &str = "localhost/svc-agent:0.1.0";
+
+/// Builds the release agent and its image (deploy/image/build.sh).
+pub(crate) fn image() -> anyhow::Result<()> {
+    build(&BuildArgs { release: true })?;
+    let script = cmd::workspace_root().join("deploy/image/build.sh");
+    let size = cmd::output(std::process::Command::new(&script).arg(binary("svc-agent", true)).arg(IMAGE))?;
+    let bytes: f64 = size.trim().parse().unwrap_or(0.0);
+    eprintln!("image {IMAGE}: {:.1} MiB", bytes / (1024.0 * 1024.0));
+    Ok(())
+}

@@ -45,6 +45,12 @@ const PACKAGES: &[&str] = &[
     "iptables",
     "nftables",
     "linux-perf",
+    // The agent's OCI image, built and run without a Docker daemon
+    // (deploy/image/build.sh, tests/tests/image.rs). runc, not crun: crun
+    // refuses this machine's hybrid cgroup layout.
+    "podman",
+    "runc",
+    "ca-certificates",
 ];
 
 /// The rustup toolchain name svc-agent's build.rs builds the programs with.
