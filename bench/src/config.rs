@@ -14,15 +14,25 @@ pub(crate) struct DatapathSize {
     pub(crate) modes: Vec<Mode>,
     #[serde(default = "inet")]
     pub(crate) families: Vec<Family>,
+    /// Connection tracking switched on in every mode's namespace (a rule
+    /// that matches on `ct state`), as CNI and NetworkPolicy rules switch it
+    /// on on a real node; off, only the netfilter modes pay for it.
+    #[serde(default)]
+    pub(crate) conntrack: bool,
 }
 
 impl DatapathSize {
     fn v4(services: u32, modes: Vec<Mode>) -> Self {
-        Self { services, modes, families: inet() }
+        Self { services, modes, families: inet(), conntrack: false }
     }
 
     fn all_families(services: u32, modes: Vec<Mode>) -> Self {
-        Self { services, modes, families: Family::ALL.to_vec() }
+        Self { services, modes, families: Family::ALL.to_vec(), conntrack: false }
+    }
+
+    /// The same size on a node where conntrack is active.
+    fn with_conntrack(self) -> Self {
+        Self { conntrack: true, ..self }
     }
 
     /// Whether the Services are dual-stack at this size.
@@ -78,6 +88,8 @@ impl Config {
                 // The IPv6 and v4-mapped measurement is at 10k.
                 DatapathSize::all_families(10_000, Mode::ALL.to_vec()),
                 DatapathSize::v4(100_000, vec![Mode::Direct, Mode::Ours]),
+                // The fair baseline: ours where conntrack runs anyway.
+                DatapathSize::v4(10_000, vec![Mode::Direct, Mode::Ours, Mode::Nftables]).with_conntrack(),
             ],
             datapath_endpoints: 3,
             rounds: 15,
@@ -108,6 +120,7 @@ impl Config {
             datapath_sizes: vec![
                 DatapathSize::all_families(100, Mode::ALL.to_vec()),
                 DatapathSize::v4(1_000, vec![Mode::Direct, Mode::Ours]),
+                DatapathSize::v4(100, vec![Mode::Direct, Mode::Ours, Mode::Nftables]).with_conntrack(),
             ],
             rounds: 3,
             connects: 1_000,

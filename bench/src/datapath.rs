@@ -27,8 +27,8 @@ pub(crate) fn run(cfg: &Config, size: &DatapathSize, ctx: &Ctx, profile: bool) -
     let topo = Topology { services: size.services, endpoints: cfg.datapath_endpoints };
     let mut envs = Vec::new();
     for &mode in &size.modes {
-        eprintln!("bench: datapath {} services: setting up {}", topo.services, mode.label());
-        let mut env = ModeEnv::setup(mode, &topo, ctx, size.ipv6())?;
+        eprintln!("bench: datapath {} services{}: setting up {}", topo.services, ct_note(size), mode.label());
+        let mut env = ModeEnv::setup(mode, &topo, ctx, size.ipv6(), size.conntrack)?;
         for &family in size.families.iter().filter(|f| mode.serves(**f)) {
             env.verify(&topo, family)?;
         }
@@ -92,7 +92,7 @@ pub(crate) fn run(cfg: &Config, size: &DatapathSize, ctx: &Ctx, profile: bool) -
             rounds[k].push(summarise(stats, &what)?);
         }
         for (i, env) in envs.iter().enumerate() {
-            if Mode::BASELINES.contains(&env.mode)
+            if (Mode::BASELINES.contains(&env.mode) || size.conntrack)
                 && let Some(n) = env.netns.read_sysctl("net/netfilter/nf_conntrack_count").and_then(|s| s.parse().ok())
             {
                 conntrack_peak[i] = conntrack_peak[i].max(n);
@@ -103,22 +103,25 @@ pub(crate) fn run(cfg: &Config, size: &DatapathSize, ctx: &Ctx, profile: bool) -
     let cells: Vec<Cell> =
         rounds.into_iter().zip(&keys).map(|(r, &(m, family, target))| cell(envs[m].mode, family, target, r)).collect();
 
-    let bulk = bulk(cfg, &mut envs, &mut rng)?;
+    // Bulk transfers and the programs' own cost do not depend on
+    // conntrack: measured in the conntrack-free sizes only.
+    let bulk = if size.conntrack { Vec::new() } else { bulk(cfg, &mut envs, &mut rng)? };
     let bpf = match envs.iter_mut().find(|e| e.mode == Mode::Ours) {
-        Some(env) => Some(bpf_costs(cfg, env, &topo, &size.families)?),
-        None => None,
+        Some(env) if !size.conntrack => Some(bpf_costs(cfg, env, &topo, &size.families)?),
+        _ => None,
     };
     let profiles = if profile { overhead_profiles(&mut envs, &topo, &cells_ref(&cells), ctx) } else { Vec::new() };
     let conntrack_peak = envs
         .iter()
         .zip(conntrack_peak)
-        .filter(|(e, _)| Mode::BASELINES.contains(&e.mode))
+        .filter(|(e, _)| Mode::BASELINES.contains(&e.mode) || size.conntrack)
         .map(|(e, n)| (e.mode, n))
         .collect();
     eprintln!("bench: datapath {} services: tearing down", topo.services);
     drop(envs);
     Ok(DatapathResult {
         services: topo.services,
+        conntrack: size.conntrack,
         endpoints: topo.endpoints,
         modes: size.modes.clone(),
         families: size.families.clone(),
@@ -129,6 +132,11 @@ pub(crate) fn run(cfg: &Config, size: &DatapathSize, ctx: &Ctx, profile: bool) -
         conntrack_peak,
         profiles,
     })
+}
+
+/// `, conntrack active` for such a size (log lines).
+fn ct_note(size: &DatapathSize) -> &'static str {
+    if size.conntrack { ", conntrack active" } else { "" }
 }
 
 /// A round of one cell, its bursts merged: fails if more than 0.1 % of

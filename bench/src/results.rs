@@ -99,6 +99,9 @@ pub(crate) struct BpfResult {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct DatapathResult {
     pub(crate) services: u32,
+    /// Conntrack was active in every mode's namespace (`DatapathSize::conntrack`).
+    #[serde(default)]
+    pub(crate) conntrack: bool,
     pub(crate) endpoints: u32,
     pub(crate) modes: Vec<Mode>,
     #[serde(default)]

@@ -230,6 +230,31 @@ pub(crate) fn agent_capacity_flags(topo: &Topology, dual_stack: bool) -> Vec<Str
     flags
 }
 
+/// A table whose only rule matches on `ct state`: that is what registers
+/// conntrack's hooks in a network namespace (CNI plugins and NetworkPolicy
+/// rules do the same on a real node), so every packet of every mode is
+/// tracked. It accepts everything.
+const CONNTRACK_ON: &str = "table inet svc_bench_conntrack {\n\
+    chain output {\n\
+        type filter hook output priority 0; policy accept;\n\
+        ct state established,related,new accept\n\
+    }\n\
+    chain input {\n\
+        type filter hook input priority 0; policy accept;\n\
+        ct state established,related,new accept\n\
+    }\n\
+}\n";
+
+fn conntrack_on(netns: &Netns, ctx: &Ctx) -> Result<()> {
+    let file = ctx.dir("conntrack")?.join(format!("{}.nft", netns.name()));
+    std::fs::write(&file, CONNTRACK_ON)?;
+    Loader::Nft
+        .load(netns, &file, Duration::from_secs(60), true)?
+        .context("nft did not load the conntrack table within 60 s")?;
+    let _ = std::fs::remove_file(&file);
+    Ok(())
+}
+
 /// One mode, set up for one size and ready to measure.
 #[derive(Debug)]
 pub(crate) struct ModeEnv {
@@ -246,9 +271,13 @@ pub(crate) struct ModeEnv {
 
 impl ModeEnv {
     /// Creates the namespace, programs the Services, starts the worker.
-    /// `ipv6`: the Services are dual-stack (ours, nftables).
-    pub(crate) fn setup(mode: Mode, topo: &Topology, ctx: &Ctx, ipv6: bool) -> Result<Self> {
+    /// `ipv6`: the Services are dual-stack (ours, nftables); `conntrack`:
+    /// connection tracking is switched on in the namespace first.
+    pub(crate) fn setup(mode: Mode, topo: &Topology, ctx: &Ctx, ipv6: bool, conntrack: bool) -> Result<Self> {
         let netns = Netns::create(format!("{}-{}", ctx.run_id, mode.short()))?;
+        if conntrack {
+            conntrack_on(&netns, ctx)?;
+        }
         let services: Vec<ServiceSpec> = topo.all().collect();
         let mut agent = None;
         let setup_secs;

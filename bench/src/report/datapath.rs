@@ -12,7 +12,22 @@ use crate::{
 };
 
 pub(super) fn datapath(o: &mut String, dp: &DatapathResult) {
-    let _ = writeln!(o, "## Datapath: {} Services x {} endpoints\n", thousands(f64::from(dp.services)), dp.endpoints);
+    let _ = writeln!(
+        o,
+        "## Datapath: {} Services x {} endpoints{}\n",
+        thousands(f64::from(dp.services)),
+        dp.endpoints,
+        ct_suffix(dp)
+    );
+    if dp.conntrack {
+        let _ = writeln!(
+            o,
+            "Conntrack active in every mode's namespace (a table whose rules match on `ct state`, as CNI and \
+             NetworkPolicy rules switch it on on a real node): direct and ours pay for tracking each connection \
+             too, as they would there. The other datapath sections are conntrack-free (only the netfilter modes \
+             track); the Targets table's headline row is the conntrack-free one.\n"
+        );
+    }
     let setup: Vec<String> = dp
         .setup_secs
         .iter()
@@ -36,8 +51,14 @@ pub(super) fn datapath(o: &mut String, dp: &DatapathResult) {
     }
     if !dp.conntrack_peak.is_empty() {
         let peaks: Vec<String> = dp.conntrack_peak.iter().map(|(m, n)| format!("{} {}", m.short(), n)).collect();
-        let _ = writeln!(o, "Peak conntrack entries after a round (netfilter modes): {}.\n", peaks.join(", "));
+        let which = if dp.conntrack { "every mode" } else { "netfilter modes" };
+        let _ = writeln!(o, "Peak conntrack entries after a round ({which}): {}.\n", peaks.join(", "));
     }
+}
+
+/// `, conntrack active` for a size measured so.
+fn ct_suffix(dp: &DatapathResult) -> &'static str {
+    if dp.conntrack { ", conntrack active" } else { "" }
 }
 
 /// What the cells of a non-IPv4 client family measure.
@@ -60,7 +81,8 @@ fn family_note(family: Family) -> &'static str {
 
 fn connect_table(o: &mut String, dp: &DatapathResult, family: Family, target: Target) {
     let suffix = if family == Family::Inet { String::new() } else { format!(", {}", family.label()) };
-    let title = format!("{}: connect latency ({}{suffix})", target.label(), thousands(f64::from(dp.services)));
+    let title =
+        format!("{}: connect latency ({}{}{suffix})", target.label(), thousands(f64::from(dp.services)), ct_suffix(dp));
     connect_cells(o, &title, &dp.cells, family, target, Mode::label);
 }
 
@@ -139,7 +161,11 @@ pub(super) fn bulk(o: &mut String, r: &Results) {
         o,
         "The claim under test: after `connect()` our dataplane costs nothing per packet. netfilter modes still pass every packet through conntrack.\n"
     );
-    bulk_table(o, r.datapath.iter().map(|dp| (dp.services, dp.bulk.as_slice())), Mode::label);
+    bulk_table(
+        o,
+        r.datapath.iter().filter(|dp| !dp.conntrack).map(|dp| (dp.services, dp.bulk.as_slice())),
+        Mode::label,
+    );
     let _ = writeln!(o);
 }
 
