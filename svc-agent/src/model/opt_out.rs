@@ -103,6 +103,10 @@ pub(crate) struct OptOuts {
     namespaces: HashMap<Box<str>, Arc<NamespaceObj>>,
     /// What was last handed over ([`Self::take_exempt`]).
     handed_over: Option<Vec<ExemptPod>>,
+    /// A complete listing of each kind has arrived: before both have,
+    /// nothing is handed over (the pinned exemptions stay as they are).
+    pods_listed: bool,
+    namespaces_listed: bool,
 }
 
 impl OptOuts {
@@ -111,6 +115,7 @@ impl OptOuts {
         let key = |p: &PodObj| (p.namespace.clone(), p.name.clone());
         match change {
             Change::Replace { objects, kept } => {
+                self.pods_listed = true;
                 let kept: Vec<(Box<str>, Box<str>)> =
                     kept.into_iter().map(|(ns, name)| (ns.into_boxed_str(), name.into_boxed_str())).collect();
                 self.pods.retain(|k, _| kept.contains(k));
@@ -133,6 +138,7 @@ impl OptOuts {
     pub(crate) fn apply_namespaces(&mut self, change: Change<Arc<NamespaceObj>>) {
         match change {
             Change::Replace { objects, kept } => {
+                self.namespaces_listed = true;
                 self.namespaces.retain(|name, _| kept.iter().any(|(_, k)| **k == **name));
                 for ns in objects {
                     warn_unknown_value("Namespace", &ns.name, ns.socket_lb.as_deref());
@@ -176,8 +182,14 @@ impl OptOuts {
             .collect()
     }
 
-    /// The exempt pods, if they differ from what the last call returned.
+    /// The exempt pods, if they differ from what the last call returned;
+    /// `None` until both Pods and Namespaces have been listed (an agent
+    /// whose RBAC does not allow them yet keeps the pinned exemptions, and
+    /// everything else follows the source as usual).
     pub(crate) fn take_exempt(&mut self) -> Option<Vec<ExemptPod>> {
+        if !(self.pods_listed && self.namespaces_listed) {
+            return None;
+        }
         let now = self.exempt();
         if self.handed_over.as_ref() == Some(&now) {
             return None;
@@ -241,7 +253,7 @@ mod tests {
             pod("web", "d", Some("disabled")),
         ]));
         assert_eq!(names(&o), ["mesh/a", "web/d"]);
-        assert_eq!(o.take_exempt().map(|v| v.len()), Some(2));
+        assert_eq!(o.take_exempt().map(|v| v.len()), Some(2), "both kinds listed");
         assert_eq!(o.take_exempt(), None, "unchanged: nothing to hand over");
         // The namespace's annotation goes: only the pod's own stays.
         o.apply_namespaces(Change::Upsert(namespace("mesh", None)));
@@ -253,6 +265,16 @@ mod tests {
         o.apply_pods(Change::Delete { namespace: "web".into(), name: "d".into() });
         assert!(names(&o).is_empty());
         assert_eq!(o.take_exempt(), Some(Vec::new()));
+    }
+
+    #[test]
+    fn nothing_is_handed_over_before_both_kinds_are_listed() {
+        let mut o = OptOuts::default();
+        o.apply_pods(Change::Upsert(pod("a", "x", Some("disabled"))));
+        o.apply_pods(Change::replace_all(vec![pod("a", "x", Some("disabled"))]));
+        assert_eq!(o.take_exempt(), None, "Namespaces not listed yet");
+        o.apply_namespaces(Change::replace_all(vec![]));
+        assert_eq!(o.take_exempt().map(|v| v.len()), Some(1));
     }
 
     #[test]

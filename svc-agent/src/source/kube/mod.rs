@@ -91,11 +91,15 @@ pub(crate) async fn spawn(options: KubeOptions, events: EventSender, metrics: &M
         decoder("EndpointSlice"),
         "EndpointSlice",
         events.clone(),
-        listed_tx.clone(),
+        listed_tx,
         slices,
     ));
     // The socket-translation opt-out: this node's Pods, and every
-    // Namespace (metadata only).
+    // Namespace (metadata only). Not waited for by the first sync: an
+    // agent whose RBAC lacks them (an upgrade that kept the old
+    // ClusterRole) must still follow Services; the opt-out waits for its
+    // own listings (`model::OptOuts::take_exempt`).
+    let (opt_out_listed, _) = mpsc::unbounded_channel();
     let pods = kube::runtime::watcher::Config::default().fields(&format!("spec.nodeName={}", options.node_name));
     tokio::spawn(watch_kind(
         untyped::<Pod>(&client),
@@ -103,7 +107,7 @@ pub(crate) async fn spawn(options: KubeOptions, events: EventSender, metrics: &M
         decoder("Pod"),
         "Pod",
         events.clone(),
-        listed_tx.clone(),
+        opt_out_listed.clone(),
         this_nodes_pods,
     ));
     tokio::spawn(watch_kind(
@@ -112,7 +116,7 @@ pub(crate) async fn spawn(options: KubeOptions, events: EventSender, metrics: &M
         decoder("Namespace"),
         "Namespace",
         events.clone(),
-        listed_tx,
+        opt_out_listed,
         namespaces,
     ));
     tokio::spawn(announce_sync(listed_rx, events.clone()));
@@ -128,13 +132,12 @@ pub(crate) async fn spawn(options: KubeOptions, events: EventSender, metrics: &M
     Ok(())
 }
 
-/// The kinds listed before the first sync.
-const SYNCED_KINDS: usize = 4;
+/// The kinds listed before the first sync: Services and EndpointSlices.
+const SYNCED_KINDS: usize = 2;
 
-/// Sends `Synced` once Services, EndpointSlices, this node's Pods and the
-/// Namespaces have all been listed completely (so that no exempt pod is
-/// translated for a moment at start; the Node is not waited for: its zone
-/// only refines choices).
+/// Sends `Synced` once Services and EndpointSlices have both been listed
+/// completely (the Node is not waited for: its zone only refines choices;
+/// nor are Pods and Namespaces, see [`spawn`]).
 async fn announce_sync(mut listed: mpsc::UnboundedReceiver<Listed>, events: EventSender) {
     let mut kinds = std::collections::BTreeSet::new();
     while let Some(Listed(kind)) = listed.recv().await {
