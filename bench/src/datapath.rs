@@ -54,6 +54,8 @@ pub(crate) fn run(cfg: &Config, size: &DatapathSize, ctx: &Ctx, profile: bool) -
     // alike instead of whichever cell ran then.
     let mut rounds: Vec<Vec<ConnectStats>> = vec![Vec::new(); keys.len()];
     let mut conntrack_peak = vec![0u64; envs.len()];
+    // The modes whose namespace tracks connections.
+    let tracks = |mode: Mode| Mode::BASELINES.contains(&mode) || size.conntrack;
     let mut rng = StdRng::seed_from_u64(0x5eed_0000 + u64::from(topo.services));
     let chunks = cfg.chunks.max(1);
     for round in 0..cfg.rounds {
@@ -92,7 +94,7 @@ pub(crate) fn run(cfg: &Config, size: &DatapathSize, ctx: &Ctx, profile: bool) -
             rounds[k].push(summarise(stats, &what)?);
         }
         for (i, env) in envs.iter().enumerate() {
-            if (Mode::BASELINES.contains(&env.mode) || size.conntrack)
+            if tracks(env.mode)
                 && let Some(n) = env.netns.read_sysctl("net/netfilter/nf_conntrack_count").and_then(|s| s.parse().ok())
             {
                 conntrack_peak[i] = conntrack_peak[i].max(n);
@@ -111,12 +113,8 @@ pub(crate) fn run(cfg: &Config, size: &DatapathSize, ctx: &Ctx, profile: bool) -
         _ => None,
     };
     let profiles = if profile { overhead_profiles(&mut envs, &topo, &cells_ref(&cells), ctx) } else { Vec::new() };
-    let conntrack_peak = envs
-        .iter()
-        .zip(conntrack_peak)
-        .filter(|(e, _)| Mode::BASELINES.contains(&e.mode) || size.conntrack)
-        .map(|(e, n)| (e.mode, n))
-        .collect();
+    let conntrack_peak =
+        envs.iter().zip(conntrack_peak).filter(|(e, _)| tracks(e.mode)).map(|(e, n)| (e.mode, n)).collect();
     eprintln!("bench: datapath {} services: tearing down", topo.services);
     drop(envs);
     Ok(DatapathResult {

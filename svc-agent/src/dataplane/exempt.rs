@@ -35,7 +35,7 @@ const RETRY: Duration = Duration::from_secs(1);
 /// class: `kubepods[/burstable|/besteffort]/pod<uid>` (cgroupfs), or
 /// `kubepods.slice[/kubepods-<qos>.slice]/kubepods[-<qos>]-pod<uid_>.slice`
 /// (systemd, with the uid's dashes as underscores).
-pub(crate) fn pod_cgroup_candidates(root: &Path, uid: &str) -> [PathBuf; 6] {
+fn pod_cgroup_candidates(root: &Path, uid: &str) -> [PathBuf; 6] {
     let systemd_uid = uid.replace('-', "_");
     [
         root.join("kubepods").join(format!("pod{uid}")),

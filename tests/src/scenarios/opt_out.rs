@@ -82,7 +82,7 @@ fn assert_not_translated(client: &Client<'_>, what: &str) -> Result<()> {
 /// takes effect for new connections without a restart; status lists the
 /// exempt pods and the programs count what they skipped.
 pub fn exempt_pods_follow_their_annotations(source: Box<dyn Source>, dial: Dial) -> Result<()> {
-    let env = node_with_web(source, dial)?;
+    let mut env = node_with_web(source, dial)?;
     env.apply("mesh-ns", &namespace("mesh", Some("disabled")))?;
     let pods = |exempt_annotation: Option<&str>| {
         multi(&[
@@ -97,7 +97,6 @@ pub fn exempt_pods_follow_their_annotations(source: Box<dyn Source>, dial: Dial)
     let exempt = cgroupfs_container(root, &uid("default", "exempt", UID_EXEMPT)?, "app")?;
     let sibling = cgroupfs_container(root, &uid("default", "sibling", UID_SIBLING)?, "app")?;
     let in_mesh = systemd_container(root, &uid("mesh", "in-mesh", UID_IN_MESH)?, "app")?;
-    let mut env = env;
     env.start_agent(&[])?;
     wait_exempt(&env, &["default/exempt", "mesh/in-mesh"])?;
 
@@ -126,7 +125,7 @@ pub fn exempt_pods_follow_their_annotations(source: Box<dyn Source>, dial: Dial)
 /// answered.
 pub fn a_mesh_sidecar_sees_the_cluster_ip_only_when_exempt(source: Box<dyn Source>, dial: Dial) -> Result<()> {
     const SIDECAR_PORT: u16 = 15001;
-    let env = node_with_web(source, dial)?;
+    let mut env = node_with_web(source, dial)?;
     env.apply("pods", &pod("default", "meshed", UID_EXEMPT, NODE_NAME, Some("disabled")))?;
     let uid = env.source().pod_uid("default", "meshed", UID_EXEMPT)?;
     let meshed = cgroupfs_container(env.kubelet_root(), &uid, "app")?;
@@ -152,7 +151,6 @@ pub fn a_mesh_sidecar_sees_the_cluster_ip_only_when_exempt(source: Box<dyn Sourc
         "--to-ports",
         &SIDECAR_PORT.to_string(),
     ]))?;
-    let mut env = env;
     env.start_agent(&[])?;
     wait_exempt(&env, &["default/meshed"])?;
 
