@@ -91,6 +91,12 @@ pub struct RunArgs {
     /// How often expired north-south flow entries are deleted.
     #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub flow_sweep_interval: u64,
+    /// How long a backend's reverse-owner entry (SVC_BE_REV) outlives the
+    /// backend's removal from its Services: a TCP connection translated
+    /// without per-socket storage shows its ClusterIP in getpeername() for
+    /// at least this long after its endpoint left (docs/maps.md).
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+    pub reverse_linger: u64,
     /// Serve Prometheus metrics, /readyz and /healthz here.
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
@@ -126,6 +132,11 @@ pub struct CapacityArgs {
     /// Backend slots over all sets (an update briefly holds old and new set).
     #[arg(long, default_value_t = capacity::BACKENDS)]
     pub max_backends: u32,
+    /// Reverse-owner entries (SVC_BE_REV, SVC_BE_REV6): backends whose
+    /// connected sockets need no per-socket storage; beyond it they keep
+    /// storage (slower, never wrong).
+    #[arg(long, default_value_t = capacity::BACKEND_REV)]
+    pub max_reverse_owners: u32,
     /// Backend membership entries (session-affinity frontends only).
     #[arg(long, default_value_t = capacity::BACKEND_INDEX)]
     pub max_backend_index: u32,
@@ -229,6 +240,7 @@ impl From<&CapacityArgs> for crate::dataplane::loader::MapSizes {
         Self {
             frontends: args.max_frontends,
             backends: args.max_backends,
+            reverse_owners: args.max_reverse_owners,
             backend_index: args.max_backend_index,
             affinity: args.max_affinity,
             revnat: args.max_revnat,

@@ -349,6 +349,7 @@ pub(crate) fn run_blocking<T: Table>(
         metrics.batches.inc();
         metrics.services.set(controller.store.service_count() as i64);
         metrics.frontends.set(controller.writer.frontend_count() as i64);
+        metrics.reverse_owners.set(controller.writer.reverse_owner_count() as i64);
         metrics.set_refused(controller.writer.pending_services().map(|(_, reason)| reason));
         metrics.set_ready();
         let oldest = received.iter().min().map_or(0, |t| done.duration_since(*t).as_micros() as u64);
@@ -378,7 +379,7 @@ mod tests {
         table::Capacity,
     };
 
-    const ROOMY: Capacity = Capacity { frontends: 100, slots: 1000, index: 1000, meta: 100 };
+    const ROOMY: Capacity = Capacity { frontends: 100, slots: 1000, index: 1000, meta: 100, reverse: 1000 };
 
     fn controller() -> Controller<MemoryTable> {
         let node =

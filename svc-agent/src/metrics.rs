@@ -45,6 +45,8 @@ pub(crate) struct Metrics {
     pub services: Gauge,
     /// Frontends in the maps.
     pub frontends: Gauge,
+    /// Reverse-owner entries (SVC_BE_REV, SVC_BE_REV6).
+    pub reverse_owners: Gauge,
     /// Services not (fully) programmed, by reason.
     refused: Family<ReasonLabel, Gauge>,
     /// Objects from the Kubernetes API that could not be decoded, by kind.
@@ -155,6 +157,7 @@ impl Metrics {
             batches: Counter::default(),
             services: Gauge::default(),
             frontends: Gauge::default(),
+            reverse_owners: Gauge::default(),
             refused: Family::default(),
             undecodable: Family::default(),
             udp_resets: Counter::default(),
@@ -190,6 +193,11 @@ impl Metrics {
         registry.register("batches", "Batches of coalesced events applied", m.batches.clone());
         registry.register("services", "Services known to the source", m.services.clone());
         registry.register("frontends", "Frontends programmed in the maps", m.frontends.clone());
+        registry.register(
+            "reverse_owners",
+            "Backends whose connected sockets are translated without per-socket storage (SVC_BE_REV entries)",
+            m.reverse_owners.clone(),
+        );
         registry.register("refused_services", "Services not (fully) programmed, by reason", m.refused.clone());
         for reason in crate::dataplane::writer::Refusal::LABELS {
             // Created at zero so every reason has a series from the start.

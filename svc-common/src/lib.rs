@@ -20,11 +20,13 @@ pub mod flows;
 #[cfg(feature = "user")]
 pub mod host;
 pub mod maps;
+pub mod reverse;
 pub mod trace;
 
 pub use exempt::ExemptPod;
 pub use flows::*;
 pub use maps::*;
+pub use reverse::{BackendRevKey, BackendRevKey6};
 pub use trace::*;
 
 /// A port in network byte order, as the low 16 bits of `bpf_sock_addr.user_port`.

@@ -67,8 +67,14 @@ pub mod names {
     pub const EXEMPT: &str = "SVC_EXEMPT";
     /// The socket programs' counters (per-CPU, [`super::exempt::sock_stat`]).
     pub const SOCK_STATS: &str = "SVC_SOCK_STATS";
+    /// [`crate::BackendRevKey`] -> the frontend ([`super::Backend4`]) that
+    /// sockets without storage reached that backend through
+    /// ([`crate::reverse`]).
+    pub const BACKEND_REV: &str = "SVC_BE_REV";
+    /// [`crate::BackendRevKey6`] -> [`super::Backend6`].
+    pub const BACKEND_REV6: &str = "SVC_BE_REV6";
     /// All pinned maps, in the order `cleanup` and `status` walk them.
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 24] = [
         FRONTENDS,
         BACKENDS,
         BACKEND_INDEX,
@@ -91,6 +97,8 @@ pub mod names {
         TRACE_ON,
         EXEMPT,
         SOCK_STATS,
+        BACKEND_REV,
+        BACKEND_REV6,
     ];
 }
 
@@ -126,6 +134,10 @@ pub mod capacity {
     /// Bytes of the translation trace's ring buffer (a power of two; about
     /// 3,000 events).
     pub const TRACE_BYTES: u32 = 256 * 1024;
+    /// Reverse owners (one per distinct backend address x port x protocol,
+    /// kept a linger time after the backend leaves its owner;
+    /// `crate::reverse`). A backend beyond it costs its sockets storage.
+    pub const BACKEND_REV: u32 = 262_144;
     /// Exempt pod cgroups (`svc.dataplane.io/socket-lb: disabled`); a node
     /// runs at most a few hundred pods.
     pub const EXEMPT: u32 = 4096;
@@ -515,7 +527,9 @@ pub struct Config {
 /// 6: frontend keys carry a [`scope`]; the north-south maps.
 /// 7: `SVC_LB_SRC`, and a ninth north-south counter.
 /// 8: `SVC_EXEMPT`, `SVC_SOCK_STATS` and [`Config::exempt_cgroups`].
-pub const LAYOUT_VERSION: u32 = 8;
+/// 9: `SVC_BE_REV` and `SVC_BE_REV6` (translated sockets keep storage
+/// only where these do not answer).
+pub const LAYOUT_VERSION: u32 = 9;
 
 const _: () = {
     assert!(size_of::<FrontendKey4>() == 8);

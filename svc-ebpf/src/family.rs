@@ -6,14 +6,14 @@
 
 use aya_ebpf::{helpers::generated::bpf_get_socket_cookie, programs::SockAddrContext};
 use svc_common::{
-    AffinityKey, AffinityValue, AffinityValue6, Backend4, Backend6, BackendIndexKey, BackendIndexKey6, Frontend,
-    Frontend6, FrontendKey4, FrontendKey6, FrontendOf, RevNatKey, RevNatKey6, RevNatValue, SlotKey, SockXlat,
-    SockXlat6,
+    AffinityKey, AffinityValue, AffinityValue6, Backend4, Backend6, BackendIndexKey, BackendIndexKey6, BackendRevKey,
+    BackendRevKey6, Frontend, Frontend6, FrontendKey4, FrontendKey6, FrontendOf, RevNatKey, RevNatKey6, RevNatValue,
+    SlotKey, SockXlat, SockXlat6,
 };
 
 use crate::maps::{
-    SVC_AFFINITY, SVC_AFFINITY6, SVC_BACKENDS, SVC_BACKENDS6, SVC_BE_INDEX, SVC_BE_INDEX6, SVC_FRONTENDS,
-    SVC_FRONTENDS6, SVC_REVNAT_SK, SVC_REVNAT6, SVC_SOCK_XLAT, SVC_SOCK_XLAT6,
+    SVC_AFFINITY, SVC_AFFINITY6, SVC_BACKENDS, SVC_BACKENDS6, SVC_BE_INDEX, SVC_BE_INDEX6, SVC_BE_REV, SVC_BE_REV6,
+    SVC_FRONTENDS, SVC_FRONTENDS6, SVC_REVNAT_SK, SVC_REVNAT6, SVC_SOCK_XLAT, SVC_SOCK_XLAT6,
 };
 
 /// Read access to a frontend value, whatever its backend type and inline
@@ -85,6 +85,9 @@ pub(crate) trait Family {
     fn affinity(key: &AffinityKey) -> Option<(Self::Backend, u64)>;
     /// Pins `backend` (best effort).
     fn pin(key: AffinityKey, backend: Self::Backend, now: u64);
+    /// The frontend that connected sockets without storage reached
+    /// `backend` through (`svc_common::reverse`), if it has one.
+    fn reverse_owner(backend: Self::Backend, proto: u8) -> Option<Self::Backend>;
     /// This connected socket's (frontend, backend).
     fn connected(ctx: &SockAddrContext) -> Option<(Self::Backend, Self::Backend)>;
     /// Records this connected socket's translation.
@@ -110,6 +113,24 @@ pub(crate) trait Family {
 pub(crate) fn cookie(ctx: &SockAddrContext) -> u64 {
     // SAFETY: plain helper call on our context.
     unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) }
+}
+
+/// A copy of the value at `key` in an agent-written hash map, kept only
+/// if a second lookup finds the same element: an element can be freed
+/// and reused under a reader (the protocol of `lb`'s frontend copies;
+/// owner entries are never rewritten, only deleted after a linger).
+macro_rules! stable_copy {
+    ($map:expr, $key:expr) => {{
+        match $map.get_ptr($key) {
+            None => None,
+            Some(element) => {
+                // SAFETY: valid for the program's run (RCU); a reuse is
+                // detected by the second lookup.
+                let value = unsafe { *element };
+                if $map.get_ptr($key) == Some(element) { Some(value) } else { None }
+            }
+        }
+    }};
 }
 
 /// Writes `value` to a connected socket's storage (creating it), also
@@ -191,6 +212,11 @@ impl Family for V4 {
             reason = "best effort: if the LRU insert fails, this connection simply has no affinity recorded"
         )]
         let _ = SVC_AFFINITY.insert(key, AffinityValue { backend, last_used_ns: now }, 0);
+    }
+    #[inline(always)]
+    fn reverse_owner(backend: Backend4, proto: u8) -> Option<Backend4> {
+        let key = BackendRevKey { addr: backend.addr, port: backend.port, proto, _pad: 0 };
+        stable_copy!(SVC_BE_REV, &key)
     }
     #[inline(always)]
     fn connected(ctx: &SockAddrContext) -> Option<(Backend4, Backend4)> {
@@ -275,6 +301,11 @@ impl Family for V6 {
             reason = "best effort: if the LRU insert fails, this connection simply has no affinity recorded"
         )]
         let _ = SVC_AFFINITY6.insert(key, AffinityValue6 { backend, _pad: 0, last_used_ns: now }, 0);
+    }
+    #[inline(always)]
+    fn reverse_owner(backend: Backend6, proto: u8) -> Option<Backend6> {
+        let key = BackendRevKey6 { addr: backend.addr, port: backend.port, proto, _pad: 0 };
+        stable_copy!(SVC_BE_REV6, &key)
     }
     #[inline(always)]
     fn connected(ctx: &SockAddrContext) -> Option<(Backend6, Backend6)> {

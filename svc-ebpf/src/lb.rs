@@ -245,14 +245,44 @@ fn random_backend<F: Family>(fe: &F::Frontend) -> Option<F::Backend> {
 }
 
 /// The frontend (address and port) this socket asked for when it reached
-/// the peer it now reports, if it was translated: its own storage for a
-/// connected socket, else the datagram map.
+/// the peer it now reports, if it was translated: its own storage, else
+/// (a connected socket) the peer's reverse owner, else (UDP) the datagram
+/// map. `connected`: the socket has a peer (getpeername; recvmsg on a
+/// connected UDP socket), so the owner entry applies to it.
 #[inline(always)]
-pub(crate) fn recall_frontend<F: Family>(ctx: &SockAddrContext, peer: F::Backend) -> Option<F::Backend> {
+pub(crate) fn recall_frontend<F: Family>(
+    ctx: &SockAddrContext,
+    peer: F::Backend,
+    proto: u8,
+    connected: bool,
+) -> Option<F::Backend> {
     if let Some((frontend, backend)) = F::connected(ctx)
         && backend == peer
     {
         return Some(frontend);
     }
+    if connected && let Some(frontend) = F::reverse_owner(peer, proto) {
+        return Some(frontend);
+    }
+    // Only UDP datagrams are remembered per (socket, backend).
+    if proto != svc_common::proto::UDP {
+        return None;
+    }
     F::datagram_frontend(ctx, peer)
+}
+
+/// Records, at `connect()`, what the reverse hooks need to show `asked`
+/// for a socket now aimed at `peer` (`svc_common::reverse`): nothing when
+/// the peer's reverse owner answers `asked` (and no earlier storage of the
+/// socket may shadow it), else the pair in the socket's storage. Also for
+/// a connect that is not translated (`asked == peer`): a peer with an
+/// owner entry is remembered as itself, so the socket is not shown the
+/// owner.
+#[inline(never)]
+pub(crate) fn remember_connect<F: Family>(ctx: &SockAddrContext, asked: F::Backend, peer: F::Backend, proto: u8) {
+    match F::reverse_owner(peer, proto) {
+        Some(owner) if owner == asked && asked != peer => F::forget_connected(ctx),
+        None if asked == peer => F::forget_connected(ctx),
+        _ => F::remember_connected(ctx, asked, peer),
+    }
 }

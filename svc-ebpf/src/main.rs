@@ -115,6 +115,16 @@ fn protocol(ctx: &SockAddrContext) -> Option<u8> {
     }
 }
 
+/// Whether the call's socket is connected (a connected UDP socket is in
+/// `TCP_ESTABLISHED`, as the kernel marks it).
+#[inline(always)]
+fn is_connected(ctx: &SockAddrContext) -> bool {
+    /// `TCP_ESTABLISHED` of include/net/tcp_states.h.
+    const ESTABLISHED: u32 = 1;
+    // SAFETY: valid context; `sk` is always set for sock_addr programs.
+    unsafe { (*(*ctx.sock_addr).__bindgen_anon_1.sk).state == ESTABLISHED }
+}
+
 /// Which hook runs.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Hook {
@@ -154,13 +164,15 @@ fn forward<F: Family, A: Access<F>>(ctx: &SockAddrContext, dst: Option<F::Backen
     let key = F::key(dst, protocol, scope::ALL);
     match lb::select::<F, SockAddrContext>(ctx, &key) {
         Verdict::Pass => {
-            // A UDP socket connecting elsewhere drops the translation of an
-            // earlier connect, so that its new peer is never shown as a
+            // A socket connecting elsewhere (a UDP socket's new peer, a TCP
+            // socket after a failed connect) drops the translation of an
+            // earlier connect, and one connecting straight to a backend
+            // address is remembered as such: its peer is never shown as a
             // Service address. (Each family's storage is consulted only for
             // peers of that family, and every connect to one either
             // overwrites or drops it.)
-            if hook == Hook::Connect && protocol == proto::UDP {
-                F::forget_connected(ctx);
+            if hook == Hook::Connect {
+                lb::remember_connect::<F>(ctx, dst, dst, protocol);
             }
             ALLOW
         }
@@ -182,7 +194,7 @@ fn forward<F: Family, A: Access<F>>(ctx: &SockAddrContext, dst: Option<F::Backen
                 trace::emit::<F>(ctx, what, &dst, &raw const backend);
             }
             if hook == Hook::Connect {
-                F::remember_connected(ctx, dst, backend);
+                lb::remember_connect::<F>(ctx, dst, backend, protocol);
             }
             // Datagrams are remembered per (socket, backend); connected UDP
             // too, so that the agent can find sockets of a removed backend.
@@ -200,9 +212,12 @@ fn forward<F: Family, A: Access<F>>(ctx: &SockAddrContext, dst: Option<F::Backen
 #[inline(always)]
 fn reverse<F: Family, A: Access<F>>(ctx: &SockAddrContext, peer: Option<F::Backend>, hook: Hook) {
     let Some(peer) = peer else { return };
-    if let Some(frontend) = lb::recall_frontend::<F>(ctx, peer) {
+    let Some(proto) = protocol(ctx) else { return };
+    // getpeername() reports a connected socket's peer; recvmsg() the
+    // sender of a datagram, which is the peer if the socket is connected.
+    let connected = hook == Hook::Getpeername || is_connected(ctx);
+    if let Some(frontend) = lb::recall_frontend::<F>(ctx, peer, proto, connected) {
         if trace::on() {
-            let proto = protocol(ctx).unwrap_or(proto::UDP);
             let what = trace::What::new(hook.trace_id::<F>(), proto, trace_verdict::TRANSLATED, 0);
             trace::emit::<F>(ctx, what, &peer, &raw const frontend);
         }

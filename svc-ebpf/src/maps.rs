@@ -9,9 +9,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use svc_common::{
-    AffinityKey, AffinityValue, AffinityValue6, Backend4, Backend6, BackendIndexKey, BackendIndexKey6, Config,
-    DeviceInfo, FlowKey4, FlowValue4, Frontend, Frontend6, FrontendKey4, FrontendKey6, RevNatKey, RevNatKey6,
-    RevNatValue, ServiceMeta, SlotKey, SockXlat, SockXlat6, capacity,
+    AffinityKey, AffinityValue, AffinityValue6, Backend4, Backend6, BackendIndexKey, BackendIndexKey6, BackendRevKey,
+    BackendRevKey6, Config, DeviceInfo, FlowKey4, FlowValue4, Frontend, Frontend6, FrontendKey4, FrontendKey6,
+    RevNatKey, RevNatKey6, RevNatValue, ServiceMeta, SlotKey, SockXlat, SockXlat6, capacity,
 };
 
 /// No preallocation: unused capacity costs nothing. (Freed elements are
@@ -52,7 +52,17 @@ pub(crate) static SVC_CONFIG: Array<Config, 1> = Array::new();
 #[btf_map]
 pub(crate) static SVC_SOCK_XLAT: SkStorage<SockXlat> = SkStorage::new();
 
+/// Backend -> the frontend that connected sockets without storage reached
+/// it through (written by the agent; `svc_common::reverse`).
+#[btf_map]
+pub(crate) static SVC_BE_REV: HashMap<BackendRevKey, Backend4, { capacity::BACKEND_REV as usize }, NO_PREALLOC> =
+    HashMap::new();
+
 // IPv6: the same maps with 16-byte addresses, sized by the same flags.
+
+#[btf_map]
+pub(crate) static SVC_BE_REV6: HashMap<BackendRevKey6, Backend6, { capacity::BACKEND_REV as usize }, NO_PREALLOC> =
+    HashMap::new();
 
 #[btf_map]
 pub(crate) static SVC_FRONTENDS6: HashMap<FrontendKey6, Frontend6, { capacity::FRONTENDS as usize }, NO_PREALLOC> =

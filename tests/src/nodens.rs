@@ -266,6 +266,22 @@ impl Client<'_> {
         crate::session::UdpSession::spawn(self.netns.testkit(&args)?)
     }
 
+    /// One connected socket to `to` from this client (TCP, or UDP with
+    /// `udp`), held open: see [`crate::session::Held`].
+    pub fn hold(
+        &self,
+        to: impl Into<SocketAddr>,
+        udp: bool,
+    ) -> Result<(crate::session::Held, crate::session::HeldRound)> {
+        let to_s = self.dial.target_any(to.into()).to_string();
+        let cgroup = self.cgroup.path().to_string_lossy().into_owned();
+        let mut args = vec!["hold", "--to", &to_s, "--cgroup", &cgroup];
+        if udp {
+            args.push("--udp");
+        }
+        crate::session::Held::spawn(self.netns.testkit(&args)?)
+    }
+
     /// Runs `program` with `args` as this client (its network namespace
     /// and cgroup), e.g. `dig` or `curl`; returns what it printed, or an
     /// error with its output if it failed.

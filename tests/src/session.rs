@@ -94,3 +94,65 @@ impl Drop for UdpSession {
         cmd::reap(&mut self.child);
     }
 }
+
+/// What a held socket showed (`svc-testkit hold`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct HeldRound {
+    /// The reply (TCP: only in the first round; UDP: every round), or an
+    /// errno name.
+    pub ok: String,
+    /// getpeername().
+    pub peer: String,
+    /// recvfrom()'s source (UDP), else empty.
+    pub source: String,
+}
+
+/// One connected socket held open by `svc-testkit hold`; killed on Drop.
+#[derive(Debug)]
+pub struct Held {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    rounds: mpsc::Receiver<HeldRound>,
+}
+
+impl Held {
+    /// Runs `command` (an `svc-testkit ... hold ...` invocation) and waits
+    /// for its first round (the connect).
+    pub fn spawn(mut command: Command) -> Result<(Self, HeldRound)> {
+        command.stdout(Stdio::piped()).stdin(Stdio::piped());
+        cmd::die_with_parent(&mut command);
+        let mut child = command.spawn().context("spawn svc-testkit hold")?;
+        let stdout = child.stdout.take().context("hold stdout")?;
+        let stdin = child.stdin.take().context("hold stdin")?;
+        let (tx, rounds) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let Ok(round) = serde_json::from_str::<HeldRound>(&line) else { return };
+                if tx.send(round).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut held = Self { child, stdin, rounds };
+        let first = held.next()?;
+        Ok((held, first))
+    }
+
+    fn next(&mut self) -> Result<HeldRound> {
+        self.rounds.recv_timeout(Duration::from_secs(10)).context("hold stopped reporting (the connect failed?)")
+    }
+
+    /// Asks the socket again: what it shows now.
+    pub fn again(&mut self) -> Result<HeldRound> {
+        use std::io::Write as _;
+        writeln!(self.stdin).context("hold stdin")?;
+        self.stdin.flush().context("hold stdin")?;
+        self.next()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        cmd::reap(&mut self.child);
+    }
+}

@@ -28,7 +28,8 @@ pub(super) fn run(args: &RunArgs) -> Result<()> {
     let layout = PinLayout::new(&args.bpffs);
     let devices = devices::resolve(&args.devices)?;
     let maps = loader::load_and_attach(&layout, &cgroup, &devices, &(&args.capacity).into())?;
-    let writer = Writer::adopt(maps).map_err(|e| Error::Adopt(Box::new(e)))?;
+    let mut writer = Writer::adopt(maps).map_err(|e| Error::Adopt(Box::new(e)))?;
+    writer.set_reverse_linger(Duration::from_secs(args.reverse_linger));
     let node = NodeContext {
         name: node_name(args),
         zone: args.zone.clone(),

@@ -8,8 +8,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use svc_common::{
-    Backend4, Backend6, Frontend, Frontend6, FrontendKey4, FrontendKey6, FrontendOf, INLINE_BACKENDS, INLINE_BACKENDS6,
-    SlotKey, port_be, port_host,
+    Backend4, Backend6, BackendRevKey, BackendRevKey6, Frontend, Frontend6, FrontendKey4, FrontendKey6, FrontendOf,
+    INLINE_BACKENDS, INLINE_BACKENDS6, SlotKey, port_be, port_host,
 };
 
 use crate::model::{Proto, Scope};
@@ -127,6 +127,36 @@ impl Backend {
         match self {
             Self::V4(b) => SocketAddr::new(Ipv4Addr::from(b.addr).into(), port_host(b.port)),
             Self::V6(b) => SocketAddr::new(Ipv6Addr::from(b.addr).into(), port_host(b.port)),
+        }
+    }
+}
+
+impl FrontendKey {
+    /// The frontend's address and port as a backend-shaped value (what
+    /// SVC_BE_REV holds).
+    pub(crate) fn as_backend(&self) -> Backend {
+        match self {
+            Self::V4(k) => Backend::V4(Backend4 { addr: k.addr, port: k.port, _pad: 0 }),
+            Self::V6(k) => Backend::V6(Backend6 { addr: k.addr, port: k.port, _pad: 0 }),
+        }
+    }
+}
+
+/// A reverse-owner key (SVC_BE_REV, SVC_BE_REV6): a backend and protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum RevKey {
+    /// SVC_BE_REV.
+    V4(BackendRevKey),
+    /// SVC_BE_REV6.
+    V6(BackendRevKey6),
+}
+
+impl RevKey {
+    /// The key of `backend` for `proto` (an IANA number).
+    pub(crate) const fn new(backend: Backend, proto: u8) -> Self {
+        match backend {
+            Backend::V4(b) => Self::V4(BackendRevKey { addr: b.addr, port: b.port, proto, _pad: 0 }),
+            Backend::V6(b) => Self::V6(BackendRevKey6 { addr: b.addr, port: b.port, proto, _pad: 0 }),
         }
     }
 }

@@ -60,6 +60,8 @@ fn expected_layout(name: &str) -> Option<(MapType, usize, usize)> {
         names::TRACE_ON => (MapType::Array, size_of::<u32>(), size_of::<u32>()),
         names::EXEMPT => (MapType::Hash, size_of::<u64>(), size_of::<svc_common::ExemptPod>()),
         names::SOCK_STATS => (MapType::PerCpuArray, size_of::<u32>(), size_of::<u64>()),
+        names::BACKEND_REV => (MapType::Hash, size_of::<svc_common::BackendRevKey>(), size_of::<Backend4>()),
+        names::BACKEND_REV6 => (MapType::Hash, size_of::<svc_common::BackendRevKey6>(), size_of::<Backend6>()),
         _ => return None,
     })
 }
@@ -72,6 +74,8 @@ pub(crate) struct MapSizes {
     pub(crate) frontends: u32,
     /// SVC_BACKENDS, SVC_BACKENDS6.
     pub(crate) backends: u32,
+    /// SVC_BE_REV, SVC_BE_REV6.
+    pub(crate) reverse_owners: u32,
     /// SVC_BE_INDEX, SVC_BE_INDEX6.
     pub(crate) backend_index: u32,
     /// SVC_AFFINITY, SVC_AFFINITY6.
@@ -86,7 +90,7 @@ pub(crate) struct MapSizes {
 
 impl MapSizes {
     /// Each map with the flag that sizes it.
-    fn each(&self) -> [(&'static str, &'static str, u32); 12] {
+    fn each(&self) -> [(&'static str, &'static str, u32); 14] {
         [
             (names::FRONTENDS, "--max-frontends", self.frontends),
             (names::BACKENDS, "--max-backends", self.backends),
@@ -100,6 +104,8 @@ impl MapSizes {
             (names::AFFINITY6, "--max-affinity", self.affinity),
             (names::REV_NAT6, "--max-revnat", self.revnat),
             (names::FLOWS, "--max-flows", self.flows),
+            (names::BACKEND_REV, "--max-reverse-owners", self.reverse_owners),
+            (names::BACKEND_REV6, "--max-reverse-owners", self.reverse_owners),
         ]
     }
 }

@@ -8,12 +8,13 @@ use aya::{
     maps::{ArrayOfMaps, HashMap, IterableMap as _, Map, MapData, MapError},
 };
 use svc_common::{
-    AffinityKey, AffinityValue, AffinityValue6, Backend4, Backend6, BackendIndexKey, BackendIndexKey6, Frontend,
-    Frontend6, FrontendKey4, FrontendKey6, RevNatKey, RevNatKey6, RevNatValue, ServiceMeta, SlotKey, names,
+    AffinityKey, AffinityValue, AffinityValue6, Backend4, Backend6, BackendIndexKey, BackendIndexKey6, BackendRevKey,
+    BackendRevKey6, Frontend, Frontend6, FrontendKey4, FrontendKey6, RevNatKey, RevNatKey6, RevNatValue, ServiceMeta,
+    SlotKey, names,
 };
 
 use super::{
-    family::{Backend, Family, FrontendKey, FrontendValue, IndexKey, SlotRef},
+    family::{Backend, Family, FrontendKey, FrontendValue, IndexKey, RevKey, SlotRef},
     pins::PinLayout,
     table::{Capacity, Table, TableDump, TableError},
 };
@@ -29,6 +30,8 @@ pub(crate) struct BpfMaps {
     slots6: HashMap<MapData, SlotKey, Backend6>,
     index6: HashMap<MapData, BackendIndexKey6, u32>,
     meta: HashMap<MapData, u32, ServiceMeta>,
+    reverse: HashMap<MapData, BackendRevKey, Backend4>,
+    reverse6: HashMap<MapData, BackendRevKey6, Backend6>,
     capacity: Capacity,
     /// SVC_GRACE and the map stored in it (only a writer has them).
     grace: Option<(ArrayOfMaps<MapData>, MapData)>,
@@ -69,6 +72,8 @@ impl BpfMaps {
         let slots6 = typed(take(names::BACKENDS6)?, names::BACKENDS6)?;
         let index6 = typed(take(names::BACKEND_INDEX6)?, names::BACKEND_INDEX6)?;
         let meta = typed(take(names::META)?, names::META)?;
+        let reverse = typed(take(names::BACKEND_REV)?, names::BACKEND_REV)?;
+        let reverse6 = typed(take(names::BACKEND_REV6)?, names::BACKEND_REV6)?;
         // Both families' maps are created with the same sizes; the smaller
         // one bounds them (pins from an older agent may differ).
         let capacity = Capacity {
@@ -76,8 +81,9 @@ impl BpfMaps {
             slots: max_entries(&slots, names::BACKENDS)?.min(max_entries(&slots6, names::BACKENDS6)?),
             index: max_entries(&index, names::BACKEND_INDEX)?.min(max_entries(&index6, names::BACKEND_INDEX6)?),
             meta: max_entries(&meta, names::META)?,
+            reverse: max_entries(&reverse, names::BACKEND_REV)?.min(max_entries(&reverse6, names::BACKEND_REV6)?),
         };
-        Ok(Self { frontends, slots, index, frontends6, slots6, index6, meta, capacity, grace: None })
+        Ok(Self { frontends, slots, index, frontends6, slots6, index6, meta, reverse, reverse6, capacity, grace: None })
     }
 }
 
@@ -268,6 +274,23 @@ impl Table for BpfMaps {
     fn delete_meta(&mut self, svc_id: u32) -> Result<(), TableError> {
         ignore_missing(self.meta.remove(&svc_id), names::META)
     }
+    fn put_reverse(&mut self, key: &RevKey, frontend: &Backend) -> Result<(), TableError> {
+        match (key, frontend) {
+            (RevKey::V4(k), Backend::V4(f)) => {
+                self.reverse.insert(k, f, 0).map_err(|e| table_error(names::BACKEND_REV, "insert", &e))
+            }
+            (RevKey::V6(k), Backend::V6(f)) => {
+                self.reverse6.insert(k, f, 0).map_err(|e| table_error(names::BACKEND_REV6, "insert", &e))
+            }
+            _ => Err(mixed_families(names::BACKEND_REV)),
+        }
+    }
+    fn delete_reverse(&mut self, key: &RevKey) -> Result<(), TableError> {
+        match key {
+            RevKey::V4(k) => ignore_missing(self.reverse.remove(k), names::BACKEND_REV),
+            RevKey::V6(k) => ignore_missing(self.reverse6.remove(k), names::BACKEND_REV6),
+        }
+    }
     /// `maybe_wait_bpf_programs()`: an update of a map-in-map returns only
     /// after an RCU grace period (every running program has finished).
     fn synchronize(&mut self) -> Result<(), TableError> {
@@ -309,7 +332,14 @@ impl Table for BpfMaps {
                 .into_iter()
                 .map(|(k, slot)| (IndexKey { set_id: k.set_id, backend: Backend::V6(k.backend) }, slot)),
         );
-        Ok(TableDump { frontends, slots, index, meta: dump_map(&self.meta, names::META)? })
+        let mut reverse: Vec<(RevKey, Backend)> = dump_map(&self.reverse, names::BACKEND_REV)?
+            .into_iter()
+            .map(|(k, f)| (RevKey::V4(k), Backend::V4(f)))
+            .collect();
+        reverse.extend(
+            dump_map(&self.reverse6, names::BACKEND_REV6)?.into_iter().map(|(k, f)| (RevKey::V6(k), Backend::V6(f))),
+        );
+        Ok(TableDump { frontends, slots, index, meta: dump_map(&self.meta, names::META)?, reverse })
     }
     fn capacity(&self) -> Capacity {
         self.capacity

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use svc_common::ServiceMeta;
 
 use super::{
-    family::{Backend, Family, FrontendKey, FrontendValue, IndexKey, SlotRef},
+    family::{Backend, Family, FrontendKey, FrontendValue, IndexKey, RevKey, SlotRef},
     table::{Capacity, Table, TableDump, TableError},
 };
 
@@ -47,6 +47,8 @@ pub(crate) struct MemoryTable {
     pub index: BTreeMap<IndexKey, u32>,
     /// SVC_META.
     pub meta: BTreeMap<u32, ServiceMeta>,
+    /// SVC_BE_REV and SVC_BE_REV6.
+    pub reverse: BTreeMap<RevKey, Backend>,
     /// Capacities.
     pub capacity: Capacity,
     /// Operation log.
@@ -64,6 +66,7 @@ impl MemoryTable {
             slots: BTreeMap::new(),
             index: BTreeMap::new(),
             meta: BTreeMap::new(),
+            reverse: BTreeMap::new(),
             capacity,
             ops: Vec::new(),
             failing_map: None,
@@ -134,6 +137,19 @@ impl Table for MemoryTable {
         self.ops.push(Op::DeleteMeta(svc_id));
         Ok(())
     }
+    // (Not in `ops`: the frontend/set protocol tests read that log.)
+    fn put_reverse(&mut self, key: &RevKey, frontend: &Backend) -> Result<(), TableError> {
+        let family = |k: &RevKey| match k {
+            RevKey::V4(_) => Family::V4,
+            RevKey::V6(_) => Family::V6,
+        };
+        let map = (self.capacity.reverse, "SVC_BE_REV", family as fn(&RevKey) -> Family);
+        put(&mut self.reverse, map, self.failing_map, *key, *frontend)
+    }
+    fn delete_reverse(&mut self, key: &RevKey) -> Result<(), TableError> {
+        self.reverse.remove(key);
+        Ok(())
+    }
     fn synchronize(&mut self) -> Result<(), TableError> {
         self.ops.push(Op::Grace);
         Ok(())
@@ -144,6 +160,7 @@ impl Table for MemoryTable {
             slots: self.slots.iter().map(|(k, v)| (*k, *v)).collect(),
             index: self.index.iter().map(|(k, v)| (*k, *v)).collect(),
             meta: self.meta.iter().map(|(k, v)| (*k, *v)).collect(),
+            reverse: self.reverse.iter().map(|(k, v)| (*k, *v)).collect(),
         })
     }
     fn capacity(&self) -> Capacity {

@@ -6,7 +6,7 @@
 
 use svc_common::ServiceMeta;
 
-use super::family::{Backend, FrontendKey, FrontendValue, IndexKey, SlotRef};
+use super::family::{Backend, FrontendKey, FrontendValue, IndexKey, RevKey, SlotRef};
 
 /// A failed map operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,6 +33,8 @@ pub(crate) struct TableDump {
     pub index: Vec<(IndexKey, u32)>,
     /// SVC_META.
     pub meta: Vec<(u32, ServiceMeta)>,
+    /// SVC_BE_REV and SVC_BE_REV6: backend -> owner frontend.
+    pub reverse: Vec<(RevKey, Backend)>,
 }
 
 /// Capacities of the writer-owned maps. The writer counts both families
@@ -48,6 +50,8 @@ pub(crate) struct Capacity {
     pub index: u32,
     /// SVC_META max_entries.
     pub meta: u32,
+    /// SVC_BE_REV max_entries.
+    pub reverse: u32,
 }
 
 /// Typed operations on the maps the agent writes. Deleting a missing key
@@ -74,6 +78,11 @@ pub(crate) trait Table {
     fn put_meta(&mut self, svc_id: u32, meta: &ServiceMeta) -> Result<(), TableError>;
     /// Removes a service port's names.
     fn delete_meta(&mut self, svc_id: u32) -> Result<(), TableError>;
+    /// Names `frontend` (an address of the same family) as the reverse
+    /// owner of `key`'s backend (`svc_common::reverse`).
+    fn put_reverse(&mut self, key: &RevKey, frontend: &Backend) -> Result<(), TableError>;
+    /// Removes a reverse owner.
+    fn delete_reverse(&mut self, key: &RevKey) -> Result<(), TableError>;
     /// Returns once every program run that started before the call has
     /// finished (an RCU grace period).
     fn synchronize(&mut self) -> Result<(), TableError>;

@@ -23,6 +23,7 @@ pub mod nodeport;
 pub mod north_south;
 pub mod opt_out;
 pub mod restart;
+pub mod shared_backend;
 pub mod topology;
 pub mod traffic_policy;
 pub mod updates;

@@ -99,6 +99,14 @@ pub(super) fn adopt<T: Table>(table: T) -> Result<Writer<T>, TableError> {
             "adopted pinned dataplane state; it keeps serving until the source is synced"
         );
     }
+    let mut table = table;
+    let mut programmed = Vec::new();
+    for state in services.values() {
+        super::reverse::pairs(state, &sets, &mut programmed);
+    }
+    let capacity = table.capacity().reverse;
+    let reverse =
+        super::reverse::ReverseOwners::adopt(&mut table, dump.reverse, programmed, capacity, std::time::Instant::now());
     Ok(Writer {
         table,
         services,
@@ -115,5 +123,6 @@ pub(super) fn adopt<T: Table>(table: T) -> Result<Writer<T>, TableError> {
         written: std::collections::HashSet::new(),
         handover: Handover::default(),
         udp_removed: Vec::new(),
+        reverse,
     })
 }

@@ -27,6 +27,7 @@ mod capacity;
 mod ids;
 mod journal;
 mod refusal;
+mod reverse;
 mod sets;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -156,6 +157,8 @@ pub(crate) struct Writer<T: Table> {
     handover: Handover,
     /// Collected during a batch, handed out in its report.
     udp_removed: Vec<(FrontendKey, Vec<Backend>)>,
+    /// SVC_BE_REV's entries.
+    reverse: reverse::ReverseOwners,
 }
 
 impl<T: Table> Writer<T> {
@@ -217,6 +220,28 @@ impl<T: Table> Writer<T> {
         self.owners.len()
     }
 
+    /// Number of reverse-owner entries (SVC_BE_REV, SVC_BE_REV6).
+    pub(crate) fn reverse_owner_count(&self) -> usize {
+        self.reverse.len()
+    }
+
+    /// How long a reverse-owner entry outlives its backend's last use
+    /// ([`reverse::DEFAULT_LINGER`] unless set).
+    pub(crate) fn set_reverse_linger(&mut self, linger: std::time::Duration) {
+        self.reverse.set_linger(linger);
+    }
+
+    /// The (backend, frontend) pairs of these Services as programmed now.
+    fn reverse_pairs<'a>(&self, keys: impl Iterator<Item = &'a ServiceKey>) -> Vec<reverse::Pair> {
+        let mut out = Vec::new();
+        for key in keys {
+            if let Some(state) = self.services.get(key) {
+                reverse::pairs(state, &self.sets, &mut out);
+            }
+        }
+        out
+    }
+
     /// Applies a batch of updates. Additions and changes go first and
     /// removals last, and addresses
     /// that change hands within the batch are replaced in place, so that a
@@ -235,6 +260,11 @@ impl<T: Table> Writer<T> {
             }
         }
         self.handover = self.plan_handover(&upserts, &removals);
+        // Every Service this batch can change: its own, and those waiting
+        // for a retry.
+        let touched: BTreeSet<ServiceKey> =
+            upserts.iter().map(|(k, _)| k).chain(&removals).chain(self.pending.keys()).cloned().collect();
+        let reverse_before = self.reverse_pairs(touched.iter());
         // Grow once, not by doubling: each doubling briefly holds both tables.
         self.services.reserve(upserts.len());
         self.owners.reserve(upserts.len());
@@ -269,6 +299,10 @@ impl<T: Table> Writer<T> {
             self.settle();
         }
         report.udp_removed = std::mem::take(&mut self.udp_removed);
+        // Owner entries last: a socket that connects before its backend's
+        // entry exists keeps storage, which is never wrong.
+        let reverse_after = self.reverse_pairs(touched.iter());
+        self.reverse.update(&mut self.table, reverse_before, reverse_after, std::time::Instant::now());
         report
     }
 
@@ -666,5 +700,7 @@ pub(crate) fn name_str(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
+#[cfg(test)]
+mod reverse_tests;
 #[cfg(test)]
 mod tests;

@@ -153,6 +153,7 @@ impl<T: Table> Writer<T> {
     pub(super) fn grace_period(&mut self) -> Result<(), TableError> {
         self.table.synchronize()?;
         self.written.clear();
+        self.reverse.grace_passed();
         Ok(())
     }
 

@@ -17,11 +17,11 @@ use crate::{
     model::{DesiredFrontend, DesiredService, FrontendKind, Proto, ServiceKey, ServicePortKey},
 };
 
-const ROOMY: Capacity = Capacity { frontends: 100, slots: 1000, index: 1000, meta: 100 };
+pub(super) const ROOMY: Capacity = Capacity { frontends: 100, slots: 1000, index: 1000, meta: 100, reverse: 1000 };
 /// More backends than fit inline.
 const LARGE: usize = INLINE_BACKENDS + 4;
 
-fn addr(s: &str) -> SocketAddrV4 {
+pub(super) fn addr(s: &str) -> SocketAddrV4 {
     s.parse().unwrap()
 }
 
@@ -30,11 +30,11 @@ fn backends(net: u8, n: usize) -> Vec<SocketAddrV4> {
     (1..=n).map(|i| SocketAddrV4::new([10, net, (i / 250) as u8, (i % 250) as u8].into(), 80)).collect()
 }
 
-fn key(name: &str) -> ServiceKey {
+pub(super) fn key(name: &str) -> ServiceKey {
     ServiceKey::new("default", name)
 }
 
-fn frontend_of(svc: &str, fe: &str, backends: &[SocketAddrV4]) -> DesiredFrontend {
+pub(super) fn frontend_of(svc: &str, fe: &str, backends: &[SocketAddrV4]) -> DesiredFrontend {
     DesiredFrontend {
         addr: addr(fe).into(),
         proto: Proto::Tcp,
@@ -50,11 +50,11 @@ fn frontend_of(svc: &str, fe: &str, backends: &[SocketAddrV4]) -> DesiredFronten
     }
 }
 
-fn frontend(svc: &str, fe: &str, backends: &[&str]) -> DesiredFrontend {
+pub(super) fn frontend(svc: &str, fe: &str, backends: &[&str]) -> DesiredFrontend {
     frontend_of(svc, fe, &backends.iter().map(|b| addr(b)).collect::<Vec<_>>())
 }
 
-fn service(frontends: Vec<DesiredFrontend>) -> ServiceUpdate {
+pub(super) fn service(frontends: Vec<DesiredFrontend>) -> ServiceUpdate {
     ServiceUpdate::Program(DesiredService { frontends, ..DesiredService::default() })
 }
 
@@ -88,7 +88,7 @@ fn slot_ref(set_id: u32, slot: u32) -> SlotRef {
     SlotRef { family: Family::V4, key: SlotKey { set_id, slot } }
 }
 
-fn writer() -> Writer<MemoryTable> {
+pub(super) fn writer() -> Writer<MemoryTable> {
     Writer::adopt(MemoryTable::new(ROOMY)).unwrap()
 }
 
@@ -230,7 +230,7 @@ fn affinity_on_slot_sets_carries_membership_entries() {
 #[test]
 fn full_map_refuses_only_that_service_and_keeps_its_old_state() {
     // Room for 3 x LARGE slots: an update needs its old and new set at once.
-    let cap = Capacity { frontends: 100, slots: 3 * LARGE as u32, index: 100, meta: 100 };
+    let cap = Capacity { frontends: 100, slots: 3 * LARGE as u32, index: 100, meta: 100, reverse: 100 };
     let mut w = Writer::adopt(MemoryTable::new(cap)).unwrap();
     w.apply(vec![
         (key("a"), service(vec![frontend_of("a", "10.96.0.1:80", &backends(1, LARGE))])),
@@ -255,7 +255,7 @@ fn full_map_refuses_only_that_service_and_keeps_its_old_state() {
 fn kernel_insert_failure_rolls_back_partial_writes() {
     // The pre-check thinks it fits (it does not know about entries written
     // by someone else), the table then fails mid-way: nothing may remain.
-    let table = MemoryTable::new(Capacity { frontends: 100, slots: LARGE as u32, index: 100, meta: 100 });
+    let table = MemoryTable::new(Capacity { frontends: 100, slots: LARGE as u32, index: 100, meta: 100, reverse: 100 });
     let mut w = Writer::adopt(table).unwrap();
     w.table.slots.insert(slot_ref(999, 0), backend_value(addr("10.0.0.1:80")));
     let report = w.apply(vec![(key("web"), service(vec![frontend_of("web", "10.96.0.10:80", &backends(1, LARGE))]))]);

@@ -119,6 +119,17 @@ enum Cmd {
         #[arg(long)]
         reconnect: bool,
     },
+    /// One connected socket (TCP, or UDP with `--udp`) held open: prints
+    /// `{"ok":..,"peer":..,"source":..}` once connected, then again for
+    /// every line read on stdin (getpeername() each time; for UDP one more
+    /// datagram and its recvfrom() source). For checking what a socket
+    /// shows after the Services around it changed.
+    Hold {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        udp: bool,
+    },
     /// Runs a program (`dig`, `curl`) as a client: joins `--cgroup`, enters
     /// the namespace, then replaces itself with the program.
     Exec {
@@ -184,7 +195,9 @@ fn main() -> Result<()> {
     // both before any socket exists.
     let cgroup = match &cli.cmd {
         Cmd::Serve { .. } | Cmd::Relay { .. } => None,
-        Cmd::Tcp { client } | Cmd::Udp { client, .. } | Cmd::UdpSession { client, .. } => client.cgroup.as_ref(),
+        Cmd::Tcp { client } | Cmd::Udp { client, .. } | Cmd::UdpSession { client, .. } | Cmd::Hold { client, .. } => {
+            client.cgroup.as_ref()
+        }
         Cmd::Churn { cgroup, .. } | Cmd::Exec { cgroup, .. } => cgroup.as_ref(),
     };
     if let Some(dir) = cgroup {
@@ -221,8 +234,53 @@ fn main() -> Result<()> {
             let err = std::process::Command::new(&argv[0]).args(&argv[1..]).exec();
             bail!("exec {}: {err}", argv[0])
         }
+        Cmd::Hold { client, udp } => hold(&client, udp),
         Cmd::UdpSession { client, interval_ms, source_port, reconnect } => {
             udp_session(&client, Duration::from_millis(interval_ms), source_port, reconnect)
+        }
+    }
+}
+
+/// See [`Cmd::Hold`].
+fn hold(args: &ClientArgs, udp: bool) -> Result<()> {
+    let timeout = Duration::from_millis(args.timeout_ms.max(1));
+    let mut buf = [0u8; 1500];
+    // One exchange: (reply, recvfrom source) for UDP; the greeting for TCP.
+    enum Held {
+        Tcp(TcpStream),
+        Udp(UdpSocket),
+    }
+    let held = if udp {
+        let socket = UdpSocket::bind((unspecified(args.to), 0))?;
+        socket.set_read_timeout(Some(timeout))?;
+        socket.connect(args.to)?;
+        Held::Udp(socket)
+    } else {
+        Held::Tcp(TcpStream::connect_timeout(&args.to, timeout)?)
+    };
+    let mut first = true;
+    let mut out = io::stdout().lock();
+    let mut lines = io::stdin().lines();
+    loop {
+        let peer = match &held {
+            Held::Tcp(s) => s.peer_addr(),
+            Held::Udp(s) => s.peer_addr(),
+        };
+        let peer = peer.map_or_else(|e| errno_name(&e), |p| p.to_string());
+        let (ok, source) = match &held {
+            Held::Tcp(s) if first => (read_line(s, timeout).unwrap_or_else(|e| errno_name(&e)), String::new()),
+            Held::Tcp(_) => (String::new(), String::new()),
+            Held::Udp(s) => match s.send(b"ping").and_then(|_| s.recv_from(&mut buf)) {
+                Ok((n, from)) => (String::from_utf8_lossy(&buf[..n]).into_owned(), from.to_string()),
+                Err(e) => (errno_name(&e), String::new()),
+            },
+        };
+        first = false;
+        writeln!(out, "{}", serde_json::json!({ "ok": ok, "peer": peer, "source": source }))?;
+        out.flush()?;
+        match lines.next() {
+            Some(Ok(_)) => {}
+            _ => return Ok(()),
         }
     }
 }

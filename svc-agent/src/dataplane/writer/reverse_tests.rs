@@ -1,0 +1,101 @@
+//! Reverse owners (SVC_BE_REV): who owns a backend, and that an entry
+//! never changes while a socket may rely on it.
+
+use std::time::Duration;
+
+use super::{
+    ServiceUpdate, Writer,
+    tests::{ROOMY, addr, frontend, key, service, writer},
+};
+use crate::{
+    dataplane::{
+        encode::backend_value,
+        family::{Backend, RevKey},
+        memory::MemoryTable,
+    },
+    model::FrontendKind,
+};
+
+/// The frontend SVC_BE_REV names for TCP backend `backend`.
+fn owner(w: &Writer<MemoryTable>, backend: &str) -> Option<String> {
+    let key = RevKey::new(backend_value(std::net::SocketAddr::V4(addr(backend))), svc_common::proto::TCP);
+    w.table().reverse.get(&key).map(|f: &Backend| f.socket_addr().to_string())
+}
+
+#[test]
+fn a_cluster_ip_owns_its_backends_before_a_node_port() {
+    let mut w = writer();
+    let mut node_port = frontend("web", "192.168.0.1:30080", &["10.1.0.1:80", "10.1.0.2:80"]);
+    node_port.kind = FrontendKind::NodePort;
+    let cluster_ip = frontend("web", "10.96.0.10:80", &["10.1.0.1:80", "10.1.0.2:80"]);
+    w.apply(vec![(key("web"), service(vec![node_port, cluster_ip]))]);
+    assert_eq!(owner(&w, "10.1.0.1:80").as_deref(), Some("10.96.0.10:80"));
+    assert_eq!(owner(&w, "10.1.0.2:80").as_deref(), Some("10.96.0.10:80"));
+    assert_eq!(w.reverse_owner_count(), 2);
+}
+
+#[test]
+fn a_second_service_over_the_backend_does_not_take_it_over() {
+    let mut w = writer();
+    w.apply(vec![(key("a"), service(vec![frontend("a", "10.96.0.10:80", &["10.1.0.1:80"])]))]);
+    w.apply(vec![(key("b"), service(vec![frontend("b", "10.96.0.11:80", &["10.1.0.1:80"])]))]);
+    assert_eq!(owner(&w, "10.1.0.1:80").as_deref(), Some("10.96.0.10:80"));
+    // The owner's Service goes: the entry lingers (b still lists the
+    // backend, and a's sockets may be open), unchanged.
+    w.set_reverse_linger(Duration::ZERO);
+    w.apply(vec![(key("a"), ServiceUpdate::Remove)]);
+    w.apply(vec![]);
+    assert_eq!(owner(&w, "10.1.0.1:80").as_deref(), Some("10.96.0.10:80"));
+    // Once nobody lists it and the linger is over, it is deleted, and the
+    // next frontend to list it owns it.
+    w.apply(vec![(key("b"), ServiceUpdate::Remove)]);
+    w.apply(vec![]);
+    assert_eq!(owner(&w, "10.1.0.1:80"), None);
+    w.apply(vec![(key("c"), service(vec![frontend("c", "10.96.0.12:80", &["10.1.0.1:80"])]))]);
+    assert_eq!(owner(&w, "10.1.0.1:80").as_deref(), Some("10.96.0.12:80"));
+}
+
+#[test]
+fn a_removed_backend_lingers() {
+    let mut w = writer();
+    w.apply(vec![(key("a"), service(vec![frontend("a", "10.96.0.10:80", &["10.1.0.1:80", "10.1.0.2:80"])]))]);
+    w.apply(vec![(key("a"), service(vec![frontend("a", "10.96.0.10:80", &["10.1.0.2:80"])]))]);
+    w.apply(vec![]);
+    assert_eq!(owner(&w, "10.1.0.1:80").as_deref(), Some("10.96.0.10:80"), "the default linger is an hour");
+    // Back within the linger: the same entry serves again.
+    w.apply(vec![(key("a"), service(vec![frontend("a", "10.96.0.10:80", &["10.1.0.1:80", "10.1.0.2:80"])]))]);
+    w.set_reverse_linger(Duration::ZERO);
+    w.apply(vec![]);
+    assert_eq!(owner(&w, "10.1.0.1:80").as_deref(), Some("10.96.0.10:80"), "listed again: not deleted");
+    w.apply(vec![(key("a"), ServiceUpdate::Remove)]);
+    w.apply(vec![]);
+    assert_eq!(w.reverse_owner_count(), 0);
+    assert!(w.table().reverse.is_empty());
+}
+
+#[test]
+fn a_restart_keeps_the_pinned_owners() {
+    let mut w = writer();
+    w.apply(vec![(key("a"), service(vec![frontend("a", "10.96.0.10:80", &["10.1.0.1:80"])]))]);
+    w.apply(vec![(key("b"), service(vec![frontend("b", "10.96.0.11:80", &["10.1.0.1:80", "10.1.0.2:80"])]))]);
+    w.apply(vec![(key("a"), ServiceUpdate::Remove)]);
+    let mut table = w.table().clone();
+    table.ops.clear();
+    let mut adopted = Writer::adopt(table).unwrap();
+    assert_eq!(owner(&adopted, "10.1.0.1:80").as_deref(), Some("10.96.0.10:80"), "a's entry still lingers");
+    assert_eq!(owner(&adopted, "10.1.0.2:80").as_deref(), Some("10.96.0.11:80"));
+    adopted.set_reverse_linger(Duration::ZERO);
+    adopted.apply(vec![(key("b"), ServiceUpdate::Remove)]);
+    adopted.apply(vec![]);
+    assert!(adopted.table().reverse.is_empty(), "{:?}", adopted.table().reverse);
+}
+
+#[test]
+fn a_full_map_leaves_backends_without_owner() {
+    let mut w = Writer::adopt(MemoryTable::new(crate::dataplane::table::Capacity { reverse: 2, ..ROOMY })).unwrap();
+    let update = service(vec![frontend("a", "10.96.0.10:80", &["10.1.0.1:80", "10.1.0.2:80", "10.1.0.3:80"])]);
+    w.apply(vec![(key("a"), update)]);
+    assert_eq!(w.reverse_owner_count(), 2);
+    assert_eq!(owner(&w, "10.1.0.3:80"), None, "its sockets keep storage");
+    assert!(w.pending_services().next().is_none(), "not a refusal: the Service is programmed");
+}
