@@ -19,20 +19,25 @@ pub(crate) struct DatapathSize {
     /// on on a real node; off, only the netfilter modes pay for it.
     #[serde(default)]
     pub(crate) conntrack: bool,
+    /// Also time UDP through the UDP Service ([`crate::protocol::Target::UDP`]).
+    #[serde(default)]
+    pub(crate) udp: bool,
 }
 
 impl DatapathSize {
     fn v4(services: u32, modes: Vec<Mode>) -> Self {
-        Self { services, modes, families: inet(), conntrack: false }
+        Self { services, modes, families: inet(), conntrack: false, udp: false }
     }
 
     fn all_families(services: u32, modes: Vec<Mode>) -> Self {
-        Self { services, modes, families: Family::ALL.to_vec(), conntrack: false }
+        // The size with every family also times UDP (one UDP Service: its
+        // cost does not depend on how many TCP Services there are).
+        Self { services, modes, families: Family::ALL.to_vec(), conntrack: false, udp: true }
     }
 
     /// The same size on a node where conntrack is active.
     fn with_conntrack(self) -> Self {
-        Self { conntrack: true, ..self }
+        Self { conntrack: true, udp: false, ..self }
     }
 
     /// Whether the Services are dual-stack at this size.
@@ -77,6 +82,10 @@ pub(crate) struct Config {
     /// an outside client through the node (absent from older results).
     #[serde(default)]
     pub(crate) north_south_sizes: Vec<u32>,
+    /// The shared-backends shape: (Services, endpoints of their one set,
+    /// single changes), run after ours at `target_services`.
+    #[serde(default)]
+    pub(crate) shared: Option<(u32, u32, u32)>,
 }
 
 impl Config {
@@ -111,6 +120,7 @@ impl Config {
             churn: vec![(1_000, 1_000), (10_000, 1_000)],
             target_services: 10_000,
             north_south_sizes: vec![1_000, 10_000],
+            shared: Some((10_000, 100, 300)),
         }
     }
 
@@ -137,6 +147,7 @@ impl Config {
             churn: vec![(100, 30), (1_000, 30)],
             target_services: 1_000,
             north_south_sizes: vec![100],
+            shared: Some((200, 20, 20)),
             ..Self::full()
         }
     }

@@ -58,6 +58,17 @@ pub(crate) fn run(cfg: &Config, ctx: &Ctx, errors: &mut Vec<String>) -> ControlR
                 errors.push(format!("cold programming (ours) at {services} services: {e:#}"));
             }
         }
+        if services == cfg.target_services
+            && let Some((services, endpoints, changes)) = cfg.shared
+        {
+            match crate::shared::run(ctx, &cgroup, services, endpoints, changes) {
+                Ok(shared) => result.shared = Some(shared),
+                Err(e) => {
+                    eprintln!("bench: shared backends FAILED: {e:#}");
+                    errors.push(format!("shared backends: {e:#}"));
+                }
+            }
+        }
         let services_list: Vec<ServiceSpec> = topo.all().collect();
         for loader in [Loader::IptablesLegacy, Loader::IptablesNft, Loader::Nft] {
             match baseline(cfg, ctx, &topo, &services_list, loader, reps, &mut previous) {
@@ -289,7 +300,7 @@ fn baseline(
 /// one endpoint for service `k % n` is renamed into the manifest dir (from
 /// a staging dir outside it, so the agent's watcher sees only the rename),
 /// and the frontend map is polled until that Service's backend count grows.
-fn measure_churn(
+pub(crate) fn measure_churn(
     changes: u32,
     ctx: &Ctx,
     topo: &Topology,

@@ -20,7 +20,14 @@ use crate::{
     stats::{Summary, median},
 };
 
-const TARGETS: [Target; 2] = [Target::Last, Target::Random];
+/// The targets a size times.
+fn targets(size: &DatapathSize) -> Vec<Target> {
+    let mut out = Target::TCP.to_vec();
+    if size.udp {
+        out.extend(Target::UDP);
+    }
+    out
+}
 
 /// Sets up every mode of `size`, measures, tears down.
 pub(crate) fn run(cfg: &Config, size: &DatapathSize, ctx: &Ctx, profile: bool) -> Result<DatapathResult> {
@@ -38,14 +45,16 @@ pub(crate) fn run(cfg: &Config, size: &DatapathSize, ctx: &Ctx, profile: bool) -
     let setup_secs = envs.iter().map(|e| (e.mode, e.setup_secs)).collect();
 
     // The cells: every (mode, family, target) the size measures.
+    let size_targets = targets(size);
     let keys: Vec<(usize, Family, Target)> = envs
         .iter()
         .enumerate()
         .flat_map(|(m, env)| {
+            let size_targets = &size_targets;
             size.families
                 .iter()
                 .filter(|f| env.mode.serves(**f))
-                .flat_map(move |&f| TARGETS.iter().map(move |&t| (m, f, t)))
+                .flat_map(move |&f| size_targets.iter().map(move |&t| (m, f, t)))
         })
         .collect();
     // Each round measures every cell with `chunks` short bursts, the modes
@@ -61,7 +70,7 @@ pub(crate) fn run(cfg: &Config, size: &DatapathSize, ctx: &Ctx, profile: bool) -
     for round in 0..cfg.rounds {
         let mut merged: Vec<ConnectStats> = vec![ConnectStats::default(); keys.len()];
         let mut groups: Vec<(Family, Target)> =
-            size.families.iter().flat_map(|&f| TARGETS.iter().map(move |&t| (f, t))).collect();
+            size.families.iter().flat_map(|&f| size_targets.iter().map(move |&t| (f, t))).collect();
         groups.shuffle(&mut rng);
         for (family, target) in groups {
             for _ in 0..chunks {
@@ -181,7 +190,7 @@ fn cells_ref(cells: &[Cell]) -> Vec<(Mode, Target, f64)> {
 fn overhead_profiles(envs: &mut [ModeEnv], topo: &Topology, p50: &[(Mode, Target, f64)], ctx: &Ctx) -> Vec<Profile> {
     let get = |m: Mode, t: Target| p50.iter().find(|(mm, tt, _)| *mm == m && *tt == t).map(|x| x.2);
     let mut out = Vec::new();
-    for target in TARGETS {
+    for target in Target::TCP {
         let (Some(ours), Some(direct)) = (get(Mode::Ours, target), get(Mode::Direct, target)) else { continue };
         if ours - direct <= crate::report::CONNECT_TARGET_NS {
             continue;
@@ -303,6 +312,13 @@ fn bpf_costs(cfg: &Config, env: &mut ModeEnv, topo: &Topology, families: &[Famil
         ("TCP connect to random Services (+ getpeername)", Family::Inet, Some(Target::Random), false, false),
         ("TCP connect to a non-Service address (backend directly)", Family::Inet, Some(Target::Random), true, false),
         ("UDP sendto + recvfrom via the VIP, unconnected socket", Family::Inet, None, false, false),
+        (
+            "DNS-like UDP query via the VIP (socket, connect, send, recv, close)",
+            Family::Inet,
+            Some(Target::Query),
+            false,
+            false,
+        ),
     ];
     if families.contains(&Family::Mapped) {
         scenarios.extend([

@@ -30,6 +30,7 @@ mod profile;
 mod protocol;
 mod report;
 mod results;
+mod shared;
 mod stats;
 mod sys;
 mod worker;

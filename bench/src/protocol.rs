@@ -17,6 +17,12 @@ pub(crate) enum Target {
     Last,
     /// A uniformly random Service per connect.
     Random,
+    /// UDP request/response over one unconnected socket to the UDP
+    /// Service (sendmsg + recvmsg per round trip).
+    Datagram,
+    /// A DNS-like query to the UDP Service, as glibc's resolver sends
+    /// one: socket(), connect(), send(), recv(), close().
+    Query,
 }
 
 impl Target {
@@ -24,8 +30,20 @@ impl Target {
         match self {
             Self::Last => "last service",
             Self::Random => "random services",
+            Self::Datagram => "UDP round trips",
+            Self::Query => "DNS-like UDP queries",
         }
     }
+
+    /// Whether it times UDP exchanges rather than TCP connects.
+    pub(crate) fn is_udp(self) -> bool {
+        matches!(self, Self::Datagram | Self::Query)
+    }
+
+    /// The TCP targets every size measures.
+    pub(crate) const TCP: [Self; 2] = [Self::Last, Self::Random];
+    /// The UDP targets (sizes with `udp`).
+    pub(crate) const UDP: [Self; 2] = [Self::Datagram, Self::Query];
 }
 
 /// A timed connect loop.

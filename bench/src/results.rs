@@ -202,6 +202,22 @@ pub(crate) struct ControlResult {
     pub(crate) cold: Vec<ColdResult>,
     pub(crate) churn: Vec<ChurnResult>,
     pub(crate) kube_source: String,
+    /// The shared-backends shape (absent from older results).
+    #[serde(default)]
+    pub(crate) shared: Option<SharedResult>,
+}
+
+/// Many Services over one set of endpoints (`crate::shared`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SharedResult {
+    pub(crate) services: u32,
+    /// Endpoints of the one set every Service lists.
+    pub(crate) endpoints: u32,
+    pub(crate) input_bytes: u64,
+    pub(crate) run: AgentRun,
+    /// Single endpoint additions to one Service at a time.
+    pub(crate) churn: ChurnResult,
+    pub(crate) agent_flags: Vec<String>,
 }
 
 /// A profile of where time goes, for a missed target.

@@ -227,6 +227,10 @@ pub(crate) fn agent_capacity_flags(topo: &Topology, dual_stack: bool) -> Vec<Str
     if let Some(n) = fit(slots + 65_536, svc_common::capacity::BACKENDS) {
         flags.extend(["--max-backends".to_owned(), n.to_string()]);
     }
+    // Every endpoint is a distinct backend: each gets a reverse owner.
+    if let Some(n) = fit(slots + 1024, svc_common::capacity::BACKEND_REV) {
+        flags.extend(["--max-reverse-owners".to_owned(), n.to_string()]);
+    }
     flags
 }
 

@@ -188,3 +188,57 @@ pub(super) fn memory(o: &mut String, r: &Results) {
         "\nThe two LRU maps (SVC_REVNAT_SK, SVC_AFFINITY) are preallocated by the kernel at their capacity whatever the number of Services; the hash maps grow with their entries (`BPF_F_NO_PREALLOC`) plus a bucket array sized by capacity.\n"
     );
 }
+
+/// The shared-backends shape: many Services over one set of endpoints.
+pub(super) fn shared(o: &mut String, r: &Results) {
+    let Some(s) = &r.control.shared else { return };
+    let _ = writeln!(o, "## Control plane: shared backends\n");
+    let _ = writeln!(
+        o,
+        "{} Services over one set of {} endpoints (every Service its own EndpointSlice listing the same \
+         endpoints, as Kubernetes writes them for Services selecting one Deployment; {:.1} MiB of manifests), \
+         manifest source, agent flags `{}`. Each Service gets its own backend set in the maps (sets are per \
+         Service), so the maps hold {} backend slots for {} distinct endpoints; the endpoints' reverse owners \
+         are {} entries (the first Service's ClusterIP owns them: the other Services' connected sockets keep \
+         per-socket storage, docs/maps.md).\n",
+        thousands(f64::from(s.services)),
+        s.endpoints,
+        s.input_bytes as f64 / 1048576.0,
+        s.agent_flags.join(" "),
+        thousands(f64::from(s.services) * f64::from(s.endpoints)),
+        s.endpoints,
+        s.endpoints,
+    );
+    let total: u64 = s.run.maps.iter().map(|m| m.memlock_bytes).sum();
+    let peak = s.run.rss_at_phases_kib.iter().map(|(_, k)| *k).fold(s.run.rss_peak_kib, u64::max);
+    let _ = writeln!(
+        o,
+        "| start to in sync s | of which apply s | agent peak RSS MiB | BPF maps total MiB |\n|---:|---:|---:|---:|\n| {:.3} | {} | {} | {:.1} |\n",
+        s.run.total_secs,
+        s.run.apply_secs.map_or("-".into(), |a| format!("{a:.3}")),
+        mib(peak),
+        total as f64 / 1048576.0,
+    );
+    let c = &s.churn;
+    let row =
+        |v: &[f64]| format!("{:.2} | {:.2} | {:.2}", percentile(v, 50.0), percentile(v, 90.0), percentile(v, 99.0));
+    let _ = writeln!(
+        o,
+        "One endpoint added to one of those Services per change ({} changes, one at a time, as in the single-change \
+         section): the cost must be that of the changed Service, not of the {} Services sharing its endpoints.\n",
+        c.changes,
+        thousands(f64::from(s.services)),
+    );
+    let _ = writeln!(o, "| | p50 ms | p90 ms | p99 ms |\n|---|---:|---:|---:|");
+    let _ = writeln!(o, "| rename -> visible | {} |", row(&c.latency_ms));
+    if !c.apply_ms.is_empty() {
+        let _ = writeln!(o, "| of which the agent's apply (`apply_us`) | {} |", row(&c.apply_ms));
+    }
+    let _ = writeln!(
+        o,
+        "\nAgent CPU per change {:.3} s on average; not visible within 10 s: {}. Compare the single-change section's \
+         row at the same number of Services (10 endpoints each, none shared).\n",
+        c.agent_cpu_secs / f64::from(c.changes.max(1)),
+        c.failures
+    );
+}

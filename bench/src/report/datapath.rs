@@ -45,7 +45,7 @@ pub(super) fn datapath(o: &mut String, dp: &DatapathResult) {
             let _ = writeln!(o, "### Client sockets: {}\n", family.label());
             let _ = writeln!(o, "{}\n", family_note(family));
         }
-        for target in [Target::Last, Target::Random] {
+        for target in Target::TCP.into_iter().chain(Target::UDP) {
             connect_table(o, dp, family, target);
         }
     }
@@ -81,8 +81,12 @@ fn family_note(family: Family) -> &'static str {
 
 fn connect_table(o: &mut String, dp: &DatapathResult, family: Family, target: Target) {
     let suffix = if family == Family::Inet { String::new() } else { format!(", {}", family.label()) };
-    let title =
-        format!("{}: connect latency ({}{}{suffix})", target.label(), thousands(f64::from(dp.services)), ct_suffix(dp));
+    let what = match target {
+        Target::Last | Target::Random => "connect latency",
+        Target::Datagram => "sendto + recvfrom round trip over one unconnected socket (per row: round trips)",
+        Target::Query => "connect latency of a DNS-like query (socket, connect, send, recv, close; per row: queries)",
+    };
+    let title = format!("{}: {what} ({}{}{suffix})", target.label(), thousands(f64::from(dp.services)), ct_suffix(dp));
     connect_cells(o, &title, &dp.cells, family, target, Mode::label);
 }
 

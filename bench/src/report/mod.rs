@@ -75,6 +75,7 @@ pub(crate) fn render(r: &Results, results_file: &str) -> String {
     northsouth::section(&mut o, r);
     control::cold(&mut o, r);
     control::churn(&mut o, r);
+    control::shared(&mut o, r);
     control::memory(&mut o, r);
     profiles::profiles(&mut o, r);
     not_measured(&mut o, r);
@@ -119,6 +120,35 @@ fn worst_overhead(r: &Results, conntrack: bool) -> Option<(f64, u32, Target)> {
         }
     }
     worst
+}
+
+/// The UDP rows: a DNS-like query's connect() against the same 0.5 us
+/// target, and the round trip of one datagram, against nftables'.
+fn udp_target_rows(o: &mut String, r: &Results) {
+    for dp in r.datapath.iter().filter(|dp| !dp.conntrack) {
+        let over = |mode: Mode, t: Target| {
+            let (c, d) = (find(dp, mode, t)?, find(dp, Mode::Direct, t)?);
+            Some(c.connect.p50 - d.connect.p50)
+        };
+        let services = thousands(f64::from(dp.services));
+        if let Some(query) = over(Mode::Ours, Target::Query) {
+            let _ = writeln!(
+                o,
+                "| UDP (DNS-like query): connect overhead over direct <= 0.5 us at p50 | {} us ({services} services) | {} |",
+                us(query),
+                verdict(query / 1e3, CONNECT_TARGET_NS / 1e3, "us", 2)
+            );
+        }
+        if let (Some(ours), Some(nft)) = (over(Mode::Ours, Target::Datagram), over(Mode::Nftables, Target::Datagram)) {
+            let _ = writeln!(
+                o,
+                "| UDP round trip (sendto + recvfrom) overhead over direct, reported against nftables' | ours {} us, nftables {} us ({services} services) | {} |",
+                us(ours),
+                us(nft),
+                if ours < nft { "below nftables'" } else { "**not below nftables'**" }
+            );
+        }
+    }
 }
 
 /// The IPv4 (AF_INET) cell of `mode` and `target`.
@@ -170,6 +200,7 @@ fn targets(o: &mut String, r: &Results) {
             );
         }
     }
+    udp_target_rows(o, r);
     northsouth::target_rows(o, r);
     let target = r.config.target_services;
     if let Some(c) = ours_cold(r, target) {
@@ -278,7 +309,7 @@ fn method(o: &mut String, r: &Results) {
     );
     let _ = writeln!(
         o,
-        "- {} rounds. In each, every (mode, client family, target) cell gets up to {} timed connects (at most {} ms) in {} bursts; the bursts of all modes are interleaved, in a fresh shuffled order each time, and every mode's burst uses the same target sequence (each burst starts with {} untimed warm-up connects). Interleaving short bursts makes slow changes in the machine's load hit every mode alike. Targets: the last Service (the last rule of KUBE-SERVICES: iptables' worst case) and a uniformly random Service per connect. Tables show the median across rounds of each round's percentile.",
+        "- {} rounds. In each, every (mode, client family, target) cell gets up to {} timed connects (at most {} ms) in {} bursts; the bursts of all modes are interleaved, in a fresh shuffled order each time, and every mode's burst uses the same target sequence (each burst starts with {} untimed warm-up connects). Interleaving short bursts makes slow changes in the machine's load hit every mode alike. Targets: the last Service (the last rule of KUBE-SERVICES: iptables' worst case) and a uniformly random Service per connect; at the size that measures every client family, also UDP through the one UDP Service (`10.96.0.11:53`, the second Service of KUBE-SERVICES: iptables' best case; direct: its backend): *UDP round trips* (sendto + recvfrom over one unconnected socket, timed per round trip) and *DNS-like UDP queries* (socket, connect, send, recv, close, as glibc's resolver sends a query; connect() timed alone, the cycle column is the whole query). Tables show the median across rounds of each round's percentile.",
         c.rounds,
         c.connects,
         c.cell_max_millis,

@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, bail};
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 
 use crate::{
-    addressing::{self, BACKEND_PORT, SERVICE_PORT},
+    addressing::{self, BACKEND_PORT, SERVICE_PORT, Topology},
     protocol::{BulkStats, ConnectPlan, ConnectStats, Target, VerifyPlan},
     stats::Summary,
     sys,
@@ -27,12 +27,16 @@ pub(crate) fn targets(plan: &ConnectPlan, n: usize) -> Vec<SocketAddr> {
     (0..n)
         .map(|_| {
             let i = match plan.target {
-                Target::Last => topo.services - 1,
+                // (The UDP targets use the one UDP Service.)
+                Target::Last | Target::Datagram | Target::Query => topo.services - 1,
                 Target::Random => rng.random_range(0..topo.services),
             };
             // Addresses straight from the index (no ServiceSpec: its name
             // string would show up in profiles of the worker).
-            let v4 = if plan.direct {
+            let v4 = if plan.target.is_udp() {
+                let udp = Topology::extras()[1].backends[0];
+                if plan.direct { udp } else { SocketAddrV4::new(addressing::UDP_VIP, addressing::UDP_PORT) }
+            } else if plan.direct {
                 let j = rng.random_range(0..topo.endpoints);
                 SocketAddrV4::new(addressing::backend(i, j, topo.endpoints), BACKEND_PORT)
             } else if let Some(node) = plan.node {
@@ -129,12 +133,119 @@ fn one_connect(addr: &RawAddr, getpeername: bool) -> Result<(u64, u64), i32> {
     }
 }
 
-/// Runs a timed connect loop.
+/// One UDP round trip over `fd` (an unconnected socket of `addr`'s
+/// family): sendto(), recvfrom(). Returns the round trip (ns) twice, as
+/// (connect, cycle), or the errno.
+#[inline]
+fn one_datagram(fd: i32, addr: &RawAddr) -> Result<(u64, u64), i32> {
+    let (_, sa, sa_len) = addr.raw();
+    let mut buf = [0u8; 64];
+    let t0 = Instant::now();
+    // SAFETY: plain socket syscalls on a valid fd and buffers.
+    unsafe {
+        if libc::sendto(fd, b"q".as_ptr().cast(), 1, 0, sa, sa_len) < 0 {
+            return Err(*libc::__errno_location());
+        }
+        let mut from: libc::sockaddr_in6 = std::mem::zeroed();
+        let mut len = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        if libc::recvfrom(fd, buf.as_mut_ptr().cast(), buf.len(), 0, (&raw mut from).cast(), &mut len) < 0 {
+            return Err(*libc::__errno_location());
+        }
+    }
+    let rtt = t0.elapsed().as_nanos() as u64;
+    Ok((rtt, rtt))
+}
+
+/// One DNS-like query, as glibc's resolver makes it: socket(), connect()
+/// (timed alone), send(), recv() (1 s timeout), close(). Returns (connect
+/// ns, whole query ns) or the errno.
+#[inline]
+fn one_query(addr: &RawAddr) -> Result<(u64, u64), i32> {
+    let (domain, sa, sa_len) = addr.raw();
+    let mut buf = [0u8; 64];
+    let t0 = Instant::now();
+    // SAFETY: plain socket syscalls on an fd we own and close.
+    unsafe {
+        let fd = libc::socket(domain, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(*libc::__errno_location());
+        }
+        setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &libc::timeval { tv_sec: 1, tv_usec: 0 });
+        let t1 = Instant::now();
+        let rc = libc::connect(fd, sa, sa_len);
+        let t2 = Instant::now();
+        let ok = rc == 0
+            && libc::send(fd, b"q".as_ptr().cast(), 1, 0) >= 0
+            && libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) >= 0;
+        let err = if ok { 0 } else { *libc::__errno_location() };
+        libc::close(fd);
+        let t3 = Instant::now();
+        if err != 0 {
+            return Err(err);
+        }
+        Ok(((t2 - t1).as_nanos() as u64, (t3 - t0).as_nanos() as u64))
+    }
+}
+
+/// What one timed sample does.
+enum Exchange {
+    Connect {
+        getpeername: bool,
+    },
+    /// Round trips over this unconnected socket (closed on drop).
+    Datagram(i32),
+    Query,
+}
+
+impl Exchange {
+    fn new(plan: &ConnectPlan, first: Option<&RawAddr>) -> std::io::Result<Self> {
+        Ok(match plan.target {
+            Target::Datagram => {
+                let domain = first.map_or(libc::AF_INET, |a| a.raw().0);
+                // SAFETY: plain socket syscalls on the new fd.
+                let fd = unsafe { libc::socket(domain, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &libc::timeval { tv_sec: 1, tv_usec: 0 });
+                Self::Datagram(fd)
+            }
+            Target::Query => Self::Query,
+            Target::Last | Target::Random => {
+                Self::Connect { getpeername: plan.getpeername }
+            }
+        })
+    }
+
+    #[inline]
+    fn once(&self, addr: &RawAddr) -> Result<(u64, u64), i32> {
+        match self {
+            Self::Connect { getpeername } => one_connect(addr, *getpeername),
+            Self::Datagram(fd) => one_datagram(*fd, addr),
+            Self::Query => one_query(addr),
+        }
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if let Self::Datagram(fd) = self {
+            // SAFETY: our fd, closed once.
+            unsafe { libc::close(*fd) };
+        }
+    }
+}
+
+/// Runs a timed connect loop (or UDP exchanges, for a UDP target).
 pub(crate) fn connect_loop(plan: &ConnectPlan) -> ConnectStats {
     let addrs: Vec<RawAddr> =
         targets(plan, (plan.count + plan.warmup) as usize).into_iter().map(RawAddr::new).collect();
+    let exchange = match Exchange::new(plan, addrs.first()) {
+        Ok(e) => e,
+        Err(e) => return ConnectStats { errors: 1, first_error: Some(e.to_string()), ..ConnectStats::default() },
+    };
     for sa in &addrs[..plan.warmup as usize] {
-        let _ = one_connect(sa, plan.getpeername);
+        let _ = exchange.once(sa);
     }
     let mut connect = Vec::with_capacity(plan.count as usize);
     let mut cycle = Vec::with_capacity(plan.count as usize);
@@ -142,7 +253,7 @@ pub(crate) fn connect_loop(plan: &ConnectPlan) -> ConnectStats {
     let deadline = Duration::from_millis(plan.max_millis);
     let (cpu0, sys0, start) = (sys::thread_cpu(), sys::process_cpu(), Instant::now());
     for sa in &addrs[plan.warmup as usize..] {
-        match one_connect(sa, plan.getpeername) {
+        match exchange.once(sa) {
             Ok((c, y)) => {
                 connect.push(c);
                 cycle.push(y);
