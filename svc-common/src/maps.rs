@@ -137,7 +137,7 @@ pub mod capacity {
     /// Reverse owners (one per distinct backend address x port x protocol,
     /// kept a linger time after the backend leaves its owner;
     /// `crate::reverse`). A backend beyond it costs its sockets storage.
-    pub const BACKEND_REV: u32 = 262_144;
+    pub const BACKEND_REV: u32 = 65_536;
     /// Exempt pod cgroups (`svc.dataplane.io/socket-lb: disabled`); a node
     /// runs at most a few hundred pods.
     pub const EXEMPT: u32 = 4096;

@@ -197,14 +197,14 @@ pub(super) fn shared(o: &mut String, r: &Results) {
         o,
         "{} Services over one set of {} endpoints (every Service its own EndpointSlice listing the same \
          endpoints, as Kubernetes writes them for Services selecting one Deployment; {:.1} MiB of manifests), \
-         manifest source, agent flags `{}`. Each Service gets its own backend set in the maps (sets are per \
+         manifest source, agent flags: {}. Each Service gets its own backend set in the maps (sets are per \
          Service), so the maps hold {} backend slots for {} distinct endpoints; the endpoints' reverse owners \
          are {} entries (the first Service's ClusterIP owns them: the other Services' connected sockets keep \
          per-socket storage, docs/maps.md).\n",
         thousands(f64::from(s.services)),
         s.endpoints,
         s.input_bytes as f64 / 1048576.0,
-        s.agent_flags.join(" "),
+        if s.agent_flags.is_empty() { "defaults".to_owned() } else { format!("`{}`", s.agent_flags.join(" ")) },
         thousands(f64::from(s.services) * f64::from(s.endpoints)),
         s.endpoints,
         s.endpoints,

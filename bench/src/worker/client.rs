@@ -211,9 +211,7 @@ impl Exchange {
                 Self::Datagram(fd)
             }
             Target::Query => Self::Query,
-            Target::Last | Target::Random => {
-                Self::Connect { getpeername: plan.getpeername }
-            }
+            Target::Last | Target::Random => Self::Connect { getpeername: plan.getpeername },
         })
     }
 

@@ -30,6 +30,8 @@ pub(super) fn run(args: &RunArgs) -> Result<()> {
     let maps = loader::load_and_attach(&layout, &cgroup, &devices, &(&args.capacity).into())?;
     let mut writer = Writer::adopt(maps).map_err(|e| Error::Adopt(Box::new(e)))?;
     writer.set_reverse_linger(Duration::from_secs(args.reverse_linger));
+    // Loading parsed the object and the kernel's BTF; none of it is kept.
+    crate::sys::trim_heap();
     let node = NodeContext {
         name: node_name(args),
         zone: args.zone.clone(),

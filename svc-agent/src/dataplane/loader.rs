@@ -134,6 +134,10 @@ pub(crate) fn load_and_attach(
 
     let map_paths: Vec<(&str, std::path::PathBuf)> = names::ALL.iter().map(|n| (*n, layout.map(n))).collect();
     let mut loader = EbpfLoader::new();
+    // No CO-RE relocations in our programs (they read only the context and
+    // packets): parsing the kernel's BTF would be the largest allocation of
+    // the agent's life (about 20 MiB) for nothing.
+    loader.btf(None);
     for (name, path) in &map_paths {
         loader.map_pin_path(name, path.as_path());
     }
