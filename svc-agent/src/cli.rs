@@ -95,7 +95,8 @@ pub struct RunArgs {
     /// backend's removal from its Services: a TCP connection translated
     /// without per-socket storage shows its ClusterIP in getpeername() for
     /// at least this long after its endpoint left (docs/maps.md).
-    #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+    /// (At most 30 days.)
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=2_592_000))]
     pub reverse_linger: u64,
     /// Serve Prometheus metrics, /readyz and /healthz here.
     #[arg(long)]

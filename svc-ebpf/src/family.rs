@@ -88,6 +88,9 @@ pub(crate) trait Family {
     /// The frontend that connected sockets without storage reached
     /// `backend` through (`svc_common::reverse`), if it has one.
     fn reverse_owner(backend: Self::Backend, proto: u8) -> Option<Self::Backend>;
+    /// Whether a TCP listener holds this socket's local address and port
+    /// of this family (`crate::accepted`).
+    fn has_listener(ctx: &SockAddrContext) -> bool;
     /// This connected socket's (frontend, backend).
     fn connected(ctx: &SockAddrContext) -> Option<(Self::Backend, Self::Backend)>;
     /// Records this connected socket's translation.
@@ -219,6 +222,10 @@ impl Family for V4 {
         stable_copy!(SVC_BE_REV, &key)
     }
     #[inline(always)]
+    fn has_listener(ctx: &SockAddrContext) -> bool {
+        crate::accepted::has_listener4(ctx)
+    }
+    #[inline(always)]
     fn connected(ctx: &SockAddrContext) -> Option<(Backend4, Backend4)> {
         // SAFETY: the context's socket is valid for the helper; copied out at once.
         unsafe { SVC_SOCK_XLAT.get_ptr_mut(ctx).as_ref().copied() }.map(|x| (x.frontend, x.backend))
@@ -306,6 +313,10 @@ impl Family for V6 {
     fn reverse_owner(backend: Backend6, proto: u8) -> Option<Backend6> {
         let key = BackendRevKey6 { addr: backend.addr, port: backend.port, proto, _pad: 0 };
         stable_copy!(SVC_BE_REV6, &key)
+    }
+    #[inline(always)]
+    fn has_listener(ctx: &SockAddrContext) -> bool {
+        crate::accepted::has_listener6(ctx)
     }
     #[inline(always)]
     fn connected(ctx: &SockAddrContext) -> Option<(Backend6, Backend6)> {

@@ -246,9 +246,9 @@ fn random_backend<F: Family>(fe: &F::Frontend) -> Option<F::Backend> {
 
 /// The frontend (address and port) this socket asked for when it reached
 /// the peer it now reports, if it was translated: its own storage, else
-/// (a connected socket) the peer's reverse owner, else (UDP) the datagram
-/// map. `connected`: the socket has a peer (getpeername; recvmsg on a
-/// connected UDP socket), so the owner entry applies to it.
+/// (UDP) the datagram map, else (a connected socket) the peer's reverse
+/// owner. `connected`: the socket has a peer (getpeername; recvmsg on a
+/// connected UDP socket), so the owner entry may apply to it.
 #[inline(always)]
 pub(crate) fn recall_frontend<F: Family>(
     ctx: &SockAddrContext,
@@ -261,28 +261,47 @@ pub(crate) fn recall_frontend<F: Family>(
     {
         return Some(frontend);
     }
-    if connected && let Some(frontend) = F::reverse_owner(peer, proto) {
+    // Datagrams are remembered per (socket, backend): this also answers
+    // for a reply queued before the socket connected elsewhere.
+    if proto != svc_common::proto::TCP
+        && let Some(frontend) = F::datagram_frontend(ctx, peer)
+    {
         return Some(frontend);
     }
-    // Only UDP datagrams are remembered per (socket, backend).
-    if proto != svc_common::proto::UDP {
+    if !connected {
         return None;
     }
-    F::datagram_frontend(ctx, peer)
+    let owner = F::reverse_owner(peer, proto)?;
+    // An accepted socket's peer is a client this node did not translate
+    // (`crate::accepted`), even if its address and port are a backend's.
+    if proto == svc_common::proto::TCP && F::has_listener(ctx) {
+        return None;
+    }
+    Some(owner)
 }
 
 /// Records, at `connect()`, what the reverse hooks need to show `asked`
 /// for a socket now aimed at `peer` (`svc_common::reverse`): nothing when
-/// the peer's reverse owner answers `asked` (and no earlier storage of the
-/// socket may shadow it), else the pair in the socket's storage. Also for
-/// a connect that is not translated (`asked == peer`): a peer with an
-/// owner entry is remembered as itself, so the socket is not shown the
-/// owner.
+/// the peer's reverse owner answers `asked` and the socket was not bound
+/// beforehand (an accepted socket's peer may look like it otherwise:
+/// `crate::accepted`), else the pair in the socket's storage (dropping an
+/// earlier connect's, which must not shadow it). Also for a connect that
+/// is not translated (`asked == peer`): a peer with an owner entry is
+/// remembered as itself, so the socket is not shown the owner.
 #[inline(never)]
 pub(crate) fn remember_connect<F: Family>(ctx: &SockAddrContext, asked: F::Backend, peer: F::Backend, proto: u8) {
-    match F::reverse_owner(peer, proto) {
-        Some(owner) if owner == asked && asked != peer => F::forget_connected(ctx),
-        None if asked == peer => F::forget_connected(ctx),
-        _ => F::remember_connected(ctx, asked, peer),
+    let translated = asked != peer;
+    // A bound socket keeps storage (`crate::accepted`). Its check comes
+    // first: connect6's frame leaves no room for more state across the
+    // lookup under the verifier's combined stack limit.
+    let store = (translated && crate::accepted::is_bound(ctx))
+        || match F::reverse_owner(peer, proto) {
+            Some(owner) => owner != asked || !translated,
+            None => translated,
+        };
+    if store {
+        F::remember_connected(ctx, asked, peer);
+    } else {
+        F::forget_connected(ctx);
     }
 }

@@ -18,6 +18,7 @@
 // The program macros hand each entry point its context by value.
 #![expect(clippy::needless_pass_by_value, reason = "aya-ebpf's program signature")]
 
+mod accepted;
 mod addr;
 mod exempt;
 mod family;
@@ -212,7 +213,8 @@ fn forward<F: Family, A: Access<F>>(ctx: &SockAddrContext, dst: Option<F::Backen
 #[inline(always)]
 fn reverse<F: Family, A: Access<F>>(ctx: &SockAddrContext, peer: Option<F::Backend>, hook: Hook) {
     let Some(peer) = peer else { return };
-    let Some(proto) = protocol(ctx) else { return };
+    // (UDP-Lite and others: as UDP, through the datagram map.)
+    let proto = protocol(ctx).unwrap_or(proto::UDP);
     // getpeername() reports a connected socket's peer; recvmsg() the
     // sender of a datagram, which is the peer if the socket is connected.
     let connected = hook == Hook::Getpeername || is_connected(ctx);

@@ -238,6 +238,12 @@ impl Client<'_> {
         Ok(self.run("tcp", to.into(), count, &[])?.0)
     }
 
+    /// `count` sequential TCP connects to `to`, each from a socket bound
+    /// to `source_port` first (as a client that picks its port does).
+    pub fn tcp_from_port(&self, to: impl Into<SocketAddr>, count: u32, source_port: u16) -> Result<Outcome> {
+        Ok(self.run("tcp", to.into(), count, &["--source-port", &source_port.to_string()])?.0)
+    }
+
     /// `count` UDP datagrams to `to`: over one unconnected socket, or one
     /// connected socket per datagram.
     pub fn udp(&self, to: impl Into<SocketAddr>, count: u32, connected: bool) -> Result<Outcome> {

@@ -14,7 +14,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     process::{Child, Stdio},
     sync::mpsc,
     thread,
@@ -210,6 +210,15 @@ impl Backend {
     /// `name:PORT CLIENT_IP`, showing the source address the server saw.
     pub fn serve_echo_peer(&self, name: &str, ports: &[Proto]) -> Result<Server> {
         self.spawn_server(name, ports, &["--echo-peer"])
+    }
+
+    /// As [`Self::serve_echo_peer`] on TCP `port`, bound to `bind` and
+    /// joined to `cgroup` first: a server under the hooks, so the client
+    /// address it answers is what getpeername() of its accepted socket
+    /// shows through them.
+    pub fn serve_echo_peer_in(&self, name: &str, port: u16, cgroup: &Cgroup, bind: IpAddr) -> Result<Server> {
+        let (cgroup, bind) = (cgroup.path().to_string_lossy().into_owned(), bind.to_string());
+        self.spawn_server(name, &[Proto::Tcp(port)], &["--echo-peer", "--cgroup", &cgroup, "--bind", &bind])
     }
 
     /// A mesh-like sidecar proxy on TCP `port`: it answers `name:PORT

@@ -4,15 +4,17 @@
 //! these check that every other socket still shows exactly what it asked
 //! for: a second Service over the same backend, a direct connect to the
 //! backend, and sockets that stay open while the Services around them
-//! change (one is added, the owner is removed).
+//! change (one is added, the owner is removed). And the server side: an
+//! accepted socket whose client happens to dial from a backend's address
+//! and port shows that client, not the Service owning the pair.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{Result, ensure};
 
 use super::NOT_TRANSLATED;
 use crate::{
-    Dial, NodeEnv, Proto, addr,
+    At, Dial, NodeEnv, Proto, addr,
     k8s::{PortSpec, ServiceSpec, SlicePort, endpoint_slice_spec, multi},
     poll_outcome,
     session::{Held, HeldRound},
@@ -102,5 +104,44 @@ pub fn sockets_show_what_they_dialled(source: Box<dyn Source>, dial: Dial) -> Re
     check(&first, &want_b, "a new TCP socket to b, after a was removed", false)?;
     let (_, first) = pod.hold(direct, false)?;
     check(&first, &want_direct, "a new direct socket, after a was removed", false)?;
+    Ok(())
+}
+
+/// A server under the hooks (client pod 1, in the agent's cgroup) reached
+/// by a client in backend pod 1 that binds source port 9090 first: the
+/// client's address and port are then backend 1's 9090, whose reverse-owner
+/// entry answers Service c. getpeername() of the accepted socket must show
+/// the client as it is (`crate::accepted` in the programs): the socket is
+/// the server side, never translated by this node.
+pub fn accepted_socket_shows_its_client(source: Box<dyn Source>, dial: Dial) -> Result<()> {
+    let mut env = NodeEnv::new(source, 1, 1, &[Proto::Tcp(8080)])?.dialing(dial);
+    // Service c: TCP 81 to backend 1's port 9090, where nothing listens
+    // (the client binds it): only c's reverse-owner entry matters here.
+    let svc =
+        ServiceSpec::new("default", "c").cluster_ip(&env.service_ip("10.96.0.32")).port(PortSpec::tcp("p", 81, "9090"));
+    let slice = endpoint_slice_spec("default", "c-1", "c", &[SlicePort::tcp("p", 9090)], &env.endpoints(&[1]));
+    env.apply("c", &multi(&[&svc.yaml(), &slice]))?;
+    env.start_agent(&[])?;
+    // c is programmed: its connects reach backend 1's closed port 9090.
+    let c = addr("10.96.0.32:81");
+    poll_outcome(super::SETTLE, || env.pod(1).tcp(c, 1), |o| o.errors.contains_key("ECONNREFUSED"))?;
+
+    let (server_pod, client_pod) = (env.topo.pod(1), env.topo.backend(1));
+    // AF_INET for the IPv4 dial; dual-stack `::` for the others (the
+    // v4-mapped accepted sockets of `Dial::Mapped`).
+    let bind = if dial == Dial::Inet { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) };
+    let _server = server_pod.serve_echo_peer_in("srv", 7070, env.kubelet_root(), bind)?;
+    let (to, client_ip): (SocketAddr, IpAddr) = if dial == Dial::Ipv6 {
+        (server_pod.addr6(7070).into(), client_pod.ip6().into())
+    } else {
+        (server_pod.addr(7070).into(), client_pod.ip().into())
+    };
+    let out = env.client(At::Backend(1)).tcp_from_port(to, 1, 9090)?;
+    let want = format!("srv:7070 {client_ip}");
+    ensure!(
+        out.ok.get(&want) == Some(&1),
+        "the accepted socket of a client dialling from backend 1's port 9090 must show {client_ip}, \
+         not Service c (got {out:?})"
+    );
     Ok(())
 }

@@ -265,6 +265,12 @@ impl<T: Table> Writer<T> {
         let touched: BTreeSet<ServiceKey> =
             upserts.iter().map(|(k, _)| k).chain(&removals).chain(self.pending.keys()).cloned().collect();
         let reverse_before = self.reverse_pairs(touched.iter());
+        // Owner entries for backends no entry covers yet go first.
+        let mut wanted = Vec::new();
+        for desired in upserts.iter().map(|(_, d)| d).chain(self.pending.values().map(|p| &p.desired)) {
+            reverse::desired_pairs(desired, &mut wanted);
+        }
+        self.reverse.prepare(&mut self.table, wanted, std::time::Instant::now());
         // Grow once, not by doubling: each doubling briefly holds both tables.
         self.services.reserve(upserts.len());
         self.owners.reserve(upserts.len());
@@ -299,8 +305,7 @@ impl<T: Table> Writer<T> {
             self.settle();
         }
         report.udp_removed = std::mem::take(&mut self.udp_removed);
-        // Owner entries last: a socket that connects before its backend's
-        // entry exists keeps storage, which is never wrong.
+        // The users of every entry, and lingering entries that are due.
         let reverse_after = self.reverse_pairs(touched.iter());
         self.reverse.update(&mut self.table, reverse_before, reverse_after, std::time::Instant::now());
         report

@@ -25,10 +25,11 @@ use std::{
 use super::{ServiceState, sets::BackendSet};
 use crate::{
     dataplane::{
+        encode::{backend_value, desired_key},
         family::{Backend, RevKey},
-        table::{Table, TableError},
+        table::Table,
     },
-    model::Scope,
+    model::{DesiredService, FrontendKind, Scope},
 };
 
 /// How long an owner entry outlives its backend's last use by the owner
@@ -54,23 +55,39 @@ pub(super) fn pairs(state: &ServiceState, sets: &HashMap<u32, BackendSet>, out: 
     }
 }
 
-/// An owner entry as the agent tracks it.
+/// The pairs of the frontends a batch wants to program: their entries
+/// are written before any of those frontends, so that from the moment a
+/// connect can reach a backend through a frontend, a direct connect to
+/// the backend is marked (`svc_common::reverse`).
+pub(super) fn desired_pairs(desired: &DesiredService, out: &mut Vec<Pair>) {
+    for fe in desired.frontends.iter().filter(|fe| fe.scope == Scope::All) {
+        let frontend = desired_key(fe).as_backend();
+        let preferred = fe.kind == FrontendKind::ClusterIp;
+        let proto = fe.proto.number();
+        out.extend(fe.backends.iter().map(|b| (RevKey::new(backend_value(*b), proto), frontend, preferred)));
+    }
+}
+
+/// A backend as the agent tracks it.
 #[derive(Debug, Clone, Copy)]
 struct Owner {
-    /// The frontend in the map.
-    frontend: Backend,
+    /// The frontend in the map; `None`: the backend has no entry (the map
+    /// was full, or the write failed) and its sockets keep storage.
+    frontend: Option<Backend>,
     /// Frontends currently listing the backend (the owner included).
     users: u32,
-    /// When the owner stopped listing it (`None`: it lists it).
+    /// When the owner stopped listing it (`None`: it lists it; entries
+    /// written ahead of their frontends start as lost).
     lost_at: Option<Instant>,
+    /// Whether it is in the lingering queue.
+    queued: bool,
 }
 
 /// The owner entries, mirrored.
 #[derive(Debug)]
 pub(super) struct ReverseOwners {
     entries: HashMap<RevKey, Owner>,
-    /// Entries that may become deletable, with the time they may: checked
-    /// in order, dropped if the entry changed since.
+    /// Entries that may become deletable, with the time they may.
     lingering: VecDeque<(Instant, RevKey)>,
     /// Keys deleted since the last grace period: re-creating one waits for
     /// a grace period first (readers validate a copy by finding the same
@@ -79,6 +96,8 @@ pub(super) struct ReverseOwners {
     deleted: HashSet<RevKey>,
     linger: Duration,
     capacity: usize,
+    /// Entries in the map (those with a frontend).
+    in_map: usize,
     /// Whether the "map full" warning was logged since the map last had room.
     full_warned: bool,
 }
@@ -94,20 +113,26 @@ impl ReverseOwners {
         capacity: u32,
         now: Instant,
     ) -> Self {
+        let in_map = pinned.len();
+        let entries = pinned
+            .into_iter()
+            .map(|(k, f)| (k, Owner { frontend: Some(f), users: 0, lost_at: Some(now), queued: false }))
+            .collect();
         let mut owners = Self {
-            entries: pinned
-                .into_iter()
-                .map(|(k, frontend)| (k, Owner { frontend, users: 0, lost_at: Some(now) }))
-                .collect(),
+            entries,
             lingering: VecDeque::new(),
             deleted: HashSet::new(),
             linger: DEFAULT_LINGER,
             capacity: capacity as usize,
+            in_map,
             full_warned: false,
         };
         owners.add(table, programmed);
-        let lost: Vec<RevKey> = owners.entries.iter().filter(|(_, o)| o.lost_at.is_some()).map(|(k, _)| *k).collect();
-        owners.lingering.extend(lost.into_iter().map(|k| (now + owners.linger, k)));
+        let idle: Vec<RevKey> =
+            owners.entries.iter().filter(|(_, o)| o.users == 0 && o.lost_at.is_some()).map(|(k, _)| *k).collect();
+        for key in idle {
+            owners.queue(key, now);
+        }
         owners
     }
 
@@ -115,19 +140,33 @@ impl ReverseOwners {
     pub(super) fn set_linger(&mut self, linger: Duration) {
         let old = self.linger;
         for (due, _) in &mut self.lingering {
-            *due = due.checked_sub(old).map_or(*due, |lost| lost + linger);
+            *due = due.checked_sub(old).and_then(|lost| lost.checked_add(linger)).unwrap_or(*due);
         }
         self.linger = linger;
     }
 
-    /// Number of owner entries.
+    /// Number of owner entries in the map.
     pub(super) fn len(&self) -> usize {
-        self.entries.len()
+        self.in_map
+    }
+
+    /// Writes the entries of backends that no entry covers yet, ahead of
+    /// the frontend writes that list them (`pairs`: what the batch wants).
+    pub(super) fn prepare(&mut self, table: &mut impl Table, mut pairs: Vec<Pair>, now: Instant) {
+        pairs.retain(|p| !self.entries.contains_key(&p.0));
+        // Within one backend, a ClusterIP first: it becomes the owner.
+        pairs.sort_unstable_by_key(|p| (p.0, !p.2, p.1));
+        pairs.dedup_by_key(|p| p.0);
+        for (key, frontend, _) in pairs {
+            // Nothing lists it yet: it lingers until the batch's update
+            // counts its users (a refused Service leaves it unused).
+            self.create(table, key, frontend, 0, Some(now));
+            self.queue(key, now);
+        }
     }
 
     /// Applies one batch's change: `before` and `after` are the changed
-    /// Services' pairs. New owners are written, then lingering entries
-    /// that are due are deleted.
+    /// Services' pairs. Then lingering entries that are due are deleted.
     pub(super) fn update(&mut self, table: &mut impl Table, mut before: Vec<Pair>, mut after: Vec<Pair>, now: Instant) {
         // A pair is (backend, frontend): unique in the whole writer, since
         // a frontend address has one owner Service and lists a backend once.
@@ -160,62 +199,89 @@ impl ReverseOwners {
     }
 
     fn add(&mut self, table: &mut impl Table, mut pairs: Vec<Pair>) {
-        // Within one backend, a ClusterIP first: it becomes the owner.
         pairs.sort_unstable_by_key(|p| (p.0, !p.2, p.1));
         for (key, frontend, _) in pairs {
-            if let Some(owner) = self.entries.get_mut(&key) {
-                owner.users += 1;
-                if owner.frontend == frontend {
-                    owner.lost_at = None;
+            match self.entries.get_mut(&key) {
+                Some(owner) => {
+                    owner.users += 1;
+                    if owner.frontend == Some(frontend) {
+                        owner.lost_at = None;
+                    }
                 }
-                continue;
+                None => self.create(table, key, frontend, 1, None),
             }
-            if self.entries.len() >= self.capacity {
-                // Sockets reaching this backend keep their own storage:
-                // slower, never wrong.
-                if !self.full_warned {
-                    tracing::warn!(
-                        capacity = self.capacity,
-                        "the reverse-owner map is full: new backends' connected sockets keep per-socket storage (raise --max-reverse-owners)"
-                    );
-                    self.full_warned = true;
-                }
-                continue;
+        }
+    }
+
+    /// Tracks a new backend, writing its entry if the map has room.
+    fn create(&mut self, table: &mut impl Table, key: RevKey, frontend: Backend, users: u32, lost_at: Option<Instant>) {
+        let written = self.write(table, key, frontend);
+        if written {
+            self.in_map += 1;
+        }
+        let frontend = written.then_some(frontend);
+        // An untracked backend counts as lost from the start: it never
+        // has an owner to lose.
+        let lost_at = if frontend.is_none() { Some(lost_at.unwrap_or_else(Instant::now)) } else { lost_at };
+        self.entries.insert(key, Owner { frontend, users, lost_at, queued: false });
+    }
+
+    /// Writes one entry; false if it could not be (its sockets keep storage).
+    fn write(&mut self, table: &mut impl Table, key: RevKey, frontend: Backend) -> bool {
+        if self.in_map >= self.capacity {
+            if !self.full_warned {
+                tracing::warn!(
+                    capacity = self.capacity,
+                    "the reverse-owner map is full: new backends' connected sockets keep per-socket storage (raise --max-reverse-owners)"
+                );
+                self.full_warned = true;
             }
-            if self.deleted.contains(&key) {
-                if let Err(e) = table.synchronize() {
-                    tracing::warn!("no grace period, backend left without an owner entry: {e}");
-                    continue;
-                }
-                self.deleted.clear();
+            return false;
+        }
+        if self.deleted.contains(&key) {
+            if let Err(e) = table.synchronize() {
+                tracing::warn!("no grace period, backend left without an owner entry: {e}");
+                return false;
             }
-            match table.put_reverse(&key, &frontend) {
-                Ok(()) => {
-                    self.entries.insert(key, Owner { frontend, users: 1, lost_at: None });
-                }
-                Err(e) => log_put_failure(&e),
+            self.deleted.clear();
+        }
+        match table.put_reverse(&key, &frontend) {
+            Ok(()) => true,
+            Err(e) => {
+                // Not fatal: the sockets keep storage instead.
+                tracing::warn!("reverse owner not written (connected sockets keep per-socket storage): {e}");
+                false
             }
         }
     }
 
     fn remove(&mut self, pairs: Vec<Pair>, now: Instant) {
         for (key, frontend, _) in pairs {
-            // Not tracked: its entry could not be written (full map).
             let Some(owner) = self.entries.get_mut(&key) else { continue };
             owner.users = owner.users.saturating_sub(1);
-            if owner.frontend == frontend {
+            if owner.frontend == Some(frontend) {
                 owner.lost_at = Some(now);
             }
-            if let Some(lost_at) = owner.lost_at
-                && owner.users == 0
-            {
-                self.lingering.push_back((lost_at.max(now) + self.linger, key));
+            if owner.users == 0 && owner.lost_at.is_some() {
+                self.queue(key, now);
             }
         }
     }
 
+    /// Puts an entry in the lingering queue (once).
+    fn queue(&mut self, key: RevKey, now: Instant) {
+        let Some(owner) = self.entries.get_mut(&key) else { return };
+        if owner.queued {
+            return;
+        }
+        owner.queued = true;
+        let since = owner.lost_at.map_or(now, |t| t.max(now));
+        self.lingering.push_back((since.checked_add(self.linger).unwrap_or(since), key));
+    }
+
     /// Deletes the entries whose linger is over and that nobody uses.
     fn sweep(&mut self, table: &mut impl Table, now: Instant) {
+        let mut retry = Vec::new();
         while let Some(&(due, key)) = self.lingering.front() {
             // Pushed in time order (one linger for all): the first entry
             // not yet due ends the sweep.
@@ -223,19 +289,30 @@ impl ReverseOwners {
                 break;
             }
             self.lingering.pop_front();
-            let Some(owner) = self.entries.get(&key) else { continue };
+            let Some(owner) = self.entries.get_mut(&key) else { continue };
+            owner.queued = false;
             let Some(lost_at) = owner.lost_at else { continue };
-            if owner.users > 0 || lost_at + self.linger > now {
+            if owner.users > 0 {
                 continue;
             }
-            match table.delete_reverse(&key) {
-                Ok(()) => {
-                    self.entries.remove(&key);
-                    self.deleted.insert(key);
-                    self.full_warned = false;
-                }
-                Err(e) => tracing::warn!("{e}"),
+            if lost_at.checked_add(self.linger).is_none_or(|t| t > now) {
+                retry.push(key);
+                continue;
             }
+            if owner.frontend.is_some() {
+                if let Err(e) = table.delete_reverse(&key) {
+                    tracing::warn!("{e}");
+                    retry.push(key);
+                    continue;
+                }
+                self.in_map -= 1;
+                self.deleted.insert(key);
+                self.full_warned = false;
+            }
+            self.entries.remove(&key);
+        }
+        for key in retry {
+            self.queue(key, now);
         }
     }
 
@@ -243,9 +320,4 @@ impl ReverseOwners {
     pub(super) fn grace_passed(&mut self) {
         self.deleted.clear();
     }
-}
-
-fn log_put_failure(e: &TableError) {
-    // Not fatal: the socket keeps storage instead.
-    tracing::warn!("reverse owner not written (connected sockets keep per-socket storage): {e}");
 }

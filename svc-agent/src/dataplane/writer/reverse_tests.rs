@@ -99,3 +99,38 @@ fn a_full_map_leaves_backends_without_owner() {
     assert_eq!(owner(&w, "10.1.0.3:80"), None, "its sockets keep storage");
     assert!(w.pending_services().next().is_none(), "not a refusal: the Service is programmed");
 }
+
+#[test]
+fn an_entry_is_written_before_the_frontends_and_a_refused_service_leaves_none() {
+    // Two frontends' addresses: b takes a's address (a conflict), so b is
+    // refused; its backend's entry, written ahead, lingers and goes.
+    let mut w = writer();
+    w.apply(vec![(key("a"), service(vec![frontend("a", "10.96.0.10:80", &["10.1.0.1:80"])]))]);
+    w.apply(vec![(key("b"), service(vec![frontend("b", "10.96.0.10:80", &["10.1.0.9:80"])]))]);
+    assert!(w.pending_services().any(|(k, _)| k == &key("b")), "b is refused (address taken)");
+    assert_eq!(owner(&w, "10.1.0.9:80").as_deref(), Some("10.96.0.10:80"), "written ahead of the frontend");
+    w.set_reverse_linger(Duration::ZERO);
+    w.apply(vec![(key("b"), ServiceUpdate::Remove)]);
+    w.apply(vec![]);
+    assert_eq!(owner(&w, "10.1.0.9:80"), None, "nobody listed it: deleted after the linger");
+    assert_eq!(owner(&w, "10.1.0.1:80").as_deref(), Some("10.96.0.10:80"));
+}
+
+#[test]
+fn a_backend_without_room_gets_no_entry_while_it_is_listed() {
+    let mut w = Writer::adopt(MemoryTable::new(crate::dataplane::table::Capacity { reverse: 1, ..ROOMY })).unwrap();
+    w.apply(vec![(key("a"), service(vec![frontend("a", "10.96.0.10:80", &["10.1.0.1:80"])]))]);
+    w.apply(vec![(key("b"), service(vec![frontend("b", "10.96.0.11:80", &["10.1.0.2:80"])]))]);
+    assert_eq!(owner(&w, "10.1.0.2:80"), None, "no room");
+    // Room again, but 10.1.0.2 is still listed: direct sockets made while
+    // it had no entry are unmarked, so it gets none until nobody lists it.
+    w.set_reverse_linger(Duration::ZERO);
+    w.apply(vec![(key("a"), ServiceUpdate::Remove)]);
+    w.apply(vec![]);
+    w.apply(vec![(key("c"), service(vec![frontend("c", "10.96.0.12:80", &["10.1.0.2:80"])]))]);
+    assert_eq!(owner(&w, "10.1.0.2:80"), None, "still listed since it had no entry");
+    w.apply(vec![(key("b"), ServiceUpdate::Remove), (key("c"), ServiceUpdate::Remove)]);
+    w.apply(vec![]);
+    w.apply(vec![(key("d"), service(vec![frontend("d", "10.96.0.13:80", &["10.1.0.2:80"])]))]);
+    assert_eq!(owner(&w, "10.1.0.2:80").as_deref(), Some("10.96.0.13:80"));
+}

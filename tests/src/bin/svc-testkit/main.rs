@@ -71,6 +71,10 @@ enum Cmd {
         /// mesh sidecar reads it.
         #[arg(long, conflicts_with_all = ["echo_peer", "reply_local", "dns", "http"])]
         original_dst: bool,
+        /// cgroup v2 directory to join before creating any socket: a
+        /// server under the hooks (its accepted sockets are the cgroup's).
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
     },
     /// Connects from `--threads` threads, round-robin over the targets,
     /// until standard input closes; each answer (a `serve --reply-local`
@@ -93,6 +97,9 @@ enum Cmd {
     Tcp {
         #[command(flatten)]
         client: ClientArgs,
+        /// Bind each socket to this source port before connecting (0: any).
+        #[arg(long, default_value_t = 0)]
+        source_port: u16,
     },
     /// N UDP datagrams; print what answered as JSON.
     Udp {
@@ -194,10 +201,12 @@ fn main() -> Result<()> {
     // The cgroup must be joined before entering the netns (see module doc);
     // both before any socket exists.
     let cgroup = match &cli.cmd {
-        Cmd::Serve { .. } | Cmd::Relay { .. } => None,
-        Cmd::Tcp { client } | Cmd::Udp { client, .. } | Cmd::UdpSession { client, .. } | Cmd::Hold { client, .. } => {
-            client.cgroup.as_ref()
-        }
+        Cmd::Relay { .. } => None,
+        Cmd::Serve { cgroup, .. } => cgroup.as_ref(),
+        Cmd::Tcp { client, .. }
+        | Cmd::Udp { client, .. }
+        | Cmd::UdpSession { client, .. }
+        | Cmd::Hold { client, .. } => client.cgroup.as_ref(),
         Cmd::Churn { cgroup, .. } | Cmd::Exec { cgroup, .. } => cgroup.as_ref(),
     };
     if let Some(dir) = cgroup {
@@ -207,7 +216,7 @@ fn main() -> Result<()> {
         enter_netns(netns)?;
     }
     match cli.cmd {
-        Cmd::Serve { name, tcp, udp, bind, echo_peer, reply_local, dns, http, original_dst } => {
+        Cmd::Serve { name, tcp, udp, bind, echo_peer, reply_local, dns, http, original_dst, .. } => {
             let reply = if original_dst {
                 Reply::NameAndOriginalDst
             } else if dns {
@@ -226,7 +235,7 @@ fn main() -> Result<()> {
         Cmd::Churn { targets, threads, timeout_ms, .. } => {
             churn::run(&targets, threads, Duration::from_millis(timeout_ms.max(1)))
         }
-        Cmd::Tcp { client } => print_report(&tcp_client(&client)),
+        Cmd::Tcp { client, source_port } => print_report(&tcp_client(&client, source_port)),
         Cmd::Udp { client, connected } => print_report(&udp_client(&client, connected)),
         Cmd::Relay { listen_netns, port } => relay(&listen_netns, port),
         Cmd::Exec { argv, .. } => {
@@ -443,12 +452,17 @@ fn unspecified(to: SocketAddr) -> IpAddr {
     }
 }
 
-fn tcp_client(args: &ClientArgs) -> Report {
+fn tcp_client(args: &ClientArgs, source_port: u16) -> Report {
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
     let mut report = Report { cgroup: own_cgroup(), netns_cookie: own_netns_cookie(), ..Report::default() };
     let to = args.to;
     for _ in 0..args.count {
-        match TcpStream::connect_timeout(&to, timeout) {
+        let connected = if source_port == 0 {
+            TcpStream::connect_timeout(&to, timeout)
+        } else {
+            connect_from(source_port, to, timeout)
+        };
+        match connected {
             Err(e) => bump(&mut report.errors, errno_name(&e)),
             Ok(stream) => {
                 // getpeername(): the getpeername4 hook rewrites it.
@@ -464,6 +478,17 @@ fn tcp_client(args: &ClientArgs) -> Report {
         }
     }
     report
+}
+
+/// A TCP connect from `source_port` (bound first, with SO_REUSEADDR so
+/// that rounds can reuse it), as a client that picks its own port does.
+fn connect_from(source_port: u16, to: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&SocketAddr::new(unspecified(to), source_port).into())?;
+    socket.connect_timeout(&to.into(), timeout)?;
+    Ok(socket.into())
 }
 
 fn read_line(stream: &TcpStream, timeout: Duration) -> io::Result<String> {
@@ -597,7 +622,11 @@ fn serve_tcp(name: &str, listener: &TcpListener, reply: Reply) {
         let answer = match reply {
             Reply::Name => format!("{name}:{port}\n"),
             // A dual-stack socket sees IPv4 peers as v4-mapped: shown as IPv4.
-            Reply::NameAndPeer => format!("{name}:{port} {}\n", peer.ip().to_canonical()),
+            // getpeername() (as an app asks later), not accept()'s address:
+            // under the hooks, what getpeername4/6 show is the point.
+            Reply::NameAndPeer => {
+                format!("{name}:{port} {}\n", stream.peer_addr().unwrap_or(peer).ip().to_canonical())
+            }
             Reply::LocalAddr => format!("{}\n", local.map_or_else(String::new, |a| a.ip().to_canonical().to_string())),
             Reply::NameAndOriginalDst => match original_dst(&stream) {
                 Ok(dst) => format!("{name}:{port} {dst}\n"),
