@@ -9,7 +9,31 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in mimalloc.h's `mi_option_e` (the same
+/// number in mimalloc 2 and 3; libmimalloc-sys does not name it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Peak RSS over speed where the two hardly differ. A cold start's
+/// transient allocations (the parsed objects, the writer's per-batch
+/// lists) should reuse each other's pages, not add up:
+/// - mimalloc returns freed pages only after a delay (1 s): purge at once;
+/// - transparent huge pages make each touched 2 MiB of its arena resident
+///   whole, and purges then split them: off for this process.
+///
+/// Together they took the peak at 10k Services x 10 endpoints from 87 to
+/// 76 MiB here (each alone did not help), at the same apply time.
+fn tune_memory() -> std::io::Result<()> {
+    // SAFETY: mi_option_set only stores the value, which purges read.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    // SAFETY: PR_SET_THP_DISABLE takes integers only and changes nothing
+    // but this process's page-fault policy.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
 fn main() -> std::process::ExitCode {
+    // Before the heap grows: pages already faulted in stay as they are.
+    let huge_pages = tune_memory();
     let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
         // kube-client logs every failed connection attempt at ERROR; the
@@ -24,6 +48,9 @@ fn main() -> std::process::ExitCode {
         // logs are usually collected, grepped or piped.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
         .init();
+    if let Err(e) = huge_pages {
+        tracing::debug!("transparent huge pages stay on for the agent: {e}");
+    }
     match cmd::dispatch(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

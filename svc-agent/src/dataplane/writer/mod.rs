@@ -266,11 +266,8 @@ impl<T: Table> Writer<T> {
             upserts.iter().map(|(k, _)| k).chain(&removals).chain(self.pending.keys()).cloned().collect();
         let reverse_before = self.reverse_pairs(touched.iter());
         // Owner entries for backends no entry covers yet go first.
-        let mut wanted = Vec::new();
-        for desired in upserts.iter().map(|(_, d)| d).chain(self.pending.values().map(|p| &p.desired)) {
-            reverse::desired_pairs(desired, &mut wanted);
-        }
-        self.reverse.prepare(&mut self.table, wanted, std::time::Instant::now());
+        let wanted = upserts.iter().map(|(_, d)| d).chain(self.pending.values().map(|p| &p.desired));
+        let fresh_owners = self.reverse.prepare(&mut self.table, wanted, std::time::Instant::now());
         // Grow once, not by doubling: each doubling briefly holds both tables.
         self.services.reserve(upserts.len());
         self.owners.reserve(upserts.len());
@@ -306,8 +303,21 @@ impl<T: Table> Writer<T> {
         }
         report.udp_removed = std::mem::take(&mut self.udp_removed);
         // The users of every entry, and lingering entries that are due.
-        let reverse_after = self.reverse_pairs(touched.iter());
-        self.reverse.update(&mut self.table, reverse_before, reverse_after, std::time::Instant::now());
+        let now = std::time::Instant::now();
+        if reverse_before.is_empty() {
+            // Only additions (the cold start): counted Service by Service,
+            // without the list of every pair (100k at 10k Services).
+            let mut pairs = Vec::new();
+            for state in touched.iter().filter_map(|key| self.services.get(key)) {
+                pairs.clear();
+                reverse::pairs(state, &self.sets, &mut pairs);
+                self.reverse.add(&mut self.table, &mut pairs);
+            }
+        } else {
+            let reverse_after = self.reverse_pairs(touched.iter());
+            self.reverse.update(&mut self.table, reverse_before, reverse_after, now);
+        }
+        self.reverse.settle(&mut self.table, &fresh_owners, now);
         report
     }
 

@@ -22,6 +22,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use svc_common::{Backend4, Backend6, BackendRevKey, BackendRevKey6};
+
 use super::{ServiceState, sets::BackendSet};
 use crate::{
     dataplane::{
@@ -55,186 +57,212 @@ pub(super) fn pairs(state: &ServiceState, sets: &HashMap<u32, BackendSet>, out: 
     }
 }
 
-/// The pairs of the frontends a batch wants to program: their entries
-/// are written before any of those frontends, so that from the moment a
+/// Calls `f` with each (backend, frontend) of the frontends a batch wants
+/// to program, of one preference (`cluster_ip`): their entries are
+/// written before any of those frontends, so that from the moment a
 /// connect can reach a backend through a frontend, a direct connect to
 /// the backend is marked (`svc_common::reverse`).
-pub(super) fn desired_pairs(desired: &DesiredService, out: &mut Vec<Pair>) {
+fn for_each_desired_pair(desired: &DesiredService, cluster_ip: bool, mut f: impl FnMut(RevKey, Backend)) {
     for fe in desired.frontends.iter().filter(|fe| fe.scope == Scope::All) {
+        if (fe.kind == FrontendKind::ClusterIp) != cluster_ip {
+            continue;
+        }
         let frontend = desired_key(fe).as_backend();
-        let preferred = fe.kind == FrontendKind::ClusterIp;
         let proto = fe.proto.number();
-        out.extend(fe.backends.iter().map(|b| (RevKey::new(backend_value(*b), proto), frontend, preferred)));
+        for b in fe.backends.iter() {
+            f(RevKey::new(backend_value(*b), proto), frontend);
+        }
     }
+}
+
+/// One family's owner-map key, and the frontend type its values hold. The
+/// mirror is kept per family so that an IPv4 entry costs an IPv4 key and
+/// value (32 bytes), not the 20-byte IPv6 shape: at 1M backends the mirror
+/// was the agent's largest allocation.
+trait RevFamily: Copy + Eq + std::hash::Hash + std::fmt::Debug {
+    type Frontend: Copy + Eq + std::fmt::Debug;
+    fn rev_key(self) -> RevKey;
+    fn backend(frontend: Self::Frontend) -> Backend;
+}
+
+impl RevFamily for BackendRevKey {
+    type Frontend = Backend4;
+    fn rev_key(self) -> RevKey {
+        RevKey::V4(self)
+    }
+    fn backend(frontend: Backend4) -> Backend {
+        Backend::V4(frontend)
+    }
+}
+
+impl RevFamily for BackendRevKey6 {
+    type Frontend = Backend6;
+    fn rev_key(self) -> RevKey {
+        RevKey::V6(self)
+    }
+    fn backend(frontend: Backend6) -> Backend {
+        Backend::V6(frontend)
+    }
+}
+
+/// A point in time as nanoseconds since the agent's start ([`Shared::start`]):
+/// 8 bytes where an `Option<Instant>` takes 16.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Stamp(u64);
+
+impl Stamp {
+    /// "Not lost": the owner lists its backend.
+    const LISTED: Self = Self(u64::MAX);
 }
 
 /// A backend as the agent tracks it.
 #[derive(Debug, Clone, Copy)]
-struct Owner {
-    /// The frontend in the map; `None`: the backend has no entry (the map
-    /// was full, or the write failed) and its sockets keep storage.
-    frontend: Option<Backend>,
+struct Owner<F> {
+    /// The frontend in the map, if `mapped`.
+    frontend: F,
     /// Frontends currently listing the backend (the owner included).
     users: u32,
-    /// When the owner stopped listing it (`None`: it lists it; entries
-    /// written ahead of their frontends start as lost).
-    lost_at: Option<Instant>,
+    /// Whether the map has the entry; if not (the map was full, or the
+    /// write failed) the backend's sockets keep storage.
+    mapped: bool,
     /// Whether it is in the lingering queue.
     queued: bool,
+    /// When the owner stopped listing it ([`Stamp::LISTED`]: it lists it;
+    /// entries written ahead of their frontends start as lost, and an
+    /// unmapped backend counts as lost from the start).
+    lost_at: Stamp,
 }
 
-/// The owner entries, mirrored.
+impl<F: Copy + Eq> Owner<F> {
+    /// A pinned entry taken over at a restart: lost until a frontend
+    /// that lists it is adopted.
+    const fn adopted(frontend: F, lost_at: Stamp) -> Self {
+        Self { frontend, users: 0, mapped: true, queued: false, lost_at }
+    }
+
+    fn is_owner(&self, frontend: F) -> bool {
+        self.mapped && self.frontend == frontend
+    }
+}
+
+/// What the families share: the one capacity both maps count against
+/// (docs/maps.md), and the clock.
 #[derive(Debug)]
-pub(super) struct ReverseOwners {
-    entries: HashMap<RevKey, Owner>,
-    /// Entries that may become deletable, with the time they may.
-    lingering: VecDeque<(Instant, RevKey)>,
-    /// Keys deleted since the last grace period: re-creating one waits for
-    /// a grace period first (readers validate a copy by finding the same
-    /// element again, so an element must not come back under its key
-    /// while a reader may hold it).
-    deleted: HashSet<RevKey>,
+struct Shared {
+    start: Instant,
     linger: Duration,
     capacity: usize,
-    /// Entries in the map (those with a frontend).
+    /// Entries in the maps (both families).
     in_map: usize,
     /// Whether the "map full" warning was logged since the map last had room.
     full_warned: bool,
 }
 
-impl ReverseOwners {
-    /// Takes over the pinned entries; `programmed` are the pairs of the
-    /// adopted Services. Entries whose owner no longer lists its backend
-    /// linger from now.
-    pub(super) fn adopt(
+impl Shared {
+    fn stamp(&self, t: Instant) -> Stamp {
+        Stamp(u64::try_from(t.saturating_duration_since(self.start).as_nanos()).unwrap_or(u64::MAX - 1))
+    }
+
+    /// When an entry lost at `lost_at` may be deleted.
+    fn due(&self, lost_at: Stamp) -> Stamp {
+        let linger = u64::try_from(self.linger.as_nanos()).unwrap_or(u64::MAX);
+        Stamp(lost_at.0.saturating_add(linger))
+    }
+}
+
+/// One family's owner entries, mirrored.
+#[derive(Debug)]
+struct Family<K, F> {
+    entries: HashMap<K, Owner<F>>,
+    /// Entries that may become deletable, with the time they may (in
+    /// that order: one linger for all).
+    lingering: VecDeque<(Stamp, K)>,
+    /// Keys deleted since the last grace period: re-creating one waits for
+    /// a grace period first (readers validate a copy by finding the same
+    /// element again, so an element must not come back under its key
+    /// while a reader may hold it).
+    deleted: HashSet<K>,
+}
+
+/// What a pair does to its backend's entry.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    /// A batch wants the pair: create the entry if none covers the backend.
+    Prepare,
+    /// A frontend lists the backend.
+    Add,
+    /// A frontend stopped listing it.
+    Remove,
+}
+
+impl<K: RevFamily, F: Copy + Eq + std::fmt::Debug> Family<K, F>
+where
+    K: RevFamily<Frontend = F>,
+{
+    fn new() -> Self {
+        Self { entries: HashMap::new(), lingering: VecDeque::new(), deleted: HashSet::new() }
+    }
+
+    /// Applies one pair's change; `fresh` gets the keys `Prepare` created.
+    fn change(
+        &mut self,
+        shared: &mut Shared,
         table: &mut impl Table,
-        pinned: Vec<(RevKey, Backend)>,
-        programmed: Vec<Pair>,
-        capacity: u32,
-        now: Instant,
-    ) -> Self {
-        let in_map = pinned.len();
-        let entries = pinned
-            .into_iter()
-            .map(|(k, f)| (k, Owner { frontend: Some(f), users: 0, lost_at: Some(now), queued: false }))
-            .collect();
-        let mut owners = Self {
-            entries,
-            lingering: VecDeque::new(),
-            deleted: HashSet::new(),
-            linger: DEFAULT_LINGER,
-            capacity: capacity as usize,
-            in_map,
-            full_warned: false,
-        };
-        owners.add(table, programmed);
-        let idle: Vec<RevKey> =
-            owners.entries.iter().filter(|(_, o)| o.users == 0 && o.lost_at.is_some()).map(|(k, _)| *k).collect();
-        for key in idle {
-            owners.queue(key, now);
-        }
-        owners
-    }
-
-    /// Sets the linger time (also for entries already lingering).
-    pub(super) fn set_linger(&mut self, linger: Duration) {
-        let old = self.linger;
-        for (due, _) in &mut self.lingering {
-            *due = due.checked_sub(old).and_then(|lost| lost.checked_add(linger)).unwrap_or(*due);
-        }
-        self.linger = linger;
-    }
-
-    /// Number of owner entries in the map.
-    pub(super) fn len(&self) -> usize {
-        self.in_map
-    }
-
-    /// Writes the entries of backends that no entry covers yet, ahead of
-    /// the frontend writes that list them (`pairs`: what the batch wants).
-    pub(super) fn prepare(&mut self, table: &mut impl Table, mut pairs: Vec<Pair>, now: Instant) {
-        pairs.retain(|p| !self.entries.contains_key(&p.0));
-        // Within one backend, a ClusterIP first: it becomes the owner.
-        pairs.sort_unstable_by_key(|p| (p.0, !p.2, p.1));
-        pairs.dedup_by_key(|p| p.0);
-        for (key, frontend, _) in pairs {
-            // Nothing lists it yet: it lingers until the batch's update
-            // counts its users (a refused Service leaves it unused).
-            self.create(table, key, frontend, 0, Some(now));
-            self.queue(key, now);
-        }
-    }
-
-    /// Applies one batch's change: `before` and `after` are the changed
-    /// Services' pairs. Then lingering entries that are due are deleted.
-    pub(super) fn update(&mut self, table: &mut impl Table, mut before: Vec<Pair>, mut after: Vec<Pair>, now: Instant) {
-        // A pair is (backend, frontend): unique in the whole writer, since
-        // a frontend address has one owner Service and lists a backend once.
-        let key = |p: &Pair| (p.0, p.1);
-        before.sort_unstable_by_key(key);
-        after.sort_unstable_by_key(key);
-        let (mut gone, mut new) = (Vec::new(), Vec::new());
-        let (mut i, mut j) = (0, 0);
-        while i < before.len() || j < after.len() {
-            match (before.get(i), after.get(j)) {
-                (Some(b), Some(a)) if key(b) == key(a) => (i, j) = (i + 1, j + 1),
-                (Some(b), Some(a)) if key(b) < key(a) => {
-                    gone.push(*b);
-                    i += 1;
-                }
-                (Some(b), None) => {
-                    gone.push(*b);
-                    i += 1;
-                }
-                (_, Some(a)) => {
-                    new.push(*a);
-                    j += 1;
-                }
-                (None, None) => break,
+        change: Change,
+        (key, frontend): (K, F),
+        now: Stamp,
+        fresh: &mut Vec<RevKey>,
+    ) {
+        match (change, self.entries.get_mut(&key)) {
+            (Change::Prepare, Some(_)) => {}
+            (Change::Prepare, None) => {
+                // Nothing lists it yet: it counts as unused until the
+                // batch's update counts its users (a refused Service leaves
+                // it unused, and it lingers).
+                self.create(shared, table, key, frontend, 0, now);
+                fresh.push(key.rev_key());
             }
-        }
-        self.add(table, new);
-        self.remove(gone, now);
-        self.sweep(table, now);
-    }
-
-    fn add(&mut self, table: &mut impl Table, mut pairs: Vec<Pair>) {
-        pairs.sort_unstable_by_key(|p| (p.0, !p.2, p.1));
-        for (key, frontend, _) in pairs {
-            match self.entries.get_mut(&key) {
-                Some(owner) => {
-                    owner.users += 1;
-                    if owner.frontend == Some(frontend) {
-                        owner.lost_at = None;
-                    }
+            (Change::Add, Some(owner)) => {
+                owner.users += 1;
+                if owner.is_owner(frontend) {
+                    owner.lost_at = Stamp::LISTED;
                 }
-                None => self.create(table, key, frontend, 1, None),
             }
+            (Change::Add, None) => self.create(shared, table, key, frontend, 1, Stamp::LISTED),
+            (Change::Remove, Some(owner)) => {
+                owner.users = owner.users.saturating_sub(1);
+                if owner.is_owner(frontend) {
+                    owner.lost_at = now;
+                }
+                if owner.users == 0 && owner.lost_at != Stamp::LISTED {
+                    self.queue(shared, key, now);
+                }
+            }
+            (Change::Remove, None) => {}
         }
     }
 
     /// Tracks a new backend, writing its entry if the map has room.
-    fn create(&mut self, table: &mut impl Table, key: RevKey, frontend: Backend, users: u32, lost_at: Option<Instant>) {
-        let written = self.write(table, key, frontend);
-        if written {
-            self.in_map += 1;
+    fn create(&mut self, shared: &mut Shared, table: &mut impl Table, key: K, frontend: F, users: u32, lost_at: Stamp) {
+        let mapped = self.write(shared, table, key, frontend);
+        if mapped {
+            shared.in_map += 1;
         }
-        let frontend = written.then_some(frontend);
-        // An untracked backend counts as lost from the start: it never
-        // has an owner to lose.
-        let lost_at = if frontend.is_none() { Some(lost_at.unwrap_or_else(Instant::now)) } else { lost_at };
-        self.entries.insert(key, Owner { frontend, users, lost_at, queued: false });
+        // An unmapped backend counts as lost from the start: it never has
+        // an owner to lose.
+        let lost_at = if mapped || lost_at != Stamp::LISTED { lost_at } else { shared.stamp(Instant::now()) };
+        self.entries.insert(key, Owner { frontend, users, mapped, queued: false, lost_at });
     }
 
     /// Writes one entry; false if it could not be (its sockets keep storage).
-    fn write(&mut self, table: &mut impl Table, key: RevKey, frontend: Backend) -> bool {
-        if self.in_map >= self.capacity {
-            if !self.full_warned {
+    fn write(&mut self, shared: &mut Shared, table: &mut impl Table, key: K, frontend: F) -> bool {
+        if shared.in_map >= shared.capacity {
+            if !shared.full_warned {
                 tracing::warn!(
-                    capacity = self.capacity,
+                    capacity = shared.capacity,
                     "the reverse-owner map is full: new backends' connected sockets keep per-socket storage (raise --max-reverse-owners)"
                 );
-                self.full_warned = true;
+                shared.full_warned = true;
             }
             return false;
         }
@@ -245,7 +273,7 @@ impl ReverseOwners {
             }
             self.deleted.clear();
         }
-        match table.put_reverse(&key, &frontend) {
+        match table.put_reverse(&key.rev_key(), &K::backend(frontend)) {
             Ok(()) => true,
             Err(e) => {
                 // Not fatal: the sockets keep storage instead.
@@ -255,69 +283,233 @@ impl ReverseOwners {
         }
     }
 
-    fn remove(&mut self, pairs: Vec<Pair>, now: Instant) {
-        for (key, frontend, _) in pairs {
-            let Some(owner) = self.entries.get_mut(&key) else { continue };
-            owner.users = owner.users.saturating_sub(1);
-            if owner.frontend == Some(frontend) {
-                owner.lost_at = Some(now);
-            }
-            if owner.users == 0 && owner.lost_at.is_some() {
-                self.queue(key, now);
-            }
-        }
-    }
-
     /// Puts an entry in the lingering queue (once).
-    fn queue(&mut self, key: RevKey, now: Instant) {
+    fn queue(&mut self, shared: &Shared, key: K, now: Stamp) {
         let Some(owner) = self.entries.get_mut(&key) else { return };
         if owner.queued {
             return;
         }
         owner.queued = true;
-        let since = owner.lost_at.map_or(now, |t| t.max(now));
-        self.lingering.push_back((since.checked_add(self.linger).unwrap_or(since), key));
+        let since = if owner.lost_at == Stamp::LISTED { now } else { owner.lost_at.max(now) };
+        self.lingering.push_back((shared.due(since), key));
+    }
+
+    /// Queues the entries of `keys` (this family's) that nobody uses.
+    fn queue_unused(&mut self, shared: &Shared, keys: impl Iterator<Item = K>, now: Stamp) {
+        for key in keys {
+            if self.entries.get(&key).is_some_and(|o| o.users == 0) {
+                self.queue(shared, key, now);
+            }
+        }
     }
 
     /// Deletes the entries whose linger is over and that nobody uses.
-    fn sweep(&mut self, table: &mut impl Table, now: Instant) {
+    fn sweep(&mut self, shared: &mut Shared, table: &mut impl Table, now: Stamp) {
         let mut retry = Vec::new();
         while let Some(&(due, key)) = self.lingering.front() {
-            // Pushed in time order (one linger for all): the first entry
-            // not yet due ends the sweep.
+            // Pushed in time order: the first entry not yet due ends the sweep.
             if due > now {
                 break;
             }
             self.lingering.pop_front();
             let Some(owner) = self.entries.get_mut(&key) else { continue };
             owner.queued = false;
-            let Some(lost_at) = owner.lost_at else { continue };
-            if owner.users > 0 {
+            if owner.lost_at == Stamp::LISTED || owner.users > 0 {
                 continue;
             }
-            if lost_at.checked_add(self.linger).is_none_or(|t| t > now) {
+            if shared.due(owner.lost_at) > now {
                 retry.push(key);
                 continue;
             }
-            if owner.frontend.is_some() {
-                if let Err(e) = table.delete_reverse(&key) {
+            if owner.mapped {
+                if let Err(e) = table.delete_reverse(&key.rev_key()) {
                     tracing::warn!("{e}");
                     retry.push(key);
                     continue;
                 }
-                self.in_map -= 1;
+                shared.in_map -= 1;
                 self.deleted.insert(key);
-                self.full_warned = false;
+                shared.full_warned = false;
             }
             self.entries.remove(&key);
         }
         for key in retry {
-            self.queue(key, now);
+            self.queue(shared, key, now);
+        }
+        // A mass removal can queue every entry: give that memory back.
+        if self.lingering.is_empty() {
+            self.lingering.shrink_to(64);
+        }
+    }
+}
+
+/// The owner entries of both families, mirrored.
+#[derive(Debug)]
+pub(super) struct ReverseOwners {
+    v4: Family<BackendRevKey, Backend4>,
+    v6: Family<BackendRevKey6, Backend6>,
+    shared: Shared,
+}
+
+impl ReverseOwners {
+    /// Takes over the pinned entries; `programmed` are the pairs of the
+    /// adopted Services. Entries whose owner no longer lists its backend
+    /// linger from now.
+    pub(super) fn adopt(
+        table: &mut impl Table,
+        pinned: Vec<(RevKey, Backend)>,
+        mut programmed: Vec<Pair>,
+        capacity: u32,
+        now: Instant,
+    ) -> Self {
+        let shared =
+            Shared { start: now, linger: DEFAULT_LINGER, capacity: capacity as usize, in_map: 0, full_warned: false };
+        let mut owners = Self { v4: Family::new(), v6: Family::new(), shared };
+        let lost = owners.shared.stamp(now);
+        for (key, frontend) in pinned {
+            let fresh = match (key, frontend) {
+                (RevKey::V4(k), Backend::V4(f)) => owners.v4.entries.insert(k, Owner::adopted(f, lost)).is_none(),
+                (RevKey::V6(k), Backend::V6(f)) => owners.v6.entries.insert(k, Owner::adopted(f, lost)).is_none(),
+                // A value of the other family is not ours to interpret.
+                _ => false,
+            };
+            owners.shared.in_map += usize::from(fresh);
+        }
+        owners.add(table, &mut programmed);
+        let idle4: Vec<_> =
+            owners.v4.entries.iter().filter(|(_, o)| o.lost_at != Stamp::LISTED).map(|(k, _)| *k).collect();
+        let idle6: Vec<_> =
+            owners.v6.entries.iter().filter(|(_, o)| o.lost_at != Stamp::LISTED).map(|(k, _)| *k).collect();
+        owners.v4.queue_unused(&owners.shared, idle4.into_iter(), lost);
+        owners.v6.queue_unused(&owners.shared, idle6.into_iter(), lost);
+        owners
+    }
+
+    /// Sets the linger time (also for entries already lingering).
+    pub(super) fn set_linger(&mut self, linger: Duration) {
+        let (old, new) = (self.shared.linger.as_nanos(), linger.as_nanos());
+        let shift = |due: &mut Stamp| {
+            let lost = u128::from(due.0).saturating_sub(old);
+            due.0 = u64::try_from(lost.saturating_add(new)).unwrap_or(u64::MAX);
+        };
+        self.v4.lingering.iter_mut().for_each(|(due, _)| shift(due));
+        self.v6.lingering.iter_mut().for_each(|(due, _)| shift(due));
+        self.shared.linger = linger;
+    }
+
+    /// Number of owner entries in the maps.
+    pub(super) fn len(&self) -> usize {
+        self.shared.in_map
+    }
+
+    /// One pair's change, in its family.
+    fn change(
+        &mut self,
+        table: &mut impl Table,
+        change: Change,
+        pair: (RevKey, Backend),
+        now: Stamp,
+        fresh: &mut Vec<RevKey>,
+    ) {
+        let shared = &mut self.shared;
+        match pair {
+            (RevKey::V4(k), Backend::V4(f)) => self.v4.change(shared, table, change, (k, f), now, fresh),
+            (RevKey::V6(k), Backend::V6(f)) => self.v6.change(shared, table, change, (k, f), now, fresh),
+            // A frontend lists backends of its own family only.
+            _ => debug_assert!(false, "mixed-family pair {pair:?}"),
+        }
+    }
+
+    /// Writes the entries of backends that no entry covers yet, ahead of
+    /// the frontend writes that list them (`desired`: what the batch
+    /// wants), and returns their keys for [`Self::settle`]. Within the
+    /// batch a ClusterIP goes first (it becomes the owner), then the batch's
+    /// order. No list of the batch's pairs is built: at 100k backends that
+    /// list was the cold start's largest transient allocation.
+    pub(super) fn prepare<'a>(
+        &mut self,
+        table: &mut impl Table,
+        desired: impl Iterator<Item = &'a DesiredService> + Clone,
+        now: Instant,
+    ) -> Vec<RevKey> {
+        let now = self.shared.stamp(now);
+        let mut fresh = Vec::new();
+        for (cluster_ip, services) in [(true, desired.clone()), (false, desired)] {
+            for service in services {
+                for_each_desired_pair(service, cluster_ip, |key, frontend| {
+                    self.change(table, Change::Prepare, (key, frontend), now, &mut fresh);
+                });
+            }
+        }
+        fresh
+    }
+
+    /// Counts a batch's change in users: `before` and `after` are the
+    /// changed Services' pairs.
+    pub(super) fn update(&mut self, table: &mut impl Table, before: Vec<Pair>, after: Vec<Pair>, now: Instant) {
+        let (gone, mut new) = diff(before, after);
+        self.add(table, &mut new);
+        let now = self.shared.stamp(now);
+        for (key, frontend, _) in gone {
+            self.change(table, Change::Remove, (key, frontend), now, &mut Vec::new());
+        }
+    }
+
+    /// Ends a batch: entries [`Self::prepare`] created (`fresh`) that
+    /// nobody uses start lingering, and those that are due are deleted.
+    pub(super) fn settle(&mut self, table: &mut impl Table, fresh: &[RevKey], now: Instant) {
+        let now = self.shared.stamp(now);
+        let v4 = fresh.iter().filter_map(|k| if let RevKey::V4(k) = k { Some(*k) } else { None });
+        self.v4.queue_unused(&self.shared, v4, now);
+        let v6 = fresh.iter().filter_map(|k| if let RevKey::V6(k) = k { Some(*k) } else { None });
+        self.v6.queue_unused(&self.shared, v6, now);
+        self.v4.sweep(&mut self.shared, table, now);
+        self.v6.sweep(&mut self.shared, table, now);
+    }
+
+    /// Counts new users (pairs no earlier batch counted). Within one
+    /// backend a ClusterIP goes first: if no entry covers it yet, it
+    /// becomes the owner.
+    pub(super) fn add(&mut self, table: &mut impl Table, pairs: &mut [Pair]) {
+        pairs.sort_unstable_by_key(|p| (p.0, !p.2, p.1));
+        for &mut (key, frontend, _) in pairs {
+            self.change(table, Change::Add, (key, frontend), Stamp::LISTED, &mut Vec::new());
         }
     }
 
     /// A grace period has passed: deleted keys may come back.
     pub(super) fn grace_passed(&mut self) {
-        self.deleted.clear();
+        self.v4.deleted.clear();
+        self.v6.deleted.clear();
     }
+}
+
+/// The pairs in `before` only (gone) and in `after` only (new).
+fn diff(mut before: Vec<Pair>, mut after: Vec<Pair>) -> (Vec<Pair>, Vec<Pair>) {
+    // A pair is (backend, frontend): unique in the whole writer, since a
+    // frontend address has one owner Service and lists a backend once.
+    let key = |p: &Pair| (p.0, p.1);
+    before.sort_unstable_by_key(key);
+    after.sort_unstable_by_key(key);
+    let (mut gone, mut new) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    loop {
+        match (before.get(i), after.get(j)) {
+            (Some(b), Some(a)) if key(b) == key(a) => (i, j) = (i + 1, j + 1),
+            (Some(b), Some(a)) if key(b) < key(a) => {
+                gone.push(*b);
+                i += 1;
+            }
+            (Some(b), None) => {
+                gone.push(*b);
+                i += 1;
+            }
+            (_, Some(a)) => {
+                new.push(*a);
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    (gone, new)
 }

@@ -134,3 +134,36 @@ fn a_backend_without_room_gets_no_entry_while_it_is_listed() {
     w.apply(vec![(key("d"), service(vec![frontend("d", "10.96.0.13:80", &["10.1.0.2:80"])]))]);
     assert_eq!(owner(&w, "10.1.0.2:80").as_deref(), Some("10.96.0.13:80"));
 }
+
+/// The frontend SVC_BE_REV6 names for TCP backend `backend`.
+fn owner6(w: &Writer<MemoryTable>, backend: &str) -> Option<String> {
+    let key = RevKey::new(backend_value(backend.parse::<std::net::SocketAddr>().unwrap()), svc_common::proto::TCP);
+    w.table().reverse.get(&key).map(|f: &Backend| f.socket_addr().to_string())
+}
+
+fn frontend6(svc: &str, fe: &str, backends: &[&str]) -> crate::model::DesiredFrontend {
+    let mut f = frontend(svc, "10.96.0.99:80", &[]);
+    f.addr = fe.parse().unwrap();
+    f.backends = backends.iter().map(|b| b.parse().unwrap()).collect();
+    f
+}
+
+#[test]
+fn both_families_have_owners_within_one_capacity() {
+    // The mirror is kept per family; the budget is one for both maps.
+    let mut w = Writer::adopt(MemoryTable::new(crate::dataplane::table::Capacity { reverse: 2, ..ROOMY })).unwrap();
+    w.apply(vec![(key("a"), service(vec![frontend("a", "10.96.0.10:80", &["10.1.0.1:80"])]))]);
+    w.apply(vec![(key("b"), service(vec![frontend6("b", "[fd00::a60:1]:80", &["[fd00:1::1]:80", "[fd00:1::2]:80"])]))]);
+    assert_eq!(owner(&w, "10.1.0.1:80").as_deref(), Some("10.96.0.10:80"));
+    assert_eq!(owner6(&w, "[fd00:1::1]:80").as_deref(), Some("[fd00::a60:1]:80"));
+    assert_eq!(owner6(&w, "[fd00:1::2]:80"), None, "no room left in the shared budget");
+    assert_eq!(w.reverse_owner_count(), 2);
+    // Room comes back when an IPv4 entry goes.
+    w.set_reverse_linger(Duration::ZERO);
+    w.apply(vec![(key("a"), ServiceUpdate::Remove)]);
+    w.apply(vec![]);
+    assert_eq!(w.reverse_owner_count(), 1);
+    w.apply(vec![(key("c"), service(vec![frontend6("c", "[fd00::a60:2]:80", &["[fd00:1::3]:80"])]))]);
+    assert_eq!(owner6(&w, "[fd00:1::3]:80").as_deref(), Some("[fd00::a60:2]:80"));
+    assert_eq!(w.reverse_owner_count(), 2);
+}
