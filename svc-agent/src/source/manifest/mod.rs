@@ -10,6 +10,7 @@
 //! the cluster unchanged; the other files always apply.
 
 pub(crate) mod ipam;
+mod merge;
 mod mirror;
 mod node_ports;
 mod parse;
@@ -29,7 +30,12 @@ use k8s_openapi::api::core::v1::Endpoints;
 pub(crate) use parse::{ParseError, ParsedFile, parse_manifest};
 pub(crate) use watch::spawn;
 
-use crate::model::{NamespaceObj, PodObj, ServiceCidrs, ServiceKey, ServiceObj, SliceObj};
+use merge::{Definitions, ObjKey};
+
+use crate::{
+    model::{NamespaceObj, PodObj, ServiceCidrs, ServiceObj, SliceObj},
+    source::Change,
+};
 
 /// What the manifest source allocates, standing in for the API server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +64,8 @@ struct Stamp {
 #[derive(Debug)]
 struct FileState {
     stamp: Stamp,
+    /// The path, as the merged definitions hold it.
+    path: Arc<Path>,
     /// Last content that parsed (None if the file never parsed).
     objects: Option<ParsedFile>,
 }
@@ -75,6 +83,74 @@ pub(crate) struct Snapshot {
     pub namespaces: Vec<Arc<NamespaceObj>>,
 }
 
+/// What one re-read changed, as the source hands it on.
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    /// Services (with addresses and node ports allocated).
+    pub services: Vec<Change<Arc<ServiceObj>>>,
+    /// EndpointSlices, including those mirrored from Endpoints.
+    pub slices: Vec<Change<Arc<SliceObj>>>,
+    /// Every Pod, if any changed (few objects: resent whole).
+    pub pods: Option<Vec<Arc<PodObj>>>,
+    /// Every Namespace, if any changed.
+    pub namespaces: Option<Vec<Arc<NamespaceObj>>>,
+}
+
+impl Changes {
+    /// Whether nothing changed.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.slices.is_empty() && self.pods.is_none() && self.namespaces.is_none()
+    }
+}
+
+/// Every kind's definitions across the files.
+#[derive(Debug)]
+struct Merged {
+    services: Definitions<Arc<ServiceObj>>,
+    slices: Definitions<Arc<SliceObj>>,
+    endpoints: Definitions<Arc<Endpoints>>,
+    pods: Definitions<Arc<PodObj>>,
+    namespaces: Definitions<Arc<NamespaceObj>>,
+}
+
+impl Merged {
+    fn new() -> Self {
+        Self {
+            services: Definitions::new("Service"),
+            slices: Definitions::new("EndpointSlice"),
+            endpoints: Definitions::new("Endpoints"),
+            pods: Definitions::new("Pod"),
+            namespaces: Definitions::new("Namespace"),
+        }
+    }
+
+    /// `path` held `old` and holds `new` now.
+    fn replace(&mut self, path: &Arc<Path>, old: Option<&ParsedFile>, new: Option<&ParsedFile>) {
+        let svc_key = |s: &ServiceObj| -> ObjKey { (s.key.namespace.as_str().into(), s.key.name.as_str().into()) };
+        let slice_key = |s: &SliceObj| -> ObjKey { (s.namespace.clone(), s.name.clone()) };
+        let ep_key = |e: &Endpoints| -> ObjKey {
+            let (namespace, name) = key_of(&e.metadata);
+            (namespace.into(), name.into())
+        };
+        let pod_key = |p: &PodObj| -> ObjKey { (p.namespace.clone(), p.name.clone()) };
+        let ns_key = |n: &NamespaceObj| -> ObjKey { ("".into(), n.name.clone()) };
+        if let Some(old) = old {
+            old.services.iter().for_each(|o| self.services.remove(&svc_key(o), path));
+            old.slices.iter().for_each(|o| self.slices.remove(&slice_key(o), path));
+            old.endpoints.iter().for_each(|o| self.endpoints.remove(&ep_key(o), path));
+            old.pods.iter().for_each(|o| self.pods.remove(&pod_key(o), path));
+            old.namespaces.iter().for_each(|o| self.namespaces.remove(&ns_key(o), path));
+        }
+        if let Some(new) = new {
+            new.services.iter().for_each(|o| self.services.insert(svc_key(o), path, Arc::clone(o)));
+            new.slices.iter().for_each(|o| self.slices.insert(slice_key(o), path, Arc::clone(o)));
+            new.endpoints.iter().for_each(|o| self.endpoints.insert(ep_key(o), path, Arc::clone(o)));
+            new.pods.iter().for_each(|o| self.pods.insert(pod_key(o), path, Arc::clone(o)));
+            new.namespaces.iter().for_each(|o| self.namespaces.insert(ns_key(o), path, Arc::clone(o)));
+        }
+    }
+}
+
 /// Reads and caches a manifest directory.
 #[derive(Debug)]
 pub(crate) struct ManifestDir {
@@ -83,13 +159,26 @@ pub(crate) struct ManifestDir {
     /// Allocations in force, kept across re-reads.
     sticky: ipam::Sticky,
     files: BTreeMap<PathBuf, FileState>,
+    merged: Merged,
+    /// The Services as handed on: addresses and node ports allocated.
+    services: Vec<Arc<ServiceObj>>,
+    /// EndpointSlices mirrored from Endpoints.
+    mirrored: Vec<Arc<SliceObj>>,
 }
 
 impl ManifestDir {
     /// A reader for `dir`; nothing is read yet.
     pub(crate) fn new(dir: impl Into<PathBuf>, allocation: Allocation) -> Self {
         let sticky = allocation.previous.clone();
-        Self { dir: dir.into(), allocation, sticky, files: BTreeMap::new() }
+        Self {
+            dir: dir.into(),
+            allocation,
+            sticky,
+            files: BTreeMap::new(),
+            merged: Merged::new(),
+            services: Vec::new(),
+            mirrored: Vec::new(),
+        }
     }
 
     /// The directory.
@@ -97,25 +186,33 @@ impl ManifestDir {
         &self.dir
     }
 
-    /// Re-reads changed files and returns the merged objects.
-    pub(crate) fn reload(&mut self) -> std::io::Result<Snapshot> {
+    /// Re-reads changed files and returns what changed. Only the changed
+    /// files' objects are merged again; what is derived from every Service
+    /// (allocations, mirrored Endpoints) is recomputed only when a Service
+    /// or an Endpoints changed.
+    pub(crate) fn reload(&mut self) -> std::io::Result<Changes> {
         let present = manifest_files(&self.dir)?;
-        self.files.retain(|path, _| {
-            let keep = present.contains_key(path);
-            if !keep {
-                tracing::info!(file = %path.display(), "manifest removed");
+        let gone: Vec<PathBuf> = self.files.keys().filter(|p| !present.contains_key(*p)).cloned().collect();
+        for path in gone {
+            tracing::info!(file = %path.display(), "manifest removed");
+            if let Some(state) = self.files.remove(&path) {
+                self.merged.replace(&state.path, state.objects.as_ref(), None);
             }
-            keep
-        });
+        }
         let changed: Vec<(PathBuf, Stamp)> = present
             .into_iter()
             .filter(|(path, stamp)| self.files.get(path).is_none_or(|f| f.stamp != *stamp))
             .collect();
         let bulk = changed.len() >= BULK_FILES;
         for ((path, stamp), parsed) in parse_all(changed) {
-            let previous = self.files.remove(&path).and_then(|f| f.objects);
+            let previous = self.files.remove(&path);
+            let shared = previous.as_ref().map_or_else(|| merge::shared_path(&path), |f| Arc::clone(&f.path));
+            let previous = previous.and_then(|f| f.objects);
             let objects = match parsed {
-                Ok(parsed) => Some(parsed),
+                Ok(parsed) => {
+                    self.merged.replace(&shared, previous.as_ref(), Some(&parsed));
+                    Some(parsed)
+                }
                 Err(err) => {
                     tracing::error!(
                         file = %path.display(),
@@ -126,83 +223,59 @@ impl ManifestDir {
                     previous
                 }
             };
-            self.files.insert(path, FileState { stamp, objects });
+            self.files.insert(path, FileState { stamp, path: shared, objects });
         }
         if bulk {
             crate::sys::trim_heap();
         }
-        Ok(self.merge())
+        Ok(self.changes())
     }
 
-    /// Combines every file's objects into one consistent view.
-    fn merge(&mut self) -> Snapshot {
-        let mut services: BTreeMap<ServiceKey, Arc<ServiceObj>> = BTreeMap::new();
-        let mut slices: BTreeMap<(String, String), Arc<SliceObj>> = BTreeMap::new();
-        let mut endpoints: BTreeMap<(String, String), &Endpoints> = BTreeMap::new();
-        let mut pods: BTreeMap<(String, String), Arc<PodObj>> = BTreeMap::new();
-        let mut namespaces: BTreeMap<(String, String), Arc<NamespaceObj>> = BTreeMap::new();
-        for (path, state) in &self.files {
-            let Some(parsed) = &state.objects else { continue };
-            for svc in &parsed.services {
-                let key = (svc.key.namespace.clone(), svc.key.name.clone());
-                insert_unique(&mut services, svc.key.clone(), &key, Arc::clone(svc), "Service", path);
-            }
-            for slice in &parsed.slices {
-                let key = (slice.namespace.to_string(), slice.name.to_string());
-                insert_unique(&mut slices, key.clone(), &key, Arc::clone(slice), "EndpointSlice", path);
-            }
-            for ep in &parsed.endpoints {
-                let key = key_of(&ep.metadata);
-                insert_unique(&mut endpoints, key.clone(), &key, ep, "Endpoints", path);
-            }
-            for pod in &parsed.pods {
-                let key = (pod.namespace.to_string(), pod.name.to_string());
-                insert_unique(&mut pods, key.clone(), &key, Arc::clone(pod), "Pod", path);
-            }
-            for ns in &parsed.namespaces {
-                let key = (String::new(), ns.name.to_string());
-                insert_unique(&mut namespaces, key.clone(), &key, Arc::clone(ns), "Namespace", path);
-            }
+    /// Hands on what the definitions' changes mean.
+    fn changes(&mut self) -> Changes {
+        let mut out = Changes::default();
+        let services_changed = !self.merged.services.take_changes().is_empty();
+        if services_changed {
+            // Allocation looks at every Service (an explicit address may
+            // be taken); unchanged ones are shared, so the delta is cheap.
+            let mut services = self.merged.services.in_force_sorted();
+            ipam::assign_cluster_ips(&mut services, &self.allocation.service_cidr, &mut self.sticky);
+            node_ports::assign_node_ports(&mut services, &self.allocation.node_ports, &mut self.sticky);
+            out.services = merge::delta(&self.services, &services, |s| (&s.key.namespace, &s.key.name));
+            self.services = services;
         }
-        // Shared with the file cache: only Services that get an address or
-        // a node port allocated are copied.
-        let mut services: Vec<Arc<ServiceObj>> = services.into_values().collect();
-        ipam::assign_cluster_ips(&mut services, &self.allocation.service_cidr, &mut self.sticky);
-        node_ports::assign_node_ports(&mut services, &self.allocation.node_ports, &mut self.sticky);
-        let mut slices: Vec<Arc<SliceObj>> = slices.into_values().collect();
-        slices.extend(mirror::mirror_endpoints(&services, endpoints.into_values()));
+        out.slices = merge::as_source_changes(self.merged.slices.take_changes());
+        let endpoints_changed = !self.merged.endpoints.take_changes().is_empty();
+        if services_changed || endpoints_changed {
+            let endpoints = self.merged.endpoints.in_force_sorted();
+            let mirrored = mirror::mirror_endpoints(&self.services, endpoints.iter().map(|e| &**e));
+            out.slices.extend(merge::delta(&self.mirrored, &mirrored, |s| (&s.namespace, &s.name)));
+            self.mirrored = mirrored;
+        }
+        if !self.merged.pods.take_changes().is_empty() {
+            out.pods = Some(self.merged.pods.in_force_sorted());
+        }
+        if !self.merged.namespaces.take_changes().is_empty() {
+            out.namespaces = Some(self.merged.namespaces.in_force_sorted());
+        }
+        out
+    }
+
+    /// Every object in force, as of the last [`Self::reload`].
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let mut slices = self.merged.slices.in_force_sorted();
+        slices.extend(self.mirrored.iter().cloned());
         Snapshot {
-            services,
+            services: self.services.clone(),
             slices,
-            pods: pods.into_values().collect(),
-            namespaces: namespaces.into_values().collect(),
+            pods: self.merged.pods.in_force_sorted(),
+            namespaces: self.merged.namespaces.in_force_sorted(),
         }
     }
 }
 
 fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
     (meta.namespace.clone().unwrap_or_else(|| "default".to_owned()), meta.name.clone().unwrap_or_default())
-}
-
-/// Keeps the first definition of an object and reports duplicates by file.
-fn insert_unique<K: Ord, T>(
-    map: &mut BTreeMap<K, T>,
-    key: K,
-    name: &(String, String),
-    obj: T,
-    kind: &str,
-    path: &Path,
-) {
-    if map.contains_key(&key) {
-        tracing::warn!(
-            file = %path.display(),
-            "{kind} {}/{} is defined more than once; keeping the first definition (files are read in name order)",
-            name.0,
-            name.1
-        );
-        return;
-    }
-    map.insert(key, obj);
 }
 
 /// `*.yaml`, `*.yml` and `*.json` directly in `dir`, skipping hidden files
@@ -259,3 +332,6 @@ fn read_and_parse(path: &Path) -> Result<ParsedFile, ParseError> {
     }
     Ok(parsed)
 }
+
+#[cfg(test)]
+mod tests;

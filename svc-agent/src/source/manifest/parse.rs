@@ -33,7 +33,7 @@ pub(crate) struct ParsedFile {
     /// EndpointSlices (discovery.k8s.io/v1).
     pub slices: Vec<Arc<SliceObj>>,
     /// Endpoints (v1), mirrored into slices for selector-less Services.
-    pub endpoints: Vec<Endpoints>,
+    pub endpoints: Vec<Arc<Endpoints>>,
     /// Pods (v1), all taken to run on this node.
     pub pods: Vec<Arc<PodObj>>,
     /// Namespaces (v1).
@@ -88,7 +88,7 @@ fn add_document(out: &mut ParsedFile, doc: serde_yaml::Value, number: usize) {
             Err(e) => out.problems.push(format!("{what}: {e}")),
         },
         ("Endpoints", "v1") => match decode::<Endpoints>(doc) {
-            Ok(ep) if ep.metadata.name.is_some() => out.endpoints.push(ep),
+            Ok(ep) if ep.metadata.name.is_some() => out.endpoints.push(Arc::new(ep)),
             Ok(_) => out.problems.push(format!("{what}: metadata.name is required")),
             Err(e) => out.problems.push(format!("{what}: {e}")),
         },

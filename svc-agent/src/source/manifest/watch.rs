@@ -1,16 +1,11 @@
 //! Watches the manifest directory (inotify through `notify`) and feeds the
 //! controller a fresh view whenever files change.
 
-use std::{
-    collections::{HashMap, HashSet},
-    path::Path,
-    sync::Arc,
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use notify::{
     EventKind, RecursiveMode, Watcher as _,
-    event::{AccessKind, AccessMode},
+    event::{AccessKind, AccessMode, ModifyKind},
 };
 use tokio::sync::mpsc;
 
@@ -32,8 +27,9 @@ const RESCAN: Duration = Duration::from_secs(5);
 pub(crate) fn spawn(dir: &Path, allocation: Allocation, events: EventSender) -> Result<tokio::task::JoinHandle<()>> {
     let dir = dir.to_owned();
     let mut manifests = ManifestDir::new(dir.clone(), allocation);
-    let first =
-        manifests.reload().map_err(|e| Error::io(format!("reading manifest directory {}", dir.display()), e))?;
+    // The first delivery is the complete view, not the changes from nothing.
+    manifests.reload().map_err(|e| Error::io(format!("reading manifest directory {}", dir.display()), e))?;
+    let first = manifests.snapshot();
     tracing::info!(
         dir = %dir.display(),
         services = first.services.len(),
@@ -41,14 +37,17 @@ pub(crate) fn spawn(dir: &Path, allocation: Allocation, events: EventSender) -> 
         "manifest source loaded"
     );
     send(&events, &first);
+    drop(first);
     events.send(SourceEvent::Synced);
 
-    let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<()>();
+    // Each wake says whether its event ends a write (`is_complete`).
+    let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<bool>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| is_own_read(e.kind)) {
+        let kind = event.map(|e| e.kind);
+        if kind.as_ref().is_ok_and(|k| is_own_read(*k)) {
             return;
         }
-        if wake_tx.send(()).is_err() {
+        if wake_tx.send(kind.is_ok_and(is_complete)).is_err() {
             // The reader is gone: there is no one to wake.
             tracing::trace!("manifest watcher: nobody to wake");
         }
@@ -60,41 +59,39 @@ pub(crate) fn spawn(dir: &Path, allocation: Allocation, events: EventSender) -> 
 
     Ok(tokio::spawn(async move {
         let _watcher = watcher; // dropping it stops the notifications
-        let mut last = first;
         loop {
-            tokio::select! {
-                woke = wake_rx.recv() => if woke.is_none() { return },
-                () = tokio::time::sleep(RESCAN) => {}
-            }
+            let mut complete = tokio::select! {
+                woke = wake_rx.recv() => match woke { Some(complete) => complete, None => return },
+                () = tokio::time::sleep(RESCAN) => true,
+            };
             let woke_at = std::time::Instant::now();
-            tokio::time::sleep(DEBOUNCE).await;
-            while wake_rx.try_recv().is_ok() {}
+            while let Ok(more) = wake_rx.try_recv() {
+                complete &= more;
+            }
+            if !complete {
+                // A file is still being written: let the burst settle.
+                tokio::time::sleep(DEBOUNCE).await;
+                while wake_rx.try_recv().is_ok() {}
+            }
             match manifests.reload() {
-                Ok(snapshot) => {
-                    let services = delta(&last.services, &snapshot.services, |s| (&s.key.namespace, &s.key.name));
-                    let slices = delta(&last.slices, &snapshot.slices, |s| (&s.namespace, &s.name));
-                    let pods_changed = snapshot.pods != last.pods;
-                    let namespaces_changed = snapshot.namespaces != last.namespaces;
-                    let changed = !(services.is_empty() && slices.is_empty()) || pods_changed || namespaces_changed;
+                Ok(changes) => {
                     tracing::debug!(
                         reload_us = woke_at.elapsed().as_micros() as u64,
-                        changed,
+                        changed = !changes.is_empty(),
                         "manifest directory re-read"
                     );
-                    services.into_iter().for_each(|c| {
+                    changes.services.into_iter().for_each(|c| {
                         events.send(SourceEvent::Services(c));
                     });
-                    slices.into_iter().for_each(|c| {
+                    changes.slices.into_iter().for_each(|c| {
                         events.send(SourceEvent::Slices(c));
                     });
-                    // Few objects: a change resends them all.
-                    if pods_changed {
-                        events.send(SourceEvent::Pods(Change::replace_all(snapshot.pods.clone())));
+                    if let Some(pods) = changes.pods {
+                        events.send(SourceEvent::Pods(Change::replace_all(pods)));
                     }
-                    if namespaces_changed {
-                        events.send(SourceEvent::Namespaces(Change::replace_all(snapshot.namespaces.clone())));
+                    if let Some(namespaces) = changes.namespaces {
+                        events.send(SourceEvent::Namespaces(Change::replace_all(namespaces)));
                     }
-                    last = snapshot;
                 }
                 Err(e) => tracing::error!(dir = %manifests.dir().display(), "cannot read manifest directory: {e}"),
             }
@@ -113,21 +110,17 @@ fn is_own_read(kind: EventKind) -> bool {
     matches!(kind, EventKind::Access(access) if access != AccessKind::Close(AccessMode::Write))
 }
 
-/// The upserts and deletes that turn `before` into `after`. A re-read
-/// shares the objects of unchanged files (`Arc`s compare by pointer
-/// first), so this is cheap, and the controller only hears about what
-/// changed instead of diffing every object again.
-fn delta<T: Eq>(before: &[Arc<T>], after: &[Arc<T>], key: impl Fn(&T) -> (&str, &str)) -> Vec<Change<Arc<T>>> {
-    let old: HashMap<(&str, &str), &Arc<T>> = before.iter().map(|o| (key(o), o)).collect();
-    let new: HashSet<(&str, &str)> = after.iter().map(|o| key(o)).collect();
-    let mut changes: Vec<Change<Arc<T>>> =
-        after.iter().filter(|o| old.get(&key(o)) != Some(o)).map(|o| Change::Upsert(Arc::clone(o))).collect();
-    changes.extend(
-        old.keys()
-            .filter(|k| !new.contains(*k))
-            .map(|(namespace, name)| Change::Delete { namespace: (*namespace).to_owned(), name: (*name).to_owned() }),
-    );
-    changes
+/// Events after which a file is whole: a rename into the directory (how
+/// `kubectl`-style and ConfigMap writers publish), a close after writing,
+/// a removal. The directory is re-read at once; other events (a create, a
+/// write in progress) wait [`DEBOUNCE`] for the rest of the burst.
+fn is_complete(kind: EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Modify(ModifyKind::Name(_))
+            | EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Remove(_)
+    )
 }
 
 fn send(events: &EventSender, snapshot: &Snapshot) {
@@ -139,36 +132,9 @@ fn send(events: &EventSender, snapshot: &Snapshot) {
 
 #[cfg(test)]
 mod tests {
-    use notify::event::{CreateKind, ModifyKind, RenameMode};
+    use notify::event::{CreateKind, DataChange, RenameMode};
 
     use super::*;
-
-    fn obj(ns: &'static str, name: &'static str, v: u32) -> Arc<(&'static str, &'static str, u32)> {
-        Arc::new((ns, name, v))
-    }
-
-    fn key<'a>(o: &'a (&'static str, &'static str, u32)) -> (&'a str, &'a str) {
-        (o.0, o.1)
-    }
-
-    #[test]
-    fn delta_names_only_what_changed() {
-        let (kept, edited, gone) = (obj("a", "kept", 1), obj("a", "edited", 1), obj("b", "gone", 1));
-        let before = vec![Arc::clone(&kept), edited, gone];
-        let (edited2, added) = (obj("a", "edited", 2), obj("c", "added", 1));
-        let after = vec![kept, Arc::clone(&edited2), Arc::clone(&added)];
-        let mut got: Vec<String> = delta(&before, &after, key)
-            .into_iter()
-            .map(|c| match c {
-                Change::Upsert(o) => format!("upsert {}/{} v{}", o.0, o.1, o.2),
-                Change::Delete { namespace, name } => format!("delete {namespace}/{name}"),
-                Change::Replace { .. } => "replace".to_owned(),
-            })
-            .collect();
-        got.sort();
-        assert_eq!(got, ["delete b/gone", "upsert a/edited v2", "upsert c/added v1"]);
-        assert!(delta(&after, &after, key).is_empty());
-    }
 
     #[test]
     fn own_reads_do_not_wake_the_reader_but_changes_do() {
@@ -178,5 +144,14 @@ mod tests {
         assert!(!is_own_read(EventKind::Create(CreateKind::File)));
         assert!(!is_own_read(EventKind::Modify(ModifyKind::Name(RenameMode::To))));
         assert!(!is_own_read(EventKind::Remove(notify::event::RemoveKind::File)));
+    }
+
+    #[test]
+    fn only_a_finished_write_skips_the_debounce() {
+        assert!(is_complete(EventKind::Modify(ModifyKind::Name(RenameMode::To))));
+        assert!(is_complete(EventKind::Access(AccessKind::Close(AccessMode::Write))));
+        assert!(is_complete(EventKind::Remove(notify::event::RemoveKind::File)));
+        assert!(!is_complete(EventKind::Create(CreateKind::File)));
+        assert!(!is_complete(EventKind::Modify(ModifyKind::Data(DataChange::Any))));
     }
 }
