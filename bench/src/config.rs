@@ -86,6 +86,14 @@ pub(crate) struct Config {
     /// single changes), run after ours at `target_services`.
     #[serde(default)]
     pub(crate) shared: Option<(u32, u32, u32)>,
+    /// Sizes of the Kubernetes-source bench (a real API server).
+    #[serde(default)]
+    pub(crate) kube_sizes: Vec<u32>,
+    /// Its endpoint additions, at `kube_rate` per second.
+    #[serde(default)]
+    pub(crate) kube_changes: u32,
+    #[serde(default)]
+    pub(crate) kube_rate: u32,
 }
 
 impl Config {
@@ -121,6 +129,9 @@ impl Config {
             target_services: 10_000,
             north_south_sizes: vec![1_000, 10_000],
             shared: Some((10_000, 100, 300)),
+            kube_sizes: vec![1_000, 10_000],
+            kube_changes: 500,
+            kube_rate: 100,
         }
     }
 
@@ -148,6 +159,8 @@ impl Config {
             target_services: 1_000,
             north_south_sizes: vec![100],
             shared: Some((200, 20, 20)),
+            kube_sizes: vec![100],
+            kube_changes: 50,
             ..Self::full()
         }
     }

@@ -21,6 +21,7 @@ mod cleanup;
 mod config;
 mod control;
 mod datapath;
+mod kube;
 mod machine;
 mod manifests;
 mod modes;
@@ -123,6 +124,8 @@ enum Phase {
     Datapath,
     NorthSouth,
     Control,
+    /// The Kubernetes source through a real API server.
+    Kube,
 }
 
 fn main() -> ExitCode {
@@ -172,6 +175,10 @@ fn run(args: &RunArgs) -> Result<()> {
         if only != Phase::Control {
             cfg.control_sizes.clear();
             cfg.churn.clear();
+            cfg.shared = None;
+        }
+        if only != Phase::Control && only != Phase::Kube {
+            cfg.kube_sizes.clear();
         }
     }
     let run_id = sys::run_id();

@@ -43,7 +43,7 @@ pub(crate) fn agent_cold(ctx: &Ctx, mut cfg: AgentConfig, topo: &Topology) -> Re
         .map(OsString::from)
         .chain([data.clone().into_os_string(), "--".into()])
         .collect();
-    let (agent, run) = cold_agent(&cfg, topo)?;
+    let (agent, run) = cold_agent(&cfg, topo, 0)?;
     agent.stop(Duration::from_secs(60));
     let (top, by_dso) = report(&data)?;
     let _ = std::fs::remove_file(&data);

@@ -143,7 +143,8 @@ pub(crate) struct AgentRun {
     pub(crate) total_secs: f64,
     /// Start -> programs loaded, attached and pinned.
     pub(crate) attach_secs: Option<f64>,
-    /// Start -> manifest source loaded (files read and parsed).
+    /// Start -> the source loaded (manifest: files read and parsed;
+    /// kube: every kind listed).
     pub(crate) source_secs: Option<f64>,
     /// The agent's own `apply_us` of the first sync (model + map writes).
     pub(crate) apply_secs: Option<f64>,
@@ -205,6 +206,36 @@ pub(crate) struct ControlResult {
     /// The shared-backends shape (absent from older results).
     #[serde(default)]
     pub(crate) shared: Option<SharedResult>,
+    /// The Kubernetes source through a real API server (absent from
+    /// older results).
+    #[serde(default)]
+    pub(crate) kube: Vec<KubeResult>,
+}
+
+/// The Kubernetes source at one size (`crate::kube`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct KubeResult {
+    pub(crate) services: u32,
+    pub(crate) endpoints: u32,
+    /// The objects' YAML size.
+    pub(crate) input_bytes: u64,
+    /// Writing every object to the API server (before the agent starts).
+    pub(crate) load_secs: f64,
+    /// The cold start (`source_secs`: start -> every kind listed).
+    pub(crate) run: AgentRun,
+    /// Endpoint additions, and the rate asked for (per second).
+    pub(crate) changes: u32,
+    pub(crate) rate: u32,
+    pub(crate) achieved_rate: f64,
+    /// API write (server-side apply) -> map visible, per change.
+    pub(crate) latency_ms: Vec<f64>,
+    /// The write's own share (until the API server answered).
+    pub(crate) write_ms: Vec<f64>,
+    /// The agent's `apply_us` of each batch during the changes.
+    #[serde(default)]
+    pub(crate) apply_ms: Vec<f64>,
+    pub(crate) failures: u32,
+    pub(crate) agent_flags: Vec<String>,
 }
 
 /// Many Services over one set of endpoints (`crate::shared`).

@@ -47,7 +47,7 @@ pub(crate) fn run(ctx: &Ctx, cgroup: &Cgroup, services: u32, endpoints: u32, cha
         devices: "none".into(),
         netns: None,
     };
-    let (mut agent, run) = cold_agent(&cfg, &topo)?;
+    let (mut agent, run) = cold_agent(&cfg, &topo, 0)?;
     eprintln!("bench:   in sync after {:.3} s, peak RSS {} MiB", run.total_secs, run.rss_peak_kib / 1024);
     let churn = measure_churn(changes, ctx, &topo, &source, &cfg.bpffs, &mut agent);
     agent.stop(Duration::from_secs(10));

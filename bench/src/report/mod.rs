@@ -5,6 +5,7 @@
 
 mod control;
 mod datapath;
+mod kube;
 mod northsouth;
 mod profiles;
 
@@ -76,6 +77,7 @@ pub(crate) fn render(r: &Results, results_file: &str) -> String {
     control::cold(&mut o, r);
     control::churn(&mut o, r);
     control::shared(&mut o, r);
+    kube::section(&mut o, r);
     control::memory(&mut o, r);
     profiles::profiles(&mut o, r);
     not_measured(&mut o, r);
@@ -171,7 +173,7 @@ pub(super) fn run_median(c: &ColdResult) -> Option<f64> {
     Some(median(c.runs.iter().flatten().copied()))
 }
 
-fn verdict(measured: f64, limit: f64, unit: &str, digits: usize) -> String {
+pub(super) fn verdict(measured: f64, limit: f64, unit: &str, digits: usize) -> String {
     if measured <= limit {
         "met".into()
     } else {
@@ -202,6 +204,7 @@ fn targets(o: &mut String, r: &Results) {
     }
     udp_target_rows(o, r);
     northsouth::target_rows(o, r);
+    kube::target_rows(o, r);
     let target = r.config.target_services;
     if let Some(c) = ours_cold(r, target) {
         if let Some(m) = run_median(c) {
