@@ -178,8 +178,9 @@ pub(crate) fn cold_agent(cfg: &AgentConfig, topo: &Topology, others: usize) -> R
     let last = frontends.get(vip(topo.services - 1), SERVICE_PORT).map(|f| f.count);
     if count != want || last != Some(topo.endpoints) {
         bail!(
-            "after sync the agent has {count} frontends (want {want}), the last Service has {last:?} backends (want {})",
-            topo.endpoints
+            "after sync the agent has {count} frontends (want {want}), the last Service has {last:?} backends (want {}); its log ends:\n{}",
+            topo.endpoints,
+            agent.tail()
         );
     }
     let rss_synced = sys::proc_status_kib(pid, "VmRSS").unwrap_or(0);

@@ -74,12 +74,22 @@ pub(super) async fn watch_kind<K>(
                     tracing::info!(count = objects.len(), undecodable = kept.len(), "listed {kind}s");
                     listed_at = Some(Instant::now());
                     failures = 0;
+                    // The listing goes to the controller *before* the
+                    // announcement that this kind is listed: the source's
+                    // "synced" must never overtake it (the dataplane would
+                    // be declared in sync, and a restart would program the
+                    // Services, without these objects).
+                    if let Some(event) = wrap(Change::Replace { objects, kept })
+                        && !events.send(event)
+                    {
+                        return;
+                    }
                     // Only the first list of each kind is awaited; later
                     // ones find the receiver gone, which is fine.
                     if listed.send(Listed(kind)).is_err() {
                         tracing::trace!("{kind}s listed again");
                     }
-                    Change::Replace { objects, kept }
+                    continue;
                 }
                 Ok(Event::Apply(obj)) => match decoder.decode(obj) {
                     Ok(typed) => Change::Upsert(typed),
