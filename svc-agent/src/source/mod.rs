@@ -43,15 +43,6 @@ impl<T> Change<T> {
     pub(crate) fn replace_all(objects: Vec<T>) -> Self {
         Self::Replace { objects, kept: Vec::new() }
     }
-
-    /// The same change of converted objects.
-    pub(crate) fn map<U>(self, f: impl Fn(T) -> U) -> Change<U> {
-        match self {
-            Self::Replace { objects, kept } => Change::Replace { objects: objects.into_iter().map(f).collect(), kept },
-            Self::Upsert(obj) => Change::Upsert(f(obj)),
-            Self::Delete { namespace, name } => Change::Delete { namespace, name },
-        }
-    }
 }
 
 /// What a source tells the controller.

@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 
 use self::{
     decode::Decoder,
-    watch::{Listed, watch_kind},
+    watch::{Delivery, Listed, watch_kind},
 };
 use super::{Change, EventSender, SourceEvent};
 use crate::{
@@ -76,23 +76,24 @@ pub(crate) async fn spawn(options: KubeOptions, events: EventSender, metrics: &M
     let (listed_tx, listed_rx) = mpsc::unbounded_channel();
     let config = kube::runtime::watcher::Config::default().labels(PROXY_LABEL_SELECTOR);
     let decoder = |kind| Decoder::new(kind, metrics.undecodable(kind));
+    let services = Delivery { kind: "Service", reduce: |s: Service| Arc::new(ServiceObj::from(&s)), wrap: services };
     tokio::spawn(watch_kind(
         untyped::<Service>(&client),
         config.clone(),
         decoder("Service"),
-        "Service",
+        services,
         events.clone(),
         listed_tx.clone(),
-        services,
     ));
+    let slices =
+        Delivery { kind: "EndpointSlice", reduce: |s: EndpointSlice| Arc::new(SliceObj::from(&s)), wrap: slices };
     tokio::spawn(watch_kind(
         untyped::<EndpointSlice>(&client),
         config,
         decoder("EndpointSlice"),
-        "EndpointSlice",
+        slices,
         events.clone(),
         listed_tx,
-        slices,
     ));
     // The socket-translation opt-out: this node's Pods, and every
     // Namespace (metadata only). Not waited for by the first sync: an
@@ -101,23 +102,28 @@ pub(crate) async fn spawn(options: KubeOptions, events: EventSender, metrics: &M
     // own listings (`model::OptOuts::take_exempt`).
     let (opt_out_listed, _) = mpsc::unbounded_channel();
     let pods = kube::runtime::watcher::Config::default().fields(&format!("spec.nodeName={}", options.node_name));
+    let pod_delivery =
+        Delivery { kind: "Pod", reduce: |p: MetadataOnly| Arc::new(PodObj::from(&p.metadata)), wrap: this_nodes_pods };
     tokio::spawn(watch_kind(
         untyped::<Pod>(&client),
         pods,
         decoder("Pod"),
-        "Pod",
+        pod_delivery,
         events.clone(),
         opt_out_listed.clone(),
-        this_nodes_pods,
     ));
+    let namespace_delivery = Delivery {
+        kind: "Namespace",
+        reduce: |n: MetadataOnly| Arc::new(NamespaceObj::from(&n.metadata)),
+        wrap: namespaces,
+    };
     tokio::spawn(watch_kind(
         untyped::<Namespace>(&client),
         kube::runtime::watcher::Config::default(),
         decoder("Namespace"),
-        "Namespace",
+        namespace_delivery,
         events.clone(),
         opt_out_listed,
-        namespaces,
     ));
     tokio::spawn(announce_sync(listed_rx, events.clone()));
 
@@ -128,7 +134,8 @@ pub(crate) async fn spawn(options: KubeOptions, events: EventSender, metrics: &M
     }
     let nodes = kube::runtime::watcher::Config::default().fields(&format!("metadata.name={}", options.node_name));
     let (node_listed, _) = mpsc::unbounded_channel();
-    tokio::spawn(watch_kind(untyped::<Node>(&client), nodes, decoder("Node"), "Node", events, node_listed, node_zone));
+    let zone = Delivery { kind: "Node", reduce: |n: Node| zone_of(&n), wrap: node_zone };
+    tokio::spawn(watch_kind(untyped::<Node>(&client), nodes, decoder("Node"), zone, events, node_listed));
     Ok(())
 }
 
@@ -151,13 +158,13 @@ async fn announce_sync(mut listed: mpsc::UnboundedReceiver<Listed>, events: Even
 }
 
 /// Services, reduced to what the model reads as they arrive.
-fn services(change: Change<Service>) -> Option<SourceEvent> {
-    Some(SourceEvent::Services(change.map(|s| Arc::new(ServiceObj::from(&s)))))
+fn services(change: Change<Arc<ServiceObj>>) -> Option<SourceEvent> {
+    Some(SourceEvent::Services(change))
 }
 
 /// EndpointSlices, reduced to what the model reads as they arrive.
-fn slices(change: Change<EndpointSlice>) -> Option<SourceEvent> {
-    Some(SourceEvent::Slices(change.map(|s| Arc::new(SliceObj::from(&s)))))
+fn slices(change: Change<Arc<SliceObj>>) -> Option<SourceEvent> {
+    Some(SourceEvent::Slices(change))
 }
 
 /// What the opt-out reads of Pods and Namespaces: their metadata.
@@ -167,22 +174,23 @@ struct MetadataOnly {
 }
 
 /// This node's Pods, reduced as they arrive.
-fn this_nodes_pods(change: Change<MetadataOnly>) -> Option<SourceEvent> {
-    Some(SourceEvent::Pods(change.map(|p| Arc::new(PodObj::from(&p.metadata)))))
+fn this_nodes_pods(change: Change<Arc<PodObj>>) -> Option<SourceEvent> {
+    Some(SourceEvent::Pods(change))
 }
 
 /// Namespaces, reduced as they arrive.
-fn namespaces(change: Change<MetadataOnly>) -> Option<SourceEvent> {
-    Some(SourceEvent::Namespaces(change.map(|n| Arc::new(NamespaceObj::from(&n.metadata)))))
+fn namespaces(change: Change<Arc<NamespaceObj>>) -> Option<SourceEvent> {
+    Some(SourceEvent::Namespaces(change))
 }
 
-/// The zone of our Node, from any change to it. A listing in which our
-/// Node could not be decoded keeps the zone known so far.
-fn node_zone(change: Change<Node>) -> Option<SourceEvent> {
+/// The zone of our Node (reduced to its zone label), from any change to
+/// it. A listing in which our Node could not be decoded keeps the zone
+/// known so far.
+fn node_zone(change: Change<Option<String>>) -> Option<SourceEvent> {
     let zone = match change {
         Change::Replace { objects, kept } if objects.is_empty() && !kept.is_empty() => return None,
-        Change::Replace { objects, .. } => objects.into_iter().next().and_then(|n| zone_of(&n)),
-        Change::Upsert(node) => zone_of(&node),
+        Change::Replace { objects, .. } => objects.into_iter().next().flatten(),
+        Change::Upsert(zone) => zone,
         Change::Delete { .. } => None,
     };
     Some(SourceEvent::NodeZone(zone))

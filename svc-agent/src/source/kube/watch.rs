@@ -28,30 +28,42 @@ const HEALTHY: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct Listed(pub(super) &'static str);
 
+/// How one kind's objects reach the controller: `reduce` turns each
+/// decoded object into what the model keeps, at once (a listing is
+/// buffered reduced: the API's full objects, with their managed fields,
+/// are dropped as they are decoded, not held for the whole listing);
+/// `wrap` turns a change into the controller's event (`None`: nothing to
+/// tell).
+pub(super) struct Delivery<K, M> {
+    pub(super) kind: &'static str,
+    pub(super) reduce: fn(K) -> M,
+    pub(super) wrap: fn(Change<M>) -> Option<SourceEvent>,
+}
+
 /// Lists and watches `api` forever. A list is buffered and delivered as one
 /// `Replace` when complete; on any error the watch is dropped and, after a
 /// backoff, started again from a fresh list. Objects arrive untyped and
 /// are decoded one by one ([`Decoder`]): one that cannot be decoded is
 /// skipped, and a listing names it in `kept` so that it is neither stale
-/// nor deleted. `wrap` turns a change into the controller's event (`None`:
-/// nothing to tell).
-pub(super) async fn watch_kind<K>(
+/// nor deleted.
+pub(super) async fn watch_kind<K, M>(
     api: Api<DynamicObject>,
     config: watcher::Config,
     mut decoder: Decoder,
-    kind: &'static str,
+    delivery: Delivery<K, M>,
     events: EventSender,
     listed: UnboundedSender<Listed>,
-    wrap: fn(Change<K>) -> Option<SourceEvent>,
 ) where
     K: DeserializeOwned + Debug + Send + 'static,
+    M: Send + 'static,
 {
+    let Delivery { kind, reduce, wrap } = delivery;
     let mut backoff = Backoff::new();
     let mut failures = 0u32;
     loop {
         let mut listed_at: Option<Instant> = None;
         let mut stream = watcher::watcher(api.clone(), config.clone()).boxed();
-        let mut buffer: Vec<K> = Vec::new();
+        let mut buffer: Vec<M> = Vec::new();
         let mut kept = Vec::new();
         while let Some(item) = stream.next().await {
             let change = match item {
@@ -61,8 +73,8 @@ pub(super) async fn watch_kind<K>(
                     continue;
                 }
                 Ok(Event::InitApply(obj)) => {
-                    match decoder.decode(obj) {
-                        Ok(typed) => buffer.push(typed),
+                    match decoder.decode::<K>(obj) {
+                        Ok(typed) => buffer.push(reduce(typed)),
                         Err(name) => kept.push(name),
                     }
                     continue;
@@ -91,8 +103,8 @@ pub(super) async fn watch_kind<K>(
                     }
                     continue;
                 }
-                Ok(Event::Apply(obj)) => match decoder.decode(obj) {
-                    Ok(typed) => Change::Upsert(typed),
+                Ok(Event::Apply(obj)) => match decoder.decode::<K>(obj) {
+                    Ok(typed) => Change::Upsert(reduce(typed)),
                     // The previous version, if any, stays in effect.
                     Err(_) => continue,
                 },
