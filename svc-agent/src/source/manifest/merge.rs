@@ -59,7 +59,9 @@ impl<T: Clone + PartialEq> Definitions<T> {
     pub(super) fn insert(&mut self, key: ObjKey, path: &Arc<Path>, obj: T) {
         self.touch(&key);
         let defs = self.by_key.entry(key).or_default();
-        let at = defs.partition_point(|(p, _)| **p < **path);
+        // After the file's earlier definitions too: within one file, the
+        // first document wins.
+        let at = defs.partition_point(|(p, _)| **p <= **path);
         defs.insert(at, (Arc::clone(path), obj));
     }
 
@@ -164,6 +166,15 @@ mod tests {
         defs.remove(&key("web"), &a);
         assert_eq!(defs.take_changes(), [(key("web"), None)]);
         assert_eq!(defs.in_force_sorted(), [7]);
+    }
+
+    #[test]
+    fn within_one_file_the_first_document_wins() {
+        let a = shared_path(Path::new("/d/a.yaml"));
+        let mut defs: Definitions<u32> = Definitions::new("Service");
+        defs.insert(key("web"), &a, 1);
+        defs.insert(key("web"), &a, 2);
+        assert_eq!(defs.take_changes(), [(key("web"), Some(1))]);
     }
 
     #[test]

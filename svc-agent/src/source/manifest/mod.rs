@@ -278,6 +278,12 @@ fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> 
     (meta.namespace.clone().unwrap_or_else(|| "default".to_owned()), meta.name.clone().unwrap_or_default())
 }
 
+/// Whether a file name is one the source reads: `*.yaml`, `*.yml`,
+/// `*.json`, not hidden.
+fn is_manifest_name(name: &str) -> bool {
+    !name.starts_with('.') && [".yaml", ".yml", ".json"].iter().any(|ext| name.ends_with(ext))
+}
+
 /// `*.yaml`, `*.yml` and `*.json` directly in `dir`, skipping hidden files
 /// (editors and atomic writers use them for temporaries).
 fn manifest_files(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Stamp>> {
@@ -285,10 +291,7 @@ fn manifest_files(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Stamp>> {
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let is_manifest = [".yaml", ".yml", ".json"].iter().any(|ext| name.ends_with(ext));
-        if name.starts_with('.') || !is_manifest {
+        if !is_manifest_name(&entry.file_name().to_string_lossy()) {
             continue;
         }
         // Follow symlinks (ConfigMap volumes are symlinks into ..data).

@@ -5,7 +5,7 @@ use std::{path::Path, time::Duration};
 
 use notify::{
     EventKind, RecursiveMode, Watcher as _,
-    event::{AccessKind, AccessMode, ModifyKind},
+    event::{AccessKind, AccessMode, ModifyKind, RenameMode},
 };
 use tokio::sync::mpsc;
 
@@ -43,11 +43,10 @@ pub(crate) fn spawn(dir: &Path, allocation: Allocation, events: EventSender) -> 
     // Each wake says whether its event ends a write (`is_complete`).
     let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<bool>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let kind = event.map(|e| e.kind);
-        if kind.as_ref().is_ok_and(|k| is_own_read(*k)) {
+        if event.as_ref().is_ok_and(|e| is_own_read(e.kind)) {
             return;
         }
-        if wake_tx.send(kind.is_ok_and(is_complete)).is_err() {
+        if wake_tx.send(event.as_ref().is_ok_and(is_complete)).is_err() {
             // The reader is gone: there is no one to wake.
             tracing::trace!("manifest watcher: nobody to wake");
         }
@@ -110,17 +109,21 @@ fn is_own_read(kind: EventKind) -> bool {
     matches!(kind, EventKind::Access(access) if access != AccessKind::Close(AccessMode::Write))
 }
 
-/// Events after which a file is whole: a rename into the directory (how
-/// `kubectl`-style and ConfigMap writers publish), a close after writing,
-/// a removal. The directory is re-read at once; other events (a create, a
-/// write in progress) wait [`DEBOUNCE`] for the rest of the burst.
-fn is_complete(kind: EventKind) -> bool {
-    matches!(
-        kind,
-        EventKind::Modify(ModifyKind::Name(_))
-            | EventKind::Access(AccessKind::Close(AccessMode::Write))
-            | EventKind::Remove(_)
-    )
+/// A file renamed into the directory under a name the source reads: how
+/// `kubectl`-style and ConfigMap writers publish a whole file, so the
+/// directory is re-read at once. Anything else waits [`DEBOUNCE`] for the
+/// rest of its burst: a file being created or written in place (a close
+/// after writing can be followed by another write within the same
+/// timestamp tick), and renames away and removals (an editor's save
+/// renames the old file away before writing the new one: reading at once
+/// would delete its objects for a moment).
+fn is_complete(event: &notify::Event) -> bool {
+    matches!(event.kind, EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both)))
+        && event
+            .paths
+            .last()
+            .and_then(|p| p.file_name())
+            .is_some_and(|name| super::is_manifest_name(&name.to_string_lossy()))
 }
 
 fn send(events: &EventSender, snapshot: &Snapshot) {
@@ -132,7 +135,7 @@ fn send(events: &EventSender, snapshot: &Snapshot) {
 
 #[cfg(test)]
 mod tests {
-    use notify::event::{CreateKind, DataChange, RenameMode};
+    use notify::event::{CreateKind, DataChange};
 
     use super::*;
 
@@ -147,11 +150,26 @@ mod tests {
     }
 
     #[test]
-    fn only_a_finished_write_skips_the_debounce() {
-        assert!(is_complete(EventKind::Modify(ModifyKind::Name(RenameMode::To))));
-        assert!(is_complete(EventKind::Access(AccessKind::Close(AccessMode::Write))));
-        assert!(is_complete(EventKind::Remove(notify::event::RemoveKind::File)));
-        assert!(!is_complete(EventKind::Create(CreateKind::File)));
-        assert!(!is_complete(EventKind::Modify(ModifyKind::Data(DataChange::Any))));
+    fn only_a_manifest_renamed_in_skips_the_debounce() {
+        let event = |kind, paths: &[&str]| notify::Event {
+            kind,
+            paths: paths.iter().map(std::path::PathBuf::from).collect(),
+            attrs: notify::event::EventAttributes::default(),
+        };
+        let renamed_to = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        assert!(is_complete(&event(renamed_to, &["/d/web.yaml"])));
+        assert!(is_complete(&event(
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+            &["/d/.web.tmp", "/d/web.yaml"]
+        )));
+        // An editor's backup, a hidden temporary, a rename away, a removal,
+        // a write in progress: all wait for the burst to settle.
+        assert!(!is_complete(&event(renamed_to, &["/d/web.yaml~"])));
+        assert!(!is_complete(&event(renamed_to, &["/d/.web.yaml"])));
+        assert!(!is_complete(&event(EventKind::Modify(ModifyKind::Name(RenameMode::From)), &["/d/web.yaml"])));
+        assert!(!is_complete(&event(EventKind::Remove(notify::event::RemoveKind::File), &["/d/web.yaml"])));
+        assert!(!is_complete(&event(EventKind::Access(AccessKind::Close(AccessMode::Write)), &["/d/web.yaml"])));
+        assert!(!is_complete(&event(EventKind::Create(CreateKind::File), &["/d/web.yaml"])));
+        assert!(!is_complete(&event(EventKind::Modify(ModifyKind::Data(DataChange::Any)), &["/d/web.yaml"])));
     }
 }
