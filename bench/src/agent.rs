@@ -166,6 +166,16 @@ impl Agent {
         self.lines.try_iter().collect()
     }
 
+    /// The `apply_us` of every batch logged since the last drain, in ms.
+    pub(crate) fn drain_apply_ms(&mut self) -> Vec<f64> {
+        self.drain()
+            .iter()
+            .filter(|(_, line)| line.contains(IN_SYNC))
+            .filter_map(|(_, line)| field(line, "apply_us"))
+            .map(|us| us as f64 / 1e3)
+            .collect()
+    }
+
     /// The last lines of the log, for error messages.
     pub(crate) fn tail(&self) -> String {
         self.tail.lock().map(|t| t.join("\n")).unwrap_or_default()

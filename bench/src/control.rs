@@ -353,13 +353,7 @@ pub(crate) fn measure_churn(
         }
         // The agent's own processing time of this change.
         std::thread::sleep(Duration::from_millis(1));
-        for (_, line) in agent.drain() {
-            if line.contains(agent::IN_SYNC)
-                && let Some(us) = agent::field(&line, "apply_us")
-            {
-                result.apply_ms.push(us as f64 / 1e3);
-            }
-        }
+        result.apply_ms.extend(agent.drain_apply_ms());
     }
     result.rss_after_kib = sys::proc_status_kib(pid, "VmRSS").unwrap_or(0);
     result.agent_cpu_secs = sys::proc_cpu_secs(pid) - cpu_before;

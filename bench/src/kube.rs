@@ -100,13 +100,7 @@ pub(crate) fn run(ctx: &Ctx, cgroup: &Cgroup, topo: &Topology, changes: u32, rat
         } else {
             failures += 1;
         }
-        for (_, line) in agent.drain() {
-            if line.contains(agent::IN_SYNC)
-                && let Some(us) = agent::field(&line, "apply_us")
-            {
-                apply_ms.push(us as f64 / 1e3);
-            }
-        }
+        apply_ms.extend(agent.drain_apply_ms());
     }
     let churn_secs = churn_start.elapsed().as_secs_f64();
     agent.stop(Duration::from_secs(10));

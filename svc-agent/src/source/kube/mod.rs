@@ -76,7 +76,11 @@ pub(crate) async fn spawn(options: KubeOptions, events: EventSender, metrics: &M
     let (listed_tx, listed_rx) = mpsc::unbounded_channel();
     let config = kube::runtime::watcher::Config::default().labels(PROXY_LABEL_SELECTOR);
     let decoder = |kind| Decoder::new(kind, metrics.undecodable(kind));
-    let services = Delivery { kind: "Service", reduce: |s: Service| Arc::new(ServiceObj::from(&s)), wrap: services };
+    let services = Delivery {
+        kind: "Service",
+        reduce: |s: Service| Arc::new(ServiceObj::from(&s)),
+        wrap: |c| Some(SourceEvent::Services(c)),
+    };
     tokio::spawn(watch_kind(
         untyped::<Service>(&client),
         config.clone(),
@@ -85,8 +89,11 @@ pub(crate) async fn spawn(options: KubeOptions, events: EventSender, metrics: &M
         events.clone(),
         listed_tx.clone(),
     ));
-    let slices =
-        Delivery { kind: "EndpointSlice", reduce: |s: EndpointSlice| Arc::new(SliceObj::from(&s)), wrap: slices };
+    let slices = Delivery {
+        kind: "EndpointSlice",
+        reduce: |s: EndpointSlice| Arc::new(SliceObj::from(&s)),
+        wrap: |c| Some(SourceEvent::Slices(c)),
+    };
     tokio::spawn(watch_kind(
         untyped::<EndpointSlice>(&client),
         config,
@@ -102,8 +109,11 @@ pub(crate) async fn spawn(options: KubeOptions, events: EventSender, metrics: &M
     // own listings (`model::OptOuts::take_exempt`).
     let (opt_out_listed, _) = mpsc::unbounded_channel();
     let pods = kube::runtime::watcher::Config::default().fields(&format!("spec.nodeName={}", options.node_name));
-    let pod_delivery =
-        Delivery { kind: "Pod", reduce: |p: MetadataOnly| Arc::new(PodObj::from(&p.metadata)), wrap: this_nodes_pods };
+    let pod_delivery = Delivery {
+        kind: "Pod",
+        reduce: |p: MetadataOnly| Arc::new(PodObj::from(&p.metadata)),
+        wrap: |c| Some(SourceEvent::Pods(c)),
+    };
     tokio::spawn(watch_kind(
         untyped::<Pod>(&client),
         pods,
@@ -115,7 +125,7 @@ pub(crate) async fn spawn(options: KubeOptions, events: EventSender, metrics: &M
     let namespace_delivery = Delivery {
         kind: "Namespace",
         reduce: |n: MetadataOnly| Arc::new(NamespaceObj::from(&n.metadata)),
-        wrap: namespaces,
+        wrap: |c| Some(SourceEvent::Namespaces(c)),
     };
     tokio::spawn(watch_kind(
         untyped::<Namespace>(&client),
@@ -157,30 +167,10 @@ async fn announce_sync(mut listed: mpsc::UnboundedReceiver<Listed>, events: Even
     }
 }
 
-/// Services, reduced to what the model reads as they arrive.
-fn services(change: Change<Arc<ServiceObj>>) -> Option<SourceEvent> {
-    Some(SourceEvent::Services(change))
-}
-
-/// EndpointSlices, reduced to what the model reads as they arrive.
-fn slices(change: Change<Arc<SliceObj>>) -> Option<SourceEvent> {
-    Some(SourceEvent::Slices(change))
-}
-
 /// What the opt-out reads of Pods and Namespaces: their metadata.
 #[derive(Debug, serde::Deserialize)]
 struct MetadataOnly {
     metadata: ObjectMeta,
-}
-
-/// This node's Pods, reduced as they arrive.
-fn this_nodes_pods(change: Change<Arc<PodObj>>) -> Option<SourceEvent> {
-    Some(SourceEvent::Pods(change))
-}
-
-/// Namespaces, reduced as they arrive.
-fn namespaces(change: Change<Arc<NamespaceObj>>) -> Option<SourceEvent> {
-    Some(SourceEvent::Namespaces(change))
 }
 
 /// The zone of our Node (reduced to its zone label), from any change to

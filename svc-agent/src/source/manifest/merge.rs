@@ -12,7 +12,13 @@ use std::{
     sync::Arc,
 };
 
-use crate::source::Change;
+use k8s_openapi::api::core::v1::Endpoints;
+
+use super::ParsedFile;
+use crate::{
+    model::{NamespaceObj, PodObj, ServiceObj, SliceObj},
+    source::Change,
+};
 
 /// An object's namespace and name (a Namespace's namespace is empty).
 pub(super) type ObjKey = (Box<str>, Box<str>);
@@ -99,6 +105,58 @@ impl<T: Clone + PartialEq> Definitions<T> {
         all.sort_unstable_by(|a, b| a.0.cmp(b.0));
         all.into_iter().map(|(_, o)| o.clone()).collect()
     }
+}
+
+/// Every kind's definitions across the files.
+#[derive(Debug)]
+pub(super) struct Merged {
+    pub(super) services: Definitions<Arc<ServiceObj>>,
+    pub(super) slices: Definitions<Arc<SliceObj>>,
+    pub(super) endpoints: Definitions<Arc<Endpoints>>,
+    pub(super) pods: Definitions<Arc<PodObj>>,
+    pub(super) namespaces: Definitions<Arc<NamespaceObj>>,
+}
+
+impl Merged {
+    pub(super) fn new() -> Self {
+        Self {
+            services: Definitions::new("Service"),
+            slices: Definitions::new("EndpointSlice"),
+            endpoints: Definitions::new("Endpoints"),
+            pods: Definitions::new("Pod"),
+            namespaces: Definitions::new("Namespace"),
+        }
+    }
+
+    /// `path` held `old` and holds `new` now.
+    pub(super) fn replace(&mut self, path: &Arc<Path>, old: Option<&ParsedFile>, new: Option<&ParsedFile>) {
+        let svc_key = |s: &ServiceObj| -> ObjKey { (s.key.namespace.as_str().into(), s.key.name.as_str().into()) };
+        let slice_key = |s: &SliceObj| -> ObjKey { (s.namespace.clone(), s.name.clone()) };
+        let ep_key = |e: &Endpoints| -> ObjKey {
+            let (namespace, name) = key_of(&e.metadata);
+            (namespace.into(), name.into())
+        };
+        let pod_key = |p: &PodObj| -> ObjKey { (p.namespace.clone(), p.name.clone()) };
+        let ns_key = |n: &NamespaceObj| -> ObjKey { ("".into(), n.name.clone()) };
+        if let Some(old) = old {
+            old.services.iter().for_each(|o| self.services.remove(&svc_key(o), path));
+            old.slices.iter().for_each(|o| self.slices.remove(&slice_key(o), path));
+            old.endpoints.iter().for_each(|o| self.endpoints.remove(&ep_key(o), path));
+            old.pods.iter().for_each(|o| self.pods.remove(&pod_key(o), path));
+            old.namespaces.iter().for_each(|o| self.namespaces.remove(&ns_key(o), path));
+        }
+        if let Some(new) = new {
+            new.services.iter().for_each(|o| self.services.insert(svc_key(o), path, Arc::clone(o)));
+            new.slices.iter().for_each(|o| self.slices.insert(slice_key(o), path, Arc::clone(o)));
+            new.endpoints.iter().for_each(|o| self.endpoints.insert(ep_key(o), path, Arc::clone(o)));
+            new.pods.iter().for_each(|o| self.pods.insert(pod_key(o), path, Arc::clone(o)));
+            new.namespaces.iter().for_each(|o| self.namespaces.insert(ns_key(o), path, Arc::clone(o)));
+        }
+    }
+}
+
+fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
+    (meta.namespace.clone().unwrap_or_else(|| "default".to_owned()), meta.name.clone().unwrap_or_default())
 }
 
 /// The changes as the source hands them on.

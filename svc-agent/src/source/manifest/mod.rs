@@ -26,11 +26,10 @@ use std::{
     time::SystemTime,
 };
 
-use k8s_openapi::api::core::v1::Endpoints;
 pub(crate) use parse::{ParseError, ParsedFile, parse_manifest};
 pub(crate) use watch::spawn;
 
-use merge::{Definitions, ObjKey};
+use merge::Merged;
 
 use crate::{
     model::{NamespaceObj, PodObj, ServiceCidrs, ServiceObj, SliceObj},
@@ -100,54 +99,6 @@ impl Changes {
     /// Whether nothing changed.
     pub(crate) fn is_empty(&self) -> bool {
         self.services.is_empty() && self.slices.is_empty() && self.pods.is_none() && self.namespaces.is_none()
-    }
-}
-
-/// Every kind's definitions across the files.
-#[derive(Debug)]
-struct Merged {
-    services: Definitions<Arc<ServiceObj>>,
-    slices: Definitions<Arc<SliceObj>>,
-    endpoints: Definitions<Arc<Endpoints>>,
-    pods: Definitions<Arc<PodObj>>,
-    namespaces: Definitions<Arc<NamespaceObj>>,
-}
-
-impl Merged {
-    fn new() -> Self {
-        Self {
-            services: Definitions::new("Service"),
-            slices: Definitions::new("EndpointSlice"),
-            endpoints: Definitions::new("Endpoints"),
-            pods: Definitions::new("Pod"),
-            namespaces: Definitions::new("Namespace"),
-        }
-    }
-
-    /// `path` held `old` and holds `new` now.
-    fn replace(&mut self, path: &Arc<Path>, old: Option<&ParsedFile>, new: Option<&ParsedFile>) {
-        let svc_key = |s: &ServiceObj| -> ObjKey { (s.key.namespace.as_str().into(), s.key.name.as_str().into()) };
-        let slice_key = |s: &SliceObj| -> ObjKey { (s.namespace.clone(), s.name.clone()) };
-        let ep_key = |e: &Endpoints| -> ObjKey {
-            let (namespace, name) = key_of(&e.metadata);
-            (namespace.into(), name.into())
-        };
-        let pod_key = |p: &PodObj| -> ObjKey { (p.namespace.clone(), p.name.clone()) };
-        let ns_key = |n: &NamespaceObj| -> ObjKey { ("".into(), n.name.clone()) };
-        if let Some(old) = old {
-            old.services.iter().for_each(|o| self.services.remove(&svc_key(o), path));
-            old.slices.iter().for_each(|o| self.slices.remove(&slice_key(o), path));
-            old.endpoints.iter().for_each(|o| self.endpoints.remove(&ep_key(o), path));
-            old.pods.iter().for_each(|o| self.pods.remove(&pod_key(o), path));
-            old.namespaces.iter().for_each(|o| self.namespaces.remove(&ns_key(o), path));
-        }
-        if let Some(new) = new {
-            new.services.iter().for_each(|o| self.services.insert(svc_key(o), path, Arc::clone(o)));
-            new.slices.iter().for_each(|o| self.slices.insert(slice_key(o), path, Arc::clone(o)));
-            new.endpoints.iter().for_each(|o| self.endpoints.insert(ep_key(o), path, Arc::clone(o)));
-            new.pods.iter().for_each(|o| self.pods.insert(pod_key(o), path, Arc::clone(o)));
-            new.namespaces.iter().for_each(|o| self.namespaces.insert(ns_key(o), path, Arc::clone(o)));
-        }
     }
 }
 
@@ -272,10 +223,6 @@ impl ManifestDir {
             namespaces: self.merged.namespaces.in_force_sorted(),
         }
     }
-}
-
-fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
-    (meta.namespace.clone().unwrap_or_else(|| "default".to_owned()), meta.name.clone().unwrap_or_default())
 }
 
 /// Whether a file name is one the source reads: `*.yaml`, `*.yml`,
