@@ -304,7 +304,17 @@ pub(crate) fn run_blocking<T: Table>(
     health: &Health,
     mut outputs: Outputs,
 ) {
-    while let Some(first) = events.blocking_recv() {
+    // Only to wait on two things at once (no I/O or timers: no drivers).
+    let waiter = tokio::runtime::Builder::new_current_thread().build().expect("a runtime without drivers");
+    loop {
+        let first = match next_wake(&waiter, &mut events, &controller.writer) {
+            Wake::Event(Some(first)) => first,
+            Wake::Event(None) => break,
+            Wake::GraceEnded => {
+                controller.writer.reap();
+                continue;
+            }
+        };
         let started = Instant::now();
         let mut batch: Vec<Envelope> = vec![first];
         while let Ok(more) = events.try_recv() {
@@ -365,6 +375,32 @@ pub(crate) fn run_blocking<T: Table>(
             "dataplane in sync"
         );
     }
+}
+
+/// What woke the control loop.
+enum Wake {
+    /// The next event (`None`: every sender is gone).
+    Event(Option<Envelope>),
+    /// A grace period ended: retired sets may be deleted.
+    GraceEnded,
+}
+
+/// Waits for the next event and, while retired backend sets wait for a
+/// grace period, for the end of one: they are deleted then, not at the
+/// next event (which may be long in coming).
+fn next_wake<T: Table>(waiter: &tokio::runtime::Runtime, events: &mut EventReceiver, writer: &Writer<T>) -> Wake {
+    let Some(signal) = writer.grace_signal().filter(|_| writer.awaits_grace()) else {
+        return Wake::Event(events.blocking_recv());
+    };
+    // The signal keeps a wake-up that came before this wait (a grace
+    // period that ended during the batch), so none is lost.
+    waiter.block_on(async {
+        tokio::select! {
+            biased;
+            event = events.recv() => Wake::Event(event),
+            () = signal.notified() => Wake::GraceEnded,
+        }
+    })
 }
 
 #[cfg(test)]

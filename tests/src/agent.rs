@@ -272,6 +272,13 @@ impl Agent {
             .collect())
     }
 
+    /// Entries in the pinned map `name`, as `svc-agent status` counts them.
+    pub fn map_entries(&self, name: &str) -> Result<u64> {
+        let status = self.status_json()?;
+        let row = status["maps"].as_array().and_then(|rows| rows.iter().find(|r| r["name"].as_str() == Some(name)));
+        row.and_then(|r| r["entries"].as_u64()).with_context(|| format!("no map {name} in {status}"))
+    }
+
     /// Slot `slot` of the pinned per-CPU `SVC_SOCK_STATS`, summed over
     /// CPUs (read with bpftool, as an operator would).
     pub fn sock_stat(&self, slot: u32) -> Result<u64> {

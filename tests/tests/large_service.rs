@@ -49,6 +49,11 @@ fn large_backend_set_spreads_and_follows_changes() -> Result<()> {
     poll_outcome(svc_tests::SYNC_TIMEOUT, || env.tcp(vip, 40), |o| o.backends().is_subset(&names(3..=BACKENDS)))?;
     let out = env.tcp(vip, 400)?;
     assert_eq!(out.backends(), names(3..=BACKENDS), "{out}");
+    // The old set's 20 slots go once the grace period the batch asked
+    // for has ended, with no further event to wake the agent.
+    svc_tests::poll_until(svc_tests::SYNC_TIMEOUT, || {
+        Ok(env.agent().map_entries(svc_common::names::BACKENDS)? == u64::from(BACKENDS) - 2)
+    })?;
     Ok(())
 }
 

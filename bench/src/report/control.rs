@@ -140,7 +140,7 @@ pub(super) fn churn(o: &mut String, r: &Results) {
     if let Some(d) = r.control.churn.iter().find_map(|c| c.debounce_ms) {
         let _ = writeln!(
             o,
-            "\nThe bench renames each change into the directory, which the manifest source re-reads at once (other file events, such as writes in progress and removals, wait `DEBOUNCE`, {d} ms, svc-agent/src/source/manifest/watch.rs). A re-read parses only the changed files and merges only their objects; an EndpointSlice change does not revisit the other Services. The rest is the agent's batch, which handles only the changed objects; its `apply_us` also counts the RCU grace period that ends each batch, which comes after the map write that \"rename -> visible\" waits for."
+            "\nThe bench renames each change into the directory, which the manifest source re-reads at once (other file events, such as writes in progress and removals, wait `DEBOUNCE`, {d} ms, svc-agent/src/source/manifest/watch.rs). A re-read parses only the changed files and merges only their objects; an EndpointSlice change does not revisit the other Services. The rest is the agent's batch, which handles only the changed objects. A batch asks for an RCU grace period and does not wait for it (a helper thread does, docs/maps.md); `apply_us` includes a wait only where a batch writes a key again before the grace period that followed its last write has ended (the first change after the cold sync, whose Service the cold batch wrote)."
         );
     }
     let _ = writeln!(o);

@@ -15,6 +15,7 @@ use svc_common::{
 
 use super::{
     family::{Backend, Family, FrontendKey, FrontendValue, IndexKey, RevKey, SlotRef},
+    grace::GraceThread,
     pins::PinLayout,
     table::{Capacity, Table, TableDump, TableError},
 };
@@ -33,8 +34,9 @@ pub(crate) struct BpfMaps {
     reverse: HashMap<MapData, BackendRevKey, Backend4>,
     reverse6: HashMap<MapData, BackendRevKey6, Backend6>,
     capacity: Capacity,
-    /// SVC_GRACE and the map stored in it (only a writer has them).
-    grace: Option<(ArrayOfMaps<MapData>, MapData)>,
+    /// The thread that waits out grace periods on SVC_GRACE (only a
+    /// writer has one).
+    grace: Option<GraceThread>,
 }
 
 fn typed<K: aya::Pod, V: aya::Pod>(map: Map, name: &str) -> Result<HashMap<MapData, K, V>> {
@@ -55,7 +57,8 @@ impl BpfMaps {
             return Err(Error::MissingInObject(format!("array map {}", names::GRACE_INNER)));
         };
         let mut maps = Self::from_maps(&mut take)?;
-        maps.grace = Some((outer, inner));
+        let thread = GraceThread::spawn(outer, inner).map_err(|e| Error::io("starting the grace-period thread", e))?;
+        maps.grace = Some(thread);
         Ok(maps)
     }
 
@@ -84,6 +87,17 @@ impl BpfMaps {
             reverse: max_entries(&reverse, names::BACKEND_REV)?.min(max_entries(&reverse6, names::BACKEND_REV6)?),
         };
         Ok(Self { frontends, slots, index, frontends6, slots6, index6, meta, reverse, reverse6, capacity, grace: None })
+    }
+}
+
+impl BpfMaps {
+    fn grace(&self) -> Result<&GraceThread, TableError> {
+        self.grace.as_ref().ok_or_else(|| TableError {
+            map: names::GRACE,
+            op: "update",
+            detail: "maps opened read-only (no grace map)".into(),
+            full: false,
+        })
     }
 }
 
@@ -131,7 +145,7 @@ impl ProgramMaps {
     }
 }
 
-fn table_error(map: &'static str, op: &'static str, err: &MapError) -> TableError {
+pub(super) fn table_error(map: &'static str, op: &'static str, err: &MapError) -> TableError {
     let errno = match err {
         MapError::SyscallError(e) => e.io_error.raw_os_error(),
         _ => None,
@@ -291,18 +305,20 @@ impl Table for BpfMaps {
             RevKey::V6(k) => ignore_missing(self.reverse6.remove(k), names::BACKEND_REV6),
         }
     }
-    /// `maybe_wait_bpf_programs()`: an update of a map-in-map returns only
-    /// after an RCU grace period (every running program has finished).
-    fn synchronize(&mut self) -> Result<(), TableError> {
-        let Some((outer, inner)) = &mut self.grace else {
-            return Err(TableError {
-                map: names::GRACE,
-                op: "update",
-                detail: "maps opened read-only (no grace map)".into(),
-                full: false,
-            });
-        };
-        outer.set(0, inner, 0).map_err(|e| table_error(names::GRACE, "update", &e))
+    fn ask_grace(&mut self) -> Result<u64, TableError> {
+        Ok(self.grace()?.ask())
+    }
+    fn graces_asked(&self) -> u64 {
+        self.grace.as_ref().map_or(0, GraceThread::asked)
+    }
+    fn graces_ended(&self) -> u64 {
+        self.grace.as_ref().map_or(0, GraceThread::ended)
+    }
+    fn wait_grace(&mut self, n: u64) -> Result<(), TableError> {
+        self.grace()?.wait(n)
+    }
+    fn grace_signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        self.grace.as_ref().map(GraceThread::signal)
     }
     fn dump(&self) -> Result<TableDump, TableError> {
         let mut frontends: Vec<(FrontendKey, FrontendValue)> = dump_map(&self.frontends, names::FRONTENDS)?

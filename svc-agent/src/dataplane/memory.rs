@@ -30,7 +30,9 @@ pub(crate) enum Op {
     PutMeta(u32),
     /// delete_meta.
     DeleteMeta(u32),
-    /// synchronize: a grace period.
+    /// ask_grace: a grace period asked for.
+    GraceAsked,
+    /// A grace period ended (at once when asked, unless graces are held).
     Grace,
 }
 
@@ -56,6 +58,12 @@ pub(crate) struct MemoryTable {
     /// Inserts into this map fail (as the kernel's would, e.g. ENOMEM),
     /// to exercise rollbacks the capacity check cannot predict.
     pub failing_map: Option<&'static str>,
+    /// Grace periods asked for end only when the writer waits for them or
+    /// the test ends them ([`Self::end_graces`]), as on a busy node where
+    /// one outlasts the next batch.
+    pub hold_graces: bool,
+    graces_asked: u64,
+    graces_ended: u64,
 }
 
 impl MemoryTable {
@@ -70,6 +78,22 @@ impl MemoryTable {
             capacity,
             ops: Vec::new(),
             failing_map: None,
+            hold_graces: false,
+            graces_asked: 0,
+            graces_ended: 0,
+        }
+    }
+
+    /// Ends every grace period asked for.
+    pub(crate) fn end_graces(&mut self) {
+        self.end_graces_through(self.graces_asked);
+    }
+
+    /// Ends grace periods up to number `n`.
+    pub(crate) fn end_graces_through(&mut self, n: u64) {
+        if self.graces_ended < n.min(self.graces_asked) {
+            self.graces_ended = n.min(self.graces_asked);
+            self.ops.push(Op::Grace);
         }
     }
 }
@@ -150,9 +174,28 @@ impl Table for MemoryTable {
         self.reverse.remove(key);
         Ok(())
     }
-    fn synchronize(&mut self) -> Result<(), TableError> {
-        self.ops.push(Op::Grace);
+    fn ask_grace(&mut self) -> Result<u64, TableError> {
+        self.graces_asked += 1;
+        self.ops.push(Op::GraceAsked);
+        if !self.hold_graces {
+            self.end_graces();
+        }
+        Ok(self.graces_asked)
+    }
+    fn graces_asked(&self) -> u64 {
+        self.graces_asked
+    }
+    fn graces_ended(&self) -> u64 {
+        self.graces_ended
+    }
+    fn wait_grace(&mut self, n: u64) -> Result<(), TableError> {
+        assert!(n <= self.graces_asked, "waiting for grace period {n}, never asked for");
+        // The grace period serving `n` serves every request before it.
+        self.end_graces_through(n);
         Ok(())
+    }
+    fn grace_signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
     }
     fn dump(&self) -> Result<TableDump, TableError> {
         Ok(TableDump {

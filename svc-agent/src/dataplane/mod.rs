@@ -6,6 +6,7 @@
 //! - [`devices`]: the devices the TC (north-south) programs run on.
 //! - [`maps`]: the maps as a [`Table`] for the writer, and read access for
 //!   `status`.
+//! - [`grace`]: RCU grace periods on a helper thread.
 //! - [`writer`]: diff desired against programmed state and apply it with
 //!   the update protocol of docs/maps.md.
 //! - [`exempt`]: the cgroups of pods that opt out of socket translation.
@@ -17,6 +18,7 @@ pub(crate) mod encode;
 pub(crate) mod exempt;
 pub(crate) mod family;
 pub(crate) mod flows;
+pub(crate) mod grace;
 pub(crate) mod loader;
 pub(crate) mod maps;
 #[cfg(test)]

@@ -4,6 +4,8 @@
 //! tests use [`super::memory::MemoryTable`], which enforces the same
 //! capacities.
 
+use std::sync::Arc;
+
 use svc_common::ServiceMeta;
 
 use super::family::{Backend, FrontendKey, FrontendValue, IndexKey, RevKey, SlotRef};
@@ -83,9 +85,39 @@ pub(crate) trait Table {
     fn put_reverse(&mut self, key: &RevKey, frontend: &Backend) -> Result<(), TableError>;
     /// Removes a reverse owner.
     fn delete_reverse(&mut self, key: &RevKey) -> Result<(), TableError>;
+    /// Asks for an RCU grace period without waiting for it, and returns
+    /// its number (1, 2, ... in the order asked). Grace period `n` has
+    /// ended once every program run that started before the n-th request
+    /// has finished.
+    fn ask_grace(&mut self) -> Result<u64, TableError>;
+    /// The number of the last grace period asked for (0: none yet). A
+    /// write stamped with it is covered by any later grace period.
+    fn graces_asked(&self) -> u64;
+    /// The number of the last grace period that has ended.
+    fn graces_ended(&self) -> u64;
+    /// Returns once grace period `n` (already asked for) has ended.
+    fn wait_grace(&mut self, n: u64) -> Result<(), TableError>;
+    /// Notified whenever a grace period ends (`None`: this table's grace
+    /// periods end only when waited for).
+    fn grace_signal(&self) -> Option<Arc<tokio::sync::Notify>>;
     /// Returns once every program run that started before the call has
-    /// finished (an RCU grace period).
-    fn synchronize(&mut self) -> Result<(), TableError>;
+    /// finished.
+    fn synchronize(&mut self) -> Result<(), TableError> {
+        let n = self.ask_grace()?;
+        self.wait_grace(n)
+    }
+    /// Returns once a grace period asked for after `stamp` (the value of
+    /// [`Self::graces_asked`] when something was written) has ended: no
+    /// program still runs that could have read what was there before.
+    fn wait_grace_after(&mut self, stamp: u64) -> Result<(), TableError> {
+        if self.graces_ended() > stamp {
+            return Ok(());
+        }
+        if self.graces_asked() <= stamp {
+            self.ask_grace()?;
+        }
+        self.wait_grace(stamp + 1)
+    }
     /// Reads everything back.
     fn dump(&self) -> Result<TableDump, TableError>;
     /// Map capacities.

@@ -26,7 +26,7 @@ impl<T: Table> Writer<T> {
     ) -> Result<(), Refusal> {
         match self.capacity_shortfall(key, wanted) {
             Err(_) if !self.retired.is_empty() => {
-                self.settle();
+                self.settle_now();
                 self.capacity_shortfall(key, wanted)
             }
             other => other,

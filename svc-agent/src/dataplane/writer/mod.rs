@@ -7,11 +7,13 @@
 //!    sees the whole old set or the whole new one);
 //! 3. then delete frontends nobody wants (an address another Service of
 //!    the batch takes over is replaced instead), and retire the sets
-//!    nobody points at; at the end of the batch, after an RCU grace
-//!    period, delete the retired sets.
+//!    nobody points at; the batch ends by asking for an RCU grace period
+//!    (run on a helper thread, [`super::grace`]), and the retired sets are
+//!    deleted once it has ended.
 //!
-//! No frontend key is written twice within one grace period, which is what
-//! lets the programs validate their frontend copies (docs/maps.md).
+//! A frontend key is written again only after a grace period asked for
+//! after its last write has ended, which is what lets the programs
+//! validate their frontend copies (docs/maps.md).
 //!
 //! A Service whose update cannot be applied (a map is full, a frontend
 //! address belongs to another Service) keeps its previous state, is
@@ -146,13 +148,17 @@ pub(crate) struct Writer<T: Table> {
     used_index: u64,
     pending: BTreeMap<ServiceKey, Pending>,
     orphans: Orphans,
-    /// Sets in slots that no frontend points at, deleted after the next
-    /// grace period (their slots and ids stay taken until then).
-    retired: Vec<u32>,
-    /// Frontend keys written since the last grace period: writing one again
-    /// first waits for a grace period (docs/maps.md, readers and element
-    /// reuse).
-    written: HashSet<FrontendKey>,
+    /// Sets in slots that no frontend points at, deleted once a grace
+    /// period asked for after their retirement has ended (their slots and
+    /// ids stay taken until then).
+    retired: Vec<sets::Retired>,
+    /// Frontend keys written since the last ended grace period, with
+    /// [`Table::graces_asked`] at their last write: writing one again first
+    /// waits for a grace period asked for after it (docs/maps.md, readers
+    /// and element reuse).
+    written: HashMap<FrontendKey, u64>,
+    /// Something was written or retired since the last grace period asked.
+    unasked: bool,
     /// The current batch's address hand-overs.
     handover: Handover,
     /// Collected during a batch, handed out in its report.
@@ -246,8 +252,9 @@ impl<T: Table> Writer<T> {
     /// removals last, and addresses
     /// that change hands within the batch are replaced in place, so that a
     /// moving address, or a restart's stale entries, never leave a gap;
-    /// then Services waiting on a conflict are retried. The batch ends with
-    /// a grace period, after which retired sets are deleted.
+    /// then Services waiting on a conflict are retried. The batch ends by
+    /// asking for a grace period, after which retired sets are deleted
+    /// ([`Self::reap`]).
     pub(crate) fn apply(&mut self, batch: Vec<(ServiceKey, ServiceUpdate)>) -> BatchReport {
         let mut report = BatchReport::default();
         let mut upserts: Vec<(ServiceKey, DesiredService)> = Vec::new();
@@ -292,14 +299,16 @@ impl<T: Table> Writer<T> {
                 log_delete(self.write_frontend(&fk, None));
             }
         }
-        let retired = self.retired.len();
-        self.settle();
-        // Sets an address hand-over kept alive are gone now: what waited
-        // for their room gets it (after a moment without the address: the
-        // map could not hold both sets at once).
-        if self.retired.len() < retired && !self.pending.is_empty() {
-            self.retry_pending(&attempted, &mut report);
-            self.settle();
+        // Sets an address hand-over kept alive may be all that keeps a
+        // refused Service out: once they are gone, it gets their room
+        // (after a moment without the address: the map could not hold both
+        // sets at once).
+        if !self.retired.is_empty() && self.pending.values().any(|p| matches!(p.reason, Refusal::Full { .. })) {
+            let retired = self.retired.len();
+            self.settle_now();
+            if self.retired.len() < retired {
+                self.retry_pending(&attempted, &mut report);
+            }
         }
         report.udp_removed = std::mem::take(&mut self.udp_removed);
         // The users of every entry, and lingering entries that are due.
@@ -318,6 +327,7 @@ impl<T: Table> Writer<T> {
             self.reverse.update(&mut self.table, reverse_before, reverse_after, now);
         }
         self.reverse.settle(&mut self.table, &fresh_owners, now);
+        self.end_batch();
         report
     }
 
@@ -366,7 +376,7 @@ impl<T: Table> Writer<T> {
             return;
         }
         // A program that started before the adoption could still read them.
-        if let Err(e) = self.grace_period() {
+        if let Err(e) = self.table.synchronize() {
             tracing::error!("waiting for a grace period failed, orphaned entries kept: {e}");
             return;
         }
@@ -521,19 +531,20 @@ impl<T: Table> Writer<T> {
         Ok(values)
     }
 
-    /// Writes (`Some`) or deletes (`None`) one frontend. A key written since
-    /// the last grace period waits for one first: a program may still hold
-    /// the element the last write freed, and the kernel may hand that
-    /// element to this write.
+    /// Writes (`Some`) or deletes (`None`) one frontend. A key written again
+    /// before a grace period asked for after its last write has ended
+    /// waits for one first: a program may still hold the element the last
+    /// write freed, and the kernel may hand that element to this write.
     fn write_frontend(&mut self, fk: &FrontendKey, value: Option<&FrontendValue>) -> Result<(), TableError> {
-        if self.written.contains(fk) {
-            self.grace_period()?;
+        if let Some(&stamp) = self.written.get(fk) {
+            self.table.wait_grace_after(stamp)?;
         }
         match value {
             Some(value) => self.table.put_frontend(fk, value)?,
             None => self.table.delete_frontend(fk)?,
         }
-        self.written.insert(*fk);
+        self.written.insert(*fk, self.table.graces_asked());
+        self.unasked = true;
         Ok(())
     }
 
@@ -715,6 +726,8 @@ pub(crate) fn name_str(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
+#[cfg(test)]
+mod grace_tests;
 #[cfg(test)]
 mod reverse_tests;
 #[cfg(test)]

@@ -37,6 +37,15 @@ impl BackendSet {
     }
 }
 
+/// A set in slots that no frontend points at any more.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Retired {
+    pub(super) set_id: u32,
+    /// [`Table::graces_asked`] when it retired: it is deleted once a grace
+    /// period asked for later has ended.
+    pub(super) asked: u64,
+}
+
 /// The family of a frontend (and so of its backends).
 pub(super) fn family(fe: &DesiredFrontend) -> Family {
     Family::of(fe.addr.ip())
@@ -104,10 +113,13 @@ impl<T: Table> Writer<T> {
     /// No frontend points at set `id` any more. An inline set has nothing
     /// in the maps and goes at once; a set in slots may still be read by a
     /// program that copied a frontend just before its switch, so it waits
-    /// for the next grace period ([`Self::settle`]).
+    /// for a grace period asked for after now ([`Self::reap`]).
     pub(super) fn retire_set(&mut self, id: u32) {
         match self.sets.get(&id) {
-            Some(set) if !set.is_inline() => self.retired.push(id),
+            Some(set) if !set.is_inline() => {
+                self.retired.push(Retired { set_id: id, asked: self.table.graces_asked() });
+                self.unasked = true;
+            }
             _ => {
                 self.sets.remove(&id);
                 self.set_ids.release(id);
@@ -115,21 +127,43 @@ impl<T: Table> Writer<T> {
         }
     }
 
-    /// Ends a round of writes: waits for an RCU grace period (every program
-    /// that could have read an old frontend value or a retired set has
-    /// finished), then deletes the retired sets. Until then, their slots
-    /// and ids stay taken. After it, every frontend key may be written
-    /// again.
-    pub(super) fn settle(&mut self) {
-        if self.retired.is_empty() && self.written.is_empty() {
-            return;
+    /// Ends a batch: asks for a grace period that follows everything it
+    /// wrote, without waiting for it, and deletes what earlier grace
+    /// periods have freed. The next batch waits only where it writes a
+    /// key again before that grace period has ended.
+    pub(super) fn end_batch(&mut self) {
+        if self.unasked || self.reverse.deleted_since(self.table.graces_asked()) {
+            match self.table.ask_grace() {
+                Ok(_) => self.unasked = false,
+                // Nothing is deleted without a grace period; the next
+                // batch asks again.
+                Err(e) => tracing::error!("asking for a grace period failed, retired backend sets kept: {e}"),
+            }
         }
-        if let Err(e) = self.grace_period() {
-            // Nothing is deleted without a grace period; the next round
-            // tries again.
+        self.reap();
+    }
+
+    /// Waits for a grace period that follows everything written so far,
+    /// then deletes the retired sets: their room is needed now.
+    pub(super) fn settle_now(&mut self) {
+        if let Err(e) = self.table.synchronize() {
             tracing::error!("waiting for a grace period failed, retired backend sets kept: {e}");
             return;
         }
+        self.unasked = false;
+        self.reap();
+    }
+
+    /// Deletes the retired sets whose grace period has ended, and forgets
+    /// the writes it covered (those keys may be written again at once).
+    pub(crate) fn reap(&mut self) {
+        let ended = self.table.graces_ended();
+        self.written.retain(|_, stamp| *stamp >= ended);
+        if self.written.is_empty() && self.written.capacity() > 1024 {
+            // A cold batch wrote every key: give that memory back.
+            self.written = std::collections::HashMap::new();
+        }
+        self.reverse.grace_ended(ended);
         // A set that an address left for its new owner still points at
         // waits until that address is replaced (a mid-batch settle, for
         // capacity, must not open a gap).
@@ -140,21 +174,24 @@ impl<T: Table> Writer<T> {
             .filter(|(fk, _)| !self.owners.contains_key(fk))
             .map(|(_, set_id)| *set_id)
             .collect();
-        let (kept, gone): (Vec<u32>, Vec<u32>) =
-            std::mem::take(&mut self.retired).into_iter().partition(|id| in_use.contains(id));
+        let (gone, kept): (Vec<Retired>, Vec<Retired>) =
+            std::mem::take(&mut self.retired).into_iter().partition(|r| r.asked < ended && !in_use.contains(&r.set_id));
         self.retired = kept;
-        for id in gone {
-            self.delete_set(id);
+        for retired in gone {
+            self.delete_set(retired.set_id);
         }
     }
 
-    /// An RCU grace period, after which no program still runs that started
-    /// before it.
-    pub(super) fn grace_period(&mut self) -> Result<(), TableError> {
-        self.table.synchronize()?;
-        self.written.clear();
-        self.reverse.grace_passed();
-        Ok(())
+    /// Whether retired sets, or the record of recent writes, wait for a
+    /// grace period to end (the control loop then calls [`Self::reap`]
+    /// when one does).
+    pub(crate) fn awaits_grace(&self) -> bool {
+        !self.retired.is_empty() || !self.written.is_empty() || self.reverse.awaits_grace()
+    }
+
+    /// Notified whenever a grace period ends.
+    pub(crate) fn grace_signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        self.table.grace_signal()
     }
 
     fn delete_set(&mut self, id: u32) {

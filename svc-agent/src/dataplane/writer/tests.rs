@@ -19,14 +19,14 @@ use crate::{
 
 pub(super) const ROOMY: Capacity = Capacity { frontends: 100, slots: 1000, index: 1000, meta: 100, reverse: 1000 };
 /// More backends than fit inline.
-const LARGE: usize = INLINE_BACKENDS + 4;
+pub(super) const LARGE: usize = INLINE_BACKENDS + 4;
 
 pub(super) fn addr(s: &str) -> SocketAddrV4 {
     s.parse().unwrap()
 }
 
 /// `n` backends 10.<net>.0.1..n:80.
-fn backends(net: u8, n: usize) -> Vec<SocketAddrV4> {
+pub(super) fn backends(net: u8, n: usize) -> Vec<SocketAddrV4> {
     (1..=n).map(|i| SocketAddrV4::new([10, net, (i / 250) as u8, (i % 250) as u8].into(), 80)).collect()
 }
 
@@ -58,13 +58,13 @@ pub(super) fn service(frontends: Vec<DesiredFrontend>) -> ServiceUpdate {
     ServiceUpdate::Program(DesiredService { frontends, ..DesiredService::default() })
 }
 
-fn fk(fe: &str) -> FrontendKey {
+pub(super) fn fk(fe: &str) -> FrontendKey {
     frontend_key(addr(fe), Proto::Tcp)
 }
 
 /// The backends a frontend resolves to, read through the maps the way the
 /// programs do: the frontend value, then its inline backends or its slots.
-fn resolve(table: &MemoryTable, fe: &str) -> Option<Vec<SocketAddrV4>> {
+pub(super) fn resolve(table: &MemoryTable, fe: &str) -> Option<Vec<SocketAddrV4>> {
     let value = table.frontends.get(&fk(fe))?;
     let v4 = |a: std::net::SocketAddr| match a {
         std::net::SocketAddr::V4(a) => a,
@@ -127,9 +127,9 @@ fn inline_backend_change_is_one_frontend_write() {
     w.table.ops.clear();
     w.apply(vec![(key("web"), service(vec![frontend("web", "10.96.0.10:80", &["10.0.0.2:80", "10.0.0.3:80"])]))]);
     let ops = &w.table().ops;
-    assert_eq!(ops.len(), 2, "one atomic map update, then the batch's grace period: {ops:?}");
+    assert_eq!(ops.len(), 3, "one atomic map update, then the batch's grace period: {ops:?}");
     assert!(matches!(ops[0], Op::PutFrontend(k, _) if k == fk("10.96.0.10:80")));
-    assert_eq!(ops[1], Op::Grace);
+    assert_eq!(ops[1..], [Op::GraceAsked, Op::Grace]);
     let value = w.table().frontends[&fk("10.96.0.10:80")];
     assert_ne!(value.set_id(), old_version, "a changed set gets a new version (affinity relies on it)");
     assert_eq!(resolve(w.table(), "10.96.0.10:80").unwrap(), vec![addr("10.0.0.2:80"), addr("10.0.0.3:80")]);
@@ -333,7 +333,7 @@ fn adoption_recovers_state_and_removes_stale_only_when_told() {
 }
 
 /// The writes of one frontend key, in order.
-fn writes_of(w: &Writer<MemoryTable>, fe: &str) -> Vec<Op> {
+pub(super) fn writes_of(w: &Writer<MemoryTable>, fe: &str) -> Vec<Op> {
     let k = fk(fe);
     w.table()
         .ops

@@ -2,7 +2,7 @@
 //! entry holds, how a pair's change moves it, and when it is deleted.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, VecDeque},
     time::{Duration, Instant},
 };
 
@@ -115,11 +115,12 @@ pub(super) struct Family<K, F> {
     /// Entries that may become deletable, with the time they may (in
     /// that order: one linger for all).
     pub(super) lingering: VecDeque<(Stamp, K)>,
-    /// Keys deleted since the last grace period: re-creating one waits for
-    /// a grace period first (readers validate a copy by finding the same
-    /// element again, so an element must not come back under its key
-    /// while a reader may hold it).
-    pub(super) deleted: HashSet<K>,
+    /// Keys deleted since the last ended grace period, with
+    /// `Table::graces_asked` at the delete: re-creating one waits for a
+    /// grace period asked for after it (readers validate a copy by finding
+    /// the same element again, so an element must not come back under its
+    /// key while a reader may hold it).
+    pub(super) deleted: HashMap<K, u64>,
 }
 
 /// What a pair does to its backend's entry.
@@ -138,7 +139,7 @@ where
     K: RevFamily<Frontend = F>,
 {
     pub(super) fn new() -> Self {
-        Self { entries: HashMap::new(), lingering: VecDeque::new(), deleted: HashSet::new() }
+        Self { entries: HashMap::new(), lingering: VecDeque::new(), deleted: HashMap::new() }
     }
 
     /// Applies one pair's change; `fresh` gets the keys `Prepare` created.
@@ -204,12 +205,12 @@ where
             }
             return false;
         }
-        if self.deleted.contains(&key) {
-            if let Err(e) = table.synchronize() {
+        if let Some(&stamp) = self.deleted.get(&key) {
+            if let Err(e) = table.wait_grace_after(stamp) {
                 tracing::warn!("no grace period, backend left without an owner entry: {e}");
                 return false;
             }
-            self.deleted.clear();
+            self.grace_ended(table.graces_ended());
         }
         match table.put_reverse(&key.rev_key(), &K::backend(frontend)) {
             Ok(()) => true,
@@ -241,6 +242,12 @@ where
         }
     }
 
+    /// Grace period `ended` has ended: keys deleted before it was asked
+    /// for may come back.
+    pub(super) fn grace_ended(&mut self, ended: u64) {
+        self.deleted.retain(|_, stamp| *stamp >= ended);
+    }
+
     /// Deletes the entries whose linger is over and that nobody uses.
     pub(super) fn sweep(&mut self, shared: &mut Shared, table: &mut impl Table, now: Stamp) {
         let mut retry = Vec::new();
@@ -266,7 +273,7 @@ where
                     continue;
                 }
                 shared.in_map -= 1;
-                self.deleted.insert(key);
+                self.deleted.insert(key, table.graces_asked());
                 shared.full_warned = false;
             }
             self.entries.remove(&key);

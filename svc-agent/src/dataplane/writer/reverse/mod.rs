@@ -213,10 +213,22 @@ impl ReverseOwners {
         }
     }
 
-    /// A grace period has passed: deleted keys may come back.
-    pub(super) fn grace_passed(&mut self) {
-        self.v4.deleted.clear();
-        self.v6.deleted.clear();
+    /// Grace period `ended` has ended: keys deleted before it was asked
+    /// for may come back.
+    pub(super) fn grace_ended(&mut self, ended: u64) {
+        self.v4.grace_ended(ended);
+        self.v6.grace_ended(ended);
+    }
+
+    /// Whether deleted keys wait for a grace period to end.
+    pub(super) fn awaits_grace(&self) -> bool {
+        !self.v4.deleted.is_empty() || !self.v6.deleted.is_empty()
+    }
+
+    /// Whether an entry was deleted since grace period `asked` was asked
+    /// for (a later one must follow before its key may come back).
+    pub(super) fn deleted_since(&self, asked: u64) -> bool {
+        self.v4.deleted.values().chain(self.v6.deleted.values()).any(|stamp| *stamp >= asked)
     }
 }
 
