@@ -312,6 +312,7 @@ pub(crate) fn run_blocking<T: Table>(
             Wake::Event(None) => break,
             Wake::GraceEnded => {
                 controller.writer.reap();
+                send_udp_removed(&mut controller.writer, &outputs);
                 continue;
             }
         };
@@ -345,10 +346,7 @@ pub(crate) fn run_blocking<T: Table>(
             // The servers' task only ends with the runtime.
             drop(outputs.health_checks.send(checks));
         }
-        if !report.udp_removed.is_empty() {
-            // The reset thread only ends with the process.
-            drop(outputs.udp_reset.send(report.udp_removed.clone()));
-        }
+        send_udp_removed(&mut controller.writer, &outputs);
         for at in &received {
             metrics.sync_latency.observe(done.duration_since(*at).as_secs_f64());
         }
@@ -374,6 +372,16 @@ pub(crate) fn run_blocking<T: Table>(
             apply_us = done.duration_since(started).as_micros() as u64,
             "dataplane in sync"
         );
+    }
+}
+
+/// Hands the reset thread the UDP backends removed by batches whose grace
+/// period has ended.
+fn send_udp_removed<T: Table>(writer: &mut Writer<T>, outputs: &Outputs) {
+    let removed = writer.take_udp_removed();
+    if !removed.is_empty() {
+        // The reset thread only ends with the process.
+        drop(outputs.udp_reset.send(removed));
     }
 }
 

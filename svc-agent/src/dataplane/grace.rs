@@ -1,5 +1,5 @@
 //! RCU grace periods on a helper thread, so that the writer does not sit
-//! out one (7-16 ms here) at the end of every batch: it asks for one,
+//! out one (7-22 ms here) at the end of every batch: it asks for one,
 //! carries on, and waits only where it must (a key written again before
 //! the grace period that follows its last write has ended).
 //!
@@ -11,13 +11,16 @@
 
 use std::{
     sync::{Arc, Condvar, Mutex, MutexGuard},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use aya::maps::{ArrayOfMaps, MapData};
 use svc_common::names;
 
 use super::{maps::table_error, table::TableError};
+
+/// How long a failed grace period waits before it is tried again.
+const RETRY_AFTER: Duration = Duration::from_millis(100);
 
 /// The helper thread's handle, owned by the writer's maps. Dropping it
 /// stops the thread after the grace period it is in.
@@ -42,8 +45,10 @@ struct State {
     taken: u64,
     /// Requests whose grace period has ended.
     ended: u64,
-    /// The last grace period's error, if it failed.
-    failed: Option<TableError>,
+    /// The last attempt's error, if it failed, with the last request it
+    /// was to serve (those requests are served again, after
+    /// [`RETRY_AFTER`]).
+    failed: Option<(u64, TableError)>,
     stop: bool,
 }
 
@@ -84,8 +89,8 @@ impl GraceThread {
             if state.ended >= n {
                 return Ok(());
             }
-            if state.taken >= n
-                && let Some(e) = &state.failed
+            if let Some((serving, e)) = &state.failed
+                && *serving >= n
             {
                 return Err(e.clone());
             }
@@ -129,15 +134,25 @@ impl Shared {
             let result = outer.set(0, inner, 0);
             tracing::trace!(us = started.elapsed().as_micros() as u64, "grace period");
             state = self.lock();
+            let failed = result.is_err();
             match result {
                 Ok(()) => {
                     state.ended = serving;
                     state.failed = None;
                 }
-                Err(e) => state.failed = Some(table_error(names::GRACE, "update", &e)),
+                Err(e) => {
+                    tracing::error!("grace period failed, retrying: {e}");
+                    state.failed = Some((serving, table_error(names::GRACE, "update", &e)));
+                    // Not served: the next attempt serves them.
+                    state.taken = state.ended;
+                }
             }
             self.changed.notify_all();
             self.ended.notify_one();
+            if failed {
+                // Not at once: a failing update would fail again.
+                state = self.changed.wait_timeout(state, RETRY_AFTER).map_or_else(|e| e.into_inner().0, |(s, _)| s);
+            }
         }
     }
 }

@@ -124,6 +124,7 @@ pub(super) fn adopt<T: Table>(table: T) -> Result<Writer<T>, TableError> {
         unasked: false,
         handover: Handover::default(),
         udp_removed: Vec::new(),
+        udp_held: Vec::new(),
         reverse,
     })
 }

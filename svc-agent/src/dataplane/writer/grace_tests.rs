@@ -103,3 +103,44 @@ fn a_retired_set_stays_until_its_grace_period_has_ended() {
     assert!(!w.awaits_grace());
     assert!(writes_of(&w, "10.96.0.10:80").len() == 2, "one write per batch");
 }
+
+#[test]
+fn a_deleted_owner_entry_comes_back_only_after_a_grace_period_asked_for_after_the_delete() {
+    let mut w = held();
+    w.set_reverse_linger(std::time::Duration::ZERO);
+    w.apply(vec![(key("a"), service(vec![frontend("a", "10.96.0.10:80", &["10.1.0.1:80"])]))]);
+    // With no linger the removal's batch deletes the entry, stamped with
+    // the last grace period asked for before it.
+    let before_delete = w.table().graces_asked();
+    w.apply(vec![(key("a"), crate::dataplane::writer::ServiceUpdate::Remove)]);
+    assert_eq!(super::reverse_tests::owner(&w, "10.1.0.1:80"), None, "deleted once its linger was over");
+    // Listed again at once: the entry is re-created only after a grace
+    // period asked for after the delete (a reader may hold the element).
+    w.apply(vec![(key("c"), service(vec![frontend("c", "10.96.0.12:80", &["10.1.0.1:80"])]))]);
+    assert_eq!(super::reverse_tests::owner(&w, "10.1.0.1:80").as_deref(), Some("10.96.0.12:80"));
+    assert!(w.table().graces_ended() > before_delete, "waited for a grace period after the delete");
+}
+
+#[test]
+fn udp_removals_are_handed_out_once_their_batchs_grace_period_has_ended() {
+    let mut w = held();
+    let udp = |backends: &[&str]| {
+        let mut fe = frontend("dns", "10.96.0.53:53", backends);
+        fe.proto = crate::model::Proto::Udp;
+        fe.port.proto = crate::model::Proto::Udp;
+        fe
+    };
+    w.apply(vec![(key("dns"), service(vec![udp(&["10.0.0.1:53", "10.0.0.2:53"])]))]);
+    w.apply(vec![(key("dns"), service(vec![udp(&["10.0.0.1:53"])]))]);
+    // A program that copied the old value may still connect a socket to
+    // 10.0.0.2 until the grace period ends: the reset waits for it.
+    assert!(w.take_udp_removed().is_empty(), "held until the grace period ends");
+    assert!(w.awaits_grace());
+    w.table.end_graces();
+    let removed = w.take_udp_removed();
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert_eq!(
+        removed[0].1,
+        vec![crate::dataplane::encode::backend_value(std::net::SocketAddr::V4(super::tests::addr("10.0.0.2:53")))]
+    );
+}

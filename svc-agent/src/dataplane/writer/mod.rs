@@ -129,10 +129,11 @@ pub(crate) struct BatchReport {
     pub removed: usize,
     /// Services not (fully) programmed, with the reason.
     pub refused: Vec<(ServiceKey, Refusal)>,
-    /// UDP frontends and the backends they no longer use: connected UDP
-    /// sockets aimed at those must be reset (kube-proxy flushes conntrack).
-    pub udp_removed: Vec<(FrontendKey, Vec<Backend>)>,
 }
+
+/// UDP frontends and the backends they no longer use: connected UDP
+/// sockets aimed at those must be reset (kube-proxy flushes conntrack).
+pub(crate) type UdpRemoved = Vec<(FrontendKey, Vec<Backend>)>;
 
 /// Programmed state and the maps it lives in.
 #[derive(Debug)]
@@ -161,8 +162,14 @@ pub(crate) struct Writer<T: Table> {
     unasked: bool,
     /// The current batch's address hand-overs.
     handover: Handover,
-    /// Collected during a batch, handed out in its report.
-    udp_removed: Vec<(FrontendKey, Vec<Backend>)>,
+    /// Collected during a batch.
+    udp_removed: UdpRemoved,
+    /// Earlier batches' removals, with [`Table::graces_asked`] before
+    /// their batch asked for its grace period: handed out once it has
+    /// ended ([`Self::take_udp_removed`]), so that no program that copied
+    /// the old frontend can still connect a socket to a removed backend
+    /// after the reset looked for them.
+    udp_held: Vec<(u64, UdpRemoved)>,
     /// SVC_BE_REV's entries.
     reverse: reverse::ReverseOwners,
 }
@@ -303,14 +310,13 @@ impl<T: Table> Writer<T> {
         // refused Service out: once they are gone, it gets their room
         // (after a moment without the address: the map could not hold both
         // sets at once).
-        if !self.retired.is_empty() && self.pending.values().any(|p| matches!(p.reason, Refusal::Full { .. })) {
+        if !self.retired.is_empty() && self.pending.values().any(|p| p.reason.is_full()) {
             let retired = self.retired.len();
             self.settle_now();
             if self.retired.len() < retired {
                 self.retry_pending(&attempted, &mut report);
             }
         }
-        report.udp_removed = std::mem::take(&mut self.udp_removed);
         // The users of every entry, and lingering entries that are due.
         let now = std::time::Instant::now();
         if reverse_before.is_empty() {
@@ -327,8 +333,22 @@ impl<T: Table> Writer<T> {
             self.reverse.update(&mut self.table, reverse_before, reverse_after, now);
         }
         self.reverse.settle(&mut self.table, &fresh_owners, now);
+        let stamp = self.table.graces_asked();
         self.end_batch();
+        let removed = std::mem::take(&mut self.udp_removed);
+        if !removed.is_empty() {
+            self.udp_held.push((stamp, removed));
+        }
         report
+    }
+
+    /// The UDP removals whose batch's grace period has ended.
+    pub(crate) fn take_udp_removed(&mut self) -> UdpRemoved {
+        let ended = self.table.graces_ended();
+        let (due, held): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.udp_held).into_iter().partition(|(s, _)| *s < ended);
+        self.udp_held = held;
+        due.into_iter().flat_map(|(_, removed)| removed).collect()
     }
 
     /// Tries every waiting Service again.

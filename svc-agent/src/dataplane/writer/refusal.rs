@@ -52,6 +52,11 @@ impl Refusal {
             Self::Kernel(_) => "kernel",
         }
     }
+
+    /// Whether a map had no room (room that retired sets may free).
+    pub(crate) fn is_full(&self) -> bool {
+        self.label() == "full"
+    }
 }
 
 fn conflicts(list: &[Conflict]) -> String {

@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// The frontend SVC_BE_REV names for TCP backend `backend`.
-fn owner(w: &Writer<MemoryTable>, backend: &str) -> Option<String> {
+pub(super) fn owner(w: &Writer<MemoryTable>, backend: &str) -> Option<String> {
     let key = RevKey::new(backend_value(std::net::SocketAddr::V4(addr(backend))), svc_common::proto::TCP);
     w.table().reverse.get(&key).map(|f: &Backend| f.socket_addr().to_string())
 }

@@ -182,11 +182,11 @@ impl<T: Table> Writer<T> {
         }
     }
 
-    /// Whether retired sets, or the record of recent writes, wait for a
-    /// grace period to end (the control loop then calls [`Self::reap`]
+    /// Whether retired sets, held UDP removals or the record of recent
+    /// writes wait for a grace period to end (the control loop then calls [`Self::reap`]
     /// when one does).
     pub(crate) fn awaits_grace(&self) -> bool {
-        !self.retired.is_empty() || !self.written.is_empty() || self.reverse.awaits_grace()
+        !self.retired.is_empty() || !self.written.is_empty() || !self.udp_held.is_empty() || self.reverse.awaits_grace()
     }
 
     /// Notified whenever a grace period ends.

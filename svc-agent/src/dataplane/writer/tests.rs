@@ -453,19 +453,20 @@ fn removed_udp_backends_are_reported_for_socket_resets() {
     };
     let tcp = frontend("dns", "10.96.0.53:53", &["10.0.0.1:53", "10.0.0.2:53"]);
     let report = w.apply(vec![(key("dns"), service(vec![tcp, udp(&["10.0.0.1:53", "10.0.0.2:53"])]))]);
-    assert!(report.udp_removed.is_empty(), "nothing removed yet");
+    assert!(report.refused.is_empty());
+    assert!(w.take_udp_removed().is_empty(), "nothing removed yet");
 
     // 10.0.0.2 leaves both protocols: only the UDP frontend needs resets.
-    let report = w.apply(vec![(
+    w.apply(vec![(
         key("dns"),
         service(vec![frontend("dns", "10.96.0.53:53", &["10.0.0.1:53"]), udp(&["10.0.0.1:53"])]),
     )]);
     let udp_key = frontend_key(addr("10.96.0.53:53"), Proto::Udp);
-    assert_eq!(report.udp_removed, vec![(udp_key, vec![backend_value(addr("10.0.0.2:53"))])]);
+    assert_eq!(w.take_udp_removed(), vec![(udp_key, vec![backend_value(addr("10.0.0.2:53"))])]);
 
     // Deleting the Service removes the rest.
-    let report = w.apply(vec![(key("dns"), ServiceUpdate::Remove)]);
-    assert_eq!(report.udp_removed, vec![(udp_key, vec![backend_value(addr("10.0.0.1:53"))])]);
+    w.apply(vec![(key("dns"), ServiceUpdate::Remove)]);
+    assert_eq!(w.take_udp_removed(), vec![(udp_key, vec![backend_value(addr("10.0.0.1:53"))])]);
 }
 
 #[test]
