@@ -111,3 +111,37 @@ fn an_allocated_cluster_ip_never_moves_to_another_service() -> Result<()> {
     assert!(agent.log_since_start().contains("Service default/a-first skipped: service range 10.96.3.0/30 is full"));
     Ok(())
 }
+
+/// A ConfigMap volume, as the kubelet updates it: every file is a symlink
+/// into `..data`, itself a symlink to a timestamped directory, and an
+/// update swaps `..data` in one rename. No event names a manifest file,
+/// so the agent must re-read the whole directory.
+#[test]
+fn a_configmap_style_update_is_picked_up() -> Result<()> {
+    let mut env = TestEnv::new(2, &[Proto::Tcp(8080)])?;
+    let dir = env.manifests.path().to_owned();
+    let yaml = |env: &TestEnv, backends: &[u8]| {
+        multi(&[
+            &service("default", "web", Some("10.96.0.10"), &[SvcPort::tcp("http", 80, "8080")]),
+            &endpoint_slice("default", "web-1", "web", &[SlicePort::tcp("http", 8080)], &env.endpoints(backends)),
+        ])
+    };
+    let version = |name: &str, yaml: &str| -> Result<()> {
+        std::fs::create_dir(dir.join(name))?;
+        std::fs::write(dir.join(name).join("web.yaml"), yaml)?;
+        std::os::unix::fs::symlink(name, dir.join("..data_tmp"))?;
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data"))?;
+        Ok(())
+    };
+    version("..2026_12_03_1", &yaml(&env, &[1]))?;
+    std::os::unix::fs::symlink("..data/web.yaml", dir.join("web.yaml"))?;
+    env.start_agent()?;
+    let vip = addr("10.96.0.10:80");
+    assert_eq!(env.tcp(vip, 10)?.ok.get("b1:8080"), Some(&10));
+
+    version("..2026_12_03_2", &yaml(&env, &[2]))?;
+    // Within the 5 s rescan, which would find the change with no event:
+    // this is the event's re-read.
+    svc_tests::poll_outcome(Duration::from_secs(3), || env.tcp(vip, 5), |o| o.ok.get("b2:8080") == Some(&5))?;
+    Ok(())
+}

@@ -144,6 +144,29 @@ impl ManifestDir {
     pub(crate) fn reload(&mut self) -> std::io::Result<Changes> {
         let present = manifest_files(&self.dir)?;
         let gone: Vec<PathBuf> = self.files.keys().filter(|p| !present.contains_key(*p)).cloned().collect();
+        Ok(self.merge_files(gone, present))
+    }
+
+    /// Re-reads only `paths` (manifest files of the directory that an
+    /// event named), without listing the directory: a re-read costs the
+    /// files that changed, not every file there.
+    pub(crate) fn reload_files(&mut self, paths: impl IntoIterator<Item = PathBuf>) -> Changes {
+        let (mut present, mut gone) = (BTreeMap::new(), Vec::new());
+        for path in paths {
+            match stamp_of(&path) {
+                Some(stamp) => {
+                    present.insert(path, stamp);
+                }
+                None if self.files.contains_key(&path) => gone.push(path),
+                None => {}
+            }
+        }
+        self.merge_files(gone, present)
+    }
+
+    /// Merges the files that are `gone` and those `present` whose stamp
+    /// changed.
+    fn merge_files(&mut self, gone: Vec<PathBuf>, present: BTreeMap<PathBuf, Stamp>) -> Changes {
         for path in gone {
             tracing::info!(file = %path.display(), "manifest removed");
             if let Some(state) = self.files.remove(&path) {
@@ -179,7 +202,7 @@ impl ManifestDir {
         if bulk {
             crate::sys::trim_heap();
         }
-        Ok(self.changes())
+        self.changes()
     }
 
     /// Hands on what the definitions' changes mean.
@@ -241,14 +264,18 @@ fn manifest_files(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Stamp>> {
         if !is_manifest_name(&entry.file_name().to_string_lossy()) {
             continue;
         }
-        // Follow symlinks (ConfigMap volumes are symlinks into ..data).
-        let Ok(meta) = fs::metadata(&path) else { continue };
-        if !meta.is_file() {
-            continue;
+        if let Some(stamp) = stamp_of(&path) {
+            out.insert(path, stamp);
         }
-        out.insert(path, Stamp { modified: meta.modified().ok(), len: meta.len(), inode: meta.ino() });
     }
     Ok(out)
+}
+
+/// The stamp of a regular file (following symlinks: ConfigMap volumes are
+/// symlinks into `..data`), `None` if there is none.
+fn stamp_of(path: &Path) -> Option<Stamp> {
+    let meta = fs::metadata(path).ok().filter(fs::Metadata::is_file)?;
+    Some(Stamp { modified: meta.modified().ok(), len: meta.len(), inode: meta.ino() })
 }
 
 /// Parses files on every CPU: YAML parsing dominates a cold start with

@@ -144,3 +144,28 @@ fn a_broken_file_keeps_its_last_good_content() {
     assert!(manifests.reload().unwrap().is_empty());
     assert_eq!(manifests.snapshot().slices.len(), 1);
 }
+
+#[test]
+fn a_re_read_of_named_files_looks_at_those_files_only() {
+    let scratch = Scratch::new("named");
+    scratch.write("a.yaml", &slice("web-1", "web", "10.1.0.1"));
+    scratch.write("b.yaml", &slice("db-1", "db", "10.1.0.2"));
+    let mut manifests = dir(&scratch);
+    manifests.reload().unwrap();
+    // Both change, one is named: only that one is read.
+    scratch.write("a.yaml", &slice("web-1", "web", "10.1.0.3"));
+    scratch.write("b.yaml", &slice("db-1", "db", "10.1.0.4"));
+    let a = scratch.path().join("a.yaml");
+    assert_eq!(named(&manifests.reload_files([a.clone()])), (vec![], vec!["upsert default/web-1".into()]));
+    // Named again, unchanged: nothing.
+    assert!(manifests.reload_files([a.clone()]).is_empty());
+    // A new file, and a removed one, by name.
+    scratch.write("c.yaml", &slice("api-1", "api", "10.1.0.5"));
+    scratch.remove("a.yaml");
+    let changes = manifests.reload_files([a, scratch.path().join("c.yaml")]);
+    assert_eq!(named(&changes), (vec![], vec!["delete default/web-1".into(), "upsert default/api-1".into()]));
+    // A name that was never a file changes nothing.
+    assert!(manifests.reload_files([scratch.path().join("gone.yaml")]).is_empty());
+    // The full re-read still finds what no event named.
+    assert_eq!(named(&manifests.reload().unwrap()), (vec![], vec!["upsert default/db-1".into()]));
+}

@@ -1,7 +1,11 @@
 //! Watches the manifest directory (inotify through `notify`) and feeds the
 //! controller a fresh view whenever files change.
 
-use std::{path::Path, time::Duration};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use notify::{
     EventKind, RecursiveMode, Watcher as _,
@@ -40,13 +44,17 @@ pub(crate) fn spawn(dir: &Path, allocation: Allocation, events: EventSender) -> 
     drop(first);
     events.send(SourceEvent::Synced);
 
-    // Each wake says whether its event ends a write (`is_complete`).
-    let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<bool>();
+    let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<Wake>();
+    let watched = dir.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.as_ref().is_ok_and(|e| is_own_read(e.kind)) {
             return;
         }
-        if wake_tx.send(event.as_ref().is_ok_and(is_complete)).is_err() {
+        let wake = Wake {
+            complete: event.as_ref().is_ok_and(is_complete),
+            files: event.as_ref().ok().and_then(|e| named_files(&watched, e)),
+        };
+        if wake_tx.send(wake).is_err() {
             // The reader is gone: there is no one to wake.
             tracing::trace!("manifest watcher: nobody to wake");
         }
@@ -59,20 +67,26 @@ pub(crate) fn spawn(dir: &Path, allocation: Allocation, events: EventSender) -> 
     Ok(tokio::spawn(async move {
         let _watcher = watcher; // dropping it stops the notifications
         loop {
-            let mut complete = tokio::select! {
-                woke = wake_rx.recv() => match woke { Some(complete) => complete, None => return },
-                () = tokio::time::sleep(RESCAN) => true,
+            let mut wake = tokio::select! {
+                woke = wake_rx.recv() => match woke { Some(wake) => wake, None => return },
+                () = tokio::time::sleep(RESCAN) => Wake { complete: true, files: None },
             };
             let woke_at = std::time::Instant::now();
             while let Ok(more) = wake_rx.try_recv() {
-                complete &= more;
+                wake.add(more);
             }
-            if !complete {
+            if !wake.complete {
                 // A file is still being written: let the burst settle.
                 tokio::time::sleep(DEBOUNCE).await;
-                while wake_rx.try_recv().is_ok() {}
+                while let Ok(more) = wake_rx.try_recv() {
+                    wake.add(more);
+                }
             }
-            match manifests.reload() {
+            let reloaded = match wake.files {
+                Some(files) => Ok(manifests.reload_files(files)),
+                None => manifests.reload(),
+            };
+            match reloaded {
                 Ok(changes) => {
                     tracing::debug!(
                         reload_us = woke_at.elapsed().as_micros() as u64,
@@ -99,6 +113,47 @@ pub(crate) fn spawn(dir: &Path, allocation: Allocation, events: EventSender) -> 
             }
         }
     }))
+}
+
+/// What woke the reader: one event, or a burst of them folded together.
+#[derive(Debug)]
+struct Wake {
+    /// Every event ends a write ([`is_complete`]): no debounce.
+    complete: bool,
+    /// The manifest files the events named; `None`: re-read the whole
+    /// directory.
+    files: Option<BTreeSet<PathBuf>>,
+}
+
+impl Wake {
+    fn add(&mut self, other: Self) {
+        self.complete &= other.complete;
+        self.files = match (self.files.take(), other.files) {
+            (Some(mut files), Some(more)) => {
+                files.extend(more);
+                Some(files)
+            }
+            _ => None,
+        };
+    }
+}
+
+/// The manifest files directly in `dir` that `event` names, if it names
+/// any: a rename from a hidden temporary names the file it publishes.
+/// An event that names none (a ConfigMap volume swapping its `..data`
+/// symlink, a lost-events notice) or something outside `dir` wants the
+/// whole directory re-read.
+fn named_files(dir: &Path, event: &notify::Event) -> Option<BTreeSet<PathBuf>> {
+    let mut files = BTreeSet::new();
+    for path in &event.paths {
+        if path.parent() != Some(dir) {
+            return None;
+        }
+        if path.file_name().is_some_and(|name| super::is_manifest_name(&name.to_string_lossy())) {
+            files.insert(path.clone());
+        }
+    }
+    (!files.is_empty()).then_some(files)
 }
 
 /// Opening and reading (inotify `IN_OPEN`, `IN_CLOSE_NOWRITE`, which
@@ -150,10 +205,33 @@ mod tests {
     }
 
     #[test]
+    fn events_name_the_manifest_files_to_re_read_or_ask_for_the_directory() {
+        let dir = Path::new("/d");
+        let event = |paths: &[&str]| notify::Event {
+            kind: EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+            paths: paths.iter().map(PathBuf::from).collect(),
+            attrs: notify::event::EventAttributes::default(),
+        };
+        let files = |names: &[&str]| Some(names.iter().map(PathBuf::from).collect::<BTreeSet<_>>());
+        assert_eq!(named_files(dir, &event(&["/d/.web.tmp", "/d/web.yaml"])), files(&["/d/web.yaml"]));
+        assert_eq!(named_files(dir, &event(&["/d/web.yaml", "/d/web.yaml~"])), files(&["/d/web.yaml"]));
+        // A ConfigMap volume's update swaps `..data`: every file may change.
+        assert_eq!(named_files(dir, &event(&["/d/..data_tmp", "/d/..data"])), None);
+        assert_eq!(named_files(dir, &event(&[])), None, "a lost-events notice names nothing");
+        assert_eq!(named_files(dir, &event(&["/elsewhere/web.yaml"])), None);
+        // A burst wants what every event wants; one full re-read wins.
+        let mut wake = Wake { complete: true, files: files(&["/d/a.yaml"]) };
+        wake.add(Wake { complete: true, files: files(&["/d/b.yaml"]) });
+        assert_eq!(wake.files, files(&["/d/a.yaml", "/d/b.yaml"]));
+        wake.add(Wake { complete: false, files: None });
+        assert!(wake.files.is_none() && !wake.complete);
+    }
+
+    #[test]
     fn only_a_manifest_renamed_in_skips_the_debounce() {
         let event = |kind, paths: &[&str]| notify::Event {
             kind,
-            paths: paths.iter().map(std::path::PathBuf::from).collect(),
+            paths: paths.iter().map(PathBuf::from).collect(),
             attrs: notify::event::EventAttributes::default(),
         };
         let renamed_to = EventKind::Modify(ModifyKind::Name(RenameMode::To));
