@@ -308,9 +308,9 @@ pub(crate) fn run_blocking<T: Table>(
     let waiter = tokio::runtime::Builder::new_current_thread().build().expect("a runtime without drivers");
     loop {
         let first = match next_wake(&waiter, &mut events, &controller.writer) {
-            Wake::Event(Some(first)) => first,
-            Wake::Event(None) => break,
-            Wake::GraceEnded => {
+            LoopWake::Event(Some(first)) => first,
+            LoopWake::Event(None) => break,
+            LoopWake::GraceEnded => {
                 controller.writer.reap();
                 send_udp_removed(&mut controller.writer, &outputs);
                 continue;
@@ -386,7 +386,7 @@ fn send_udp_removed<T: Table>(writer: &mut Writer<T>, outputs: &Outputs) {
 }
 
 /// What woke the control loop.
-enum Wake {
+enum LoopWake {
     /// The next event (`None`: every sender is gone).
     Event(Option<Envelope>),
     /// A grace period ended: retired sets may be deleted.
@@ -396,17 +396,17 @@ enum Wake {
 /// Waits for the next event and, while retired backend sets wait for a
 /// grace period, for the end of one: they are deleted then, not at the
 /// next event (which may be long in coming).
-fn next_wake<T: Table>(waiter: &tokio::runtime::Runtime, events: &mut EventReceiver, writer: &Writer<T>) -> Wake {
+fn next_wake<T: Table>(waiter: &tokio::runtime::Runtime, events: &mut EventReceiver, writer: &Writer<T>) -> LoopWake {
     let Some(signal) = writer.grace_signal().filter(|_| writer.awaits_grace()) else {
-        return Wake::Event(events.blocking_recv());
+        return LoopWake::Event(events.blocking_recv());
     };
     // The signal keeps a wake-up that came before this wait (a grace
     // period that ended during the batch), so none is lost.
     waiter.block_on(async {
         tokio::select! {
             biased;
-            event = events.recv() => Wake::Event(event),
-            () = signal.notified() => Wake::GraceEnded,
+            event = events.recv() => LoopWake::Event(event),
+            () = signal.notified() => LoopWake::GraceEnded,
         }
     })
 }

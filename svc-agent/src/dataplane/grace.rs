@@ -47,7 +47,7 @@ struct State {
     ended: u64,
     /// The last attempt's error, if it failed, with the last request it
     /// was to serve (those requests are served again, after
-    /// [`RETRY_AFTER`]).
+    /// [`RETRY_AFTER`]; until that attempt starts, waits for them fail).
     failed: Option<(u64, TableError)>,
     stop: bool,
 }
@@ -56,10 +56,16 @@ impl GraceThread {
     /// Starts the thread; a grace period is one update of entry 0 of
     /// `outer` (SVC_GRACE) with `inner`, which the kernel answers only
     /// after every running program has finished (docs/maps.md).
-    pub(crate) fn spawn(outer: ArrayOfMaps<MapData>, inner: MapData) -> std::io::Result<Self> {
+    pub(crate) fn spawn(mut outer: ArrayOfMaps<MapData>, inner: MapData) -> std::io::Result<Self> {
+        Self::spawn_with(move || outer.set(0, &inner, 0).map_err(|e| table_error(names::GRACE, "update", &e)))
+    }
+
+    /// Starts the thread with `grace_period` as the blocking wait (the
+    /// map update; unit tests pass their own).
+    fn spawn_with(grace_period: impl FnMut() -> Result<(), TableError> + Send + 'static) -> std::io::Result<Self> {
         let shared = Arc::new(Shared::default());
         let worker = Arc::clone(&shared);
-        std::thread::Builder::new().name("grace".into()).spawn(move || worker.serve(outer, &inner))?;
+        std::thread::Builder::new().name("grace".into()).spawn(move || worker.serve(grace_period))?;
         Ok(Self { shared })
     }
 
@@ -117,7 +123,7 @@ impl Shared {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn serve(&self, mut outer: ArrayOfMaps<MapData>, inner: &MapData) {
+    fn serve(&self, mut grace_period: impl FnMut() -> Result<(), TableError>) {
         let mut state = self.lock();
         loop {
             while state.taken == state.asked && !state.stop {
@@ -129,9 +135,11 @@ impl Shared {
             // Every request so far was made before this grace period starts.
             let serving = state.asked;
             state.taken = serving;
+            // A wait from now on is answered by this attempt.
+            state.failed = None;
             drop(state);
             let started = Instant::now();
-            let result = outer.set(0, inner, 0);
+            let result = grace_period();
             tracing::trace!(us = started.elapsed().as_micros() as u64, "grace period");
             state = self.lock();
             let failed = result.is_err();
@@ -142,7 +150,7 @@ impl Shared {
                 }
                 Err(e) => {
                     tracing::error!("grace period failed, retrying: {e}");
-                    state.failed = Some((serving, table_error(names::GRACE, "update", &e)));
+                    state.failed = Some((serving, e));
                     // Not served: the next attempt serves them.
                     state.taken = state.ended;
                 }
@@ -150,9 +158,97 @@ impl Shared {
             self.changed.notify_all();
             self.ended.notify_one();
             if failed {
-                // Not at once: a failing update would fail again.
-                state = self.changed.wait_timeout(state, RETRY_AFTER).map_or_else(|e| e.into_inner().0, |(s, _)| s);
+                // Not at once (a failing update would fail again), and not
+                // sooner for a new request.
+                let retry_at = Instant::now() + RETRY_AFTER;
+                loop {
+                    let left = retry_at.saturating_duration_since(Instant::now());
+                    if state.stop || left.is_zero() {
+                        break;
+                    }
+                    state = self.changed.wait_timeout(state, left).map_or_else(|e| e.into_inner().0, |(s, _)| s);
+                }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+
+    /// A grace period the test ends by sending its result; `started`
+    /// tells the test that one began.
+    fn scripted() -> (GraceThread, mpsc::Sender<Result<(), TableError>>, mpsc::Receiver<()>) {
+        let (finish, results) = mpsc::channel::<Result<(), TableError>>();
+        let (began, started) = mpsc::channel();
+        let thread = GraceThread::spawn_with(move || {
+            began.send(()).ok();
+            results.recv().unwrap_or(Ok(()))
+        })
+        .expect("thread starts");
+        (thread, finish, started)
+    }
+
+    fn failure() -> TableError {
+        TableError { map: names::GRACE, op: "update", detail: "injected".into(), full: false }
+    }
+
+    #[test]
+    fn requests_made_while_one_runs_are_served_together_by_the_next() {
+        let (grace, finish, started) = scripted();
+        assert_eq!(grace.ask(), 1);
+        started.recv().unwrap();
+        // Asked while 1 runs: 1 cannot serve them (it started before).
+        assert_eq!((grace.ask(), grace.ask()), (2, 3));
+        finish.send(Ok(())).unwrap();
+        grace.wait(1).unwrap();
+        assert_eq!(grace.ended(), 1, "the running grace period serves only what was asked before it");
+        started.recv().unwrap();
+        finish.send(Ok(())).unwrap();
+        grace.wait(3).unwrap();
+        assert_eq!(grace.ended(), 3, "one grace period served 2 and 3");
+        assert!(started.try_recv().is_err(), "and no third one ran");
+    }
+
+    #[test]
+    fn a_failure_fails_the_waits_it_was_to_serve_and_is_retried() {
+        let (grace, finish, started) = scripted();
+        grace.ask();
+        started.recv().unwrap();
+        finish.send(Err(failure())).unwrap();
+        assert_eq!(grace.wait(1), Err(failure()));
+        assert_eq!(grace.ended(), 0);
+        // Retried without a further request, after RETRY_AFTER, and not
+        // sooner for a new one.
+        let failed_at = Instant::now();
+        assert_eq!(grace.ask(), 2);
+        started.recv().unwrap();
+        assert!(failed_at.elapsed() >= RETRY_AFTER / 2, "retried at once");
+        // A wait from now on waits for the retry.
+        assert_eq!(grace.ask(), 3);
+        finish.send(Ok(())).unwrap();
+        grace.wait(2).unwrap();
+        assert_eq!(grace.ended(), 2, "the retry served 1 and 2");
+        // 3 was asked after the retry started: the next one serves it,
+        // and the stale failure does not fail it.
+        started.recv().unwrap();
+        finish.send(Ok(())).unwrap();
+        assert_eq!(grace.wait(3), Ok(()));
+    }
+
+    #[test]
+    fn the_control_loop_is_signalled_after_each_grace_period() {
+        let (grace, finish, started) = scripted();
+        let signal = grace.signal();
+        grace.ask();
+        started.recv().unwrap();
+        finish.send(Ok(())).unwrap();
+        grace.wait(1).unwrap();
+        let waiter = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        // A stored permit: `notified` completes at once.
+        waiter.block_on(signal.notified());
     }
 }

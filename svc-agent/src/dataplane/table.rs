@@ -24,6 +24,34 @@ pub(crate) struct TableError {
     pub full: bool,
 }
 
+/// When something was written, deleted or retired: the number of the last
+/// grace period asked for before it ([`Table::stamp`]). A program may
+/// still hold what was there before until a grace period asked for
+/// *later* has ended; this type holds that rule, so that every user of a
+/// stamp (key rewrites, retired sets, deleted reverse owners, UDP
+/// removals) applies the same one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct GraceStamp(u64);
+
+impl GraceStamp {
+    /// Whether the grace periods ended so far (`ended`:
+    /// [`Table::graces_ended`]) cover it.
+    pub(crate) fn is_covered(self, ended: u64) -> bool {
+        ended > self.0
+    }
+
+    /// Whether no grace period has been asked for since (`asked`:
+    /// [`Table::graces_asked`]): the next one asked for covers it.
+    pub(crate) fn is_unasked(self, asked: u64) -> bool {
+        asked <= self.0
+    }
+
+    /// The first grace period that covers it.
+    fn covering(self) -> u64 {
+        self.0 + 1
+    }
+}
+
 /// Everything in the writer-owned maps, for adopting pinned state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct TableDump {
@@ -100,23 +128,26 @@ pub(crate) trait Table {
     /// Notified whenever a grace period ends (`None`: this table's grace
     /// periods end only when waited for).
     fn grace_signal(&self) -> Option<Arc<tokio::sync::Notify>>;
+    /// The stamp of something written now.
+    fn stamp(&self) -> GraceStamp {
+        GraceStamp(self.graces_asked())
+    }
     /// Returns once every program run that started before the call has
     /// finished.
     fn synchronize(&mut self) -> Result<(), TableError> {
         let n = self.ask_grace()?;
         self.wait_grace(n)
     }
-    /// Returns once a grace period asked for after `stamp` (the value of
-    /// [`Self::graces_asked`] when something was written) has ended: no
-    /// program still runs that could have read what was there before.
-    fn wait_grace_after(&mut self, stamp: u64) -> Result<(), TableError> {
-        if self.graces_ended() > stamp {
+    /// Returns once `stamp` is covered: no program still runs that could
+    /// have read what was there before.
+    fn wait_grace_after(&mut self, stamp: GraceStamp) -> Result<(), TableError> {
+        if stamp.is_covered(self.graces_ended()) {
             return Ok(());
         }
-        if self.graces_asked() <= stamp {
+        if stamp.is_unasked(self.graces_asked()) {
             self.ask_grace()?;
         }
-        self.wait_grace(stamp + 1)
+        self.wait_grace(stamp.covering())
     }
     /// Reads everything back.
     fn dump(&self) -> Result<TableDump, TableError>;

@@ -47,7 +47,7 @@ use self::{
 use super::{
     encode::{backend_value, desired_key},
     family::{Backend, FrontendKey, FrontendValue, Header, IndexKey, SlotRef},
-    table::{Table, TableError},
+    table::{GraceStamp, Table, TableError},
 };
 use crate::model::{DesiredFrontend, DesiredService, FrontendKind, ServiceKey, ServicePortKey};
 
@@ -153,11 +153,11 @@ pub(crate) struct Writer<T: Table> {
     /// period asked for after their retirement has ended (their slots and
     /// ids stay taken until then).
     retired: Vec<sets::Retired>,
-    /// Frontend keys written since the last ended grace period, with
-    /// [`Table::graces_asked`] at their last write: writing one again first
-    /// waits for a grace period asked for after it (docs/maps.md, readers
+    /// Frontend keys written since the last ended grace period, stamped
+    /// at their last write: writing one again first waits until the
+    /// stamp is covered (docs/maps.md, readers
     /// and element reuse).
-    written: HashMap<FrontendKey, u64>,
+    written: HashMap<FrontendKey, GraceStamp>,
     /// Something was written or retired since the last grace period asked.
     unasked: bool,
     /// The current batch's address hand-overs.
@@ -169,7 +169,7 @@ pub(crate) struct Writer<T: Table> {
     /// ended ([`Self::take_udp_removed`]), so that no program that copied
     /// the old frontend can still connect a socket to a removed backend
     /// after the reset looked for them.
-    udp_held: Vec<(u64, UdpRemoved)>,
+    udp_held: Vec<(GraceStamp, UdpRemoved)>,
     /// SVC_BE_REV's entries.
     reverse: reverse::ReverseOwners,
 }
@@ -333,7 +333,7 @@ impl<T: Table> Writer<T> {
             self.reverse.update(&mut self.table, reverse_before, reverse_after, now);
         }
         self.reverse.settle(&mut self.table, &fresh_owners, now);
-        let stamp = self.table.graces_asked();
+        let stamp = self.table.stamp();
         self.end_batch();
         let removed = std::mem::take(&mut self.udp_removed);
         if !removed.is_empty() {
@@ -346,7 +346,7 @@ impl<T: Table> Writer<T> {
     pub(crate) fn take_udp_removed(&mut self) -> UdpRemoved {
         let ended = self.table.graces_ended();
         let (due, held): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.udp_held).into_iter().partition(|(s, _)| *s < ended);
+            std::mem::take(&mut self.udp_held).into_iter().partition(|(stamp, _)| stamp.is_covered(ended));
         self.udp_held = held;
         due.into_iter().flat_map(|(_, removed)| removed).collect()
     }
@@ -563,7 +563,7 @@ impl<T: Table> Writer<T> {
             Some(value) => self.table.put_frontend(fk, value)?,
             None => self.table.delete_frontend(fk)?,
         }
-        self.written.insert(*fk, self.table.graces_asked());
+        self.written.insert(*fk, self.table.stamp());
         self.unasked = true;
         Ok(())
     }

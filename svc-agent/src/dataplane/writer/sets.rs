@@ -8,7 +8,7 @@ use super::{Journal, ServiceState, Writer, log_delete};
 use crate::{
     dataplane::{
         family::{Backend, Family, IndexKey, SlotRef, inline_limit},
-        table::{Table, TableError},
+        table::{GraceStamp, Table, TableError},
     },
     model::DesiredFrontend,
 };
@@ -41,9 +41,8 @@ impl BackendSet {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Retired {
     pub(super) set_id: u32,
-    /// [`Table::graces_asked`] when it retired: it is deleted once a grace
-    /// period asked for later has ended.
-    pub(super) asked: u64,
+    /// When it retired: it is deleted once that is covered.
+    pub(super) retired: GraceStamp,
 }
 
 /// The family of a frontend (and so of its backends).
@@ -117,7 +116,7 @@ impl<T: Table> Writer<T> {
     pub(super) fn retire_set(&mut self, id: u32) {
         match self.sets.get(&id) {
             Some(set) if !set.is_inline() => {
-                self.retired.push(Retired { set_id: id, asked: self.table.graces_asked() });
+                self.retired.push(Retired { set_id: id, retired: self.table.stamp() });
                 self.unasked = true;
             }
             _ => {
@@ -132,7 +131,7 @@ impl<T: Table> Writer<T> {
     /// periods have freed. The next batch waits only where it writes a
     /// key again before that grace period has ended.
     pub(super) fn end_batch(&mut self) {
-        if self.unasked || self.reverse.deleted_since(self.table.graces_asked()) {
+        if self.unasked || self.reverse.deleted_unasked(self.table.graces_asked()) {
             match self.table.ask_grace() {
                 Ok(_) => self.unasked = false,
                 // Nothing is deleted without a grace period; the next
@@ -158,7 +157,7 @@ impl<T: Table> Writer<T> {
     /// the writes it covered (those keys may be written again at once).
     pub(crate) fn reap(&mut self) {
         let ended = self.table.graces_ended();
-        self.written.retain(|_, stamp| *stamp >= ended);
+        self.written.retain(|_, stamp| !stamp.is_covered(ended));
         if self.written.is_empty() && self.written.capacity() > 1024 {
             // A cold batch wrote every key: give that memory back.
             self.written = std::collections::HashMap::new();
@@ -174,8 +173,9 @@ impl<T: Table> Writer<T> {
             .filter(|(fk, _)| !self.owners.contains_key(fk))
             .map(|(_, set_id)| *set_id)
             .collect();
-        let (gone, kept): (Vec<Retired>, Vec<Retired>) =
-            std::mem::take(&mut self.retired).into_iter().partition(|r| r.asked < ended && !in_use.contains(&r.set_id));
+        let (gone, kept): (Vec<Retired>, Vec<Retired>) = std::mem::take(&mut self.retired)
+            .into_iter()
+            .partition(|r| r.retired.is_covered(ended) && !in_use.contains(&r.set_id));
         self.retired = kept;
         for retired in gone {
             self.delete_set(retired.set_id);

@@ -10,7 +10,7 @@ use svc_common::{Backend4, Backend6, BackendRevKey, BackendRevKey6};
 
 use crate::dataplane::{
     family::{Backend, RevKey},
-    table::Table,
+    table::{GraceStamp, Table},
 };
 
 /// One family's owner-map key, and the frontend type its values hold. The
@@ -115,12 +115,11 @@ pub(super) struct Family<K, F> {
     /// Entries that may become deletable, with the time they may (in
     /// that order: one linger for all).
     pub(super) lingering: VecDeque<(Stamp, K)>,
-    /// Keys deleted since the last ended grace period, with
-    /// `Table::graces_asked` at the delete: re-creating one waits for a
-    /// grace period asked for after it (readers validate a copy by finding
+    /// Keys deleted since the last ended grace period, stamped at the
+    /// delete: re-creating one waits until the stamp is covered (readers validate a copy by finding
     /// the same element again, so an element must not come back under its
     /// key while a reader may hold it).
-    pub(super) deleted: HashMap<K, u64>,
+    pub(super) deleted: HashMap<K, GraceStamp>,
 }
 
 /// What a pair does to its backend's entry.
@@ -245,7 +244,7 @@ where
     /// Grace period `ended` has ended: keys deleted before it was asked
     /// for may come back.
     pub(super) fn grace_ended(&mut self, ended: u64) {
-        self.deleted.retain(|_, stamp| *stamp >= ended);
+        self.deleted.retain(|_, stamp| !stamp.is_covered(ended));
     }
 
     /// Deletes the entries whose linger is over and that nobody uses.
@@ -273,7 +272,7 @@ where
                     continue;
                 }
                 shared.in_map -= 1;
-                self.deleted.insert(key, table.graces_asked());
+                self.deleted.insert(key, table.stamp());
                 shared.full_warned = false;
             }
             self.entries.remove(&key);
