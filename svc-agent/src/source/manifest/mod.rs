@@ -9,6 +9,7 @@
 //! good content stays in effect, the way a failed `kubectl apply` leaves
 //! the cluster unchanged; the other files always apply.
 
+mod head_first;
 pub(crate) mod ipam;
 mod merge;
 mod mirror;

@@ -5,12 +5,10 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::{
-    core::v1::{Endpoints, Service},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::{api::core::v1::Endpoints, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 use serde::Deserialize as _;
 
+use super::head_first::{self, Decoded};
 use crate::model::{NamespaceObj, PodObj, ServiceObj, SliceObj};
 
 /// A file that cannot be used at all.
@@ -44,74 +42,101 @@ pub(crate) struct ParsedFile {
 
 /// Parses a whole file. A syntax error anywhere rejects the file (we cannot
 /// know what the author meant after it); a bad object only skips itself.
+/// Files whose documents all put `apiVersion` and `kind` first take the
+/// fast way ([`head_first`]); the others, and any file with a problem, are
+/// read through `serde_yaml::Value`.
 pub(crate) fn parse_manifest(text: &str) -> Result<ParsedFile, ParseError> {
+    let mut out = ParsedFile::default();
+    if let Some(docs) = head_first::decode_all(text) {
+        for (index, doc) in docs.into_iter().enumerate() {
+            add_decoded(&mut out, doc, index + 1);
+        }
+        return Ok(out);
+    }
+    parse_via_value(text)
+}
+
+/// Parses a whole file through `serde_yaml::Value` (the slow way).
+fn parse_via_value(text: &str) -> Result<ParsedFile, ParseError> {
+    let mut out = ParsedFile::default();
     let mut docs = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(text) {
         let value = serde_yaml::Value::deserialize(doc).map_err(|e| ParseError::Syntax(e.to_string()))?;
         docs.push(value);
     }
-    let mut out = ParsedFile::default();
     for (index, doc) in docs.into_iter().enumerate() {
-        add_document(&mut out, doc, index + 1);
+        add_value(&mut out, doc, index + 1);
     }
     Ok(out)
 }
 
-fn add_document(out: &mut ParsedFile, doc: serde_yaml::Value, number: usize) {
+/// How a problem names document `number`.
+fn what(number: usize, kind: &str, metadata: &ObjectMeta) -> String {
+    format!("document {number} ({kind} {})", metadata.name.as_deref().unwrap_or("<unnamed>"))
+}
+
+/// Adds one document read through `Value` (the slow way).
+fn add_value(out: &mut ParsedFile, doc: serde_yaml::Value, number: usize) {
     if doc.is_null() {
         return; // empty document, e.g. a trailing `---`
     }
-    let kind = doc.get("kind").and_then(serde_yaml::Value::as_str).unwrap_or("").to_owned();
-    let api_version = doc.get("apiVersion").and_then(serde_yaml::Value::as_str).unwrap_or("").to_owned();
-    let name = doc
-        .get("metadata")
-        .and_then(|m| m.get("name"))
-        .and_then(serde_yaml::Value::as_str)
-        .unwrap_or("<unnamed>")
-        .to_owned();
-    let what = format!("document {number} ({kind} {name})");
-    match (kind.as_str(), api_version.as_str()) {
-        ("List", _) => {
-            let items = doc.get("items").and_then(serde_yaml::Value::as_sequence).cloned().unwrap_or_default();
-            for item in items {
-                add_document(out, item, number);
+    let text = |key: &str| doc.get(key).and_then(serde_yaml::Value::as_str).unwrap_or("").to_owned();
+    let (kind, api_version) = (text("kind"), text("apiVersion"));
+    if kind == "List" {
+        let items = doc.get("items").and_then(serde_yaml::Value::as_sequence).cloned().unwrap_or_default();
+        for item in items {
+            add_value(out, item, number);
+        }
+        return;
+    }
+    let name = doc.get("metadata").and_then(|m| m.get("name")).and_then(serde_yaml::Value::as_str).map(str::to_owned);
+    let named = ObjectMeta { name, ..ObjectMeta::default() };
+    let decoded = match (kind.as_str(), api_version.as_str()) {
+        ("Service", "v1") => decode(doc).map(|svc| Decoded::Service(Box::new(svc))),
+        ("EndpointSlice", "discovery.k8s.io/v1") => decode(doc).map(Decoded::Slice),
+        ("Endpoints", "v1") => decode(doc).map(Decoded::Endpoints),
+        ("Pod", "v1") => metadata(&doc).map(Decoded::Pod),
+        ("Namespace", "v1") => metadata(&doc).map(Decoded::Namespace),
+        _ => Ok(Decoded::Other { kind: kind.clone(), api_version, metadata: named.clone() }),
+    };
+    match decoded {
+        Ok(decoded) => add_decoded(out, decoded, number),
+        Err(e) => out.problems.push(format!("{}: {e}", what(number, &kind, &named))),
+    }
+}
+
+/// Adds one decoded document, or the reason it is skipped.
+fn add_decoded(out: &mut ParsedFile, doc: Decoded, number: usize) {
+    let unnamed = |out: &mut ParsedFile, kind: &str, meta: &ObjectMeta| {
+        out.problems.push(format!("{}: metadata.name is required", what(number, kind, meta)));
+    };
+    match doc {
+        Decoded::Empty => {}
+        Decoded::Service(svc) if svc.metadata.name.is_some() => out.services.push(Arc::new(ServiceObj::from(&*svc))),
+        Decoded::Service(svc) => unnamed(out, "Service", &svc.metadata),
+        Decoded::Slice(slice) if slice.metadata.name.is_some() => out.slices.push(Arc::new(SliceObj::from(&slice))),
+        Decoded::Slice(slice) => unnamed(out, "EndpointSlice", &slice.metadata),
+        Decoded::Endpoints(ep) if ep.metadata.name.is_some() => out.endpoints.push(Arc::new(ep)),
+        Decoded::Endpoints(ep) => unnamed(out, "Endpoints", &ep.metadata),
+        Decoded::Pod(meta) if meta.name.is_some() => out.pods.push(Arc::new(PodObj::from(&meta))),
+        Decoded::Pod(meta) => unnamed(out, "Pod", &meta),
+        Decoded::Namespace(meta) if meta.name.is_some() => out.namespaces.push(Arc::new(NamespaceObj::from(&meta))),
+        Decoded::Namespace(meta) => unnamed(out, "Namespace", &meta),
+        Decoded::Other { kind, api_version, metadata } => {
+            let what = what(number, &kind, &metadata);
+            match kind.as_str() {
+                "Service" | "EndpointSlice" | "Endpoints" | "Pod" | "Namespace" => {
+                    out.problems.push(format!("{what}: unsupported apiVersion {api_version:?}"));
+                }
+                "" => out.problems.push(format!("{what}: no kind")),
+                _ => tracing::debug!("ignoring {what}"),
             }
         }
-        ("Service", "v1") => match decode::<Service>(doc) {
-            Ok(svc) if svc.metadata.name.is_some() => out.services.push(Arc::new(ServiceObj::from(&svc))),
-            Ok(_) => out.problems.push(format!("{what}: metadata.name is required")),
-            Err(e) => out.problems.push(format!("{what}: {e}")),
-        },
-        ("EndpointSlice", "discovery.k8s.io/v1") => match decode::<EndpointSlice>(doc) {
-            Ok(slice) if slice.metadata.name.is_some() => out.slices.push(Arc::new(SliceObj::from(&slice))),
-            Ok(_) => out.problems.push(format!("{what}: metadata.name is required")),
-            Err(e) => out.problems.push(format!("{what}: {e}")),
-        },
-        ("Endpoints", "v1") => match decode::<Endpoints>(doc) {
-            Ok(ep) if ep.metadata.name.is_some() => out.endpoints.push(Arc::new(ep)),
-            Ok(_) => out.problems.push(format!("{what}: metadata.name is required")),
-            Err(e) => out.problems.push(format!("{what}: {e}")),
-        },
-        ("Pod", "v1") => match metadata(&doc) {
-            Ok(meta) if meta.name.is_some() => out.pods.push(Arc::new(PodObj::from(&meta))),
-            Ok(_) => out.problems.push(format!("{what}: metadata.name is required")),
-            Err(e) => out.problems.push(format!("{what}: {e}")),
-        },
-        ("Namespace", "v1") => match metadata(&doc) {
-            Ok(meta) if meta.name.is_some() => out.namespaces.push(Arc::new(NamespaceObj::from(&meta))),
-            Ok(_) => out.problems.push(format!("{what}: metadata.name is required")),
-            Err(e) => out.problems.push(format!("{what}: {e}")),
-        },
-        ("Service" | "EndpointSlice" | "Endpoints" | "Pod" | "Namespace", _) => {
-            out.problems.push(format!("{what}: unsupported apiVersion {api_version:?}"));
-        }
-        ("", _) => out.problems.push(format!("{what}: no kind")),
-        _ => tracing::debug!("ignoring {what}"),
     }
 }
 
 /// An object's metadata (the rest is not read, so it need not be valid).
-fn metadata(doc: &serde_yaml::Value) -> Result<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, String> {
+fn metadata(doc: &serde_yaml::Value) -> Result<ObjectMeta, String> {
     decode(doc.get("metadata").cloned().unwrap_or_default())
 }
 
@@ -173,6 +198,28 @@ mod tests {
         assert_eq!((&*parsed.pods[0].namespace, parsed.pods[0].uid.as_deref()), ("mesh", Some("u-1")));
         assert_eq!(parsed.namespaces[0].socket_lb.as_deref(), Some("disabled"));
         assert_eq!(parsed.problems.len(), 1, "a Pod without a name: {:?}", parsed.problems);
+    }
+
+    #[test]
+    fn the_fast_way_reads_what_the_value_way_reads() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: n, annotations: {x: y}}\n\
+             spec: {type: LoadBalancer, clusterIPs: [10.0.0.1, 'fd00::1'], ipFamilyPolicy: PreferDualStack, \
+             ports: [{name: p, port: 80, targetPort: 8080, nodePort: 30080}], externalTrafficPolicy: Local}\n\
+             status: {loadBalancer: {ingress: [{ip: 192.0.2.1}]}}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {namespace: n}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: a-1, namespace: n, \
+             labels: {kubernetes.io/service-name: a}}\naddressType: IPv4\nports: [{name: p, port: 8080}]\n\
+             endpoints: [{addresses: [10.1.0.1], conditions: {ready: true}, nodeName: n1, zone: z}]\n---\n\
+             apiVersion: v1\nkind: Endpoints\nmetadata: {name: e}\nsubsets: [{addresses: [{ip: 10.2.0.1}]}]\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {name: p, uid: u}\n---\n\
+             apiVersion: v1\nkind: Namespace\nmetadata: {name: n}\n---\n\
+             apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata: {name: old}\n---\n\
+             apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n";
+        assert!(head_first::decode_all(text).is_some(), "this file takes the fast way");
+        let fast = parse_manifest(text).unwrap();
+        assert_eq!(fast, parse_via_value(text).unwrap());
+        assert_eq!((fast.services.len(), fast.slices.len(), fast.endpoints.len()), (1, 1, 1));
+        assert_eq!(fast.problems.len(), 2, "{:?}", fast.problems);
     }
 
     #[test]
