@@ -86,14 +86,12 @@ pub(crate) fn collect<'a>(
             let serving = ep.serving.unwrap_or(true);
             let terminating = ep.terminating.unwrap_or(false);
             let hinted = ep
-                .hint_zones
-                .as_ref()
+                .hint_zones()
                 .map(|zones| zones.iter().map(AsRef::as_ref).collect::<Vec<&str>>())
                 .filter(|zones| !zones.is_empty());
             let zones = hinted.or_else(|| if zone_from_endpoint { ep.zone.as_deref().map(|z| vec![z]) } else { None });
             let hinted_nodes = ep
-                .hint_nodes
-                .as_ref()
+                .hint_nodes()
                 .map(|nodes| nodes.iter().map(AsRef::as_ref).collect::<Vec<&str>>())
                 .filter(|nodes| !nodes.is_empty());
             let nodes = hinted_nodes

@@ -265,12 +265,12 @@ endpoints:
     assert_eq!(summary(&desired(&svc(WEB), std::slice::from_ref(&hinted)))[0].2, vec!["10.244.1.2:8080".to_owned()]);
 
     let mut partly = hinted.clone();
-    partly.endpoints[1].hint_zones = None;
+    partly.endpoints[1].hints.get_or_insert_default().zones = None;
     assert_eq!(summary(&desired(&svc(WEB), &[partly]))[0].2.len(), 2, "a missing hint disables zone preference");
 
     let mut elsewhere = hinted;
     for ep in &mut elsewhere.endpoints {
-        ep.hint_zones = Some(vec!["zone-z".into()]);
+        ep.hints.get_or_insert_default().zones = Some(vec!["zone-z".into()]);
     }
     assert_eq!(summary(&desired(&svc(WEB), &[elsewhere]))[0].2.len(), 2, "no endpoint for our zone: use all");
 }
@@ -328,10 +328,10 @@ endpoints:
     // Written hints (forNodes) win over the endpoint's own node name.
     let mut hinted = eps;
     for ep in &mut hinted.endpoints {
-        ep.hint_nodes = Some(vec!["other".into()]);
+        ep.hints.get_or_insert_default().nodes = Some(vec!["other".into()]);
     }
-    hinted.endpoints[0].hint_nodes = Some(vec!["node-a".into()]);
-    hinted.endpoints[2].hint_nodes = Some(vec!["node-a".into()]);
+    hinted.endpoints[0].hints.get_or_insert_default().nodes = Some(vec!["node-a".into()]);
+    hinted.endpoints[2].hints.get_or_insert_default().nodes = Some(vec!["node-a".into()]);
     let got = backends(&svc(WEB), &hinted);
     assert_eq!(got, vec!["10.244.1.2:8080".to_owned(), "10.244.3.2:8080".to_owned()], "forNodes hints apply");
 }

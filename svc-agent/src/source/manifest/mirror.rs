@@ -89,8 +89,7 @@ fn endpoint(addr: &EndpointAddress, ready: bool) -> EndpointObj {
         terminating: None,
         node_name: addr.node_name.as_deref().map(Into::into),
         zone: None,
-        hint_zones: None,
-        hint_nodes: None,
+        hints: None,
     }
 }
 
