@@ -200,8 +200,13 @@ pub struct FrontendOf<B, const N: usize> {
     pub affinity_timeout: u32,
     /// [`fe_flags`] bits.
     pub flags: u32,
-    /// Always zero.
-    pub _pad: u32,
+    /// Bit `i` set: this frontend is the reverse owner of inline backend
+    /// `i` (`SVC_BE_REV[backend] ==` this frontend's address and port,
+    /// `crate::reverse`), so a socket translated to it needs no storage
+    /// and `connect()` skips the reverse-owner lookup. Set by the agent
+    /// only while that holds; zero (the value before this field had a
+    /// meaning) means "look it up", so older values stay correct.
+    pub owned: u32,
     /// The backends themselves when `count <= N` (unused entries zero);
     /// otherwise unused.
     pub inline: [B; N],
@@ -227,6 +232,14 @@ where
 impl<B, const N: usize> FrontendOf<B, N> {
     /// How many backends fit inline.
     pub const INLINE: usize = N;
+
+    /// Whether this frontend is known to own inline backend `i`
+    /// ([`FrontendOf::owned`]).
+    #[inline(always)]
+    #[must_use]
+    pub const fn owns_inline(&self, i: usize) -> bool {
+        i < 32 && self.owned & (1 << i) != 0
+    }
 
     /// Whether the backends are in [`FrontendOf::inline`] rather than in
     /// the slots map.
@@ -528,7 +541,9 @@ pub struct Config {
 /// 7: `SVC_LB_SRC`, and a ninth north-south counter.
 /// 8: `SVC_EXEMPT`, `SVC_SOCK_STATS` and [`Config::exempt_cgroups`].
 /// 9: `SVC_BE_REV` and `SVC_BE_REV6` (translated sockets keep storage
-/// only where these do not answer).
+/// only where these do not answer); later within 9, [`FrontendOf::owned`],
+/// whose zero keeps the meaning the field had before (unused), so pins
+/// of either agent stay correct under the other's programs.
 pub const LAYOUT_VERSION: u32 = 9;
 
 const _: () = {

@@ -16,6 +16,9 @@
 //! - the reverse hooks answer from the socket's storage first, then from
 //!   `SVC_BE_REV` (connected sockets only).
 //!
+//! A frontend also says which of its inline backends it owns
+//! (`FrontendOf::owned`), so that `connect()` need not look them up.
+//!
 //! An owner entry never changes value; the agent deletes it only after its
 //! backend has left the owner's set for a linger time (a socket that
 //! relied on it may still be open: docs/maps.md).

@@ -28,6 +28,8 @@ pub(crate) trait FrontendView<B> {
     fn inline_sized(&self) -> bool;
     /// Inline backend `i`, if `i` is within the inline array.
     fn inline_at(&self, i: usize) -> Option<B>;
+    /// Whether this frontend owns inline backend `i`'s reverse entry.
+    fn owns_inline(&self, i: usize) -> bool;
     /// Capacity of the inline array.
     const INLINE: usize;
 }
@@ -56,6 +58,10 @@ impl<B: Copy, const N: usize> FrontendView<B> for FrontendOf<B, N> {
     #[inline(always)]
     fn inline_sized(&self) -> bool {
         self.is_inline()
+    }
+    #[inline(always)]
+    fn owns_inline(&self, i: usize) -> bool {
+        Self::owns_inline(self, i)
     }
     #[inline(always)]
     fn inline_at(&self, i: usize) -> Option<B> {

@@ -39,12 +39,45 @@ pub(crate) enum Verdict<B> {
     /// A frontend without a usable backend: fail the call.
     Refuse,
     /// Rewrite the destination to this backend (of this service port).
-    Translate((B, u32)),
+    Translate(Pick<B>),
     /// This client is served by the frontend's outside-only twin
     /// ([`Admit::Twin`]): look that one up instead.
     Twin,
     /// This client may not reach the frontend ([`Admit::Deny`]).
     Deny,
+}
+
+/// The backend a frontend's selection chose, with the frontend's
+/// service-port id and whether the frontend owns the backend's reverse
+/// entry (an inline backend whose `owned` bit is set: `connect()` need not
+/// look it up). The id and the flag share one `u32` (ids stay far below
+/// 2^31): connect6's frame is at the verifier's limit, and a wider verdict
+/// pushed it over.
+#[derive(Clone, Copy)]
+pub(crate) struct Pick<B> {
+    pub(crate) backend: B,
+    id_and_owned: u32,
+}
+
+impl<B> Pick<B> {
+    const OWNED: u32 = 1 << 31;
+
+    #[inline(always)]
+    fn new(backend: B, svc_id: u32, owned: bool) -> Self {
+        Self { backend, id_and_owned: (svc_id & !Self::OWNED) | if owned { Self::OWNED } else { 0 } }
+    }
+
+    /// The frontend's service-port id.
+    #[inline(always)]
+    pub(crate) const fn svc_id(&self) -> u32 {
+        self.id_and_owned & !Self::OWNED
+    }
+
+    /// The frontend owns the backend's reverse entry.
+    #[inline(always)]
+    pub(crate) const fn owned(&self) -> bool {
+        self.id_and_owned & Self::OWNED != 0
+    }
 }
 
 /// What a client makes of a frontend it found ([`Client::admit`]).
@@ -169,25 +202,27 @@ pub(crate) fn select<F: Family, C: Client>(client: &C, key: &F::Key) -> Verdict<
     // deletes retired sets only after a grace period): a missing slot is a
     // broken invariant, refused rather than guessed around.
     match pick::<F, C>(client, fe) {
-        Some(b) => Verdict::Translate((b, fe.svc_id())),
+        Some((backend, owned)) => Verdict::Translate(Pick::new(backend, fe.svc_id(), owned)),
         None => Verdict::Refuse,
     }
 }
 
+/// A backend of `fe`, and whether `fe` is known to own it.
 #[inline(always)]
-fn pick<F: Family, C: Client>(client: &C, fe: &F::Frontend) -> Option<F::Backend> {
+fn pick<F: Family, C: Client>(client: &C, fe: &F::Frontend) -> Option<(F::Backend, bool)> {
     if fe.affinity_timeout() == 0 {
         return random_backend::<F>(fe);
     }
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     let key = AffinityKey { netns_cookie: client.affinity_id(), svc_id: fe.svc_id(), _pad: 0 };
-    let backend = match affine_backend::<F>(&key, fe, now) {
-        Some(b) => b,
+    // A pinned backend's index is not known: its owner is looked up.
+    let (backend, owned) = match affine_backend::<F>(&key, fe, now) {
+        Some(b) => (b, false),
         None => random_backend::<F>(fe)?,
     };
     F::pin(key, backend, now);
-    Some(backend)
+    Some((backend, owned))
 }
 
 /// The backend this client is pinned to, if the pin is fresh and the backend
@@ -230,7 +265,7 @@ fn is_member<F: Family>(fe: &F::Frontend, backend: F::Backend) -> bool {
 }
 
 #[inline(always)]
-fn random_backend<F: Family>(fe: &F::Frontend) -> Option<F::Backend> {
+fn random_backend<F: Family>(fe: &F::Frontend) -> Option<(F::Backend, bool)> {
     // One read of the count, checked: a panicking path (division by zero)
     // would not pass the verifier.
     let count = fe.count();
@@ -239,9 +274,9 @@ fn random_backend<F: Family>(fe: &F::Frontend) -> Option<F::Backend> {
     // The same `count` decides inline or not (one read: the verifier then
     // sees slot < count <= INLINE).
     if count as usize <= <F::Frontend as FrontendView<F::Backend>>::INLINE {
-        return fe.inline_at(slot as usize);
+        return Some((fe.inline_at(slot as usize)?, fe.owns_inline(slot as usize)));
     }
-    F::slot(fe.set_id(), slot)
+    Some((F::slot(fe.set_id(), slot)?, false))
 }
 
 /// The frontend (address and port) this socket asked for when it reached
@@ -301,6 +336,20 @@ pub(crate) fn remember_connect<F: Family>(ctx: &SockAddrContext, asked: F::Backe
         };
     if store {
         F::remember_connected(ctx, asked, peer);
+    } else {
+        F::forget_connected(ctx);
+    }
+}
+
+/// [`remember_connect`] for a translated connect whose frontend says it
+/// owns the backend's entry ([`Pick::owned`]; the agent sets that only
+/// while `SVC_BE_REV[backend]` names the frontend): the lookup's answer is
+/// known, which spares a cache miss or two on a large map. (A separate
+/// path, not a parameter: connect6's frame has no room for one more.)
+#[inline(always)]
+pub(crate) fn remember_owned_connect<F: Family>(ctx: &SockAddrContext, asked: F::Backend, peer: F::Backend, proto: u8) {
+    if crate::accepted::is_bound(ctx) {
+        remember_connect::<F>(ctx, asked, peer, proto);
     } else {
         F::forget_connected(ctx);
     }

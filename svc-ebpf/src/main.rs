@@ -189,13 +189,18 @@ fn forward<F: Family, A: Access<F>>(ctx: &SockAddrContext, dst: Option<F::Backen
             unsafe { bpf_set_retval(-errno::ECONNREFUSED) };
             REJECT
         }
-        Verdict::Translate((backend, svc_id)) => {
+        Verdict::Translate(pick) => {
+            let (backend, svc_id) = (pick.backend, pick.svc_id());
             if trace::on() {
                 let what = trace::What::new(hook.trace_id::<F>(), protocol, trace_verdict::TRANSLATED, svc_id);
                 trace::emit::<F>(ctx, what, &dst, &raw const backend);
             }
             if hook == Hook::Connect {
-                lb::remember_connect::<F>(ctx, dst, backend, protocol);
+                if pick.owned() {
+                    lb::remember_owned_connect::<F>(ctx, dst, backend, protocol);
+                } else {
+                    lb::remember_connect::<F>(ctx, dst, backend, protocol);
+                }
             }
             // Datagrams are remembered per (socket, backend); connected UDP
             // too, so that the agent can find sockets of a removed backend.

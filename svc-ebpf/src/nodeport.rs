@@ -471,7 +471,7 @@ fn new_flow(ctx: &TcContext, pkt: &Packet, now: u64) -> i32 {
         // kube-proxy does for the latter (it rejects the former; an ICMP
         // error is future work).
         Verdict::Refuse | Verdict::Twin => return drop_for(ns_stat::DROP_NO_BACKEND),
-        Verdict::Translate(b) => b,
+        Verdict::Translate(pick) => (pick.backend, pick.svc_id()),
     };
     let syn = if pkt.tcp_flags & TCP_SYN != 0 { flow_flags::TCP_SYN } else { 0 };
     // The source the backend sees: the client's own, or (backend behind

@@ -203,6 +203,11 @@ pub(crate) struct Header {
     pub flags: u32,
 }
 
+/// A mask of the `n` lowest bits.
+const fn low_bits(n: usize) -> u32 {
+    if n >= 32 { u32::MAX } else { (1 << n) - 1 }
+}
+
 fn build<B: Copy + Default, const N: usize>(
     h: Header,
     backends: &[Backend],
@@ -221,7 +226,7 @@ fn build<B: Copy + Default, const N: usize>(
         count: h.count,
         affinity_timeout: h.affinity_timeout,
         flags: h.flags,
-        _pad: 0,
+        owned: 0,
         inline,
     }
 }
@@ -260,6 +265,22 @@ impl FrontendValue {
                 Backend::V4(_) => None,
             })),
         }
+    }
+
+    /// With `owned` as its reverse-owner bits (only inline backends have
+    /// them: zero for a set in slots).
+    pub(crate) fn with_owned(mut self, owned: u32) -> Self {
+        let inline = self.is_inline();
+        match &mut self {
+            Self::V4(v) => v.owned = if inline { owned & low_bits(INLINE_BACKENDS) } else { 0 },
+            Self::V6(v) => v.owned = if inline { owned & low_bits(INLINE_BACKENDS6) } else { 0 },
+        }
+        self
+    }
+    /// The reverse-owner bits.
+    #[cfg(test)]
+    pub(crate) fn owned(&self) -> u32 {
+        field!(self, owned)
     }
 
     /// Service-port id.

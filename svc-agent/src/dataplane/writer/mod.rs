@@ -46,10 +46,10 @@ use self::{
 };
 use super::{
     encode::{backend_value, desired_key},
-    family::{Backend, FrontendKey, FrontendValue, Header, IndexKey, SlotRef},
+    family::{Backend, FrontendKey, FrontendValue, Header, IndexKey, RevKey, SlotRef},
     table::{GraceStamp, Table, TableError},
 };
-use crate::model::{DesiredFrontend, DesiredService, FrontendKind, ServiceKey, ServicePortKey};
+use crate::model::{DesiredFrontend, DesiredService, FrontendKind, Scope, ServiceKey, ServicePortKey};
 
 /// What one Service has in the maps. Sorted vectors, not B-trees: a
 /// Service has a handful of each, and the agent holds one of these per
@@ -453,8 +453,8 @@ impl<T: Table> Writer<T> {
             // An outside-only twin belongs with its address: where another
             // Service owns the address (reported once, for that entry),
             // the twin is not written either.
-            if fk.scope() == crate::model::Scope::External {
-                let all = fk.with_scope(crate::model::Scope::All);
+            if fk.scope() == Scope::External {
+                let all = fk.with_scope(Scope::All);
                 if let Some(owner) = self.owners.get(&all)
                     && owner != key
                     && self.handover.releasing.get(&all) != Some(owner)
@@ -540,7 +540,7 @@ impl<T: Table> Writer<T> {
                 affinity_timeout: fe.affinity_timeout,
                 flags: flags(fe),
             };
-            let value = FrontendValue::new(fk.family(), header, &backends);
+            let value = FrontendValue::new(fk.family(), header, &backends).with_owned(self.owned_mask(fk, &backends));
             let old = current.frontends.get(fk).copied();
             if old != Some(value) {
                 self.write_frontend(fk, Some(&value))?;
@@ -566,6 +566,23 @@ impl<T: Table> Writer<T> {
         self.written.insert(*fk, self.table.stamp());
         self.unasked = true;
         Ok(())
+    }
+
+    /// The `owned` bits of a frontend at `fk` with `backends` inline: the
+    /// backends whose reverse entry it owns (written before any frontend
+    /// that lists them, `ReverseOwners::prepare`). Only sockets look the
+    /// entries up, through frontends of scope All.
+    fn owned_mask(&self, fk: &FrontendKey, backends: &[Backend]) -> u32 {
+        if fk.scope() != Scope::All {
+            return 0;
+        }
+        let frontend = fk.as_backend();
+        backends
+            .iter()
+            .take(32)
+            .enumerate()
+            .filter(|(_, b)| self.reverse.owns(RevKey::new(**b, fk.proto()), frontend))
+            .fold(0, |mask, (i, _)| mask | (1 << i))
     }
 
     /// The id of a service port, writing its names when new or changed.

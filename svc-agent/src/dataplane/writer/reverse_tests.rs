@@ -167,3 +167,57 @@ fn both_families_have_owners_within_one_capacity() {
     assert_eq!(owner6(&w, "[fd00:1::3]:80").as_deref(), Some("[fd00::a60:2]:80"));
     assert_eq!(w.reverse_owner_count(), 2);
 }
+
+/// Every `owned` bit in the frontends holds: its backend's entry names
+/// that frontend (what lets `connect()` skip the lookup). Returns how
+/// many bits are set.
+fn owned_bits_hold(w: &Writer<MemoryTable>) -> u32 {
+    let table = w.table();
+    let mut set = 0;
+    for (fk, value) in &table.frontends {
+        for (i, backend) in value.inline_backends().iter().enumerate() {
+            if value.owned() & (1 << i) == 0 {
+                continue;
+            }
+            set += 1;
+            let entry = table.reverse.get(&RevKey::new(*backend, fk.proto()));
+            assert_eq!(entry, Some(&fk.as_backend()), "{fk:?} claims backend {i} ({backend:?})");
+        }
+    }
+    set
+}
+
+#[test]
+fn a_frontend_says_which_backends_it_owns() {
+    let mut w = writer();
+    let mut node_port = frontend("web", "192.168.0.1:30080", &["10.1.0.1:80", "10.1.0.2:80"]);
+    node_port.kind = FrontendKind::NodePort;
+    let cluster_ip = frontend("web", "10.96.0.10:80", &["10.1.0.1:80", "10.1.0.2:80"]);
+    w.apply(vec![(key("web"), service(vec![node_port, cluster_ip]))]);
+    // The ClusterIP owns both (bits 0 and 1); the node port neither.
+    assert_eq!(owned_bits_hold(&w), 2);
+    let ip = w.table().frontends.iter().find(|(fk, _)| fk.as_backend().socket_addr().port() == 80).unwrap().1;
+    assert_eq!(ip.owned(), 0b11);
+}
+
+#[test]
+fn owned_bits_never_claim_an_entry_of_another_frontend() {
+    let mut w = writer();
+    w.set_reverse_linger(Duration::ZERO);
+    let steps: Vec<Vec<(super::ServiceKey, ServiceUpdate)>> = vec![
+        vec![(key("a"), service(vec![frontend("a", "10.96.0.10:80", &["10.1.0.1:80", "10.1.0.2:80"])]))],
+        // b shares one backend (a owns it) and has one of its own.
+        vec![(key("b"), service(vec![frontend("b", "10.96.0.11:80", &["10.1.0.1:80", "10.1.0.3:80"])]))],
+        // a drops the shared backend: its entry lingers with a's name.
+        vec![(key("a"), service(vec![frontend("a", "10.96.0.10:80", &["10.1.0.2:80"])]))],
+        vec![(key("b"), service(vec![frontend("b", "10.96.0.11:80", &["10.1.0.3:80", "10.1.0.1:80"])]))],
+        // a goes; its address comes back for c, over the shared backend.
+        vec![(key("a"), ServiceUpdate::Remove)],
+        vec![(key("c"), service(vec![frontend("c", "10.96.0.10:80", &["10.1.0.1:80"])]))],
+    ];
+    for batch in steps {
+        w.apply(batch);
+        owned_bits_hold(&w);
+    }
+    assert!(owned_bits_hold(&w) >= 1, "b owns 10.1.0.3");
+}

@@ -133,6 +133,19 @@ impl ReverseOwners {
         self.shared.linger = linger;
     }
 
+    /// Whether `frontend` (an address and port) owns `key`'s entry in the
+    /// map: a socket it translates to that backend needs no storage. It
+    /// stays so while the frontend lists the backend (an entry never
+    /// changes value and is deleted only once nobody lists its backend),
+    /// which is what lets the frontend say so itself (`Frontend::owned`).
+    pub(super) fn owns(&self, key: RevKey, frontend: Backend) -> bool {
+        match (key, frontend) {
+            (RevKey::V4(k), Backend::V4(f)) => self.v4.entries.get(&k).is_some_and(|o| o.is_owner(f)),
+            (RevKey::V6(k), Backend::V6(f)) => self.v6.entries.get(&k).is_some_and(|o| o.is_owner(f)),
+            _ => false,
+        }
+    }
+
     /// Number of owner entries in the maps.
     pub(super) fn len(&self) -> usize {
         self.shared.in_map
