@@ -37,6 +37,8 @@ pub(crate) struct BpfMaps {
     /// The thread that waits out grace periods on SVC_GRACE (only a
     /// writer has one).
     grace: Option<GraceThread>,
+    /// Something was stamped since the last grace period was asked for.
+    stamped: bool,
 }
 
 fn typed<K: aya::Pod, V: aya::Pod>(map: Map, name: &str) -> Result<HashMap<MapData, K, V>> {
@@ -86,7 +88,20 @@ impl BpfMaps {
             meta: max_entries(&meta, names::META)?,
             reverse: max_entries(&reverse, names::BACKEND_REV)?.min(max_entries(&reverse6, names::BACKEND_REV6)?),
         };
-        Ok(Self { frontends, slots, index, frontends6, slots6, index6, meta, reverse, reverse6, capacity, grace: None })
+        Ok(Self {
+            frontends,
+            slots,
+            index,
+            frontends6,
+            slots6,
+            index6,
+            meta,
+            reverse,
+            reverse6,
+            capacity,
+            grace: None,
+            stamped: false,
+        })
     }
 }
 
@@ -306,7 +321,15 @@ impl Table for BpfMaps {
         }
     }
     fn ask_grace(&mut self) -> Result<u64, TableError> {
-        Ok(self.grace()?.ask())
+        let n = self.grace()?.ask();
+        self.stamped = false;
+        Ok(n)
+    }
+    fn mark_stamped(&mut self) {
+        self.stamped = true;
+    }
+    fn stamped_since_ask(&self) -> bool {
+        self.stamped
     }
     fn graces_asked(&self) -> u64 {
         self.grace.as_ref().map_or(0, GraceThread::asked)

@@ -64,6 +64,7 @@ pub(crate) struct MemoryTable {
     pub hold_graces: bool,
     graces_asked: u64,
     graces_ended: u64,
+    stamped: bool,
 }
 
 impl MemoryTable {
@@ -81,6 +82,7 @@ impl MemoryTable {
             hold_graces: false,
             graces_asked: 0,
             graces_ended: 0,
+            stamped: false,
         }
     }
 
@@ -176,6 +178,7 @@ impl Table for MemoryTable {
     }
     fn ask_grace(&mut self) -> Result<u64, TableError> {
         self.graces_asked += 1;
+        self.stamped = false;
         self.ops.push(Op::GraceAsked);
         if !self.hold_graces {
             self.end_graces();
@@ -184,6 +187,12 @@ impl Table for MemoryTable {
     }
     fn graces_asked(&self) -> u64 {
         self.graces_asked
+    }
+    fn mark_stamped(&mut self) {
+        self.stamped = true;
+    }
+    fn stamped_since_ask(&self) -> bool {
+        self.stamped
     }
     fn graces_ended(&self) -> u64 {
         self.graces_ended

@@ -40,12 +40,6 @@ impl GraceStamp {
         ended > self.0
     }
 
-    /// Whether no grace period has been asked for since (`asked`:
-    /// [`Table::graces_asked`]): the next one asked for covers it.
-    pub(crate) fn is_unasked(self, asked: u64) -> bool {
-        asked <= self.0
-    }
-
     /// The first grace period that covers it.
     fn covering(self) -> u64 {
         self.0 + 1
@@ -128,8 +122,20 @@ pub(crate) trait Table {
     /// Notified whenever a grace period ends (`None`: this table's grace
     /// periods end only when waited for).
     fn grace_signal(&self) -> Option<Arc<tokio::sync::Notify>>;
-    /// The stamp of something written now.
-    fn stamp(&self) -> GraceStamp {
+    /// Records that something was written, deleted or retired that needs
+    /// a grace period; cleared by [`Self::ask_grace`].
+    fn mark_stamped(&mut self);
+    /// Whether something was stamped since the last grace period was asked
+    /// for (the end of a batch then asks for one).
+    fn stamped_since_ask(&self) -> bool;
+    /// Stamps something written now (it needs a grace period).
+    fn stamp(&mut self) -> GraceStamp {
+        self.mark_stamped();
+        self.current_stamp()
+    }
+    /// The stamp of now, for what rides on writes stamped already (a
+    /// batch's UDP removals).
+    fn current_stamp(&self) -> GraceStamp {
         GraceStamp(self.graces_asked())
     }
     /// Returns once every program run that started before the call has
@@ -144,7 +150,7 @@ pub(crate) trait Table {
         if stamp.is_covered(self.graces_ended()) {
             return Ok(());
         }
-        if stamp.is_unasked(self.graces_asked()) {
+        if self.graces_asked() <= stamp.0 {
             self.ask_grace()?;
         }
         self.wait_grace(stamp.covering())

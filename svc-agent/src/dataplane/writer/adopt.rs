@@ -121,7 +121,6 @@ pub(super) fn adopt<T: Table>(table: T) -> Result<Writer<T>, TableError> {
         orphans,
         retired: Vec::new(),
         written: HashMap::new(),
-        unasked: false,
         handover: Handover::default(),
         udp_removed: Vec::new(),
         udp_held: Vec::new(),

@@ -158,18 +158,16 @@ pub(crate) struct Writer<T: Table> {
     /// stamp is covered (docs/maps.md, readers
     /// and element reuse).
     written: HashMap<FrontendKey, GraceStamp>,
-    /// Something was written or retired since the last grace period asked.
-    unasked: bool,
     /// The current batch's address hand-overs.
     handover: Handover,
     /// Collected during a batch.
     udp_removed: UdpRemoved,
-    /// Earlier batches' removals, with [`Table::graces_asked`] before
-    /// their batch asked for its grace period: handed out once it has
-    /// ended ([`Self::take_udp_removed`]), so that no program that copied
-    /// the old frontend can still connect a socket to a removed backend
-    /// after the reset looked for them.
-    udp_held: Vec<(GraceStamp, UdpRemoved)>,
+    /// Earlier batches' removals, stamped before their batch asked for its
+    /// grace period: handed out once that covers them
+    /// ([`Self::take_udp_removed`]), so that no program that copied the
+    /// old frontend can still connect a socket to a removed backend after
+    /// the reset looked for them.
+    udp_held: Vec<(GraceStamp, (FrontendKey, Vec<Backend>))>,
     /// SVC_BE_REV's entries.
     reverse: reverse::ReverseOwners,
 }
@@ -333,12 +331,9 @@ impl<T: Table> Writer<T> {
             self.reverse.update(&mut self.table, reverse_before, reverse_after, now);
         }
         self.reverse.settle(&mut self.table, &fresh_owners, now);
-        let stamp = self.table.stamp();
+        let stamp = self.table.current_stamp();
         self.end_batch();
-        let removed = std::mem::take(&mut self.udp_removed);
-        if !removed.is_empty() {
-            self.udp_held.push((stamp, removed));
-        }
+        self.udp_held.extend(self.udp_removed.drain(..).map(|removed| (stamp, removed)));
         report
     }
 
@@ -348,7 +343,7 @@ impl<T: Table> Writer<T> {
         let (due, held): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.udp_held).into_iter().partition(|(stamp, _)| stamp.is_covered(ended));
         self.udp_held = held;
-        due.into_iter().flat_map(|(_, removed)| removed).collect()
+        due.into_iter().map(|(_, removed)| removed).collect()
     }
 
     /// Tries every waiting Service again.
@@ -563,8 +558,8 @@ impl<T: Table> Writer<T> {
             Some(value) => self.table.put_frontend(fk, value)?,
             None => self.table.delete_frontend(fk)?,
         }
-        self.written.insert(*fk, self.table.stamp());
-        self.unasked = true;
+        let stamp = self.table.stamp();
+        self.written.insert(*fk, stamp);
         Ok(())
     }
 

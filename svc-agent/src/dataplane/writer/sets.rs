@@ -116,8 +116,8 @@ impl<T: Table> Writer<T> {
     pub(super) fn retire_set(&mut self, id: u32) {
         match self.sets.get(&id) {
             Some(set) if !set.is_inline() => {
-                self.retired.push(Retired { set_id: id, retired: self.table.stamp() });
-                self.unasked = true;
+                let retired = self.table.stamp();
+                self.retired.push(Retired { set_id: id, retired });
             }
             _ => {
                 self.sets.remove(&id);
@@ -131,13 +131,12 @@ impl<T: Table> Writer<T> {
     /// periods have freed. The next batch waits only where it writes a
     /// key again before that grace period has ended.
     pub(super) fn end_batch(&mut self) {
-        if self.unasked || self.reverse.deleted_unasked(self.table.graces_asked()) {
-            match self.table.ask_grace() {
-                Ok(_) => self.unasked = false,
-                // Nothing is deleted without a grace period; the next
-                // batch asks again.
-                Err(e) => tracing::error!("asking for a grace period failed, retired backend sets kept: {e}"),
-            }
+        if self.table.stamped_since_ask()
+            && let Err(e) = self.table.ask_grace()
+        {
+            // Nothing is deleted without a grace period; the next batch
+            // asks again.
+            tracing::error!("asking for a grace period failed, retired backend sets kept: {e}");
         }
         self.reap();
     }
@@ -149,7 +148,6 @@ impl<T: Table> Writer<T> {
             tracing::error!("waiting for a grace period failed, retired backend sets kept: {e}");
             return;
         }
-        self.unasked = false;
         self.reap();
     }
 

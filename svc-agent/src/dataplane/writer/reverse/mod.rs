@@ -237,13 +237,6 @@ impl ReverseOwners {
     pub(super) fn awaits_grace(&self) -> bool {
         !self.v4.deleted.is_empty() || !self.v6.deleted.is_empty()
     }
-
-    /// Whether an entry was deleted since the last grace period was asked
-    /// for (`asked`: [`Table::graces_asked`]; one must follow before its
-    /// key may come back).
-    pub(super) fn deleted_unasked(&self, asked: u64) -> bool {
-        self.v4.deleted.values().chain(self.v6.deleted.values()).any(|stamp| stamp.is_unasked(asked))
-    }
 }
 
 /// The pairs in `before` only (gone) and in `after` only (new).
