@@ -278,7 +278,6 @@ impl FrontendValue {
         self
     }
     /// The reverse-owner bits.
-    #[cfg(test)]
     pub(crate) fn owned(&self) -> u32 {
         field!(self, owned)
     }

@@ -58,6 +58,8 @@ pub(crate) struct MemoryTable {
     /// Inserts into this map fail (as the kernel's would, e.g. ENOMEM),
     /// to exercise rollbacks the capacity check cannot predict.
     pub failing_map: Option<&'static str>,
+    /// Frontend deletes fail (best-effort deletes the writer repairs).
+    pub failing_frontend_deletes: bool,
     /// Grace periods asked for end only when the writer waits for them or
     /// the test ends them ([`Self::end_graces`]), as on a busy node where
     /// one outlasts the next batch.
@@ -79,6 +81,7 @@ impl MemoryTable {
             capacity,
             ops: Vec::new(),
             failing_map: None,
+            failing_frontend_deletes: false,
             hold_graces: false,
             graces_asked: 0,
             graces_ended: 0,
@@ -126,6 +129,14 @@ impl Table for MemoryTable {
         Ok(())
     }
     fn delete_frontend(&mut self, key: &FrontendKey) -> Result<(), TableError> {
+        if self.failing_frontend_deletes {
+            return Err(TableError {
+                map: "SVC_FRONTENDS",
+                op: "delete",
+                detail: "injected failure".into(),
+                full: false,
+            });
+        }
         self.frontends.remove(key);
         self.ops.push(Op::DeleteFrontend(*key));
         Ok(())

@@ -2,12 +2,12 @@
 //! is deleted here: the source has not spoken yet, and the dataplane must
 //! keep serving exactly what it served until the first sync is applied.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{BackendSet, Handover, IdAllocator, Orphans, PortEntry, ServiceState, Writer, name_str};
 use crate::{
     dataplane::{
-        family::{Backend, Family, IndexKey},
+        family::{Backend, Family, FrontendKey, IndexKey, RevKey},
         table::{Table, TableError},
     },
     model::{Proto, ServiceKey, ServicePortKey},
@@ -99,6 +99,7 @@ pub(super) fn adopt<T: Table>(table: T) -> Result<Writer<T>, TableError> {
             "adopted pinned dataplane state; it keeps serving until the source is synced"
         );
     }
+    let stray = distrust_owned_bits(&mut services, &dump.reverse);
     let mut table = table;
     let mut programmed = Vec::new();
     for state in services.values() {
@@ -114,7 +115,7 @@ pub(super) fn adopt<T: Table>(table: T) -> Result<Writer<T>, TableError> {
         sets,
         ports,
         set_ids,
-        svc_ids: IdAllocator::with_used(dump.meta.iter().map(|(id, _)| *id)),
+        svc_ids: IdAllocator::with_used_up_to(dump.meta.iter().map(|(id, _)| *id), super::ids::MAX_SERVICE_PORT_ID),
         used_slots,
         used_index,
         pending: BTreeMap::new(),
@@ -125,5 +126,35 @@ pub(super) fn adopt<T: Table>(table: T) -> Result<Writer<T>, TableError> {
         udp_removed: Vec::new(),
         udp_held: Vec::new(),
         reverse,
+        stray,
     })
+}
+
+/// Clears, in the adopted record, `owned` bits that the pinned owner
+/// entries do not confirm (a value a failed write left behind, or pins
+/// tampered with), and returns those frontends' keys: the first batch
+/// rewrites them (`Writer::repair_stray`). A cleared bit only costs a
+/// lookup; a wrong one would show sockets the wrong peer.
+fn distrust_owned_bits(
+    services: &mut HashMap<ServiceKey, ServiceState>,
+    reverse: &[(RevKey, Backend)],
+) -> BTreeSet<FrontendKey> {
+    let owners: HashMap<RevKey, Backend> = reverse.iter().copied().collect();
+    let mut stray = BTreeSet::new();
+    for state in services.values_mut() {
+        for (fk, value) in state.frontends.iter_mut() {
+            let confirmed = value
+                .inline_backends()
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| owners.get(&RevKey::new(**b, fk.proto())) == Some(&fk.as_backend()))
+                .fold(0u32, |mask, (i, _)| mask | (1 << i));
+            let kept = value.owned() & confirmed;
+            if kept != value.owned() {
+                *value = value.with_owned(kept);
+                stray.insert(*fk);
+            }
+        }
+    }
+    stray
 }

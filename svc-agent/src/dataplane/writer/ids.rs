@@ -2,32 +2,51 @@
 
 use std::collections::HashSet;
 
-/// Hands out non-zero `u32` ids, counting upwards and wrapping, never one
+/// Hands out ids from `1..=max`, counting upwards and wrapping, never one
 /// that is in use. Counting (rather than reusing the lowest free id) keeps
 /// a just-retired set id from coming back while a program that read the
 /// old frontend value may still be looking up its slots.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct IdAllocator {
     next: u32,
+    max: u32,
     used: HashSet<u32>,
 }
 
+impl Default for IdAllocator {
+    fn default() -> Self {
+        Self::with_used_up_to([], u32::MAX)
+    }
+}
+
+/// The largest service-port id: the programs carry a translation's id with
+/// a flag in its top bit (svc-ebpf `lb::Pick`).
+pub(super) const MAX_SERVICE_PORT_ID: u32 = (1 << 31) - 1;
+
 impl IdAllocator {
-    /// An allocator that continues after the ids already in use.
+    /// An allocator of any non-zero `u32` that continues after the ids
+    /// already in use.
     pub(super) fn with_used(used: impl IntoIterator<Item = u32>) -> Self {
-        let used: HashSet<u32> = used.into_iter().filter(|id| *id != 0).collect();
-        let next = used.iter().max().map_or(1, |m| m.wrapping_add(1).max(1));
-        Self { next, used }
+        Self::with_used_up_to(used, u32::MAX)
     }
 
-    /// A fresh id, or `None` when all 2^32-1 are in use.
+    /// The same for ids up to `max` (larger ids in use are kept as used).
+    pub(super) fn with_used_up_to(used: impl IntoIterator<Item = u32>, max: u32) -> Self {
+        let used: HashSet<u32> = used.into_iter().filter(|id| *id != 0).collect();
+        let next = used.iter().copied().filter(|id| *id < max).max().map_or(1, |m| m + 1);
+        Self { next, max, used }
+    }
+
+    /// A fresh id, or `None` when all of `1..=max` are in use.
     pub(super) fn allocate(&mut self) -> Option<u32> {
-        if self.used.len() >= u32::MAX as usize {
+        // (Ids above `max` adopted in use count too: full a little early
+        // at worst, never a search without end.)
+        if self.used.len() >= self.max as usize {
             return None;
         }
         loop {
-            let id = self.next.max(1);
-            self.next = id.wrapping_add(1);
+            let id = if self.next == 0 || self.next > self.max { 1 } else { self.next };
+            self.next = if id == self.max { 1 } else { id + 1 };
             if self.used.insert(id) {
                 return Some(id);
             }
@@ -50,8 +69,18 @@ mod tests {
         assert_eq!(ids.allocate(), Some(5));
         ids.release(5);
         assert_eq!(ids.allocate(), Some(6), "a released id is not handed out again right away");
-        let mut wrap = IdAllocator { next: u32::MAX, used: HashSet::from([1]) };
+        let mut wrap = IdAllocator { next: u32::MAX, max: u32::MAX, used: HashSet::from([1]) };
         assert_eq!(wrap.allocate(), Some(u32::MAX));
         assert_eq!(wrap.allocate(), Some(2), "wraps past 0 and skips ids in use");
+    }
+
+    #[test]
+    fn stays_within_its_maximum() {
+        let mut ids = IdAllocator::with_used_up_to([MAX_SERVICE_PORT_ID - 1], MAX_SERVICE_PORT_ID);
+        assert_eq!(ids.allocate(), Some(MAX_SERVICE_PORT_ID));
+        assert_eq!(ids.allocate(), Some(1), "wraps at the maximum");
+        let mut small = IdAllocator::with_used_up_to([1], 2);
+        assert_eq!(small.allocate(), Some(2));
+        assert_eq!(small.allocate(), None, "full");
     }
 }

@@ -17,7 +17,7 @@ impl<T: Table> Writer<T> {
     /// Undoes a failed update in reverse order.
     pub(super) fn rollback(&mut self, journal: Journal) {
         for (fk, old) in journal.frontends.into_iter().rev() {
-            log_delete(self.write_frontend(&fk, old.as_ref()));
+            self.write_best_effort(&fk, old.as_ref());
         }
         for id in journal.new_sets {
             self.retire_set(id);

@@ -170,6 +170,13 @@ pub(crate) struct Writer<T: Table> {
     udp_held: Vec<(GraceStamp, (FrontendKey, Vec<Backend>))>,
     /// SVC_BE_REV's entries.
     reverse: reverse::ReverseOwners,
+    /// Frontend keys whose value in the map may differ from this writer's
+    /// record: a best-effort write (a rollback, a delete) failed, or an
+    /// adopted value claimed owner entries the map does not hold. Made to
+    /// match at the start of the next batch ([`Self::repair_stray`]); until
+    /// then such a value could, for one, keep `owned` bits whose entries
+    /// a sweep deletes, and its sockets would show the wrong peer.
+    stray: BTreeSet<FrontendKey>,
 }
 
 impl<T: Table> Writer<T> {
@@ -271,6 +278,7 @@ impl<T: Table> Writer<T> {
                 ServiceUpdate::Program(_) | ServiceUpdate::Remove => removals.push(key),
             }
         }
+        self.repair_stray();
         self.handover = self.plan_handover(&upserts, &removals);
         // Every Service this batch can change: its own, and those waiting
         // for a retry.
@@ -301,7 +309,7 @@ impl<T: Table> Writer<T> {
         self.retry_pending(&attempted, &mut report);
         for (fk, _) in std::mem::take(&mut self.handover).left {
             if !self.owners.contains_key(&fk) {
-                log_delete(self.write_frontend(&fk, None));
+                self.write_best_effort(&fk, None);
             }
         }
         // Sets an address hand-over kept alive may be all that keeps a
@@ -580,6 +588,29 @@ impl<T: Table> Writer<T> {
             .fold(0, |mask, (i, _)| mask | (1 << i))
     }
 
+    /// Writes or deletes one frontend where a failure cannot be undone (a
+    /// rollback, a delete): logged, and the key is repaired later.
+    fn write_best_effort(&mut self, fk: &FrontendKey, value: Option<&FrontendValue>) {
+        if let Err(e) = self.write_frontend(fk, value) {
+            tracing::warn!("{e} (repaired at the next batch)");
+            self.stray.insert(*fk);
+        }
+    }
+
+    /// Makes every stray key's value in the map what this writer records
+    /// for it (its owner's value, or none).
+    fn repair_stray(&mut self) {
+        for fk in std::mem::take(&mut self.stray) {
+            let wanted = self
+                .owners
+                .get(&fk)
+                .and_then(|owner| self.services.get(owner))
+                .and_then(|s| s.frontends.get(&fk))
+                .copied();
+            self.write_best_effort(&fk, wanted.as_ref());
+        }
+    }
+
     /// The id of a service port, writing its names when new or changed.
     fn ensure_port(&mut self, fe: &DesiredFrontend, journal: &mut Journal) -> Result<u32, TableError> {
         let meta = service_meta(&fe.port, fe.service_port);
@@ -637,7 +668,7 @@ impl<T: Table> Writer<T> {
         self.owners.remove(fk);
         match self.handover.claimed.get(fk) {
             Some(claimant) if claimant != key => self.handover.left.push((*fk, set_id)),
-            _ => log_delete(self.write_frontend(fk, None)),
+            _ => self.write_best_effort(fk, None),
         }
     }
 

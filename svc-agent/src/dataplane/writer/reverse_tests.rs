@@ -221,3 +221,38 @@ fn owned_bits_never_claim_an_entry_of_another_frontend() {
     }
     assert!(owned_bits_hold(&w) >= 1, "b owns 10.1.0.3");
 }
+
+#[test]
+fn a_frontend_left_behind_by_a_failed_delete_is_repaired_before_its_bits_mislead() {
+    let mut w = writer();
+    w.set_reverse_linger(Duration::ZERO);
+    w.apply(vec![(key("a"), service(vec![frontend("a", "10.96.0.10:80", &["10.1.0.1:80"])]))]);
+    assert_eq!(owned_bits_hold(&w), 1);
+    // The Service goes, but its frontend's delete fails: the map keeps a
+    // value claiming an entry the sweep deletes (nobody lists it).
+    w.table.failing_frontend_deletes = true;
+    w.apply(vec![(key("a"), ServiceUpdate::Remove)]);
+    assert_eq!(owner(&w, "10.1.0.1:80"), None, "the entry went");
+    assert_eq!(w.table().frontends.len(), 1, "the frontend stayed");
+    // The next batch repairs it first.
+    w.table.failing_frontend_deletes = false;
+    w.apply(vec![]);
+    assert!(w.table().frontends.is_empty(), "repaired");
+    owned_bits_hold(&w);
+}
+
+#[test]
+fn adoption_clears_owned_bits_the_pinned_entries_do_not_confirm() {
+    let mut w = writer();
+    w.apply(vec![(key("a"), service(vec![frontend("a", "10.96.0.10:80", &["10.1.0.1:80", "10.1.0.2:80"])]))]);
+    assert_eq!(owned_bits_hold(&w), 2);
+    // Pins whose owner entry for one backend is gone (e.g. a value a
+    // failed write left behind).
+    let mut table = w.table().clone();
+    let gone = RevKey::new(backend_value(std::net::SocketAddr::V4(addr("10.1.0.2:80"))), svc_common::proto::TCP);
+    table.reverse.remove(&gone);
+    let mut w = Writer::adopt(table).expect("adopts");
+    // The first batch rewrites the value with only the confirmed bit.
+    w.apply(vec![]);
+    assert_eq!(owned_bits_hold(&w), 1);
+}
