@@ -50,9 +50,10 @@ pub(crate) enum Verdict<B> {
 /// The backend a frontend's selection chose, with the frontend's
 /// service-port id and whether the frontend owns the backend's reverse
 /// entry (an inline backend whose `owned` bit is set: `connect()` need not
-/// look it up). The id and the flag share one `u32` (ids stay far below
-/// 2^31): connect6's frame is at the verifier's limit, and a wider verdict
-/// pushed it over.
+/// look it up). The id and the flag share one `u32` (the agent keeps
+/// service-port ids below 2^31: svc-agent writer/ids.rs,
+/// `MAX_SERVICE_PORT_ID`): connect6's frame is at the verifier's limit,
+/// and a wider verdict pushed it over.
 #[derive(Clone, Copy)]
 pub(crate) struct Pick<B> {
     pub(crate) backend: B,

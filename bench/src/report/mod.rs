@@ -194,7 +194,7 @@ fn targets(o: &mut String, r: &Results) {
     let _ = writeln!(o, "## Targets\n");
     let _ = writeln!(
         o,
-        "Targets to report against (not test assertions); where one is missed, the profile section says where the time goes.\n"
+        "Targets to report against (not test assertions); where one is missed, the verdict says by how much, and the profile section, where one was taken (the datapath cells and the cold start at the target size), where the time goes.\n"
     );
     let _ = writeln!(o, "| target | measured | verdict |\n|---|---|---|");
     // The headline is the conntrack-free node (only the netfilter modes
@@ -227,7 +227,7 @@ fn targets(o: &mut String, r: &Results) {
             thousands(f64::from(target)),
             percentile(&c.latency_ms, 50.0),
             p99,
-            c.changes,
+            thousands(f64::from(c.changes)),
             verdict(p99, CHURN_TARGET_MS, "ms", 2)
         );
     }

@@ -110,7 +110,8 @@ pub(crate) trait Table {
     /// Asks for an RCU grace period without waiting for it, and returns
     /// its number (1, 2, ... in the order asked). Grace period `n` has
     /// ended once every program run that started before the n-th request
-    /// has finished.
+    /// has finished. Clears the mark of [`Self::mark_stamped`] (every
+    /// implementation must: the next batch asks only for new stamps).
     fn ask_grace(&mut self) -> Result<u64, TableError>;
     /// The number of the last grace period asked for (0: none yet). A
     /// write stamped with it is covered by any later grace period.
@@ -128,7 +129,8 @@ pub(crate) trait Table {
     /// Whether something was stamped since the last grace period was asked
     /// for (the end of a batch then asks for one).
     fn stamped_since_ask(&self) -> bool;
-    /// Stamps something written now (it needs a grace period).
+    /// Stamps something written, deleted or retired now (it needs a grace
+    /// period).
     fn stamp(&mut self) -> GraceStamp {
         self.mark_stamped();
         self.current_stamp()
