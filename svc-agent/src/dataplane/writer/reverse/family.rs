@@ -109,8 +109,9 @@ impl Shared {
 }
 
 /// A `HashMap` with foldhash (seeded per process, like std's SipHash, and
-/// several times faster on these small keys): a cold start at 100k
-/// Services makes about 2M operations on the owner entries.
+/// cheaper on these 8- and 20-byte keys): a cold start at 100k Services
+/// makes about 2M operations on the owner entries (its apply took about
+/// 12% less than with SipHash, measured A/B on the bench machine).
 pub(super) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// One family's owner entries, mirrored.
