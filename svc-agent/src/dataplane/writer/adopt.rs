@@ -143,12 +143,8 @@ fn distrust_owned_bits(
     let mut stray = BTreeSet::new();
     for state in services.values_mut() {
         for (fk, value) in state.frontends.iter_mut() {
-            let confirmed = value
-                .inline_backends()
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| owners.get(&RevKey::new(**b, fk.proto())) == Some(&fk.as_backend()))
-                .fold(0u32, |mask, (i, _)| mask | (1 << i));
+            let confirmed =
+                super::owned_bits(fk, &value.inline_backends(), |key, frontend| owners.get(&key) == Some(&frontend));
             let kept = value.owned() & confirmed;
             if kept != value.owned() {
                 *value = value.with_owned(kept);

@@ -13,12 +13,6 @@ pub(super) struct IdAllocator {
     used: HashSet<u32>,
 }
 
-impl Default for IdAllocator {
-    fn default() -> Self {
-        Self::with_used_up_to([], u32::MAX)
-    }
-}
-
 /// The largest service-port id: the programs carry a translation's id with
 /// a flag in its top bit (svc-ebpf `lb::Pick`).
 pub(super) const MAX_SERVICE_PORT_ID: u32 = (1 << 31) - 1;

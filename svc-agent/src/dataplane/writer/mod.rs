@@ -571,21 +571,11 @@ impl<T: Table> Writer<T> {
         Ok(())
     }
 
-    /// The `owned` bits of a frontend at `fk` with `backends` inline: the
-    /// backends whose reverse entry it owns (written before any frontend
-    /// that lists them, `ReverseOwners::prepare`). Only sockets look the
-    /// entries up, through frontends of scope All.
+    /// The `owned` bits of a frontend at `fk` with `backends` inline, from
+    /// the mirror (whose entries are written before any frontend that
+    /// lists them, `ReverseOwners::prepare`).
     fn owned_mask(&self, fk: &FrontendKey, backends: &[Backend]) -> u32 {
-        if fk.scope() != Scope::All {
-            return 0;
-        }
-        let frontend = fk.as_backend();
-        backends
-            .iter()
-            .take(32)
-            .enumerate()
-            .filter(|(_, b)| self.reverse.owns(RevKey::new(**b, fk.proto()), frontend))
-            .fold(0, |mask, (i, _)| mask | (1 << i))
+        owned_bits(fk, backends, |key, frontend| self.reverse.owns(key, frontend))
     }
 
     /// Writes or deletes one frontend where a failure cannot be undone (a
@@ -745,6 +735,22 @@ fn exhausted(what: &str) -> TableError {
 
 /// Deletes and restores are best effort: the kernel only fails them for
 /// reasons that a retry would not fix; say so and carry on.
+/// The `owned` bits of a frontend at `fk` listing `backends`: bit i where
+/// `owns(backend i's reverse key, fk's address)`. Only sockets look the
+/// entries up, through frontends of scope All; the others get none.
+fn owned_bits(fk: &FrontendKey, backends: &[Backend], owns: impl Fn(RevKey, Backend) -> bool) -> u32 {
+    if fk.scope() != Scope::All {
+        return 0;
+    }
+    let frontend = fk.as_backend();
+    backends
+        .iter()
+        .take(32)
+        .enumerate()
+        .filter(|(_, b)| owns(RevKey::new(**b, fk.proto()), frontend))
+        .fold(0, |mask, (i, _)| mask | (1 << i))
+}
+
 fn log_delete(result: Result<(), TableError>) {
     if let Err(e) = result {
         tracing::warn!("{e}");
