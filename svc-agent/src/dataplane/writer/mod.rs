@@ -269,15 +269,21 @@ impl<T: Table> Writer<T> {
     /// ([`Self::reap`]).
     pub(crate) fn apply(&mut self, batch: Vec<(ServiceKey, ServiceUpdate)>) -> BatchReport {
         let mut report = BatchReport::default();
-        let mut upserts: Vec<(ServiceKey, DesiredService)> = Vec::new();
         let mut removals: Vec<ServiceKey> = Vec::new();
-        for (key, update) in batch {
-            match update {
+        // Collected in place, into the batch's own buffer: a cold start's
+        // batch is every Service, and a second list of them was a few MiB
+        // of its peak.
+        let upserts: Vec<(ServiceKey, DesiredService)> = batch
+            .into_iter()
+            .filter_map(|(key, update)| match update {
                 // An empty Program is a removal (the controller sends none).
-                ServiceUpdate::Program(desired) if !desired.frontends.is_empty() => upserts.push((key, desired)),
-                ServiceUpdate::Program(_) | ServiceUpdate::Remove => removals.push(key),
-            }
-        }
+                ServiceUpdate::Program(desired) if !desired.frontends.is_empty() => Some((key, desired)),
+                ServiceUpdate::Program(_) | ServiceUpdate::Remove => {
+                    removals.push(key);
+                    None
+                }
+            })
+            .collect();
         self.repair_stray();
         self.handover = self.plan_handover(&upserts, &removals);
         // Every Service this batch can change: its own, and those waiting

@@ -155,7 +155,7 @@ where
         change: Change,
         (key, frontend): (K, F),
         now: Stamp,
-        fresh: &mut Vec<RevKey>,
+        fresh: &mut Vec<K>,
     ) {
         match (change, self.entries.get_mut(&key)) {
             (Change::Prepare, Some(_)) => {}
@@ -164,7 +164,7 @@ where
                 // batch's update counts its users (a refused Service leaves
                 // it unused, and it lingers).
                 self.create(shared, table, key, frontend, 0, now);
-                fresh.push(key.rev_key());
+                fresh.push(key);
             }
             (Change::Add, Some(owner)) => {
                 owner.users += 1;

@@ -79,6 +79,15 @@ fn for_each_desired_pair(desired: &DesiredService, cluster_ip: bool, mut f: impl
     }
 }
 
+/// The keys of the entries a batch's [`ReverseOwners::prepare`] created,
+/// per family: at a cold start with 100k IPv4 backends, an 8-byte key each
+/// (a [`RevKey`] takes 24).
+#[derive(Debug, Default)]
+pub(super) struct Fresh {
+    v4: Vec<BackendRevKey>,
+    v6: Vec<BackendRevKey6>,
+}
+
 /// The owner entries of both families, mirrored.
 #[derive(Debug)]
 pub(super) struct ReverseOwners {
@@ -158,12 +167,12 @@ impl ReverseOwners {
         change: Change,
         pair: (RevKey, Backend),
         now: Stamp,
-        fresh: &mut Vec<RevKey>,
+        fresh: &mut Fresh,
     ) {
         let shared = &mut self.shared;
         match pair {
-            (RevKey::V4(k), Backend::V4(f)) => self.v4.change(shared, table, change, (k, f), now, fresh),
-            (RevKey::V6(k), Backend::V6(f)) => self.v6.change(shared, table, change, (k, f), now, fresh),
+            (RevKey::V4(k), Backend::V4(f)) => self.v4.change(shared, table, change, (k, f), now, &mut fresh.v4),
+            (RevKey::V6(k), Backend::V6(f)) => self.v6.change(shared, table, change, (k, f), now, &mut fresh.v6),
             // A frontend lists backends of its own family only.
             _ => debug_assert!(false, "mixed-family pair {pair:?}"),
         }
@@ -180,9 +189,9 @@ impl ReverseOwners {
         table: &mut impl Table,
         desired: impl Iterator<Item = &'a DesiredService> + Clone,
         now: Instant,
-    ) -> Vec<RevKey> {
+    ) -> Fresh {
         let now = self.shared.stamp(now);
-        let mut fresh = Vec::new();
+        let mut fresh = Fresh::default();
         for (cluster_ip, services) in [(true, desired.clone()), (false, desired)] {
             for service in services {
                 for_each_desired_pair(service, cluster_ip, |key, frontend| {
@@ -200,18 +209,16 @@ impl ReverseOwners {
         self.add(table, &mut new);
         let now = self.shared.stamp(now);
         for (key, frontend, _) in gone {
-            self.change(table, Change::Remove, (key, frontend), now, &mut Vec::new());
+            self.change(table, Change::Remove, (key, frontend), now, &mut Fresh::default());
         }
     }
 
     /// Ends a batch: entries [`Self::prepare`] created (`fresh`) that
     /// nobody uses start lingering, and those that are due are deleted.
-    pub(super) fn settle(&mut self, table: &mut impl Table, fresh: &[RevKey], now: Instant) {
+    pub(super) fn settle(&mut self, table: &mut impl Table, fresh: &Fresh, now: Instant) {
         let now = self.shared.stamp(now);
-        let v4 = fresh.iter().filter_map(|k| if let RevKey::V4(k) = k { Some(*k) } else { None });
-        self.v4.queue_unused(&self.shared, v4, now);
-        let v6 = fresh.iter().filter_map(|k| if let RevKey::V6(k) = k { Some(*k) } else { None });
-        self.v6.queue_unused(&self.shared, v6, now);
+        self.v4.queue_unused(&self.shared, fresh.v4.iter().copied(), now);
+        self.v6.queue_unused(&self.shared, fresh.v6.iter().copied(), now);
         self.v4.sweep(&mut self.shared, table, now);
         self.v6.sweep(&mut self.shared, table, now);
     }
@@ -222,7 +229,7 @@ impl ReverseOwners {
     pub(super) fn add(&mut self, table: &mut impl Table, pairs: &mut [Pair]) {
         pairs.sort_unstable_by_key(|p| (p.0, !p.2, p.1));
         for &mut (key, frontend, _) in pairs {
-            self.change(table, Change::Add, (key, frontend), Stamp::LISTED, &mut Vec::new());
+            self.change(table, Change::Add, (key, frontend), Stamp::LISTED, &mut Fresh::default());
         }
     }
 
