@@ -208,7 +208,7 @@ fn update_batch<K, V>(
     name: &'static str,
     keys: &[K],
     values: &[V],
-) -> Result<(), TableError>
+) -> Result<(), (usize, TableError)>
 where
     K: aya::Pod + bytemuck::Pod,
     V: aya::Pod + bytemuck::Pod,
@@ -216,11 +216,14 @@ where
     use std::os::fd::AsFd as _;
     let fd = map.map().fd().as_fd();
     crate::sys::map_update_batch(fd, bytemuck::cast_slice(keys), bytemuck::cast_slice(values), keys.len() as u32)
-        .map_err(|(_, e)| TableError {
-            map: name,
-            op: "insert",
-            full: matches!(e.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC | libc::ENOMEM)),
-            detail: e.to_string(),
+        .map_err(|(written, e)| {
+            let error = TableError {
+                map: name,
+                op: "insert",
+                full: matches!(e.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC | libc::ENOMEM)),
+                detail: e.to_string(),
+            };
+            (written as usize, error)
         })
 }
 
@@ -271,7 +274,7 @@ impl Table for BpfMaps {
             })
             .collect();
         if let Some(values) = v4 {
-            return update_batch(&self.slots, names::BACKENDS, &keys, &values);
+            return update_batch(&self.slots, names::BACKENDS, &keys, &values).map_err(|(_, e)| e);
         }
         let v6: Option<Vec<Backend6>> = slots
             .iter()
@@ -281,7 +284,7 @@ impl Table for BpfMaps {
             })
             .collect();
         match v6 {
-            Some(values) => update_batch(&self.slots6, names::BACKENDS6, &keys, &values),
+            Some(values) => update_batch(&self.slots6, names::BACKENDS6, &keys, &values).map_err(|(_, e)| e),
             None => Err(mixed_families(names::BACKENDS)),
         }
     }
@@ -312,6 +315,33 @@ impl Table for BpfMaps {
                 self.reverse6.insert(k, f, 0).map_err(|e| table_error(names::BACKEND_REV6, "insert", &e))
             }
             _ => Err(mixed_families(names::BACKEND_REV)),
+        }
+    }
+    /// One BPF_MAP_UPDATE_BATCH syscall for the lot: a cold start writes
+    /// an entry per backend.
+    fn put_reverses(&mut self, pairs: &[(RevKey, Backend)]) -> Result<(), (usize, TableError)> {
+        let v4: Option<(Vec<BackendRevKey>, Vec<Backend4>)> = pairs
+            .iter()
+            .map(|pair| match pair {
+                (RevKey::V4(k), Backend::V4(f)) => Some((*k, *f)),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.into_iter().unzip());
+        if let Some((keys, values)) = v4 {
+            return update_batch(&self.reverse, names::BACKEND_REV, &keys, &values);
+        }
+        let v6: Option<(Vec<BackendRevKey6>, Vec<Backend6>)> = pairs
+            .iter()
+            .map(|pair| match pair {
+                (RevKey::V6(k), Backend::V6(f)) => Some((*k, *f)),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.into_iter().unzip());
+        match v6 {
+            Some((keys, values)) => update_batch(&self.reverse6, names::BACKEND_REV6, &keys, &values),
+            None => Err((0, mixed_families(names::BACKEND_REV))),
         }
     }
     fn delete_reverse(&mut self, key: &RevKey) -> Result<(), TableError> {

@@ -60,6 +60,9 @@ pub(crate) struct MemoryTable {
     pub failing_map: Option<&'static str>,
     /// Frontend deletes fail (best-effort deletes the writer repairs).
     pub failing_frontend_deletes: bool,
+    /// Reverse-owner inserts that succeed before the rest fail (ENOMEM):
+    /// a batch the kernel stops halfway through.
+    pub reverse_inserts_left: Option<usize>,
     /// Grace periods asked for end only when the writer waits for them or
     /// the test ends them ([`Self::end_graces`]), as on a busy node where
     /// one outlasts the next batch.
@@ -82,6 +85,7 @@ impl MemoryTable {
             ops: Vec::new(),
             failing_map: None,
             failing_frontend_deletes: false,
+            reverse_inserts_left: None,
             hold_graces: false,
             graces_asked: 0,
             graces_ended: 0,
@@ -181,6 +185,17 @@ impl Table for MemoryTable {
             RevKey::V6(_) => Family::V6,
         };
         let map = (self.capacity.reverse, "SVC_BE_REV", family as fn(&RevKey) -> Family);
+        if let Some(left) = &mut self.reverse_inserts_left {
+            if *left == 0 {
+                return Err(TableError {
+                    map: map.1,
+                    op: "insert",
+                    detail: "injected failure (ENOMEM)".into(),
+                    full: false,
+                });
+            }
+            *left -= 1;
+        }
         put(&mut self.reverse, map, self.failing_map, *key, *frontend)
     }
     fn delete_reverse(&mut self, key: &RevKey) -> Result<(), TableError> {

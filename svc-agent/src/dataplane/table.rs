@@ -105,6 +105,15 @@ pub(crate) trait Table {
     /// Names `frontend` (an address of the same family) as the reverse
     /// owner of `key`'s backend (`svc_common::reverse`).
     fn put_reverse(&mut self, key: &RevKey, frontend: &Backend) -> Result<(), TableError>;
+    /// Writes reverse owners, all of one family (one batch where the
+    /// kernel allows). On an error, the number written before it (the
+    /// first pairs, in order) and the error.
+    fn put_reverses(&mut self, pairs: &[(RevKey, Backend)]) -> Result<(), (usize, TableError)> {
+        for (written, (key, frontend)) in pairs.iter().enumerate() {
+            self.put_reverse(key, frontend).map_err(|e| (written, e))?;
+        }
+        Ok(())
+    }
     /// Removes a reverse owner.
     fn delete_reverse(&mut self, key: &RevKey) -> Result<(), TableError>;
     /// Asks for an RCU grace period without waiting for it, and returns

@@ -101,6 +101,27 @@ fn a_full_map_leaves_backends_without_owner() {
 }
 
 #[test]
+fn a_batch_the_kernel_stops_halfway_leaves_the_rest_without_owner() {
+    // The entries of a batch are written together (one syscall per few
+    // thousand): those after the kernel's refusal are not in the map, and
+    // the frontend must not claim them as owned.
+    let mut table = MemoryTable::new(ROOMY);
+    table.reverse_inserts_left = Some(2);
+    let mut w = Writer::adopt(table).unwrap();
+    let update = service(vec![frontend("a", "10.96.0.10:80", &["10.1.0.1:80", "10.1.0.2:80", "10.1.0.3:80"])]);
+    w.apply(vec![(key("a"), update)]);
+    assert_eq!(w.reverse_owner_count(), 2);
+    assert_eq!(w.table().reverse.len(), 2);
+    assert_eq!(owned_bits_hold(&w), 2, "the unwritten backend's bit is clear");
+    assert!(w.pending_services().next().is_none(), "not a refusal: the Service is programmed");
+    // The next batch's new backends are written again.
+    w.table.reverse_inserts_left = None;
+    let update = service(vec![frontend("b", "10.96.0.11:80", &["10.1.0.4:80"])]);
+    w.apply(vec![(key("b"), update)]);
+    assert_eq!(owner(&w, "10.1.0.4:80").as_deref(), Some("10.96.0.11:80"));
+}
+
+#[test]
 fn an_entry_is_written_before_the_frontends_and_a_refused_service_leaves_none() {
     // Two frontends' addresses: b takes a's address (a conflict), so b is
     // refused; its backend's entry, written ahead, lingers and goes.

@@ -126,7 +126,16 @@ pub(super) struct Family<K, F> {
     /// the same element again, so an element must not come back under its
     /// key while a reader may hold it).
     pub(super) deleted: FastMap<K, GraceStamp>,
+    /// Entries [`Change::Prepare`] created and counted as mapped whose
+    /// write waits for [`Self::flush`]: one batch syscall per
+    /// [`REVERSE_BATCH`] entries instead of one each (a cold start at
+    /// 100k Services writes 1M).
+    unwritten: Vec<K>,
 }
+
+/// Entries per batch write: enough to make the syscall's own cost
+/// vanish, few enough that the staging arrays stay small.
+const REVERSE_BATCH: usize = 4096;
 
 /// What a pair does to its backend's entry.
 #[derive(Debug, Clone, Copy)]
@@ -144,7 +153,12 @@ where
     K: RevFamily<Frontend = F>,
 {
     pub(super) fn new() -> Self {
-        Self { entries: FastMap::default(), lingering: VecDeque::new(), deleted: FastMap::default() }
+        Self {
+            entries: FastMap::default(),
+            lingering: VecDeque::new(),
+            deleted: FastMap::default(),
+            unwritten: Vec::new(),
+        }
     }
 
     /// Applies one pair's change; `fresh` gets the keys `Prepare` created.
@@ -163,7 +177,7 @@ where
                 // Nothing lists it yet: it counts as unused until the
                 // batch's update counts its users (a refused Service leaves
                 // it unused, and it lingers).
-                self.create(shared, table, key, frontend, 0, now);
+                self.create_ahead(shared, table, key, frontend, now);
                 fresh.push(key);
             }
             (Change::Add, Some(owner)) => {
@@ -196,6 +210,43 @@ where
         // an owner to lose.
         let lost_at = if mapped || lost_at != Stamp::LISTED { lost_at } else { shared.stamp(Instant::now()) };
         self.entries.insert(key, Owner { frontend, users, mapped, queued: false, lost_at });
+    }
+
+    /// [`Self::create`] for an entry written ahead of its frontends
+    /// (unused, lost since `now`), its write left to [`Self::flush`]
+    /// where nothing else must come first: a key deleted in a grace
+    /// period that has not ended, or a full map, takes the one-by-one way.
+    fn create_ahead(&mut self, shared: &mut Shared, table: &mut impl Table, key: K, frontend: F, now: Stamp) {
+        if shared.in_map >= shared.capacity || self.deleted.contains_key(&key) {
+            return self.create(shared, table, key, frontend, 0, now);
+        }
+        shared.in_map += 1;
+        self.entries.insert(key, Owner { frontend, users: 0, mapped: true, queued: false, lost_at: now });
+        self.unwritten.push(key);
+    }
+
+    /// Writes the entries [`Self::create_ahead`] left, in batches. An entry
+    /// the kernel refuses is unmapped, as [`Self::write`] leaves it.
+    pub(super) fn flush(&mut self, shared: &mut Shared, table: &mut impl Table) {
+        let keys = std::mem::take(&mut self.unwritten);
+        let mut pairs = Vec::with_capacity(keys.len().min(REVERSE_BATCH));
+        for chunk in keys.chunks(REVERSE_BATCH) {
+            pairs.clear();
+            pairs.extend(chunk.iter().filter_map(|k| Some((k.rev_key(), K::backend(self.entries.get(k)?.frontend)))));
+            debug_assert_eq!(pairs.len(), chunk.len(), "an unwritten entry left the mirror");
+            let Err((written, e)) = table.put_reverses(&pairs) else { continue };
+            // Not fatal: the sockets of the rest keep storage instead.
+            tracing::warn!(
+                refused = chunk.len() - written,
+                "reverse owners not written (connected sockets keep per-socket storage): {e}"
+            );
+            for key in &chunk[written.min(chunk.len())..] {
+                if let Some(owner) = self.entries.get_mut(key) {
+                    owner.mapped = false;
+                    shared.in_map -= 1;
+                }
+            }
+        }
     }
 
     /// Writes one entry; false if it could not be (its sockets keep storage).

@@ -180,7 +180,7 @@ impl ReverseOwners {
 
     /// Writes the entries of backends that no entry covers yet, ahead of
     /// the frontend writes that list them (`desired`: what the batch
-    /// wants), and returns their keys for [`Self::settle`]. Within the
+    /// wants; batched, [`Family::flush`]), and returns their keys for [`Self::settle`]. Within the
     /// batch a ClusterIP goes first (it becomes the owner), then the batch's
     /// order. No list of the batch's pairs is built: at 100k backends that
     /// list was the cold start's largest transient allocation.
@@ -199,6 +199,8 @@ impl ReverseOwners {
                 });
             }
         }
+        self.v4.flush(&mut self.shared, table);
+        self.v6.flush(&mut self.shared, table);
         fresh
     }
 
