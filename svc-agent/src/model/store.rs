@@ -26,8 +26,10 @@ type SliceKey = (Box<str>, Box<str>);
 pub(crate) struct Store {
     services: HashMap<ServiceKey, Arc<ServiceObj>>,
     slices: HashMap<SliceKey, Arc<SliceObj>>,
-    /// Slice names per Service, from the service-name label.
-    slices_by_service: HashMap<ServiceKey, BTreeSet<Box<str>>>,
+    /// Slice names per Service, from the service-name label, sorted: a
+    /// `Vec` because most Services have one or two (a one-name `BTreeSet`
+    /// allocates a 192-byte node; at 100k Services that was 17 MiB).
+    slices_by_service: HashMap<ServiceKey, Vec<Box<str>>>,
 }
 
 fn slice_key(slice: &SliceObj) -> SliceKey {
@@ -105,7 +107,10 @@ impl Store {
         }
         let mut dirty = self.delete_slice(&key.0, &key.1);
         if let Some(owner) = slice_owner(&slice) {
-            self.slices_by_service.entry(owner.clone()).or_default().insert(key.1.clone());
+            let names = self.slices_by_service.entry(owner.clone()).or_default();
+            if let Err(at) = names.binary_search(&key.1) {
+                names.insert(at, key.1.clone());
+            }
             dirty.insert(owner);
         }
         self.slices.insert(key, slice);
@@ -121,7 +126,9 @@ impl Store {
             return Dirty::new();
         };
         if let Some(names) = self.slices_by_service.get_mut(&owner) {
-            names.remove(name);
+            if let Ok(at) = names.binary_search_by(|n| (**n).cmp(name)) {
+                names.remove(at);
+            }
             if names.is_empty() {
                 self.slices_by_service.remove(&owner);
             }
