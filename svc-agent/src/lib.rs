@@ -17,6 +17,7 @@ pub mod cmd;
 pub(crate) mod controller;
 pub(crate) mod dataplane;
 pub(crate) mod error;
+pub(crate) mod fast_hash;
 pub(crate) mod health;
 pub(crate) mod health_check;
 pub(crate) mod metrics;

@@ -1,15 +1,13 @@
 //! The objects a source has delivered so far, indexed so that a change to
 //! one object tells which Services need recomputing.
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    sync::Arc,
-};
+use std::{collections::BTreeSet, sync::Arc};
 
 use super::{
     ServiceKey,
     objects::{ServiceObj, SliceObj},
 };
+use crate::fast_hash::FastMap;
 
 /// Label that ties an EndpointSlice to its Service.
 pub(crate) const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
@@ -24,12 +22,12 @@ type SliceKey = (Box<str>, Box<str>);
 /// delivered them, never copied).
 #[derive(Debug, Default)]
 pub(crate) struct Store {
-    services: HashMap<ServiceKey, Arc<ServiceObj>>,
-    slices: HashMap<SliceKey, Arc<SliceObj>>,
+    services: FastMap<ServiceKey, Arc<ServiceObj>>,
+    slices: FastMap<SliceKey, Arc<SliceObj>>,
     /// Slice names per Service, from the service-name label, sorted: a
     /// `Vec` because most Services have one or two (a one-name `BTreeSet`
     /// allocates a 192-byte node; at 100k Services that was 17 MiB).
-    slices_by_service: HashMap<ServiceKey, Vec<Box<str>>>,
+    slices_by_service: FastMap<ServiceKey, Vec<Box<str>>>,
 }
 
 fn slice_key(slice: &SliceObj) -> SliceKey {

@@ -10,13 +10,14 @@ use crate::{
         family::{Backend, Family, FrontendKey, IndexKey, RevKey},
         table::{Table, TableError},
     },
+    fast_hash::FastMap,
     model::{Proto, ServiceKey, ServicePortKey},
 };
 
 pub(super) fn adopt<T: Table>(table: T) -> Result<Writer<T>, TableError> {
     let dump = table.dump()?;
 
-    let mut ports: HashMap<ServicePortKey, PortEntry> = HashMap::new();
+    let mut ports: FastMap<ServicePortKey, PortEntry> = FastMap::default();
     let mut port_by_id: HashMap<u32, ServicePortKey> = HashMap::new();
     for (id, meta) in &dump.meta {
         let Some(proto) = Proto::from_number(meta.proto) else { continue };
@@ -34,9 +35,9 @@ pub(super) fn adopt<T: Table>(table: T) -> Result<Writer<T>, TableError> {
         slots.entry((slot.key.set_id, slot.family)).or_default().push((slot.key.slot, *backend));
     }
 
-    let mut services: HashMap<ServiceKey, ServiceState> = HashMap::new();
-    let mut owners = HashMap::new();
-    let mut sets: HashMap<u32, BackendSet> = HashMap::new();
+    let mut services: FastMap<ServiceKey, ServiceState> = FastMap::default();
+    let mut owners = FastMap::default();
+    let mut sets: FastMap<u32, BackendSet> = FastMap::default();
     for (fk, fe) in &dump.frontends {
         // A frontend without names can only come from a crash mid-update;
         // file it under a name no source produces so the first sync
@@ -121,7 +122,7 @@ pub(super) fn adopt<T: Table>(table: T) -> Result<Writer<T>, TableError> {
         pending: BTreeMap::new(),
         orphans,
         retired: Vec::new(),
-        written: HashMap::new(),
+        written: FastMap::default(),
         handover: Handover::default(),
         udp_removed: Vec::new(),
         udp_held: Vec::new(),
@@ -136,7 +137,7 @@ pub(super) fn adopt<T: Table>(table: T) -> Result<Writer<T>, TableError> {
 /// rewrites them (`Writer::repair_stray`). A cleared bit only costs a
 /// lookup; a wrong one would show sockets the wrong peer.
 fn distrust_owned_bits(
-    services: &mut HashMap<ServiceKey, ServiceState>,
+    services: &mut FastMap<ServiceKey, ServiceState>,
     reverse: &[(RevKey, Backend)],
 ) -> BTreeSet<FrontendKey> {
     let owners: HashMap<RevKey, Backend> = reverse.iter().copied().collect();

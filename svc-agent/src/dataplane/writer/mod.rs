@@ -49,7 +49,10 @@ use super::{
     family::{Backend, FrontendKey, FrontendValue, Header, IndexKey, RevKey, SlotRef},
     table::{GraceStamp, Table, TableError},
 };
-use crate::model::{DesiredFrontend, DesiredService, FrontendKind, Scope, ServiceKey, ServicePortKey};
+use crate::{
+    fast_hash::FastMap,
+    model::{DesiredFrontend, DesiredService, FrontendKind, Scope, ServiceKey, ServicePortKey},
+};
 
 /// What one Service has in the maps. Sorted vectors, not B-trees: a
 /// Service has a handful of each, and the agent holds one of these per
@@ -100,10 +103,10 @@ struct Orphans {
 struct Handover {
     /// Addresses a Service of this batch gives up (removed, or no longer
     /// among its frontends), with that Service.
-    releasing: HashMap<FrontendKey, ServiceKey>,
+    releasing: FastMap<FrontendKey, ServiceKey>,
     /// Addresses wanted by a Service of this batch (or one waiting for a
     /// retry), with that Service.
-    claimed: HashMap<FrontendKey, ServiceKey>,
+    claimed: FastMap<FrontendKey, ServiceKey>,
     /// Addresses left in the map for their new owner, with the set their
     /// value still points at (kept until the new owner's write replaces
     /// it, even by a mid-batch grace period); deleted at the end of
@@ -139,10 +142,10 @@ pub(crate) type UdpRemoved = Vec<(FrontendKey, Vec<Backend>)>;
 #[derive(Debug)]
 pub(crate) struct Writer<T: Table> {
     table: T,
-    services: HashMap<ServiceKey, ServiceState>,
-    owners: HashMap<FrontendKey, ServiceKey>,
-    sets: HashMap<u32, BackendSet>,
-    ports: HashMap<ServicePortKey, PortEntry>,
+    services: FastMap<ServiceKey, ServiceState>,
+    owners: FastMap<FrontendKey, ServiceKey>,
+    sets: FastMap<u32, BackendSet>,
+    ports: FastMap<ServicePortKey, PortEntry>,
     set_ids: IdAllocator,
     svc_ids: IdAllocator,
     used_slots: u64,
@@ -157,7 +160,7 @@ pub(crate) struct Writer<T: Table> {
     /// at their last write: writing one again first waits until the
     /// stamp is covered (docs/maps.md, readers
     /// and element reuse).
-    written: HashMap<FrontendKey, GraceStamp>,
+    written: FastMap<FrontendKey, GraceStamp>,
     /// The current batch's address hand-overs.
     handover: Handover,
     /// Collected during a batch.

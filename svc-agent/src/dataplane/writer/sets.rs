@@ -158,7 +158,7 @@ impl<T: Table> Writer<T> {
         self.written.retain(|_, stamp| !stamp.is_covered(ended));
         if self.written.is_empty() && self.written.capacity() > 1024 {
             // A cold batch wrote every key: give that memory back.
-            self.written = std::collections::HashMap::new();
+            self.written = crate::fast_hash::FastMap::default();
         }
         self.reverse.grace_ended(ended);
         // A set that an address left for its new owner still points at

@@ -7,7 +7,6 @@
 //! in name order, as before; the others are reported.
 
 use std::{
-    collections::HashMap,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -16,6 +15,7 @@ use k8s_openapi::api::core::v1::Endpoints;
 
 use super::ParsedFile;
 use crate::{
+    fast_hash::FastMap,
     model::{NamespaceObj, PodObj, ServiceObj, SliceObj},
     source::Change,
 };
@@ -29,15 +29,15 @@ pub(super) type ObjKey = (Box<str>, Box<str>);
 #[derive(Debug)]
 pub(super) struct Definitions<T> {
     kind: &'static str,
-    by_key: HashMap<ObjKey, Vec<(Arc<Path>, T)>>,
+    by_key: FastMap<ObjKey, Vec<(Arc<Path>, T)>>,
     /// Keys touched since the last [`Self::take_changes`], with the
     /// object in force before the first touch.
-    touched: HashMap<ObjKey, Option<T>>,
+    touched: FastMap<ObjKey, Option<T>>,
 }
 
 impl<T: Clone + PartialEq> Definitions<T> {
     pub(super) fn new(kind: &'static str) -> Self {
-        Self { kind, by_key: HashMap::new(), touched: HashMap::new() }
+        Self { kind, by_key: FastMap::default(), touched: FastMap::default() }
     }
 
     fn in_force(&self, key: &ObjKey) -> Option<&T> {
@@ -179,7 +179,7 @@ pub(super) fn delta<T: Eq>(
     after: &[Arc<T>],
     key: impl Fn(&T) -> (&str, &str),
 ) -> Vec<Change<Arc<T>>> {
-    let old: HashMap<(&str, &str), &Arc<T>> = before.iter().map(|o| (key(o), o)).collect();
+    let old: FastMap<(&str, &str), &Arc<T>> = before.iter().map(|o| (key(o), o)).collect();
     let new: std::collections::HashSet<(&str, &str)> = after.iter().map(|o| key(o)).collect();
     let mut changes: Vec<Change<Arc<T>>> =
         after.iter().filter(|o| old.get(&key(o)) != Some(o)).map(|o| Change::Upsert(Arc::clone(o))).collect();

@@ -2,15 +2,18 @@
 //! entry holds, how a pair's change moves it, and when it is deleted.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     time::{Duration, Instant},
 };
 
 use svc_common::{Backend4, Backend6, BackendRevKey, BackendRevKey6};
 
-use crate::dataplane::{
-    family::{Backend, RevKey},
-    table::{GraceStamp, Table},
+use crate::{
+    dataplane::{
+        family::{Backend, RevKey},
+        table::{GraceStamp, Table},
+    },
+    fast_hash::FastMap,
 };
 
 /// One family's owner-map key, and the frontend type its values hold. The
@@ -107,12 +110,6 @@ impl Shared {
         Stamp(lost_at.0.saturating_add(linger))
     }
 }
-
-/// A `HashMap` with foldhash (seeded per process, like std's SipHash, and
-/// cheaper on these 8- and 20-byte keys): a cold start at 100k Services
-/// makes about 2M operations on the owner entries (its apply took about
-/// 12% less than with SipHash, measured A/B on the bench machine).
-pub(super) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// One family's owner entries, mirrored.
 #[derive(Debug)]

