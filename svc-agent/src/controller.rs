@@ -157,13 +157,16 @@ impl<T: Table> Controller<T> {
     /// Folds a batch of events into the store and programs what changed.
     /// Returns `None` while the source has not synced yet.
     pub(crate) fn handle(&mut self, events: Vec<SourceEvent>) -> Option<BatchReport> {
-        let mut dirty = Dirty::new();
+        // Before the first sync nothing is programmed, and the first sync
+        // reconciles every Service: what changes until then need not be
+        // marked.
+        let mut dirty = if self.synced { Dirty::new() } else { Dirty::ignored() };
         let mut first_sync = false;
         for event in events {
             match event {
                 SourceEvent::Services(change) => {
                     self.changes.services += count(&change);
-                    dirty.extend(self.apply_services(change));
+                    self.apply_services(change, &mut dirty);
                 }
                 SourceEvent::Slices(change) => {
                     self.changes.endpoints += count(&change);
@@ -172,7 +175,7 @@ impl<T: Table> Controller<T> {
                     {
                         self.changes.trigger_times.push(at);
                     }
-                    dirty.extend(self.apply_slices(change));
+                    self.apply_slices(change, &mut dirty);
                 }
                 SourceEvent::Pods(change) => self.opt_outs.apply_pods(change),
                 SourceEvent::Namespaces(change) => self.opt_outs.apply_namespaces(change),
@@ -180,13 +183,13 @@ impl<T: Table> Controller<T> {
                     if self.node.zone != zone {
                         tracing::info!(?zone, "node zone changed");
                         self.node.zone = zone;
-                        dirty.extend(self.store.service_keys().cloned());
+                        dirty.mark_all(self.store.service_keys());
                     }
                 }
                 SourceEvent::NodeAddresses(addresses) => {
                     if self.node.addresses != addresses {
                         self.node.addresses = addresses;
-                        dirty.extend(self.store.service_keys().cloned());
+                        dirty.mark_all(self.store.service_keys());
                     }
                 }
                 SourceEvent::Synced => {
@@ -201,8 +204,9 @@ impl<T: Table> Controller<T> {
         if first_sync {
             // Reconcile everything: what the source has, and what the pins
             // held (stale Services are removed, after the upserts).
-            dirty.extend(self.store.service_keys().cloned());
-            dirty.extend(self.writer.programmed_services().cloned());
+            dirty = Dirty::new();
+            dirty.mark_all(self.store.service_keys());
+            dirty.mark_all(self.writer.programmed_services());
         }
         let batch: Vec<(ServiceKey, ServiceUpdate)> =
             dirty.into_iter().filter_map(|key| self.desired(&key).map(|d| (key, d))).collect();
@@ -263,19 +267,19 @@ impl<T: Table> Controller<T> {
         }
     }
 
-    fn apply_services(&mut self, change: Change<Arc<ServiceObj>>) -> Dirty {
+    fn apply_services(&mut self, change: Change<Arc<ServiceObj>>, dirty: &mut Dirty) {
         match change {
-            Change::Replace { objects, kept } => self.store.replace_services(objects, &kept),
-            Change::Upsert(svc) => self.store.upsert_service(svc),
-            Change::Delete { namespace, name } => self.store.delete_service(&ServiceKey::new(namespace, name)),
+            Change::Replace { objects, kept } => self.store.replace_services(objects, &kept, dirty),
+            Change::Upsert(svc) => self.store.upsert_service(svc, dirty),
+            Change::Delete { namespace, name } => self.store.delete_service(&ServiceKey::new(namespace, name), dirty),
         }
     }
 
-    fn apply_slices(&mut self, change: Change<Arc<SliceObj>>) -> Dirty {
+    fn apply_slices(&mut self, change: Change<Arc<SliceObj>>, dirty: &mut Dirty) {
         match change {
-            Change::Replace { objects, kept } => self.store.replace_slices(objects, &kept),
-            Change::Upsert(slice) => self.store.upsert_slice(slice),
-            Change::Delete { namespace, name } => self.store.delete_slice(&namespace, &name),
+            Change::Replace { objects, kept } => self.store.replace_slices(objects, &kept, dirty),
+            Change::Upsert(slice) => self.store.upsert_slice(slice, dirty),
+            Change::Delete { namespace, name } => self.store.delete_slice(&namespace, &name, dirty),
         }
     }
 }

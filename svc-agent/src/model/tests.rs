@@ -398,43 +398,55 @@ fn an_endpoint_in_two_slices_counts_once_and_ready_wins() {
     );
 }
 
+/// What one store call marks.
+fn marked(call: impl FnOnce(&mut Dirty)) -> Vec<ServiceKey> {
+    let mut dirty = Dirty::new();
+    call(&mut dirty);
+    dirty.into_iter().collect()
+}
+
 #[test]
 fn store_tracks_which_services_changed() {
     let mut store = Store::default();
     let web = Arc::new(svc(WEB));
-    assert_eq!(store.upsert_service(Arc::clone(&web)).len(), 1);
-    assert!(store.upsert_service(Arc::new(svc(WEB))).is_empty(), "an identical object is not a change");
-    let dirty = store.upsert_slice(Arc::new(slice(WEB_SLICE)));
-    assert_eq!(dirty.into_iter().collect::<Vec<_>>(), vec![ServiceKey::new("default", "web")]);
+    assert_eq!(marked(|d| store.upsert_service(Arc::clone(&web), d)).len(), 1);
+    assert!(marked(|d| store.upsert_service(Arc::new(svc(WEB)), d)).is_empty(), "an identical object is not a change");
+    let dirty = marked(|d| store.upsert_slice(Arc::new(slice(WEB_SLICE)), d));
+    assert_eq!(dirty, vec![ServiceKey::new("default", "web")]);
     assert_eq!(store.slices_of(&ServiceKey::new("default", "web")).len(), 1);
 
     // A slice relabelled to another Service dirties both.
     let mut moved = slice(WEB_SLICE);
     moved.service = Some("api".into());
-    let dirty: Vec<_> = store.upsert_slice(Arc::new(moved)).into_iter().collect();
+    let dirty = marked(|d| store.upsert_slice(Arc::new(moved), d));
     assert_eq!(dirty, vec![ServiceKey::new("default", "api"), ServiceKey::new("default", "web")]);
     assert!(store.slices_of(&ServiceKey::new("default", "web")).is_empty());
 
     // A complete listing removes what it does not contain.
-    let dirty = store.replace_services(vec![], &[]);
-    assert_eq!(dirty.len(), 1);
+    assert_eq!(marked(|d| store.replace_services(vec![], &[], d)).len(), 1);
     assert_eq!(store.service_count(), 0);
-    let dirty = store.replace_slices(vec![], &[]);
-    assert_eq!(dirty.into_iter().collect::<Vec<_>>(), vec![ServiceKey::new("default", "api")]);
+    let dirty = marked(|d| store.replace_slices(vec![], &[], d));
+    assert_eq!(dirty, vec![ServiceKey::new("default", "api")]);
+
+    // An ignoring sink keeps nothing, and the store still changes.
+    let mut ignored = Dirty::ignored();
+    store.upsert_service(Arc::clone(&web), &mut ignored);
+    assert!(ignored.is_empty());
+    assert_eq!(store.service_count(), 1);
 }
 
 #[test]
 fn a_listing_keeps_what_it_could_not_decode() {
     let mut store = Store::default();
-    store.upsert_service(Arc::new(svc(WEB)));
-    store.upsert_slice(Arc::new(slice(WEB_SLICE)));
+    store.upsert_service(Arc::new(svc(WEB)), &mut Dirty::new());
+    store.upsert_slice(Arc::new(slice(WEB_SLICE)), &mut Dirty::new());
     let web = ServiceKey::new("default", "web");
     let (ns, name) = (store.slices_of(&web)[0].namespace.to_string(), store.slices_of(&web)[0].name.to_string());
 
     // The relist has both objects, but neither decodes: nothing changes.
     let kept_svc = [("default".to_owned(), "web".to_owned())];
-    assert!(store.replace_services(vec![], &kept_svc).is_empty());
-    assert!(store.replace_slices(vec![], &[(ns, name)]).is_empty());
+    assert!(marked(|d| store.replace_services(vec![], &kept_svc, d)).is_empty());
+    assert!(marked(|d| store.replace_slices(vec![], &[(ns, name)], d)).is_empty());
     assert_eq!(store.service_count(), 1);
     assert_eq!(store.slices_of(&web).len(), 1);
 }
