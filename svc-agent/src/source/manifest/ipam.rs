@@ -7,13 +7,12 @@
 //! name), probing forward on collisions; the agent seeds the allocations
 //! from the pinned dataplane at start, so they survive restarts too.
 
-use std::{
-    collections::{HashMap, HashSet},
-    net::IpAddr,
-    sync::Arc,
-};
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
-use crate::model::{IpCidr, IpFamily, ServiceCidrs, ServiceKey, ServiceObj};
+use crate::{
+    fast_hash::{FastMap, FastSet},
+    model::{IpCidr, IpFamily, ServiceCidrs, ServiceKey, ServiceObj},
+};
 
 /// Allocations in force: kept while their Service (port) exists.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -98,7 +97,7 @@ fn explicit(svc: &ServiceObj) -> Option<Vec<IpAddr>> {
 /// explicit cluster IP outside its family's range or allocated to another
 /// Service, a family without a range, a full range.
 pub(super) fn assign_cluster_ips(services: &mut Vec<Arc<ServiceObj>>, cidrs: &ServiceCidrs, sticky: &mut Sticky) {
-    let mut plans: HashMap<ServiceKey, (Vec<IpFamily>, Vec<IpAddr>)> = HashMap::new();
+    let mut plans: FastMap<ServiceKey, (Vec<IpFamily>, Vec<IpAddr>)> = FastMap::default();
     services.retain(|svc| match families(svc, cidrs) {
         Ok(Some(wanted)) => {
             plans.insert(svc.key.clone(), (wanted, explicit(svc).unwrap_or_default()));
@@ -118,7 +117,7 @@ pub(super) fn assign_cluster_ips(services: &mut Vec<Arc<ServiceObj>>, cidrs: &Se
     sticky
         .cluster_ips
         .retain(|(key, family), ip| needs(key, *family) && cidrs.of(*family).is_some_and(|cidr| cidr.contains(*ip)));
-    let held: HashMap<IpAddr, ServiceKey> = sticky.cluster_ips.iter().map(|((k, _), ip)| (*ip, k.clone())).collect();
+    let held: FastMap<IpAddr, ServiceKey> = sticky.cluster_ips.iter().map(|((k, _), ip)| (*ip, k.clone())).collect();
     services.retain(|svc| {
         let Some((_, given)) = plans.get(&svc.key) else { return true };
         for ip in given {
@@ -136,7 +135,7 @@ pub(super) fn assign_cluster_ips(services: &mut Vec<Arc<ServiceObj>>, cidrs: &Se
         }
         true
     });
-    let mut taken: HashSet<IpAddr> =
+    let mut taken: FastSet<IpAddr> =
         services.iter().filter_map(|s| plans.get(&s.key)).flat_map(|(_, given)| given.iter().copied()).collect();
     taken.extend(held.keys());
     // `services` is sorted by (namespace, name): first allocations resolve
@@ -179,7 +178,7 @@ pub(super) fn assign_cluster_ips(services: &mut Vec<Arc<ServiceObj>>, cidrs: &Se
 /// The first free address at or after hash(key), skipping the network
 /// address, the first host address (kube-apiserver reserves it for the
 /// `kubernetes` Service) and the last address.
-fn allocate(cidr: IpCidr, key: &str, taken: &HashSet<IpAddr>) -> Option<IpAddr> {
+fn allocate(cidr: IpCidr, key: &str, taken: &FastSet<IpAddr>) -> Option<IpAddr> {
     let size = cidr.size();
     if size < 4 {
         return None;
@@ -293,7 +292,7 @@ mod tests {
         let web = crowd.iter().find(|s| s.key.name == "web").unwrap();
         assert_eq!(ip_of(web), web_ip, "the running Service keeps its address");
         assert!(crowd.iter().all(|s| s.key.name != "thief"), "the explicit claim is refused");
-        let ips: HashSet<IpAddr> = crowd.iter().map(|s| ip_of(s)).collect();
+        let ips: std::collections::HashSet<IpAddr> = crowd.iter().map(|s| ip_of(s)).collect();
         assert_eq!(ips.len(), crowd.len(), "no duplicates");
 
         // A restart seeded with what was programmed allocates the same.
