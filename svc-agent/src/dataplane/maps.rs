@@ -227,6 +227,12 @@ where
         })
 }
 
+/// The pairs as one family's keys and values (`of` picks them out), or
+/// `None` if any pair is of another family.
+fn one_family<P, K, V>(pairs: &[P], of: impl Fn(&P) -> Option<(K, V)>) -> Option<(Vec<K>, Vec<V>)> {
+    pairs.iter().map(of).collect::<Option<Vec<_>>>().map(|kv| kv.into_iter().unzip())
+}
+
 impl Table for BpfMaps {
     fn put_frontend(&mut self, key: &FrontendKey, value: &FrontendValue) -> Result<(), TableError> {
         match (key, value) {
@@ -320,25 +326,17 @@ impl Table for BpfMaps {
     /// One BPF_MAP_UPDATE_BATCH syscall for the lot: a cold start writes
     /// an entry per backend.
     fn put_reverses(&mut self, pairs: &[(RevKey, Backend)]) -> Result<(), (usize, TableError)> {
-        let v4: Option<(Vec<BackendRevKey>, Vec<Backend4>)> = pairs
-            .iter()
-            .map(|pair| match pair {
-                (RevKey::V4(k), Backend::V4(f)) => Some((*k, *f)),
-                _ => None,
-            })
-            .collect::<Option<Vec<_>>>()
-            .map(|v| v.into_iter().unzip());
+        let v4 = one_family(pairs, |pair| match pair {
+            (RevKey::V4(k), Backend::V4(f)) => Some((*k, *f)),
+            _ => None,
+        });
         if let Some((keys, values)) = v4 {
             return update_batch(&self.reverse, names::BACKEND_REV, &keys, &values);
         }
-        let v6: Option<(Vec<BackendRevKey6>, Vec<Backend6>)> = pairs
-            .iter()
-            .map(|pair| match pair {
-                (RevKey::V6(k), Backend::V6(f)) => Some((*k, *f)),
-                _ => None,
-            })
-            .collect::<Option<Vec<_>>>()
-            .map(|v| v.into_iter().unzip());
+        let v6 = one_family(pairs, |pair| match pair {
+            (RevKey::V6(k), Backend::V6(f)) => Some((*k, *f)),
+            _ => None,
+        });
         match v6 {
             Some((keys, values)) => update_batch(&self.reverse6, names::BACKEND_REV6, &keys, &values),
             None => Err((0, mixed_families(names::BACKEND_REV))),
