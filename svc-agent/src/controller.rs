@@ -157,9 +157,9 @@ impl<T: Table> Controller<T> {
     /// Folds a batch of events into the store and programs what changed.
     /// Returns `None` while the source has not synced yet.
     pub(crate) fn handle(&mut self, events: Vec<SourceEvent>) -> Option<BatchReport> {
-        // Before the first sync nothing is programmed, and the first sync
-        // reconciles every Service: what changes until then need not be
-        // marked.
+        // Before the first sync nothing is written, and the first sync
+        // reconciles every Service (the store's and the adopted pins'):
+        // what changes until then need not be marked.
         let mut dirty = if self.synced { Dirty::new() } else { Dirty::ignored() };
         let mut first_sync = false;
         for event in events {

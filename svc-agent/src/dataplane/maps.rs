@@ -217,14 +217,25 @@ where
     let fd = map.map().fd().as_fd();
     crate::sys::map_update_batch(fd, bytemuck::cast_slice(keys), bytemuck::cast_slice(values), keys.len() as u32)
         .map_err(|(written, e)| {
+            let written = written_before_error(written, keys.len());
             let error = TableError {
                 map: name,
                 op: "insert",
                 full: matches!(e.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC | libc::ENOMEM)),
                 detail: e.to_string(),
             };
-            (written as usize, error)
+            (written, error)
         })
+}
+
+/// How many elements a failed BPF_MAP_UPDATE_BATCH wrote, from the count
+/// it returned (`reported`) for `asked` elements. The kernel writes the
+/// count back only from its per-element loop: a call refused before it (a
+/// bad map, a denied call, an allocation failure on older kernels) leaves
+/// the count passed in, which does not mean "all written": none was.
+fn written_before_error(reported: u32, asked: usize) -> usize {
+    let reported = reported as usize;
+    if reported < asked { reported } else { 0 }
 }
 
 /// The pairs as one family's keys and values (`of` picks them out), or
@@ -410,5 +421,15 @@ impl Table for BpfMaps {
     }
     fn capacity(&self) -> Capacity {
         self.capacity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_batch_refused_as_a_whole_wrote_nothing() {
+        assert_eq!(super::written_before_error(3, 4096), 3, "stopped at the fourth element");
+        assert_eq!(super::written_before_error(0, 4096), 0);
+        assert_eq!(super::written_before_error(4096, 4096), 0, "the count passed in, left as it was");
     }
 }

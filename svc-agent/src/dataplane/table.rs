@@ -106,8 +106,9 @@ pub(crate) trait Table {
     /// owner of `key`'s backend (`svc_common::reverse`).
     fn put_reverse(&mut self, key: &RevKey, frontend: &Backend) -> Result<(), TableError>;
     /// Writes reverse owners, all of one family (one batch where the
-    /// kernel allows). On an error, the number written before it (the
-    /// first pairs, in order) and the error.
+    /// kernel allows). On an error, how many of the first pairs, in order,
+    /// were written before it (none where the call failed as a whole), and
+    /// the error.
     fn put_reverses(&mut self, pairs: &[(RevKey, Backend)]) -> Result<(), (usize, TableError)> {
         for (written, (key, frontend)) in pairs.iter().enumerate() {
             self.put_reverse(key, frontend).map_err(|e| (written, e))?;

@@ -7,7 +7,7 @@ use super::{
     ServiceKey,
     objects::{ServiceObj, SliceObj},
 };
-use crate::fast_hash::FastMap;
+use crate::fast_hash::{FastMap, FastSet};
 
 /// Label that ties an EndpointSlice to its Service.
 pub(crate) const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
@@ -134,13 +134,13 @@ impl Store {
     /// Replaces every Service (a complete listing); the Services named in
     /// `kept` (listed, but not decodable) keep what the store has of them.
     pub(crate) fn replace_services(&mut self, all: Vec<Arc<ServiceObj>>, kept: &[(String, String)], dirty: &mut Dirty) {
-        let mut seen: FastMap<ServiceKey, ()> = kept.iter().map(|(ns, name)| (ServiceKey::new(ns, name), ())).collect();
+        let mut seen: FastSet<ServiceKey> = kept.iter().map(|(ns, name)| ServiceKey::new(ns, name)).collect();
         seen.reserve(all.len());
         for svc in all {
-            seen.insert(svc.key.clone(), ());
+            seen.insert(svc.key.clone());
             self.upsert_service(svc, dirty);
         }
-        let gone: Vec<ServiceKey> = self.services.keys().filter(|k| !seen.contains_key(*k)).cloned().collect();
+        let gone: Vec<ServiceKey> = self.services.keys().filter(|k| !seen.contains(*k)).cloned().collect();
         for key in gone {
             self.delete_service(&key, dirty);
         }
@@ -185,14 +185,14 @@ impl Store {
     /// Replaces every EndpointSlice (a complete listing); the slices named
     /// in `kept` (listed, but not decodable) keep what the store has of them.
     pub(crate) fn replace_slices(&mut self, all: Vec<Arc<SliceObj>>, kept: &[(String, String)], dirty: &mut Dirty) {
-        let mut seen: FastMap<SliceKey, ()> =
-            kept.iter().map(|(ns, name)| ((ns.as_str().into(), name.as_str().into()), ())).collect();
+        let mut seen: FastSet<SliceKey> =
+            kept.iter().map(|(ns, name)| (ns.as_str().into(), name.as_str().into())).collect();
         seen.reserve(all.len());
         for slice in all {
-            seen.insert(slice_key(&slice), ());
+            seen.insert(slice_key(&slice));
             self.upsert_slice(slice, dirty);
         }
-        let gone: Vec<SliceKey> = self.slices.keys().filter(|k| !seen.contains_key(*k)).cloned().collect();
+        let gone: Vec<SliceKey> = self.slices.keys().filter(|k| !seen.contains(*k)).cloned().collect();
         for (ns, name) in gone {
             self.delete_slice(&ns, &name, dirty);
         }

@@ -226,23 +226,34 @@ where
     /// the kernel refuses is unmapped, as [`Self::write`] leaves it.
     pub(super) fn flush(&mut self, shared: &mut Shared, table: &mut impl Table) {
         let keys = std::mem::take(&mut self.unwritten);
-        let mut pairs = Vec::with_capacity(keys.len().min(REVERSE_BATCH));
+        let mut staged: Vec<K> = Vec::with_capacity(keys.len().min(REVERSE_BATCH));
+        let mut pairs = Vec::with_capacity(staged.capacity());
+        let (mut refused, mut last_error) = (0, None);
         for chunk in keys.chunks(REVERSE_BATCH) {
+            // `staged[i]` is the key of `pairs[i]`, so that the count the
+            // table reports lines up with the keys.
+            staged.clear();
             pairs.clear();
-            pairs.extend(chunk.iter().filter_map(|k| Some((k.rev_key(), K::backend(self.entries.get(k)?.frontend)))));
-            debug_assert_eq!(pairs.len(), chunk.len(), "an unwritten entry left the mirror");
+            for key in chunk {
+                if let Some(owner) = self.entries.get(key) {
+                    staged.push(*key);
+                    pairs.push((key.rev_key(), K::backend(owner.frontend)));
+                }
+            }
             let Err((written, e)) = table.put_reverses(&pairs) else { continue };
-            // Not fatal: the sockets of the rest keep storage instead.
-            tracing::warn!(
-                refused = chunk.len() - written,
-                "reverse owners not written (connected sockets keep per-socket storage): {e}"
-            );
-            for key in &chunk[written.min(chunk.len())..] {
+            for key in staged.get(written..).unwrap_or_default() {
                 if let Some(owner) = self.entries.get_mut(key) {
                     owner.mapped = false;
                     shared.in_map -= 1;
+                    refused += 1;
                 }
             }
+            last_error = Some(e);
+        }
+        if let Some(e) = last_error {
+            // Not fatal: their sockets keep storage instead. Once per batch,
+            // not per chunk.
+            tracing::warn!(refused, "reverse owners not written (connected sockets keep per-socket storage): {e}");
         }
     }
 
