@@ -217,25 +217,14 @@ where
     let fd = map.map().fd().as_fd();
     crate::sys::map_update_batch(fd, bytemuck::cast_slice(keys), bytemuck::cast_slice(values), keys.len() as u32)
         .map_err(|(written, e)| {
-            let written = written_before_error(written, keys.len());
             let error = TableError {
                 map: name,
                 op: "insert",
                 full: matches!(e.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC | libc::ENOMEM)),
                 detail: e.to_string(),
             };
-            (written, error)
+            (written as usize, error)
         })
-}
-
-/// How many elements a failed BPF_MAP_UPDATE_BATCH wrote, from the count
-/// it returned (`reported`) for `asked` elements. The kernel writes the
-/// count back only from its per-element loop: a call refused before it (a
-/// bad map, a denied call, an allocation failure on older kernels) leaves
-/// the count passed in, which does not mean "all written": none was.
-fn written_before_error(reported: u32, asked: usize) -> usize {
-    let reported = reported as usize;
-    if reported < asked { reported } else { 0 }
 }
 
 /// The pairs as one family's keys and values (`of` picks them out), or
@@ -282,26 +271,19 @@ impl Table for BpfMaps {
     /// One BPF_MAP_UPDATE_BATCH syscall per set instead of one per slot:
     /// cold programming writes hundreds of thousands of slots.
     fn put_slots(&mut self, slots: &[(SlotRef, Backend)]) -> Result<(), TableError> {
-        let keys: Vec<SlotKey> = slots.iter().map(|(k, _)| k.key).collect();
-        let v4: Option<Vec<Backend4>> = slots
-            .iter()
-            .map(|(k, b)| match (k.family, b) {
-                (Family::V4, Backend::V4(b)) => Some(*b),
-                _ => None,
-            })
-            .collect();
-        if let Some(values) = v4 {
+        let v4 = one_family(slots, |slot| match slot {
+            (k, Backend::V4(b)) if k.family == Family::V4 => Some((k.key, *b)),
+            _ => None,
+        });
+        if let Some((keys, values)) = v4 {
             return update_batch(&self.slots, names::BACKENDS, &keys, &values).map_err(|(_, e)| e);
         }
-        let v6: Option<Vec<Backend6>> = slots
-            .iter()
-            .map(|(k, b)| match (k.family, b) {
-                (Family::V6, Backend::V6(b)) => Some(*b),
-                _ => None,
-            })
-            .collect();
+        let v6 = one_family(slots, |slot| match slot {
+            (k, Backend::V6(b)) if k.family == Family::V6 => Some((k.key, *b)),
+            _ => None,
+        });
         match v6 {
-            Some(values) => update_batch(&self.slots6, names::BACKENDS6, &keys, &values).map_err(|(_, e)| e),
+            Some((keys, values)) => update_batch(&self.slots6, names::BACKENDS6, &keys, &values).map_err(|(_, e)| e),
             None => Err(mixed_families(names::BACKENDS)),
         }
     }
@@ -421,15 +403,5 @@ impl Table for BpfMaps {
     }
     fn capacity(&self) -> Capacity {
         self.capacity
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_batch_refused_as_a_whole_wrote_nothing() {
-        assert_eq!(super::written_before_error(3, 4096), 3, "stopped at the fourth element");
-        assert_eq!(super::written_before_error(0, 4096), 0);
-        assert_eq!(super::written_before_error(4096, 4096), 0, "the count passed in, left as it was");
     }
 }

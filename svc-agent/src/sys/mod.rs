@@ -321,7 +321,8 @@ fn default_route_interfaces_in(table: &str) -> Vec<String> {
 
 /// Writes `count` key/value pairs into a map with one BPF_MAP_UPDATE_BATCH
 /// call (aya 0.14 has no batch API). `keys` and `values` are the packed
-/// arrays. Returns how many were written before an error, with the error.
+/// arrays. Returns how many were written before an error, with the error
+/// ([`written_before_error`]).
 pub(crate) fn map_update_batch(
     map: std::os::fd::BorrowedFd<'_>,
     keys: &[u8],
@@ -354,11 +355,27 @@ pub(crate) fn map_update_batch(
     // SAFETY: attr is a valid bpf_attr prefix for BPF_MAP_UPDATE_BATCH and
     // the arrays hold `count` packed keys and values of the map's sizes.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &raw mut attr, size_of::<Batch>()) };
-    if rc < 0 { Err((attr.count, io::Error::last_os_error())) } else { Ok(()) }
+    if rc < 0 { Err((written_before_error(attr.count, count), io::Error::last_os_error())) } else { Ok(()) }
+}
+
+/// How many elements a failed BPF_MAP_UPDATE_BATCH wrote, from the count
+/// the kernel left (`reported`) for `asked` elements. The kernel writes the
+/// count back only from its per-element loop: a call refused before it (a
+/// bad map, a denied call, an allocation failure on older kernels) leaves
+/// the count passed in, which does not mean "all written": none was.
+fn written_before_error(reported: u32, asked: u32) -> u32 {
+    if reported < asked { reported } else { 0 }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_batch_refused_as_a_whole_wrote_nothing() {
+        assert_eq!(super::written_before_error(3, 4096), 3, "stopped at the fourth element");
+        assert_eq!(super::written_before_error(0, 4096), 0);
+        assert_eq!(super::written_before_error(4096, 4096), 0, "the count passed in, left as it was");
+    }
+
     #[test]
     fn ipv6_default_routes_skip_lo() {
         let table = "\

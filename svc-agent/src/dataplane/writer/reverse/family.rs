@@ -124,10 +124,10 @@ pub(super) struct Family<K, F> {
     /// key while a reader may hold it).
     pub(super) deleted: FastMap<K, GraceStamp>,
     /// Entries [`Change::Prepare`] created and counted as mapped whose
-    /// write waits for [`Self::flush`]: one batch syscall per
-    /// [`REVERSE_BATCH`] entries instead of one each (a cold start at
-    /// 100k Services writes 1M).
-    unwritten: Vec<K>,
+    /// write waits for [`Self::flush`], with their frontends: one batch
+    /// syscall per [`REVERSE_BATCH`] entries instead of one each (a cold
+    /// start at 100k Services writes 1M).
+    unwritten: Vec<(K, F)>,
 }
 
 /// Entries per batch write: enough to make the syscall's own cost
@@ -219,29 +219,20 @@ where
         }
         shared.in_map += 1;
         self.entries.insert(key, Owner { frontend, users: 0, mapped: true, queued: false, lost_at: now });
-        self.unwritten.push(key);
+        self.unwritten.push((key, frontend));
     }
 
     /// Writes the entries [`Self::create_ahead`] left, in batches. An entry
     /// the kernel refuses is unmapped, as [`Self::write`] leaves it.
     pub(super) fn flush(&mut self, shared: &mut Shared, table: &mut impl Table) {
-        let keys = std::mem::take(&mut self.unwritten);
-        let mut staged: Vec<K> = Vec::with_capacity(keys.len().min(REVERSE_BATCH));
-        let mut pairs = Vec::with_capacity(staged.capacity());
+        let unwritten = std::mem::take(&mut self.unwritten);
+        let mut pairs = Vec::with_capacity(unwritten.len().min(REVERSE_BATCH));
         let (mut refused, mut last_error) = (0, None);
-        for chunk in keys.chunks(REVERSE_BATCH) {
-            // `staged[i]` is the key of `pairs[i]`, so that the count the
-            // table reports lines up with the keys.
-            staged.clear();
+        for chunk in unwritten.chunks(REVERSE_BATCH) {
             pairs.clear();
-            for key in chunk {
-                if let Some(owner) = self.entries.get(key) {
-                    staged.push(*key);
-                    pairs.push((key.rev_key(), K::backend(owner.frontend)));
-                }
-            }
+            pairs.extend(chunk.iter().map(|&(key, frontend)| (key.rev_key(), K::backend(frontend))));
             let Err((written, e)) = table.put_reverses(&pairs) else { continue };
-            for key in staged.get(written..).unwrap_or_default() {
+            for (key, _) in chunk.get(written..).unwrap_or_default() {
                 if let Some(owner) = self.entries.get_mut(key) {
                     owner.mapped = false;
                     shared.in_map -= 1;
