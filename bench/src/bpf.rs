@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use svc_common::{Frontend, FrontendKey4, names};
 
 /// Program names as pinned under `<bpffs>/progs/` (docs/maps.md).
-pub(crate) const PROGRAMS: [&str; 8] = names::SOCK_PROGRAMS;
+pub(crate) const PROGRAMS: [&str; 9] = names::SOCK_PROGRAMS;
 
 /// The pinned SVC_FRONTENDS map.
 #[derive(Debug)]

@@ -48,8 +48,9 @@ pub mod names {
     pub const LB_SOURCES: &str = "SVC_LB_SRC";
     /// The socket programs, in attach order (pinned under `<bpffs>/progs/`):
     /// the IPv4 hooks, then the v6 hooks (native IPv6 peers, and v4-mapped
-    /// ones of `AF_INET6` sockets).
-    pub const SOCK_PROGRAMS: [&str; 8] = [
+    /// ones of `AF_INET6` sockets), then the cgroup/sock_release hook that
+    /// drops a closed connected UDP socket's datagram entry.
+    pub const SOCK_PROGRAMS: [&str; 9] = [
         "svc_connect4",
         "svc_sendmsg4",
         "svc_recvmsg4",
@@ -58,6 +59,7 @@ pub mod names {
         "svc_sendmsg6",
         "svc_recvmsg6",
         "svc_getpeer6",
+        "svc_release",
     ];
     /// The translation trace's ring buffer (`svc-agent trace`).
     pub const TRACE: &str = "SVC_TRACE";

@@ -63,8 +63,9 @@ fn ip6_words(ctx: &SockAddrContext) -> [u32; 4] {
     [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]]
 }
 
+/// Whether an IPv6 address's words (as they sit in memory) are v4-mapped.
 #[inline(always)]
-fn is_mapped(w: &[u32; 4]) -> bool {
+pub(crate) fn is_mapped(w: &[u32; 4]) -> bool {
     w[0] == 0 && w[1] == 0 && w[2] == MAPPED_PREFIX_WORD
 }
 
@@ -94,6 +95,21 @@ impl Access<V4> for Mapped {
     }
 }
 
+/// An IPv6 address from its words as they sit in memory (network order),
+/// and a port in network order.
+#[inline(always)]
+pub(crate) fn backend6(w: &[u32; 4], port: u16) -> Backend6 {
+    let mut addr = [0u8; 16];
+    for (i, word) in w.iter().enumerate() {
+        let bytes = word.to_ne_bytes();
+        addr[i * 4] = bytes[0];
+        addr[i * 4 + 1] = bytes[1];
+        addr[i * 4 + 2] = bytes[2];
+        addr[i * 4 + 3] = bytes[3];
+    }
+    Backend6 { addr, port, _pad: 0 }
+}
+
 /// An `AF_INET6` socket with a native IPv6 peer: all of `user_ip6`.
 pub(crate) struct Native;
 
@@ -104,15 +120,7 @@ impl Access<V6> for Native {
         if is_mapped(&w) {
             return None;
         }
-        let mut addr = [0u8; 16];
-        for (i, word) in w.iter().enumerate() {
-            let bytes = word.to_ne_bytes();
-            addr[i * 4] = bytes[0];
-            addr[i * 4 + 1] = bytes[1];
-            addr[i * 4 + 2] = bytes[2];
-            addr[i * 4 + 3] = bytes[3];
-        }
-        Some(Backend6 { addr, port: port(ctx), _pad: 0 })
+        Some(backend6(&w, port(ctx)))
     }
 
     #[inline(always)]

@@ -107,6 +107,8 @@ pub(crate) trait Family {
     fn datagram_frontend(ctx: &SockAddrContext, backend: Self::Backend) -> Option<Self::Backend>;
     /// Records that `(this socket, backend)` stands for `frontend`.
     fn remember_datagram(ctx: &SockAddrContext, backend: Self::Backend, frontend: Self::Backend);
+    /// Drops the entry of `(socket cookie, backend)`, if any.
+    fn forget_datagram(cookie: u64, backend: Self::Backend);
     /// [`svc_common::TraceEvent::family`].
     const TRACE_FAMILY: u8;
     /// Writes an address as a trace event holds it (16 bytes, IPv4 in the
@@ -264,6 +266,11 @@ impl Family for V4 {
             let _ = SVC_REVNAT_SK.insert(key, value, 0);
         }
     }
+    #[inline(always)]
+    fn forget_datagram(cookie: u64, backend: Backend4) {
+        #[expect(clippy::let_underscore_must_use, reason = "no entry (a socket never translated) is the usual case")]
+        let _ = SVC_REVNAT_SK.remove(RevNatKey { cookie, backend });
+    }
 }
 
 /// IPv6: the `SVC_*6` maps.
@@ -354,5 +361,10 @@ impl Family for V6 {
             )]
             let _ = SVC_REVNAT6.insert(key, frontend, 0);
         }
+    }
+    #[inline(always)]
+    fn forget_datagram(cookie: u64, backend: Backend6) {
+        #[expect(clippy::let_underscore_must_use, reason = "no entry (a socket never translated) is the usual case")]
+        let _ = SVC_REVNAT6.remove(RevNatKey6 { cookie, backend, _pad: 0 });
     }
 }

@@ -11,6 +11,9 @@
 //!   unconnected datagram never reaches `sendmsg6`: the kernel sends it
 //!   through its IPv4 path, where `sendmsg4` translates it.
 //!
+//! `release` (cgroup/sock_release) drops a closed connected UDP socket's
+//! datagram entry ([`release`]).
+//!
 //! `tc_in` and `tc_out` (TC, on the node's devices) translate packets of
 //! clients outside the node ([`nodeport`]).
 #![no_std]
@@ -25,13 +28,14 @@ mod family;
 mod lb;
 mod maps;
 mod nodeport;
+mod release;
 mod trace;
 
 use addr::{Access, Inet, Mapped, Native};
 use aya_ebpf::{
     helpers::generated::bpf_set_retval,
-    macros::{cgroup_sock_addr, classifier},
-    programs::{SockAddrContext, TcContext},
+    macros::{cgroup_sock, cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, SockContext, TcContext},
 };
 use family::{Family, V4, V6};
 use lb::Verdict;
@@ -91,6 +95,12 @@ pub(crate) fn svc_recvmsg6(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 pub(crate) fn svc_getpeer6(ctx: SockAddrContext) -> i32 {
     reverse6(&ctx, Hook::Getpeername);
+    ALLOW
+}
+
+#[cgroup_sock(sock_release)]
+pub(crate) fn svc_release(ctx: SockContext) -> i32 {
+    release::forget_connected_datagram(&ctx);
     ALLOW
 }
 

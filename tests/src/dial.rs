@@ -70,6 +70,16 @@ impl Dial {
         }
     }
 
+    /// The datagram map (`(socket cookie, backend) -> frontend`) that this
+    /// dial's UDP translations are recorded in: a v4-mapped peer's go to
+    /// the IPv4 one.
+    pub fn datagram_map(self) -> &'static str {
+        match self {
+            Self::Inet | Self::Mapped => svc_common::names::REV_NAT,
+            Self::Ipv6 => svc_common::names::REV_NAT6,
+        }
+    }
+
     /// A Service address of the scenario (`10.96.0.10`) as this dial's
     /// Service has it, for the YAML; other values (`None`) unchanged.
     pub fn service_ip(self, ip: &str) -> String {

@@ -48,7 +48,7 @@ fn self_check_passes_and_catches_a_program_detached_behind_the_agents_back() -> 
     };
 
     let (ok, out) = check(agent, &cgroup)?;
-    ensure!(ok && out.starts_with("ok: 8 programs"), "a healthy agent fails its check:\n{out}");
+    ensure!(ok && out.starts_with("ok: 9 programs"), "a healthy agent fails its check:\n{out}");
     poll_until(Duration::from_secs(5), || Ok(metric("svc_agent_self_checks_total")? >= 1.0))?;
     ensure!(metric("svc_agent_self_check_ok")? == 1.0);
     let (status, body) = http_get(at, "/readyz")?;

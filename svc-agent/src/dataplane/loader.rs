@@ -12,7 +12,7 @@ use std::{fs, path::Path};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapInfo, MapType},
-    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, Program, links::FdLink},
 };
 use svc_common::{
     AffinityKey, AffinityValue, AffinityValue6, Backend4, Backend6, BackendIndexKey, BackendIndexKey6, Config,
@@ -31,7 +31,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 /// Program names in the object, in attach order
 /// (`svc_common::names::SOCK_PROGRAMS`).
-pub(crate) const PROGRAMS: [&str; 8] = names::SOCK_PROGRAMS;
+pub(crate) const PROGRAMS: [&str; 9] = names::SOCK_PROGRAMS;
 
 /// Expected (type, key size, value size) of every pinned map, checked
 /// before adopting pins left by another agent build.
@@ -263,28 +263,42 @@ impl PinnableProgram for CgroupSockAddr {
     }
 }
 
+impl PinnableProgram for CgroupSock {
+    fn pin_at(&mut self, path: &Path) -> std::result::Result<(), aya::pin::PinError> {
+        self.pin(path)
+    }
+}
+
 impl PinnableProgram for aya::programs::SchedClassifier {
     fn pin_at(&mut self, path: &Path) -> std::result::Result<(), aya::pin::PinError> {
         self.pin(path)
     }
 }
 
-/// Loads one program, pins it, attaches it and swaps its link pin.
+/// Loads one cgroup program (a sock_addr hook, or the sock_release one),
+/// pins it, attaches it and swaps its link pin.
 fn attach_program(ebpf: &mut Ebpf, name: &str, cgroup: &fs::File, layout: &PinLayout) -> Result<()> {
-    let program: &mut CgroupSockAddr = ebpf
-        .program_mut(name)
-        .ok_or_else(|| Error::MissingInObject(format!("program {name}")))?
-        .try_into()
-        .map_err(|e| Error::program(name, e))?;
-    program.load().map_err(|e| Error::program(name, e))?;
-    pin_program(program, name, layout)?;
-
+    let program = ebpf.program_mut(name).ok_or_else(|| Error::MissingInObject(format!("program {name}")))?;
+    let program_err = |e| Error::program(name, e);
     // A cgroup bpf_link is always attached in multi mode by the kernel and
     // link_create rejects any flag, so "Single" here still lets other
     // programs (a second agent, a parent cgroup's) coexist.
-    let link_id = program.attach(cgroup, CgroupAttachMode::Single).map_err(|e| Error::program(name, e))?;
-    let link = program.take_link(link_id).map_err(|e| Error::program(name, e))?;
-    let link = FdLink::try_from(link).map_err(|source| Error::Link { name: name.to_owned(), source })?;
+    let link: FdLink = match program {
+        Program::CgroupSockAddr(program) => {
+            program.load().map_err(program_err)?;
+            pin_program(program, name, layout)?;
+            let link_id = program.attach(cgroup, CgroupAttachMode::Single).map_err(program_err)?;
+            program.take_link(link_id).map_err(program_err)?.try_into()
+        }
+        Program::CgroupSock(program) => {
+            program.load().map_err(program_err)?;
+            pin_program(program, name, layout)?;
+            let link_id = program.attach(cgroup, CgroupAttachMode::Single).map_err(program_err)?;
+            program.take_link(link_id).map_err(program_err)?.try_into()
+        }
+        _ => return Err(Error::MissingInObject(format!("cgroup socket program {name}"))),
+    }
+    .map_err(|source| Error::Link { name: name.to_owned(), source })?;
     swap_link_pin(link, name, name, layout)
 }
 

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! <bpffs>/maps/<MAP NAME>     every map (svc_common::names)
-//! <bpffs>/progs/<program>     the four programs
+//! <bpffs>/progs/<program>     the socket programs (names::SOCK_PROGRAMS)
 //! <bpffs>/links/<program>     their cgroup attachments (bpf_link)
 //! ```
 //!

@@ -1,9 +1,9 @@
 //! BPF_PROG_QUERY on a cgroup: which programs run at one of its hooks
-//! (aya 0.14 has no public query for sock_addr hooks).
+//! (aya 0.14 has no public query for cgroup socket hooks).
 
 use std::{fs::File, io, os::fd::AsRawFd as _};
 
-/// The cgroup sock_addr hooks of `enum bpf_attach_type`, by the program
+/// The cgroup socket hooks of `enum bpf_attach_type`, by the program
 /// that the agent attaches there (`svc_common::names::SOCK_PROGRAMS`).
 pub(crate) fn attach_type(program: &str) -> Option<u32> {
     Some(match program {
@@ -15,6 +15,7 @@ pub(crate) fn attach_type(program: &str) -> Option<u32> {
         "svc_recvmsg6" => 20, // BPF_CGROUP_UDP6_RECVMSG
         "svc_getpeer4" => 29, // BPF_CGROUP_INET4_GETPEERNAME
         "svc_getpeer6" => 30, // BPF_CGROUP_INET6_GETPEERNAME
+        "svc_release" => 34,  // BPF_CGROUP_INET_SOCK_RELEASE
         _ => return None,
     })
 }

@@ -42,7 +42,9 @@ pub fn tcp_spreads_and_shows_the_cluster_ip(source: Box<dyn Source>, dial: Dial)
 }
 
 /// UDP replies come from the ClusterIP (resolvers drop others), over an
-/// unconnected socket (translated per datagram) and connected ones.
+/// unconnected socket (translated per datagram) and connected ones. A
+/// connected socket's datagram entry goes with the socket (`svc_release`),
+/// so a resolver's socket-per-query does not fill the map.
 pub fn udp_replies_come_from_the_cluster_ip(source: Box<dyn Source>, dial: Dial) -> Result<()> {
     let mut env = NodeEnv::new(source, 3, 1, &[Proto::Udp(5353)])?.dialing(dial);
     let svc = ServiceSpec::new("default", "dns")
@@ -62,6 +64,12 @@ pub fn udp_replies_come_from_the_cluster_ip(source: Box<dyn Source>, dial: Dial)
     // Unconnected UDP is translated per datagram: with 60 datagrams every
     // backend answers unless the choice is sticky (P(miss) = 3*(2/3)^60 ~ 1e-10).
     ensure!(out.backends() == set(&["b1", "b2", "b3"]), "{out}");
+    // The closed unconnected socket left one entry per backend it sent to
+    // (its peers are unknown at close; the LRU ages them): this also shows
+    // the count reads the map this dial's translations go to.
+    let datagrams = dial.datagram_map();
+    let left = env.agent().map_entries(datagrams)?;
+    ensure!(left == 3, "{datagrams} after the unconnected socket closed: {left} entries, expected 3");
 
     let n = 30;
     let out = pod.udp(vip, n, true)?;
@@ -69,6 +77,10 @@ pub fn udp_replies_come_from_the_cluster_ip(source: Box<dyn Source>, dial: Dial)
     ensure!(out.peers.len() == 1 && out.peers.get("10.96.0.11:53") == Some(&n), "getpeername: {out}");
     ensure!(out.sources.get("10.96.0.11:53") == Some(&n), "recvfrom: {out}");
     ensure!(out.backends().is_subset(&set(&["b1", "b2", "b3"])), "{out}");
+    // Thirty sockets, each connected and closed (the client has exited):
+    // none of their entries is left.
+    let after = env.agent().map_entries(datagrams)?;
+    ensure!(after == left, "{datagrams} after {n} connected sockets closed: {after} entries, expected {left}");
     Ok(())
 }
 
