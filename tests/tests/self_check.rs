@@ -48,7 +48,10 @@ fn self_check_passes_and_catches_a_program_detached_behind_the_agents_back() -> 
     };
 
     let (ok, out) = check(agent, &cgroup)?;
-    ensure!(ok && out.starts_with("ok: 9 programs"), "a healthy agent fails its check:\n{out}");
+    ensure!(
+        ok && out.starts_with(&format!("ok: {} programs", svc_common::names::SOCK_PROGRAMS.len())),
+        "a healthy agent fails its check:\n{out}"
+    );
     poll_until(Duration::from_secs(5), || Ok(metric("svc_agent_self_checks_total")? >= 1.0))?;
     ensure!(metric("svc_agent_self_check_ok")? == 1.0);
     let (status, body) = http_get(at, "/readyz")?;
@@ -57,7 +60,10 @@ fn self_check_passes_and_catches_a_program_detached_behind_the_agents_back() -> 
     // Another cgroup: nothing of ours is attached there.
     let other = Cgroup::new()?;
     let (ok, out) = check(agent, other.path())?;
-    ensure!(!ok && out.matches("[not_attached]").count() == 8, "checked against another cgroup:\n{out}");
+    ensure!(
+        !ok && out.matches("[not_attached]").count() == svc_common::names::SOCK_PROGRAMS.len(),
+        "checked against another cgroup:\n{out}"
+    );
 
     // connect4's link detached behind the agent's back.
     let link = agent.pin_dir().join("links").join("svc_connect4");
