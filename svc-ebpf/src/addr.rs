@@ -32,10 +32,9 @@ pub(crate) struct Inet;
 impl Access<V4> for Inet {
     #[inline(always)]
     fn read(ctx: &SockAddrContext) -> Option<Backend4> {
-        // SAFETY: valid context. user_ip4 holds the address in network
-        // order: its in-memory bytes are the octets.
+        // SAFETY: valid context.
         let sa = unsafe { &*ctx.sock_addr };
-        Some(Backend4 { addr: sa.user_ip4.to_ne_bytes(), port: sa.user_port as u16, _pad: 0 })
+        Some(backend4(sa.user_ip4, sa.user_port as u16))
     }
 
     #[inline(always)]
@@ -82,7 +81,7 @@ impl Access<V4> for Mapped {
         if !is_mapped(&w) {
             return None;
         }
-        Some(Backend4 { addr: w[3].to_ne_bytes(), port: port(ctx), _pad: 0 })
+        Some(backend4(w[3], port(ctx)))
     }
 
     #[inline(always)]
@@ -93,6 +92,13 @@ impl Access<V4> for Mapped {
         sa.user_ip6[3] = u32::from_ne_bytes(to.addr);
         sa.user_port = u32::from(to.port);
     }
+}
+
+/// An IPv4 address from its word as it sits in memory (network order: its
+/// in-memory bytes are the octets), and a port in network order.
+#[inline(always)]
+pub(crate) fn backend4(word: u32, port: u16) -> Backend4 {
+    Backend4 { addr: word.to_ne_bytes(), port, _pad: 0 }
 }
 
 /// An IPv6 address from its words as they sit in memory (network order),

@@ -126,14 +126,15 @@ fn protocol(ctx: &SockAddrContext) -> Option<u8> {
     }
 }
 
-/// Whether the call's socket is connected (a connected UDP socket is in
-/// `TCP_ESTABLISHED`, as the kernel marks it).
+/// `TCP_ESTABLISHED` of include/net/tcp_states.h: also the state the
+/// kernel gives a connected UDP socket.
+pub(crate) const TCP_ESTABLISHED: u32 = 1;
+
+/// Whether the call's socket is connected.
 #[inline(always)]
 fn is_connected(ctx: &SockAddrContext) -> bool {
-    /// `TCP_ESTABLISHED` of include/net/tcp_states.h.
-    const ESTABLISHED: u32 = 1;
     // SAFETY: valid context; `sk` is always set for sock_addr programs.
-    unsafe { (*(*ctx.sock_addr).__bindgen_anon_1.sk).state == ESTABLISHED }
+    unsafe { (*(*ctx.sock_addr).__bindgen_anon_1.sk).state == TCP_ESTABLISHED }
 }
 
 /// Which hook runs.

@@ -16,7 +16,7 @@
 //! peer, which the socket does not know any more, and the LRU ages them.
 
 use aya_ebpf::{EbpfContext as _, helpers::generated::bpf_get_socket_cookie, programs::SockContext};
-use svc_common::{Backend4, proto};
+use svc_common::proto;
 
 use crate::{
     addr,
@@ -26,8 +26,6 @@ use crate::{
 /// `AF_INET`, `AF_INET6` of include/linux/socket.h.
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
-/// `TCP_ESTABLISHED`: the state the kernel gives a connected UDP socket.
-const ESTABLISHED: u32 = 1;
 
 /// Drops the datagram entry of the released socket, if it is a connected
 /// UDP socket (its peer: the backend its `connect()` was sent to).
@@ -36,22 +34,20 @@ pub(crate) fn forget_connected_datagram(ctx: &SockContext) {
     let sk = ctx.sock;
     // SAFETY: fields of the context's socket, readable at sock_release.
     let (protocol, state, family, port) = unsafe { ((*sk).protocol, (*sk).state, (*sk).family, (*sk).dst_port) };
-    if protocol != u32::from(proto::UDP) || state != ESTABLISHED {
+    if protocol != u32::from(proto::UDP) || state != crate::TCP_ESTABLISHED {
         return;
     }
     // SAFETY: plain helper call on our context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if family == AF_INET {
-        // SAFETY: as above; dst_ip4 is in network order, so its in-memory
-        // bytes are the octets.
-        let addr = unsafe { (*sk).dst_ip4 }.to_ne_bytes();
-        V4::forget_datagram(cookie, Backend4 { addr, port, _pad: 0 });
+        // SAFETY: as above.
+        V4::forget_datagram(cookie, addr::backend4(unsafe { (*sk).dst_ip4 }, port));
     } else if family == AF_INET6 {
         // SAFETY: as above, one 4-byte load per word.
         let w = unsafe { [(*sk).dst_ip6[0], (*sk).dst_ip6[1], (*sk).dst_ip6[2], (*sk).dst_ip6[3]] };
         // A v4-mapped peer was translated through the IPv4 maps.
         if addr::is_mapped(&w) {
-            V4::forget_datagram(cookie, Backend4 { addr: w[3].to_ne_bytes(), port, _pad: 0 });
+            V4::forget_datagram(cookie, addr::backend4(w[3], port));
         } else {
             V6::forget_datagram(cookie, addr::backend6(&w, port));
         }

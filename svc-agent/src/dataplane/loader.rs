@@ -296,7 +296,7 @@ fn attach_program(ebpf: &mut Ebpf, name: &str, cgroup: &fs::File, layout: &PinLa
             let link_id = program.attach(cgroup, CgroupAttachMode::Single).map_err(program_err)?;
             program.take_link(link_id).map_err(program_err)?.try_into()
         }
-        _ => return Err(Error::MissingInObject(format!("cgroup socket program {name}"))),
+        _ => return Err(program_err(aya::programs::ProgramError::UnexpectedProgramType)),
     }
     .map_err(|source| Error::Link { name: name.to_owned(), source })?;
     swap_link_pin(link, name, name, layout)
